@@ -1,1 +1,41 @@
-fn main(){}
+//! `gpuplane`: fragmentation-aware GPU placement for Kubernetes clusters that run inference beside
+//! ordinary applications. Subcommands parse their arguments, call the library crates, and print.
+#![forbid(unsafe_code)]
+
+mod input;
+mod sim;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fragmentation-aware GPU placement for shared Kubernetes GPU pools.
+#[derive(Debug, Parser)]
+#[command(name = "gpuplane", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay a pod trace against a cluster with each placement policy and compare unallocated GPUs.
+    Sim(sim::SimArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Sim(args) => sim::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The output side of gpuplane: terminal tables, CSV, JSON and self-contained SVG charts of
+//! simulation results. Renders result values; computes nothing about placement.
+#![forbid(unsafe_code)]
+
+pub mod csv;
+pub mod svg;
+pub mod table;
+
+/// Version tag of the JSON written by `gpuplane sim`.
+pub const SIM_JSON_SCHEMA: &str = "gpuplane.sim/v1";
+
+/// The simulation result as the documented JSON document (`docs/sim-json.md`).
+pub fn sim_json(result: &gpuplane_sim::ExperimentResult, trace: &str, nodes: &str) -> serde_json::Value {
+    serde_json::json!({
+        "schema": SIM_JSON_SCHEMA,
+        "trace": trace,
+        "nodes": nodes,
+        "result": result,
+    })
+}

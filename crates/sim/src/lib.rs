@@ -1,0 +1,274 @@
+//! The trace-driven simulator. It replays a pod trace against a cluster through the placement engine
+//! with the FGD paper's protocol (seeded shuffle, workload inflation, one arrival at a time, failures
+//! dropped) and aggregates allocation and fragmentation over seeds. Runs go in parallel with rayon.
+#![forbid(unsafe_code)]
+
+pub mod run;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gpuplane_core::{Node, Pod};
+use gpuplane_place::{BindError, Cluster, ClusterError, EngineError, Policy, TargetWorkload, TieBreak, WorkloadError};
+use rayon::prelude::*;
+use serde::{Serialize, Serializer};
+use thiserror::Error;
+
+pub use run::{DecisionLatency, RunResult, Sample};
+
+/// Share of trace tasks FGD's target workload covers (`podPopularityThreshold: 95`).
+pub const TARGET_COVERAGE: f64 = 0.95;
+
+/// Why a simulation could not run.
+#[derive(Debug, Error)]
+pub enum SimError {
+    /// The pod trace is empty.
+    #[error("the trace has no pods")]
+    EmptyTrace,
+    /// No policy or no seed to run.
+    #[error("nothing to run: give at least one policy and one seed")]
+    NothingToRun,
+    /// The cluster has no GPU.
+    #[error("the cluster has no GPUs; the simulation measures GPU allocation")]
+    NoGpus,
+    /// The tune ratio is not a positive number.
+    #[error("tune ratio must be a positive number, got {0}")]
+    Tune(f64),
+    /// The cluster could not be built.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The target workload could not be built.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// The engine proposed a placement the cluster refused: a bug, reported rather than hidden.
+    #[error("placement of pod {pod} was refused: {source}")]
+    Bind {
+        /// The pod.
+        pod: String,
+        /// Why the bind was refused.
+        source: BindError,
+    },
+}
+
+/// An experiment: every policy × every seed on one trace and one cluster.
+#[derive(Debug, Clone)]
+pub struct Experiment {
+    /// Cluster nodes.
+    pub nodes: Vec<Node>,
+    /// The original trace (before inflation).
+    pub trace: Vec<Pod>,
+    /// Policies to compare.
+    pub policies: Vec<Policy>,
+    /// Seeds; each seed gives one arrival order shared by every policy.
+    pub seeds: Vec<u64>,
+    /// Workload inflation: arrived GPU requests reach `tune` × cluster GPU capacity.
+    pub tune: f64,
+    /// How ties between equally scored nodes are broken.
+    pub tie_break: TieBreak,
+}
+
+/// Median, minimum and maximum of one metric over seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    /// Median (mean of the two middle values for an even count).
+    pub median: f64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of a non-empty list of values.
+    pub fn of(values: &mut [f64]) -> Option<Spread> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
+        Some(Spread { median, min: values[0], max: values[n - 1] })
+    }
+}
+
+/// One whole percent of arrived workload, aggregated over seeds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CurvePoint {
+    /// Arrived workload, in %.
+    pub arrived_pct: u32,
+    /// Unallocated GPUs, in % of the cluster's GPUs.
+    pub unallocated_gpu_pct: Spread,
+    /// Fragmented GPUs, in % of the cluster's GPUs.
+    pub frag_amount_pct: Spread,
+    /// Fragmented share of idle GPUs, in %.
+    pub frag_ratio_pct: Spread,
+    /// Seeds that reached this percent.
+    pub seeds: usize,
+}
+
+/// Every run of one policy, aggregated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicySummary {
+    /// Policy.
+    #[serde(serialize_with = "serialize_policy")]
+    pub policy: Policy,
+    /// Median, min and max over seeds at each arrived percent.
+    pub curve: Vec<CurvePoint>,
+    /// Pods that failed, over seeds.
+    pub failed_pods: Spread,
+    /// The worst 99th-percentile decision time over seeds, in nanoseconds.
+    pub decision_p99_ns: u64,
+    /// The median decision time, median over seeds, in nanoseconds.
+    pub decision_p50_ns: u64,
+}
+
+impl PolicySummary {
+    /// The curve point at an arrived percent, if some seed reached it.
+    pub fn at(&self, arrived_pct: u32) -> Option<&CurvePoint> {
+        self.curve.iter().find(|p| p.arrived_pct == arrived_pct)
+    }
+}
+
+/// The cluster the experiment ran on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterSummary {
+    /// Nodes.
+    pub nodes: usize,
+    /// GPUs.
+    pub gpus: u64,
+    /// CPU, in milli-cores.
+    pub cpu_milli: u64,
+}
+
+/// The target workload FGD and the fragmentation metric use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetSummary {
+    /// Distinct task shapes in the trace.
+    pub distinct_shapes: usize,
+    /// Shapes kept.
+    pub kept_shapes: usize,
+    /// Share of trace tasks the kept shapes cover.
+    pub coverage: f64,
+}
+
+/// Everything an experiment produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExperimentResult {
+    /// The cluster.
+    pub cluster: ClusterSummary,
+    /// Pods in the original trace.
+    pub trace_pods: usize,
+    /// The target workload.
+    pub target_workload: TargetSummary,
+    /// Tune ratio.
+    pub tune: f64,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+    /// Per policy, in the order asked.
+    pub policies: Vec<PolicySummary>,
+    /// Every run.
+    pub runs: Vec<RunResult>,
+    /// Wall time of the whole experiment, in milliseconds.
+    pub wall_ms: f64,
+}
+
+pub(crate) fn serialize_policy<S: Serializer>(p: &Policy, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.name())
+}
+
+/// Runs every policy × seed in parallel and aggregates. `on_run` is called as each run finishes.
+pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) -> Result<ExperimentResult, SimError> {
+    let started = Instant::now();
+    if exp.trace.is_empty() {
+        return Err(SimError::EmptyTrace);
+    }
+    if exp.policies.is_empty() || exp.seeds.is_empty() {
+        return Err(SimError::NothingToRun);
+    }
+    if !(exp.tune.is_finite() && exp.tune > 0.0) {
+        return Err(SimError::Tune(exp.tune));
+    }
+    let cluster = Cluster::new(&exp.nodes)?;
+    if cluster.total_gpu_milli() == 0 {
+        return Err(SimError::NoGpus);
+    }
+    let requests: Vec<_> = exp.trace.iter().map(|p| cluster.request(p)).collect();
+    let target = Arc::new(TargetWorkload::from_requests(&requests, TARGET_COVERAGE)?);
+    let arrivals: Vec<Vec<Pod>> =
+        exp.seeds.par_iter().map(|&seed| workload::arrivals(&exp.trace, exp.tune, cluster.total_gpu_milli(), seed)).collect();
+    let jobs: Vec<(Policy, usize)> =
+        exp.policies.iter().flat_map(|&p| (0..exp.seeds.len()).map(move |s| (p, s))).collect();
+    let runs: Vec<RunResult> = jobs
+        .par_iter()
+        .map(|&(policy, s)| {
+            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], exp.tie_break)?;
+            on_run(&result);
+            Ok(result)
+        })
+        .collect::<Result<_, SimError>>()?;
+    let policies = exp.policies.iter().map(|&p| summarise(p, runs.iter().filter(|r| r.policy == p))).collect();
+    Ok(ExperimentResult {
+        cluster: ClusterSummary {
+            nodes: cluster.len(),
+            gpus: cluster.total_gpu_milli() / 1000,
+            cpu_milli: exp.nodes.iter().map(|n| n.cpu_milli).sum(),
+        },
+        trace_pods: exp.trace.len(),
+        target_workload: TargetSummary {
+            distinct_shapes: target.distinct_shapes(),
+            kept_shapes: target.shapes().len(),
+            coverage: target.coverage(),
+        },
+        tune: exp.tune,
+        seeds: exp.seeds.clone(),
+        policies,
+        runs,
+        wall_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+fn summarise<'a>(policy: Policy, runs: impl Iterator<Item = &'a RunResult>) -> PolicySummary {
+    let runs: Vec<&RunResult> = runs.collect();
+    let longest = runs.iter().map(|r| r.samples.len()).max().unwrap_or(0);
+    let mut curve = Vec::with_capacity(longest);
+    for pct in 0..longest {
+        let at: Vec<&Sample> = runs.iter().filter_map(|r| r.samples.get(pct)).collect();
+        let spread = |f: fn(&Sample) -> f64| Spread::of(&mut at.iter().map(|s| f(s)).collect::<Vec<_>>());
+        if let (Some(u), Some(a), Some(r)) =
+            (spread(|s| s.unallocated_gpu_pct), spread(|s| s.frag_amount_pct), spread(|s| s.frag_ratio_pct))
+        {
+            curve.push(CurvePoint {
+                arrived_pct: pct as u32,
+                unallocated_gpu_pct: u,
+                frag_amount_pct: a,
+                frag_ratio_pct: r,
+                seeds: at.len(),
+            });
+        }
+    }
+    let zero = Spread { median: 0.0, min: 0.0, max: 0.0 };
+    let p50s = Spread::of(&mut runs.iter().map(|r| r.decision_latency.p50_ns as f64).collect::<Vec<_>>());
+    PolicySummary {
+        policy,
+        curve,
+        failed_pods: Spread::of(&mut runs.iter().map(|r| r.failed as f64).collect::<Vec<_>>()).unwrap_or(zero),
+        decision_p99_ns: runs.iter().map(|r| r.decision_latency.p99_ns).max().unwrap_or(0),
+        decision_p50_ns: p50s.map_or(0, |s| s.median as u64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_uses_the_mean_of_the_middle_pair() {
+        let s = Spread::of(&mut [4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+        assert!(Spread::of(&mut []).is_none());
+    }
+}

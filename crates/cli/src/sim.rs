@@ -1,0 +1,152 @@
+//! `gpuplane sim`: every policy × seed on a trace, in parallel, with a progress bar; prints the
+//! summary and writes CSV, JSON and an SVG chart.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use gpuplane_place::{Policy, TieBreak};
+use gpuplane_report::table::Style;
+use gpuplane_report::{csv, sim_json, svg, table};
+use gpuplane_sim::{Experiment, run_experiment};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::input;
+
+/// Arguments of `gpuplane sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Pod trace: openb pod CSV (11- or 5-column) or Kubernetes Pod YAML [default: bundled openb default trace]
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// Cluster: openb node CSV or Kubernetes Node YAML [default: bundled openb GPU nodes]
+    #[arg(long, value_name = "FILE")]
+    nodes: Option<PathBuf>,
+    /// Policies, comma-separated: random, dotprod, clustering, packing, bestfit, fgd, or all
+    #[arg(long, default_value = "all", value_name = "P,..")]
+    policy: String,
+    /// Seeds: a list and/or ranges, such as 42-51 or 1,5,7-9
+    #[arg(long, default_value = "42-51", value_name = "LIST")]
+    seeds: String,
+    /// Workload inflation: arrivals request this multiple of the cluster's GPUs
+    #[arg(long, default_value_t = 1.3)]
+    tune: f64,
+    /// Folder for sim.json, curves.csv, samples.csv and unallocated.svg
+    #[arg(long, default_value = "out/sim", value_name = "DIR")]
+    out: PathBuf,
+    /// Ties between equally scored nodes: lowest-name (as the FGD paper's simulator) or random
+    #[arg(long, value_enum, default_value_t = TieBreakArg::LowestName)]
+    tie_break: TieBreakArg,
+    /// What to print on standard output
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TieBreakArg {
+    /// The node with the smallest name.
+    LowestName,
+    /// A uniformly random tied node, seeded.
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    /// A terminal table.
+    Table,
+    /// The Markdown table.
+    Markdown,
+    /// The full JSON document (as written to sim.json).
+    Json,
+}
+
+/// Parses "42-51", "1,5,7-9" into seeds.
+pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
+    let mut seeds = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let bad = || format!("--seeds: {part:?} is not a seed or a range such as 42-51");
+        if let Some((a, b)) = part.split_once('-') {
+            let a: u64 = a.trim().parse().with_context(bad)?;
+            let b: u64 = b.trim().parse().with_context(bad)?;
+            if a > b {
+                bail!("--seeds: range {part:?} runs backwards");
+            }
+            if b - a >= 10_000 {
+                bail!("--seeds: range {part:?} has more than 10,000 seeds");
+            }
+            seeds.extend(a..=b);
+        } else {
+            seeds.push(part.parse().with_context(bad)?);
+        }
+    }
+    seeds.dedup();
+    Ok(seeds)
+}
+
+/// Runs `gpuplane sim`.
+pub fn run(args: SimArgs) -> Result<()> {
+    let policies = Policy::parse_list(&args.policy).context("--policy")?;
+    let seeds = parse_seeds(&args.seeds)?;
+    if !(args.tune.is_finite() && args.tune > 0.0) {
+        bail!("--tune must be a positive number, got {}", args.tune);
+    }
+    let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;
+    let (trace_name, trace) = input::trace(args.trace.as_deref())?;
+    let tie_break = match args.tie_break {
+        TieBreakArg::LowestName => TieBreak::LowestName,
+        TieBreakArg::Random => TieBreak::Random,
+    };
+    let experiment = Experiment { nodes, trace, policies, seeds, tune: args.tune, tie_break };
+
+    let runs = (experiment.policies.len() * experiment.seeds.len()) as u64;
+    let bar = ProgressBar::with_draw_target(Some(runs), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} runs {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let result = run_experiment(&experiment, &|r| {
+        bar.set_message(format!("{} seed {}", r.policy.name(), r.seed));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+
+    let json = sim_json(&result, &trace_name, &nodes_name);
+    write_outputs(&args.out, &result, &json)?;
+    match args.format {
+        OutputFormat::Table => print!("{}", table::summary(&result, Style::Terminal)),
+        OutputFormat::Markdown => print!("{}", table::summary(&result, Style::Markdown)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+    }
+    if !matches!(args.format, OutputFormat::Json) {
+        println!("wrote {}", args.out.display());
+    }
+    Ok(())
+}
+
+fn write_outputs(dir: &Path, result: &gpuplane_sim::ExperimentResult, json: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, body: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("sim.json", serde_json::to_string_pretty(json)? + "\n")?;
+    write("curves.csv", csv::curves(result))?;
+    write("samples.csv", csv::samples(result))?;
+    write("unallocated.svg", svg::unallocated_chart(result).render(900.0, 520.0))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_lists_and_ranges() {
+        assert_eq!(parse_seeds("42-44").unwrap(), vec![42, 43, 44]);
+        assert_eq!(parse_seeds("1, 5,7-8").unwrap(), vec![1, 5, 7, 8]);
+        assert!(parse_seeds("9-1").is_err());
+        assert!(parse_seeds("x").is_err());
+        assert!(parse_seeds("").is_err());
+    }
+}

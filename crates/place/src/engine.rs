@@ -1,0 +1,335 @@
+//! The placement engine: a pure state machine in the raft-rs "Ready" habit. The caller hands it a
+//! cluster snapshot and a pod; it hands back a [`Decision`] and changes nothing in the cluster. The
+//! caller binds the placement (see [`Cluster::bind`]) and the engine's memo follows the node stamps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gpuplane_core::MILLI_PER_GPU;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+use crate::cluster::{Cluster, GpuShare, NodeId, NodeState, Placement, PodRequest, Shape};
+use crate::filter::{self, RejectionCounts};
+use crate::frag::TargetWorkload;
+use crate::policy::{self, Policy};
+
+/// The engine's answer for one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Place the pod here.
+    Place(Placement),
+    /// No node passes every filter; how many nodes each filter rejected.
+    Unschedulable(RejectionCounts),
+}
+
+/// Which node wins among nodes with the same best score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TieBreak {
+    /// The node with the lexicographically smallest name: reproducible, and what the FGD paper's
+    /// simulator does (its `selectHost` replaces kube-scheduler's reservoir sampling with this).
+    #[default]
+    LowestName,
+    /// A uniformly random node among the tied ones, as stock kube-scheduler does.
+    Random,
+}
+
+/// How an engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The scoring policy.
+    pub policy: Policy,
+    /// The target workload FGD scores against (required for FGD, ignored otherwise).
+    pub target: Option<Arc<TargetWorkload>>,
+    /// Seed of the random stream (the Random policy, random tie-breaking).
+    pub seed: u64,
+    /// How ties between equally scored nodes are broken.
+    pub tie_break: TieBreak,
+}
+
+/// Why an engine could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// FGD without a target workload.
+    #[error("the fgd policy needs a target workload")]
+    MissingTarget,
+}
+
+/// Never a valid node stamp: marks an empty memo slot.
+const STALE: u64 = u64::MAX;
+
+/// FGD's memo: the node fragment and, per pod shape, the node's score and chosen GPU,
+/// each valid while the node's stamp is unchanged.
+#[derive(Debug, Default)]
+struct FgdMemo {
+    cluster_id: u64,
+    node_fragment: Vec<(u64, f64)>,
+    shape_index: HashMap<Shape, usize>,
+    by_shape: Vec<Vec<(u64, i16, i8)>>,
+}
+
+/// The placement engine for one policy.
+#[derive(Debug)]
+pub struct Engine {
+    policy: Policy,
+    target: Option<Arc<TargetWorkload>>,
+    tie_break: TieBreak,
+    rng: ChaCha8Rng,
+    fgd: FgdMemo,
+    scores: Vec<(NodeId, i64)>,
+    ties: Vec<NodeId>,
+}
+
+impl Engine {
+    /// Builds an engine.
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        if config.policy == Policy::Fgd && config.target.is_none() {
+            return Err(EngineError::MissingTarget);
+        }
+        Ok(Engine {
+            policy: config.policy,
+            target: config.target,
+            tie_break: config.tie_break,
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            fgd: FgdMemo::default(),
+            scores: Vec::new(),
+            ties: Vec::new(),
+        })
+    }
+
+    /// The policy this engine scores with.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Decides where `pod` goes in `cluster`. Does not change the cluster.
+    pub fn decide(&mut self, cluster: &Cluster, pod: &PodRequest) -> Decision {
+        let infos = cluster.node_info();
+        let nodes = cluster.nodes();
+        let mut rejected = RejectionCounts::default();
+        self.scores.clear();
+        let memo_slot = if self.policy == Policy::Fgd { Some(self.fgd_prepare(cluster, pod.shape())) } else { None };
+        for (id, (info, node)) in infos.iter().zip(nodes).enumerate() {
+            if let Err(r) = filter::check(info, node, pod) {
+                rejected.add(r);
+                continue;
+            }
+            let score = match self.policy {
+                Policy::Random => 0,
+                Policy::DotProd => policy::dot_product_score(node, pod),
+                Policy::GpuClustering => policy::gpu_clustering_score(node, pod),
+                Policy::GpuPacking => policy::gpu_packing_score(node, pod),
+                Policy::BestFit => policy::best_fit_raw_score(node, pod),
+                Policy::Fgd => self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).0,
+            };
+            self.scores.push((id, score));
+        }
+        if self.scores.is_empty() {
+            return Decision::Unschedulable(rejected);
+        }
+        if self.policy == Policy::BestFit {
+            normalise(&mut self.scores);
+        }
+        let chosen = self.pick_best(cluster.name_rank());
+        let node = &nodes[chosen];
+        let gpus = self.choose_gpus(memo_slot, chosen, node, pod);
+        Decision::Place(Placement { node: chosen, gpus })
+    }
+
+    /// The highest score wins. Random draws uniformly among all feasible nodes; otherwise ties go
+    /// by the configured [`TieBreak`].
+    fn pick_best(&mut self, name_rank: &[u32]) -> NodeId {
+        if self.policy == Policy::Random {
+            return self.scores[self.rng.random_range(0..self.scores.len())].0;
+        }
+        let best = self.scores.iter().map(|s| s.1).max().unwrap_or(0);
+        let tied = self.scores.iter().filter(|s| s.1 == best).map(|s| s.0);
+        match self.tie_break {
+            TieBreak::LowestName => tied.min_by_key(|&id| name_rank[id]).unwrap_or(0),
+            TieBreak::Random => {
+                self.ties.clear();
+                self.ties.extend(tied);
+                self.ties[self.rng.random_range(0..self.ties.len())]
+            }
+        }
+    }
+
+    fn choose_gpus(&mut self, memo_slot: Option<usize>, id: NodeId, node: &NodeState, pod: &PodRequest) -> Vec<GpuShare> {
+        if pod.gpu.is_none() {
+            return Vec::new();
+        }
+        let milli = pod.gpu.milli_per_gpu;
+        if u32::from(milli) >= MILLI_PER_GPU {
+            return policy::lowest_full_gpus(node, pod.gpu).into_iter().map(|index| GpuShare { index, milli }).collect();
+        }
+        let index = match self.policy {
+            Policy::Random => {
+                let fitting: Vec<u8> = (0..node.gpu_count).filter(|&i| node.gpu_free[usize::from(i)] >= milli).collect();
+                fitting[self.rng.random_range(0..fitting.len())]
+            }
+            Policy::Fgd => {
+                let gpu = self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).1;
+                u8::try_from(gpu).unwrap_or(0)
+            }
+            _ => policy::best_fit_gpu(node, milli).unwrap_or(0),
+        };
+        vec![GpuShare { index, milli }]
+    }
+
+    /// Resets the memo for a new cluster and returns the memo slot of a shape.
+    fn fgd_prepare(&mut self, cluster: &Cluster, shape: Shape) -> usize {
+        let memo = &mut self.fgd;
+        if memo.cluster_id != cluster.id() || memo.node_fragment.len() != cluster.len() {
+            memo.cluster_id = cluster.id();
+            memo.node_fragment = vec![(STALE, 0.0); cluster.len()];
+            memo.shape_index.clear();
+            memo.by_shape.clear();
+        }
+        let next = memo.by_shape.len();
+        let slot = *memo.shape_index.entry(shape).or_insert(next);
+        if slot == next {
+            memo.by_shape.push(vec![(STALE, 0, -1); cluster.len()]);
+        }
+        slot
+    }
+
+    /// FGD's score of a node for a pod, and the GPU index it would use for a sharing pod (-1 otherwise).
+    fn fgd_score(&mut self, slot: usize, id: NodeId, node: &NodeState, pod: &PodRequest) -> (i64, i8) {
+        let (stamp, score, gpu) = self.fgd.by_shape[slot][id];
+        if stamp == node.stamp {
+            return (i64::from(score), gpu);
+        }
+        let target = match &self.target {
+            Some(t) => Arc::clone(t),
+            None => return (0, -1),
+        };
+        let before = {
+            let cached = &mut self.fgd.node_fragment[id];
+            if cached.0 != node.stamp {
+                *cached = (node.stamp, target.node_fragment(node));
+            }
+            cached.1
+        };
+        let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
+        let gpus = node.gpus();
+        let (score, gpu) = if pod.gpu.is_sharing() {
+            // Try each fitting GPU; equal free milli give equal outcomes, so each value is scored once.
+            let demand = pod.gpu.milli_per_gpu;
+            let mut best: Option<(i64, i8)> = None;
+            let mut tried: [u16; 8] = [u16::MAX; 8];
+            let mut tried_len = 0;
+            for (i, &free) in gpus.iter().enumerate() {
+                if free < demand || tried[..tried_len].contains(&free) {
+                    continue;
+                }
+                tried[tried_len] = free;
+                tried_len += 1;
+                let mut after = node.gpu_free;
+                after[i] -= demand;
+                let f_after = target.fragment_of(cpu_after, &after[..gpus.len()], node.model);
+                let s = sigmoid_score(before - f_after);
+                if best.is_none_or(|b| s > b.0) {
+                    best = Some((s, i as i8));
+                }
+            }
+            best.unwrap_or((0, -1))
+        } else {
+            let after = policy::gpus_after_packing(node, pod.gpu);
+            let f_after = target.fragment_of(cpu_after, &after[..gpus.len()], node.model);
+            (sigmoid_score(before - f_after), -1)
+        };
+        self.fgd.by_shape[slot][id] = (node.stamp, score as i16, gpu);
+        (score, gpu)
+    }
+}
+
+/// ⌊100 · sigmoid(Δ / 1000)⌋ where Δ is the fragmentation removed, in milli-GPUs.
+#[inline]
+fn sigmoid_score(removed_milli: f64) -> i64 {
+    let x = removed_milli / 1000.0;
+    (100.0 / (1.0 + (-x).exp())) as i64
+}
+
+/// Min–max normalisation to 0..=100 over the feasible nodes (all equal → all 0).
+fn normalise(scores: &mut [(NodeId, i64)]) {
+    let lo = scores.iter().map(|s| s.1).min().unwrap_or(0);
+    let hi = scores.iter().map(|s| s.1).max().unwrap_or(0);
+    for s in scores.iter_mut() {
+        s.1 = if hi == lo { 0 } else { (s.1 - lo) * 100 / (hi - lo) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ModelSet;
+    use gpuplane_core::{GpuRequest, Node, Pod};
+
+    fn gpu_node(name: &str, gpus: u8, model: &str) -> Node {
+        Node {
+            name: name.into(),
+            cpu_milli: 64_000,
+            memory_bytes: 256 << 30,
+            gpu_count: gpus,
+            gpu_model: Some(model.into()),
+            labels: Default::default(),
+            taints: vec![],
+        }
+    }
+
+    fn engine(policy: Policy, target: Option<TargetWorkload>) -> Engine {
+        Engine::new(EngineConfig { policy, target: target.map(Arc::new), seed: 7, tie_break: TieBreak::LowestName }).unwrap()
+    }
+
+    #[test]
+    fn unschedulable_reports_filter_counts() {
+        let cluster = Cluster::new(&[gpu_node("a", 2, "T4"), gpu_node("b", 8, "G2")]).unwrap();
+        let mut pod = Pod::with_requests("p", 1000, 1 << 30, GpuRequest { count: 4, milli_per_gpu: 1000 });
+        pod.gpu_models = vec!["T4".into()];
+        let req = cluster.request(&pod);
+        let Decision::Unschedulable(counts) = engine(Policy::BestFit, None).decide(&cluster, &req) else {
+            panic!("a 4-GPU T4 pod fits nowhere");
+        };
+        assert_eq!(counts.to_string(), "0/2 nodes are available: 1 gpu-model, 1 gpu");
+    }
+
+    #[test]
+    fn fgd_avoids_breaking_a_whole_gpu_for_a_small_share() {
+        // Node a has a GPU with 500 free: a 500 m pod fills it exactly. Node b is empty:
+        // placing there would leave 500 m that the 1000 m tasks of the workload cannot use.
+        let mut cluster = Cluster::new(&[gpu_node("a", 2, "T4"), gpu_node("b", 2, "T4")]).unwrap();
+        let half = cluster.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
+        cluster.bind(&half, &Placement { node: 0, gpus: vec![GpuShare { index: 1, milli: 500 }] }).unwrap();
+        let whole = Shape { cpu_milli: 1000, gpu: GpuRequest { count: 1, milli_per_gpu: 1000 }, models: ModelSet::Any };
+        let target = TargetWorkload::from_weights(&[(whole, 0.5), (half.shape(), 0.5)]).unwrap();
+        let mut e = engine(Policy::Fgd, Some(target));
+        let d = e.decide(&cluster, &half);
+        assert_eq!(d, Decision::Place(Placement { node: 0, gpus: vec![GpuShare { index: 1, milli: 500 }] }));
+    }
+
+    #[test]
+    fn same_seed_same_decisions() {
+        let nodes: Vec<Node> = (0..20).map(|i| gpu_node(&format!("n{i}"), 8, "G2")).collect();
+        let run = |seed| {
+            let mut cluster = Cluster::new(&nodes).unwrap();
+            let mut e = Engine::new(EngineConfig { policy: Policy::Random, target: None, seed, tie_break: TieBreak::LowestName }).unwrap();
+            let pod = cluster.request(&Pod::with_requests("p", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 300 }));
+            let mut out = Vec::new();
+            for _ in 0..50 {
+                if let Decision::Place(p) = e.decide(&cluster, &pod) {
+                    cluster.bind(&pod, &p).unwrap();
+                    out.push(p);
+                }
+            }
+            out
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn fgd_requires_a_target_workload() {
+        let err = Engine::new(EngineConfig { policy: Policy::Fgd, target: None, seed: 0, tie_break: TieBreak::LowestName }).unwrap_err();
+        assert_eq!(err, EngineError::MissingTarget);
+    }
+}

@@ -1,0 +1,193 @@
+//! GPU fragmentation as FGD defines it (Weng et al., USENIX ATC '23): for a target workload of task
+//! shapes with popularities, the expected free GPU milli on a node that the next task could not use.
+//! `docs/fgd.md` gives the definitions; the cases follow the reference simulator's `GetNodePodFrag`.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use crate::cluster::{NodeState, PodRequest, Shape};
+
+/// One shape of the target workload and its popularity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightedShape {
+    /// The task shape.
+    pub shape: Shape,
+    /// Popularity, summing to 1 over the workload.
+    pub weight: f64,
+    /// How many tasks of the source had this shape.
+    pub count: u64,
+}
+
+/// The target workload M: the most popular task shapes, renormalised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetWorkload {
+    shapes: Vec<WeightedShape>,
+    distinct_shapes: usize,
+    covered_tasks: u64,
+    total_tasks: u64,
+}
+
+/// Why a target workload could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WorkloadError {
+    /// No tasks to learn from.
+    #[error("the target workload needs at least one task")]
+    Empty,
+    /// Coverage outside (0, 1].
+    #[error("coverage must be in (0, 1], got {0}")]
+    Coverage(String),
+}
+
+impl TargetWorkload {
+    /// Groups tasks by exact shape, keeps the most common shapes until they cover at least `coverage`
+    /// of the tasks (FGD uses 0.95), and renormalises their popularities.
+    ///
+    /// Equal counts are ordered by shape, larger first, as the reference simulator does.
+    pub fn from_requests<'a>(tasks: impl IntoIterator<Item = &'a PodRequest>, coverage: f64) -> Result<Self, WorkloadError> {
+        if !(coverage > 0.0 && coverage <= 1.0) {
+            return Err(WorkloadError::Coverage(coverage.to_string()));
+        }
+        let mut counts: HashMap<Shape, u64> = HashMap::new();
+        let mut total = 0u64;
+        for t in tasks {
+            *counts.entry(t.shape()).or_default() += 1;
+            total += 1;
+        }
+        if total == 0 {
+            return Err(WorkloadError::Empty);
+        }
+        let mut ranked: Vec<(Shape, u64)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        let distinct_shapes = ranked.len();
+        let wanted = coverage * total as f64;
+        let mut covered = 0u64;
+        let mut kept = 0;
+        while (covered as f64) < wanted && kept < ranked.len() {
+            covered += ranked[kept].1;
+            kept += 1;
+        }
+        let shapes = ranked[..kept]
+            .iter()
+            .map(|&(shape, count)| WeightedShape { shape, weight: count as f64 / covered as f64, count })
+            .collect();
+        Ok(TargetWorkload { shapes, distinct_shapes, covered_tasks: covered, total_tasks: total })
+    }
+
+    /// Builds a workload from explicit shapes and weights (weights are renormalised).
+    pub fn from_weights(shapes: &[(Shape, f64)]) -> Result<Self, WorkloadError> {
+        let sum: f64 = shapes.iter().map(|s| s.1).sum();
+        if shapes.is_empty() || sum.is_nan() || sum <= 0.0 {
+            return Err(WorkloadError::Empty);
+        }
+        Ok(TargetWorkload {
+            shapes: shapes.iter().map(|&(shape, w)| WeightedShape { shape, weight: w / sum, count: 0 }).collect(),
+            distinct_shapes: shapes.len(),
+            covered_tasks: 0,
+            total_tasks: 0,
+        })
+    }
+
+    /// The kept shapes, most popular first.
+    pub fn shapes(&self) -> &[WeightedShape] {
+        &self.shapes
+    }
+
+    /// Distinct shapes in the source tasks.
+    pub fn distinct_shapes(&self) -> usize {
+        self.distinct_shapes
+    }
+
+    /// Share of the source tasks the kept shapes cover.
+    pub fn coverage(&self) -> f64 {
+        if self.total_tasks == 0 { 1.0 } else { self.covered_tasks as f64 / self.total_tasks as f64 }
+    }
+
+    /// Expected fragment of a node, in milli-GPUs: Σ_m p_m · F_n(m).
+    #[inline]
+    pub fn node_fragment(&self, node: &NodeState) -> f64 {
+        self.fragment_of(node.cpu_free, node.gpus(), node.model)
+    }
+
+    /// Expected fragment of a node state given as parts.
+    #[inline]
+    pub fn fragment_of(&self, cpu_free: u64, gpus: &[u16], model: Option<u8>) -> f64 {
+        let free: u32 = gpus.iter().map(|&g| u32::from(g)).sum();
+        if free == 0 {
+            return 0.0;
+        }
+        self.shapes.iter().map(|s| s.weight * f64::from(shape_fragment(cpu_free, gpus, free, model, &s.shape))).sum()
+    }
+}
+
+/// F_n(m): the free milli of a node that a task of shape m cannot use.
+///
+/// If the task cannot run on the node at all (no GPU asked, wrong model, too few fitting GPUs, too
+/// little CPU), every free milli is a fragment; if it can, only the GPUs with less free than the task's
+/// per-GPU demand are.
+#[inline]
+pub fn shape_fragment(cpu_free: u64, gpus: &[u16], free_total: u32, model: Option<u8>, shape: &Shape) -> u32 {
+    if shape.gpu.is_none() || !shape.models.accepts(model) {
+        return free_total;
+    }
+    let demand = shape.gpu.milli_per_gpu;
+    let mut fitting = 0u8;
+    let mut too_small = 0u32;
+    for &g in gpus {
+        if g >= demand {
+            fitting += 1;
+        } else {
+            too_small += u32::from(g);
+        }
+    }
+    if fitting >= shape.gpu.count && cpu_free >= shape.cpu_milli { too_small } else { free_total }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ModelSet;
+    use gpuplane_core::GpuRequest;
+
+    fn shape(cpu: u64, count: u8, milli: u16) -> Shape {
+        Shape { cpu_milli: cpu, gpu: GpuRequest { count, milli_per_gpu: milli }, models: ModelSet::Any }
+    }
+
+    #[test]
+    fn fragment_cases_follow_the_definition() {
+        let gpus = [1000, 300, 0, 700];
+        let free = 2000;
+        // CPU-only task: every free milli is a fragment, whether it fits or not.
+        assert_eq!(shape_fragment(10_000, &gpus, free, Some(0), &shape(1000, 0, 0)), 2000);
+        // Task fits: GPUs with less than 500 free are fragments (300), the rest is usable.
+        assert_eq!(shape_fragment(10_000, &gpus, free, Some(0), &shape(1000, 1, 500)), 300);
+        // Task fits on GPUs, but the node lacks CPU: all is fragment.
+        assert_eq!(shape_fragment(500, &gpus, free, Some(0), &shape(1000, 1, 500)), 2000);
+        // Two whole GPUs wanted, only one is free.
+        assert_eq!(shape_fragment(10_000, &gpus, free, Some(0), &shape(1000, 2, 1000)), 2000);
+        // Wrong model.
+        let only_model_1 = Shape { models: ModelSet::Only(0b10), ..shape(1000, 1, 500) };
+        assert_eq!(shape_fragment(10_000, &gpus, free, Some(0), &only_model_1), 2000);
+        assert_eq!(shape_fragment(10_000, &gpus, free, Some(1), &only_model_1), 300);
+    }
+
+    #[test]
+    fn workload_keeps_top_shapes_until_coverage() {
+        let mk = |cpu, n| {
+            (0..n).map(move |_| PodRequest {
+                cpu_milli: cpu,
+                memory_bytes: 0,
+                gpu: GpuRequest { count: 1, milli_per_gpu: 500 },
+                models: ModelSet::Any,
+                priority: 0,
+                constraints: None,
+            })
+        };
+        let tasks: Vec<PodRequest> = mk(1000, 60).chain(mk(2000, 30)).chain(mk(3000, 6)).chain(mk(4000, 4)).collect();
+        let w = TargetWorkload::from_requests(&tasks, 0.95).unwrap();
+        assert_eq!(w.shapes().len(), 3, "60+30 < 95, 60+30+6 >= 95");
+        assert!((w.shapes()[0].weight - 60.0 / 96.0).abs() < 1e-12);
+        assert_eq!(w.distinct_shapes(), 4);
+        assert!(TargetWorkload::from_requests(&tasks[..0], 0.95).is_err());
+    }
+}

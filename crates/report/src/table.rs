@@ -1,0 +1,68 @@
+//! Terminal table of a simulation: unallocated GPU % at fixed arrived-workload points, median and
+//! min–max over seeds, per policy, with failures, decision latency and wall time.
+
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, Table};
+use gpuplane_sim::{ExperimentResult, PolicySummary};
+
+/// Arrived-workload points the summary table shows.
+pub const CHECKPOINTS: [u32; 6] = [90, 95, 100, 110, 120, 130];
+
+/// "4.77 (4.60–4.95)" for a point, or "–" when no seed reached it.
+fn cell(p: &PolicySummary, pct: u32) -> String {
+    match p.at(pct) {
+        Some(c) => format!("{:.2} ({:.2}–{:.2})", c.unallocated_gpu_pct.median, c.unallocated_gpu_pct.min, c.unallocated_gpu_pct.max),
+        None => "–".to_owned(),
+    }
+}
+
+/// Formats nanoseconds as µs with one decimal.
+pub fn micros(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+/// Table drawing styles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Box-drawing characters for a terminal.
+    Terminal,
+    /// A GitHub-flavoured Markdown table.
+    Markdown,
+}
+
+/// The summary table.
+pub fn summary(result: &ExperimentResult, style: Style) -> String {
+    let mut table = Table::new();
+    table.load_style(match style {
+        Style::Terminal => UTF8_FULL_CONDENSED,
+        Style::Markdown => ASCII_MARKDOWN,
+    });
+    let mut header = vec!["policy".to_owned()];
+    header.extend(CHECKPOINTS.iter().map(|c| format!("{c} %")));
+    header.extend(["failed pods".to_owned(), "decision p50/p99 µs".to_owned(), "wall s".to_owned()]);
+    table.set_header(header);
+    for p in &result.policies {
+        let wall: f64 = result.runs.iter().filter(|r| r.policy == p.policy).map(|r| r.wall_ms).sum::<f64>() / 1000.0;
+        let mut row = vec![p.policy.title().to_owned()];
+        row.extend(CHECKPOINTS.iter().map(|&c| cell(p, c)));
+        row.push(format!("{:.0}", p.failed_pods.median));
+        row.push(format!("{} / {}", micros(p.decision_p50_ns), micros(p.decision_p99_ns)));
+        row.push(format!("{wall:.1}"));
+        table.add_row(row);
+    }
+    for i in 1..table.column_count() {
+        if let Some(col) = table.column_mut(i) {
+            col.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    format!(
+        "Unallocated GPU % at arrived workload (median, min–max over {} seeds); {} nodes, {} GPUs, {} trace pods, tune {}\n{table}\nwall time {:.1} s for {} runs (CPU time per policy in the last column)\n",
+        result.seeds.len(),
+        result.cluster.nodes,
+        result.cluster.gpus,
+        result.trace_pods,
+        result.tune,
+        result.wall_ms / 1000.0,
+        result.runs.len(),
+    )
+}

@@ -1,0 +1,192 @@
+//! One simulation run: pods arrive one by one, the engine decides, placed pods are bound, failed pods
+//! are dropped. After every arrival the cluster's allocation and fragmentation are sampled against the
+//! arrived workload, discretised to whole percent as the FGD artifact does.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gpuplane_core::Pod;
+use gpuplane_place::{Cluster, Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use serde::Serialize;
+
+use crate::SimError;
+
+/// The state of the cluster sampled at one whole percent of arrived workload.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// Arrived workload: GPU milli requested so far (failed pods included) / cluster GPU milli, in %.
+    pub arrived_pct: u32,
+    /// Allocated GPU milli / cluster GPU milli, in %.
+    pub allocated_gpu_pct: f64,
+    /// 100 − allocated, in %.
+    pub unallocated_gpu_pct: f64,
+    /// Expected fragmented GPU milli / cluster GPU milli, in %.
+    pub frag_amount_pct: f64,
+    /// Expected fragmented GPU milli / idle GPU milli, in %.
+    pub frag_ratio_pct: f64,
+}
+
+/// Per-decision time of the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DecisionLatency {
+    /// Median, in nanoseconds.
+    pub p50_ns: u64,
+    /// 99th percentile, in nanoseconds.
+    pub p99_ns: u64,
+    /// Slowest decision, in nanoseconds.
+    pub max_ns: u64,
+}
+
+/// What one (policy, seed) run produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunResult {
+    /// Policy.
+    #[serde(serialize_with = "crate::serialize_policy")]
+    pub policy: Policy,
+    /// Seed of the shuffle, inflation and tie-breaking.
+    pub seed: u64,
+    /// Pods that arrived.
+    pub pods: usize,
+    /// Pods placed.
+    pub placed: usize,
+    /// Pods that failed and were dropped.
+    pub failed: usize,
+    /// One sample per whole percent of arrived workload, from 0 to the last arrival.
+    pub samples: Vec<Sample>,
+    /// Engine time per decision.
+    pub decision_latency: DecisionLatency,
+    /// Wall time of the run, in milliseconds.
+    pub wall_ms: f64,
+}
+
+/// Runs one policy over an arrival sequence.
+pub fn run(
+    cluster: &Cluster,
+    arrivals: &[Pod],
+    policy: Policy,
+    target: &Arc<TargetWorkload>,
+    seed: u64,
+    tie_break: TieBreak,
+) -> Result<RunResult, SimError> {
+    let started = Instant::now();
+    let mut cluster = cluster.clone();
+    let mut engine = Engine::new(EngineConfig {
+        policy,
+        target: Some(Arc::clone(target)),
+        // A stream apart from the shuffle's, so the arrival order does not depend on the policy.
+        seed: seed ^ 0x9e37_79b9_7f4a_7c15,
+        tie_break,
+    })?;
+    let total = cluster.total_gpu_milli() as f64;
+    if total == 0.0 {
+        return Err(SimError::NoGpus);
+    }
+    let mut node_frag: Vec<f64> = cluster.nodes().iter().map(|n| target.node_fragment(n)).collect();
+    let mut frag_sum: f64 = node_frag.iter().sum();
+    let mut buckets = Buckets::default();
+    let mut arrived: u64 = 0;
+    buckets.add(0.0, &cluster, frag_sum, total);
+    let mut latencies = Vec::with_capacity(arrivals.len());
+    let (mut placed, mut failed) = (0, 0);
+    for pod in arrivals {
+        let request = cluster.request(pod);
+        arrived += u64::from(pod.gpu.total_milli());
+        let t0 = Instant::now();
+        let decision = engine.decide(&cluster, &request);
+        latencies.push(t0.elapsed().as_nanos() as u64);
+        match decision {
+            Decision::Place(placement) => {
+                cluster.bind(&request, &placement).map_err(|e| SimError::Bind { pod: pod.name.clone(), source: e })?;
+                let n = placement.node;
+                let f = target.node_fragment(&cluster.nodes()[n]);
+                frag_sum += f - node_frag[n];
+                node_frag[n] = f;
+                placed += 1;
+            }
+            Decision::Unschedulable(_) => failed += 1,
+        }
+        buckets.add(100.0 * arrived as f64 / total, &cluster, frag_sum, total);
+    }
+    Ok(RunResult {
+        policy,
+        seed,
+        pods: arrivals.len(),
+        placed,
+        failed,
+        samples: buckets.finish(),
+        decision_latency: latency_stats(&mut latencies),
+        wall_ms: started.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+fn latency_stats(ns: &mut [u64]) -> DecisionLatency {
+    if ns.is_empty() {
+        return DecisionLatency::default();
+    }
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize];
+    DecisionLatency { p50_ns: at(0.5), p99_ns: at(0.99), max_ns: ns[ns.len() - 1] }
+}
+
+/// Running sums per whole percent; events that round to the same percent are averaged.
+#[derive(Default)]
+struct Buckets {
+    sums: Vec<[f64; 4]>,
+    counts: Vec<u32>,
+}
+
+impl Buckets {
+    fn add(&mut self, arrived_pct: f64, cluster: &Cluster, frag_milli: f64, total: f64) {
+        let i = arrived_pct.round() as usize;
+        if i >= self.sums.len() {
+            self.sums.resize(i + 1, [0.0; 4]);
+            self.counts.resize(i + 1, 0);
+        }
+        let allocated = cluster.allocated_gpu_milli() as f64;
+        let idle = total - allocated;
+        let frag_ratio = if idle > 0.0 { 100.0 * frag_milli / idle } else { 0.0 };
+        let s = &mut self.sums[i];
+        s[0] += 100.0 * allocated / total;
+        s[1] += 100.0 * frag_milli / total;
+        s[2] += frag_ratio;
+        self.counts[i] += 1;
+    }
+
+    /// Averages each percent; a percent with no event takes the mean of its ±1 neighbours, or the
+    /// nearest earlier one when both are missing too (a multi-GPU pod can jump several percent).
+    fn finish(self) -> Vec<Sample> {
+        let mean = |i: usize| -> Option<[f64; 3]> {
+            let c = f64::from(*self.counts.get(i)?);
+            (c > 0.0).then(|| {
+                let s = self.sums[i];
+                [s[0] / c, s[1] / c, s[2] / c]
+            })
+        };
+        let mut out: Vec<Sample> = Vec::with_capacity(self.counts.len());
+        for i in 0..self.counts.len() {
+            let v = mean(i).or_else(|| {
+                let prev = i.checked_sub(1).and_then(mean);
+                match (prev, mean(i + 1)) {
+                    (Some(a), Some(b)) => Some([(a[0] + b[0]) / 2.0, (a[1] + b[1]) / 2.0, (a[2] + b[2]) / 2.0]),
+                    (Some(a), None) | (None, Some(a)) => Some(a),
+                    (None, None) => None,
+                }
+            });
+            let v = match v {
+                Some(v) => v,
+                None => match out.last() {
+                    Some(last) => [last.allocated_gpu_pct, last.frag_amount_pct, last.frag_ratio_pct],
+                    None => [0.0, 0.0, 0.0],
+                },
+            };
+            out.push(Sample {
+                arrived_pct: i as u32,
+                allocated_gpu_pct: v[0],
+                unallocated_gpu_pct: 100.0 - v[0],
+                frag_amount_pct: v[1],
+                frag_ratio_pct: v[2],
+            });
+        }
+        out
+    }
+}

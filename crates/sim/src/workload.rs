@@ -1,0 +1,84 @@
+//! Turning a trace into the arrival sequence of one run, with the FGD paper's protocol: pods sorted by
+//! name, shuffled with the run's seed, then inflated (or trimmed) until their GPU requests reach
+//! `tune` × the cluster's GPU capacity.
+
+use gpuplane_core::Pod;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+/// Builds the arrival order for one seed.
+///
+/// Inflation clones uniformly random pods of the original trace (with replacement) and appends them
+/// while the total stays at most `tune` × capacity. As in the reference simulator, the stop check adds
+/// only the clone's per-GPU milli, so the last multi-GPU clone may overshoot slightly. Trimming removes
+/// uniformly random pods until the total is at most the target.
+pub fn arrivals(trace: &[Pod], tune: f64, capacity_gpu_milli: u64, seed: u64) -> Vec<Pod> {
+    let mut by_name: Vec<&Pod> = trace.iter().collect();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut order: Vec<Pod> = by_name.iter().map(|p| (*p).clone()).collect();
+    // Fisher–Yates, back to front.
+    for i in (1..order.len()).rev() {
+        let j = rng.random_range(0..=i);
+        order.swap(i, j);
+    }
+    if tune <= 0.0 || trace.is_empty() {
+        return order;
+    }
+    let target = tune * capacity_gpu_milli as f64;
+    let mut total: u64 = order.iter().map(|p| u64::from(p.gpu.total_milli())).sum();
+    if (total as f64) < target {
+        let mut clone_no = 0usize;
+        loop {
+            let original = by_name[rng.random_range(0..by_name.len())];
+            if (total + u64::from(original.gpu.milli_per_gpu)) as f64 > target {
+                break;
+            }
+            total += u64::from(original.gpu.total_milli());
+            let mut clone = original.clone();
+            clone.name = format!("{}-tuned-{clone_no}", original.name);
+            clone_no += 1;
+            order.push(clone);
+        }
+    } else {
+        while total as f64 > target && !order.is_empty() {
+            let removed = order.remove(rng.random_range(0..order.len()));
+            total -= u64::from(removed.gpu.total_milli());
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuplane_core::GpuRequest;
+
+    fn trace() -> Vec<Pod> {
+        (0..100).map(|i| Pod::with_requests(format!("p{i:03}"), 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 })).collect()
+    }
+
+    #[test]
+    fn inflates_to_the_tune_ratio() {
+        // 100 pods × 0.5 GPU = 50 GPUs requested; capacity 40 GPUs, tune 1.3 → 52 GPUs → 104 pods.
+        let a = arrivals(&trace(), 1.3, 40_000, 42);
+        assert_eq!(a.len(), 104);
+        assert!(a[100..].iter().all(|p| p.name.contains("-tuned-")));
+    }
+
+    #[test]
+    fn trims_when_the_trace_is_larger() {
+        let a = arrivals(&trace(), 1.0, 40_000, 42);
+        assert_eq!(a.len(), 80);
+    }
+
+    #[test]
+    fn seeds_shuffle_differently_and_reproducibly() {
+        let t = trace();
+        assert_eq!(arrivals(&t, 0.0, 1, 1), arrivals(&t, 0.0, 1, 1));
+        assert_ne!(arrivals(&t, 0.0, 1, 1), arrivals(&t, 0.0, 1, 2));
+        let mut names: Vec<_> = arrivals(&t, 0.0, 1, 3).into_iter().map(|p| p.name).collect();
+        names.sort();
+        assert_eq!(names, t.iter().map(|p| p.name.clone()).collect::<Vec<_>>(), "a shuffle keeps every pod");
+    }
+}
