@@ -1,0 +1,111 @@
+//! The `gpuplane` binary end to end: a small run writes every output, and every kind of bad input
+//! gives a clear message naming the place at fault and a non-zero exit, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gpuplane(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuplane")).args(args).current_dir(dir).output().expect("run gpuplane")
+}
+
+fn write(dir: &Path, name: &str, body: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+const NODES_CSV: &str = "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,2,T4\nn1,96000,393216,8,A100\n";
+const PODS_CSV: &str = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,4000,8192,1,500\np1,8000,16384,2,1000\np2,1000,1024,0,0\np3,2000,4096,1,250\n";
+
+fn assert_fails(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+}
+
+#[test]
+fn small_run_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "nodes.csv", NODES_CSV);
+    let pods = write(dir.path(), "pods.csv", PODS_CSV);
+    let out = gpuplane(&["sim", "--nodes", &nodes, "--trace", &pods, "--seeds", "1-2", "--out", "o"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FGD") && stdout.contains("BestFit"), "{stdout}");
+    for f in ["sim.json", "curves.csv", "samples.csv", "unallocated.svg"] {
+        assert!(dir.path().join("o").join(f).is_file(), "{f} missing");
+    }
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/sim.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], "gpuplane.sim/v1");
+    assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 6);
+    assert_eq!(json["result"]["cluster"]["gpus"], 10);
+}
+
+#[test]
+fn yaml_cluster_and_pods_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(
+        dir.path(),
+        "nodes.yaml",
+        "kind: Node\nmetadata: {name: a, labels: {alibabacloud.com/gpu-card-model: T4}}\nstatus: {allocatable: {cpu: 64000m, memory: 256Gi, alibabacloud.com/gpu-count: '2'}}\n",
+    );
+    let pods = write(
+        dir.path(),
+        "pods.yaml",
+        "kind: Pod\nmetadata: {name: p, annotations: {alibabacloud.com/gpu-milli: '500', alibabacloud.com/gpu-count: '1'}}\nspec: {containers: [{resources: {requests: {cpu: '2', memory: 4Gi}}}]}\n",
+    );
+    let out = gpuplane(&["sim", "--nodes", &nodes, "--trace", &pods, "--seeds", "1", "--policy", "fgd", "--tune", "0.5", "--format", "json", "--out", "o"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["result"]["runs"][0]["placed"], json["result"]["runs"][0]["pods"]);
+}
+
+#[test]
+fn malformed_csv_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = write(dir.path(), "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,100,1,1,500\np1,100,1,one,500\n");
+    assert_fails(&gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()), "pods.csv:3:4: field `num_gpu` is \"one\"");
+}
+
+#[test]
+fn malformed_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "nodes.yaml", "kind: Node\nmetadata: {name: a\n");
+    assert_fails(&gpuplane(&["sim", "--nodes", &nodes, "--seeds", "1"], dir.path()), "nodes.yaml:");
+}
+
+#[test]
+fn negative_and_garbage_quantities() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = write(dir.path(), "n.yaml", "kind: Node\nmetadata: {name: a}\nstatus: {allocatable: {cpu: '-4', memory: 1Gi}}\n");
+    assert_fails(&gpuplane(&["sim", "--nodes", &nodes, "--seeds", "1"], dir.path()), "n.yaml:3:");
+    let nodes = write(dir.path(), "g.yaml", "kind: Node\nmetadata: {name: a}\nstatus: {allocatable: {cpu: 4, memory: 12GB}}\n");
+    assert_fails(&gpuplane(&["sim", "--nodes", &nodes, "--seeds", "1"], dir.path()), "\"12GB\"");
+    let pods = write(dir.path(), "p.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,-100,1,1,500\n");
+    assert_fails(&gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()), "p.csv:2:2: field `cpu_milli`");
+}
+
+#[test]
+fn unknown_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(&gpuplane(&["sim", "--policy", "fgd,tetris", "--seeds", "1"], dir.path()), "unknown policy \"tetris\"");
+}
+
+#[test]
+fn empty_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = write(dir.path(), "empty.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n");
+    assert_fails(&gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()), "empty.csv: no pods found");
+    let pods = write(dir.path(), "blank.csv", "");
+    assert_fails(&gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()), "blank.csv");
+}
+
+#[test]
+fn bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(&gpuplane(&["sim", "--seeds", "5-1"], dir.path()), "runs backwards");
+    assert_fails(&gpuplane(&["sim", "--tune=-1", "--seeds", "1"], dir.path()), "--tune");
+    assert_fails(&gpuplane(&["sim", "--trace", "missing.csv"], dir.path()), "cannot read missing.csv");
+    assert_fails(&gpuplane(&["sim", "--trace", "trace.txt"], dir.path()), "unknown file type");
+}

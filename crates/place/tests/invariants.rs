@@ -1,0 +1,155 @@
+//! Property tests of the engine's invariants over random clusters and pods, for every policy:
+//! no GPU ever above 1000 milli, no node above its CPU or memory, a pod placed only where every
+//! filter passes, and "unschedulable" only when no node passes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gpuplane_core::{GpuRequest, Node, Pod, Taint, TaintEffect, Toleration, TolerationOperator};
+use gpuplane_place::filter;
+use gpuplane_place::{Cluster, Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use proptest::prelude::*;
+
+const MODELS: [&str; 3] = ["A100", "T4", "L4"];
+
+fn node_strategy() -> impl Strategy<Value = (u64, u64, u8, usize, bool)> {
+    (1_000u64..64_000, 1u64..256, 0u8..=8, 0usize..3, any::<bool>())
+}
+
+fn pod_strategy() -> impl Strategy<Value = (u64, u64, u8, u16, Option<usize>, bool)> {
+    (0u64..16_000, 0u64..64, 0u8..=8, 1u16..=1000, proptest::option::of(0usize..3), any::<bool>())
+}
+
+fn build_node(i: usize, (cpu, mem_gib, gpus, model, tainted): (u64, u64, u8, usize, bool)) -> Node {
+    let mut labels = BTreeMap::new();
+    labels.insert("pool".to_owned(), if i % 2 == 0 { "gpu" } else { "general" }.to_owned());
+    Node {
+        name: format!("node-{i:03}"),
+        cpu_milli: cpu,
+        memory_bytes: mem_gib << 30,
+        gpu_count: gpus,
+        gpu_model: (gpus > 0).then(|| MODELS[model].to_owned()),
+        labels,
+        taints: if tainted {
+            vec![Taint { key: "gpu".into(), value: "true".into(), effect: TaintEffect::NoSchedule }]
+        } else {
+            vec![]
+        },
+    }
+}
+
+fn build_pod(i: usize, (cpu, mem_gib, count, milli, model, tolerates): (u64, u64, u8, u16, Option<usize>, bool)) -> Pod {
+    // Only single-GPU pods may share a device.
+    let gpu = match count {
+        0 => GpuRequest::NONE,
+        1 => GpuRequest { count: 1, milli_per_gpu: milli },
+        n => GpuRequest { count: n, milli_per_gpu: 1000 },
+    };
+    let mut pod = Pod::with_requests(format!("pod-{i}"), cpu, mem_gib << 29, gpu);
+    if let Some(m) = model {
+        pod.gpu_models = vec![MODELS[m].to_owned()];
+    }
+    if tolerates {
+        pod.tolerations = vec![Toleration {
+            key: "gpu".into(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: None,
+        }];
+    }
+    if i % 7 == 0 {
+        pod.node_selector.insert("pool".into(), "gpu".into());
+    }
+    pod
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn no_overallocation_and_filters_always_hold(
+        nodes in prop::collection::vec(node_strategy(), 1..12),
+        pods in prop::collection::vec(pod_strategy(), 1..80),
+        seed in any::<u64>(),
+        random_ties in any::<bool>(),
+    ) {
+        let nodes: Vec<Node> = nodes.into_iter().enumerate().map(|(i, n)| build_node(i, n)).collect();
+        let pods: Vec<Pod> = pods.into_iter().enumerate().map(|(i, p)| build_pod(i, p)).collect();
+        let base = Cluster::new(&nodes).unwrap();
+        let requests: Vec<_> = pods.iter().map(|p| base.request(p)).collect();
+        let target = Arc::new(TargetWorkload::from_requests(&requests, 0.95).unwrap());
+        for policy in Policy::ALL {
+            let mut cluster = base.clone();
+            let tie_break = if random_ties { TieBreak::Random } else { TieBreak::LowestName };
+            let mut engine = Engine::new(EngineConfig { policy, target: Some(Arc::clone(&target)), seed, tie_break }).unwrap();
+            // An independent ledger of what was handed out, per node and GPU.
+            let mut used_gpu = vec![[0u32; 8]; nodes.len()];
+            let mut used_cpu = vec![0u64; nodes.len()];
+            let mut used_mem = vec![0u64; nodes.len()];
+            for req in &requests {
+                match engine.decide(&cluster, req) {
+                    Decision::Place(p) => {
+                        let n = p.node;
+                        prop_assert!(filter::check(&cluster.node_info()[n], &cluster.nodes()[n], req).is_ok(),
+                            "{policy:?} placed on a node that fails a filter");
+                        prop_assert_eq!(p.gpus.len(), if req.gpu.is_none() { 0 } else { usize::from(req.gpu.count) });
+                        cluster.bind(req, &p).unwrap();
+                        for share in &p.gpus {
+                            used_gpu[n][usize::from(share.index)] += u32::from(share.milli);
+                        }
+                        used_cpu[n] += req.cpu_milli;
+                        used_mem[n] += req.memory_bytes;
+                    }
+                    Decision::Unschedulable(counts) => {
+                        prop_assert_eq!(counts.total() as usize, nodes.len());
+                        for (info, node) in cluster.node_info().iter().zip(cluster.nodes()) {
+                            prop_assert!(filter::check(info, node, req).is_err(),
+                                "{policy:?} gave up although node {} fits", info.name);
+                        }
+                    }
+                }
+            }
+            for (i, node) in nodes.iter().enumerate() {
+                let state = &cluster.nodes()[i];
+                prop_assert!(used_cpu[i] <= node.cpu_milli);
+                prop_assert!(used_mem[i] <= node.memory_bytes);
+                prop_assert_eq!(state.cpu_free, node.cpu_milli - used_cpu[i]);
+                for g in 0..usize::from(node.gpu_count) {
+                    prop_assert!(used_gpu[i][g] <= 1000, "GPU over-allocated");
+                    prop_assert_eq!(u32::from(state.gpu_free[g]), 1000 - used_gpu[i][g]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn release_restores_the_node(
+        nodes in prop::collection::vec(node_strategy(), 1..6),
+        pods in prop::collection::vec(pod_strategy(), 1..30),
+    ) {
+        let nodes: Vec<Node> = nodes.into_iter().enumerate().map(|(i, n)| build_node(i, n)).collect();
+        let mut cluster = Cluster::new(&nodes).unwrap();
+        let before: Vec<_> = cluster.nodes().to_vec();
+        let mut engine = Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName }).unwrap();
+        let mut placed = Vec::new();
+        for (i, p) in pods.into_iter().enumerate() {
+            let req = cluster.request(&build_pod(i, p));
+            if let Decision::Place(p) = engine.decide(&cluster, &req) {
+                cluster.bind(&req, &p).unwrap();
+                placed.push((req, p));
+            }
+        }
+        for (req, p) in placed.iter().rev() {
+            cluster.release(req, p).unwrap();
+        }
+        for (a, b) in before.iter().zip(cluster.nodes()) {
+            prop_assert_eq!((a.cpu_free, a.memory_free, a.gpu_free, a.gpu_pods_by_class), (b.cpu_free, b.memory_free, b.gpu_free, b.gpu_pods_by_class));
+        }
+        // Releasing twice is refused rather than over-freeing.
+        if let Some((req, p)) = placed.first() {
+            if !req.gpu.is_none() || req.cpu_milli > 0 {
+                prop_assert!(cluster.release(req, p).is_err());
+            }
+        }
+    }
+}

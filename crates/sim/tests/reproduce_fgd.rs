@@ -1,0 +1,90 @@
+//! A reduced run of the FGD paper's default experiment (3 seeds instead of 10) against the published
+//! medians, with tolerances that a wrong scorer, GPU choice, tie-break or inflation fails.
+
+use std::path::PathBuf;
+
+use gpuplane_core::openb::{read_nodes, read_pods};
+use gpuplane_place::{Policy, TieBreak};
+use gpuplane_sim::{Experiment, ExperimentResult, run_experiment};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/openb").join(name)
+}
+
+fn run(policies: &[Policy], seeds: &[u64]) -> ExperimentResult {
+    let nodes_path = data("openb_node_list_gpu_node.csv");
+    let trace_path = data("openb_pod_list_default.csv");
+    let nodes = read_nodes("nodes", std::fs::File::open(nodes_path).unwrap()).unwrap();
+    let trace = read_pods("trace", std::fs::File::open(trace_path).unwrap()).unwrap().into_iter().map(|p| p.pod).collect();
+    let exp = Experiment {
+        nodes,
+        trace,
+        policies: policies.to_vec(),
+        seeds: seeds.to_vec(),
+        tune: 1.3,
+        tie_break: TieBreak::LowestName,
+    };
+    run_experiment(&exp, &|_| {}).unwrap()
+}
+
+fn unallocated_at(result: &ExperimentResult, policy: Policy, pct: u32) -> f64 {
+    let p = result.policies.iter().find(|p| p.policy == policy).unwrap();
+    p.at(pct).unwrap().unallocated_gpu_pct.median
+}
+
+#[test]
+fn default_trace_matches_the_paper() {
+    let result = run(&Policy::ALL, &[42, 43, 44]);
+    assert_eq!(result.cluster.gpus, 6212);
+    assert_eq!(result.trace_pods, 8152);
+    assert_eq!(result.target_workload.kept_shapes, 35);
+    assert_eq!(result.target_workload.distinct_shapes, 91);
+    // Inflation to 1.3 × 6,212 GPUs gives about 10,866 pods (the exact count depends on the draws).
+    for r in &result.runs {
+        assert!((10_700..11_000).contains(&r.pods), "{} pods after inflation", r.pods);
+    }
+
+    // Published medians at 100 % arrived workload and the allowed distance.
+    let expected = [
+        (Policy::Random, 13.75, 1.0),
+        (Policy::DotProd, 9.44, 0.5),
+        (Policy::GpuClustering, 8.42, 1.0),
+        (Policy::GpuPacking, 8.19, 1.0),
+        (Policy::BestFit, 7.09, 0.5),
+        (Policy::Fgd, 4.77, 0.5),
+    ];
+    for (policy, paper, tolerance) in expected {
+        let got = unallocated_at(&result, policy, 100);
+        assert!((got - paper).abs() <= tolerance, "{policy}: {got:.2} % unallocated at 100 %, paper {paper} ± {tolerance}");
+    }
+    // The ranking: FGD < BestFit < Packing, Clustering < DotProd < Random.
+    let u = |p| unallocated_at(&result, p, 100);
+    assert!(u(Policy::Fgd) < u(Policy::BestFit));
+    assert!(u(Policy::BestFit) < u(Policy::GpuPacking).min(u(Policy::GpuClustering)));
+    assert!(u(Policy::GpuPacking).max(u(Policy::GpuClustering)) < u(Policy::DotProd));
+    assert!(u(Policy::DotProd) < u(Policy::Random));
+    // Up to 90 % every non-random policy places everything (the ideal line).
+    for policy in [Policy::DotProd, Policy::BestFit, Policy::Fgd] {
+        let got = unallocated_at(&result, policy, 90);
+        assert!((got - 10.0).abs() < 0.2, "{policy}: {got:.2} at 90 %");
+    }
+
+    // FGD's fragmentation during the fill, as % of cluster GPUs.
+    let fgd = result.policies.iter().find(|p| p.policy == Policy::Fgd).unwrap();
+    for (pct, paper) in [(50, 8.95), (80, 5.97), (90, 5.01)] {
+        let got = fgd.at(pct).unwrap().frag_amount_pct.median;
+        assert!((got - paper).abs() <= 0.7, "FGD frag amount at {pct} %: {got:.2}, paper {paper}");
+    }
+    // An empty cluster already counts the CPU-only tasks' share of idle GPUs as fragmented (≈ 13.9 %).
+    let empty = fgd.at(0).unwrap().frag_ratio_pct.median;
+    assert!((empty - 13.9).abs() < 0.3, "frag ratio of the empty cluster: {empty:.2}");
+}
+
+#[test]
+fn runs_are_reproducible() {
+    let a = run(&[Policy::Fgd, Policy::Random], &[7]);
+    let b = run(&[Policy::Fgd, Policy::Random], &[7]);
+    for (x, y) in a.runs.iter().zip(&b.runs) {
+        assert_eq!(x.samples, y.samples, "{} seed {}", x.policy, x.seed);
+    }
+}
