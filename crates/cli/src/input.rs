@@ -40,8 +40,9 @@ pub fn nodes(path: Option<&Path>) -> Result<(String, Vec<Node>)> {
         return Ok((BUNDLED_NODES_NAME.to_owned(), read_nodes(BUNDLED_NODES_NAME, BUNDLED_NODES.as_bytes())?));
     };
     let name = path.display().to_string();
+    let format = format_of(path)?;
     let text = read_text(path)?;
-    let nodes = match format_of(path)? {
+    let nodes = match format {
         Format::Csv => read_nodes(&name, text.as_bytes())?,
         Format::Yaml => {
             let m = read_manifests(&name, &text)?;
@@ -61,8 +62,9 @@ pub fn trace(path: Option<&Path>) -> Result<(String, Vec<Pod>)> {
         return Ok((BUNDLED_TRACE_NAME.to_owned(), pods.into_iter().map(|p| p.pod).collect()));
     };
     let name = path.display().to_string();
+    let format = format_of(path)?;
     let text = read_text(path)?;
-    let pods = match format_of(path)? {
+    let pods = match format {
         Format::Csv => read_pods(&name, text.as_bytes())?.into_iter().map(|p| p.pod).collect(),
         Format::Yaml => {
             let m = read_manifests(&name, &text)?;
