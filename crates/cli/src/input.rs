@@ -26,7 +26,10 @@ fn format_of(path: &Path) -> Result<Format> {
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("csv") => Ok(Format::Csv),
         Some("yaml" | "yml") => Ok(Format::Yaml),
-        _ => bail!("{}: unknown file type; expected .csv (openb trace) or .yaml/.yml (Kubernetes objects)", path.display()),
+        _ => bail!(
+            "{}: unknown file type; expected .csv (openb trace) or .yaml/.yml (Kubernetes objects)",
+            path.display()
+        ),
     }
 }
 

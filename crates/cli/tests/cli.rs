@@ -10,7 +10,7 @@ fn gpuplane(args: &[&str], dir: &Path) -> Output {
 
 fn write(dir: &Path, name: &str, body: &str) -> String {
     let path = dir.join(name);
-    std::fs::write(&path, body).unwrap();
+    std::fs::write(&path, body).expect("write a test input file");
     path.display().to_string()
 }
 
@@ -36,7 +36,8 @@ fn small_run_writes_every_output() {
     for f in ["sim.json", "curves.csv", "samples.csv", "unallocated.svg"] {
         assert!(dir.path().join("o").join(f).is_file(), "{f} missing");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/sim.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/sim.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], "gpuplane.sim/v1");
     assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 6);
     assert_eq!(json["result"]["cluster"]["gpus"], 10);
@@ -55,7 +56,13 @@ fn yaml_cluster_and_pods_are_accepted() {
         "pods.yaml",
         "kind: Pod\nmetadata: {name: p, annotations: {alibabacloud.com/gpu-milli: '500', alibabacloud.com/gpu-count: '1'}}\nspec: {containers: [{resources: {requests: {cpu: '2', memory: 4Gi}}}]}\n",
     );
-    let out = gpuplane(&["sim", "--nodes", &nodes, "--trace", &pods, "--seeds", "1", "--policy", "fgd", "--tune", "0.5", "--format", "json", "--out", "o"], dir.path());
+    let out = gpuplane(
+        &[
+            "sim", "--nodes", &nodes, "--trace", &pods, "--seeds", "1", "--policy", "fgd", "--tune", "0.5", "--format",
+            "json", "--out", "o",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["result"]["runs"][0]["placed"], json["result"]["runs"][0]["pods"]);
@@ -64,8 +71,15 @@ fn yaml_cluster_and_pods_are_accepted() {
 #[test]
 fn malformed_csv_row() {
     let dir = tempfile::tempdir().unwrap();
-    let pods = write(dir.path(), "pods.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,100,1,1,500\np1,100,1,one,500\n");
-    assert_fails(&gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()), "pods.csv:3:4: field `num_gpu` is \"one\"");
+    let pods = write(
+        dir.path(),
+        "pods.csv",
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,100,1,1,500\np1,100,1,one,500\n",
+    );
+    assert_fails(
+        &gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()),
+        "pods.csv:3:4: field `num_gpu` is \"one\"",
+    );
 }
 
 #[test]
@@ -78,9 +92,14 @@ fn malformed_yaml() {
 #[test]
 fn negative_and_garbage_quantities() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = write(dir.path(), "n.yaml", "kind: Node\nmetadata: {name: a}\nstatus: {allocatable: {cpu: '-4', memory: 1Gi}}\n");
+    let nodes = write(
+        dir.path(),
+        "n.yaml",
+        "kind: Node\nmetadata: {name: a}\nstatus: {allocatable: {cpu: '-4', memory: 1Gi}}\n",
+    );
     assert_fails(&gpuplane(&["sim", "--nodes", &nodes, "--seeds", "1"], dir.path()), "n.yaml:3:");
-    let nodes = write(dir.path(), "g.yaml", "kind: Node\nmetadata: {name: a}\nstatus: {allocatable: {cpu: 4, memory: 12GB}}\n");
+    let nodes =
+        write(dir.path(), "g.yaml", "kind: Node\nmetadata: {name: a}\nstatus: {allocatable: {cpu: 4, memory: 12GB}}\n");
     assert_fails(&gpuplane(&["sim", "--nodes", &nodes, "--seeds", "1"], dir.path()), "\"12GB\"");
     let pods = write(dir.path(), "p.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,-100,1,1,500\n");
     assert_fails(&gpuplane(&["sim", "--trace", &pods, "--seeds", "1"], dir.path()), "p.csv:2:2: field `cpu_milli`");
@@ -89,7 +108,10 @@ fn negative_and_garbage_quantities() {
 #[test]
 fn unknown_policy() {
     let dir = tempfile::tempdir().unwrap();
-    assert_fails(&gpuplane(&["sim", "--policy", "fgd,tetris", "--seeds", "1"], dir.path()), "unknown policy \"tetris\"");
+    assert_fails(
+        &gpuplane(&["sim", "--policy", "fgd,tetris", "--seeds", "1"], dir.path()),
+        "unknown policy \"tetris\"",
+    );
 }
 
 #[test]

@@ -11,4 +11,6 @@ pub mod resources;
 
 pub use error::LoadError;
 pub use quantity::{Quantity, QuantityError};
-pub use resources::{GpuRequest, MAX_GPUS_PER_NODE, MILLI_PER_GPU, Node, Pod, Taint, TaintEffect, Toleration, TolerationOperator};
+pub use resources::{
+    GpuRequest, MAX_GPUS_PER_NODE, MILLI_PER_GPU, Node, Pod, Taint, TaintEffect, Toleration, TolerationOperator,
+};

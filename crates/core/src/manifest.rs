@@ -19,7 +19,8 @@ use crate::resources::{
 /// Extended resources that give a node's GPU count, in the order they are looked up.
 pub const NODE_GPU_RESOURCES: &[&str] = &["gpuplane.io/gpu", "nvidia.com/gpu", "alibabacloud.com/gpu-count"];
 /// Node labels that give the GPU model, in the order they are looked up.
-pub const NODE_GPU_MODEL_LABELS: &[&str] = &["gpuplane.io/gpu-model", "nvidia.com/gpu.product", "alibabacloud.com/gpu-card-model"];
+pub const NODE_GPU_MODEL_LABELS: &[&str] =
+    &["gpuplane.io/gpu-model", "nvidia.com/gpu.product", "alibabacloud.com/gpu-card-model"];
 /// Pod annotation: number of GPUs.
 pub const POD_GPU_COUNT_ANNOTATIONS: &[&str] = &["gpuplane.io/gpu-count", "alibabacloud.com/gpu-count"];
 /// Pod annotation: milli-GPUs per GPU (1000 = whole GPU).
@@ -121,7 +122,12 @@ impl ObjectReader<'_> {
 
     fn quantity(&self, field: &str, text: &Spanned<QuantityText>) -> Result<Quantity, LoadError> {
         Quantity::parse_non_negative(&text.value.0).map_err(|e| {
-            self.field_error(text.referenced, field, &text.value.0, &format!("a non-negative Kubernetes quantity ({e})"))
+            self.field_error(
+                text.referenced,
+                field,
+                &text.value.0,
+                &format!("a non-negative Kubernetes quantity ({e})"),
+            )
         })
     }
 
@@ -138,7 +144,10 @@ impl ObjectReader<'_> {
         // Allocatable is what the scheduler may hand out; capacity is the fallback.
         let lookup = |key: &str| object.status.allocatable.get(key).or_else(|| object.status.capacity.get(key));
         let cpu = lookup("cpu").ok_or_else(|| {
-            self.yaml_error(object.kind.referenced, format!("node {name:?} has no status.allocatable.cpu or status.capacity.cpu"))
+            self.yaml_error(
+                object.kind.referenced,
+                format!("node {name:?} has no status.allocatable.cpu or status.capacity.cpu"),
+            )
         })?;
         let cpu_milli = self.quantity("status.allocatable.cpu", cpu)?.milli_value() as u64;
         let memory_bytes = match lookup("memory") {
@@ -168,7 +177,12 @@ impl ObjectReader<'_> {
         let mut taints = Vec::new();
         for t in &object.spec.taints {
             let effect = TaintEffect::parse(&t.effect.value).ok_or_else(|| {
-                self.field_error(t.effect.referenced, "spec.taints.effect", &t.effect.value, "NoSchedule, PreferNoSchedule or NoExecute")
+                self.field_error(
+                    t.effect.referenced,
+                    "spec.taints.effect",
+                    &t.effect.value,
+                    "NoSchedule, PreferNoSchedule or NoExecute",
+                )
             })?;
             taints.push(Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect });
         }
@@ -215,7 +229,6 @@ impl ObjectReader<'_> {
         Ok(sum.max(init_max))
     }
 
-
     fn pod(&mut self, object: Object) -> Result<ManifestPod, LoadError> {
         let name = self.name(&object)?;
         let cpu_milli = self.pod_request(&object.spec, "cpu", true)?;
@@ -224,7 +237,10 @@ impl ObjectReader<'_> {
         let mut gpu = GpuRequest::NONE;
         if whole_gpus > 0 {
             if whole_gpus > MAX_GPUS_PER_NODE as u64 {
-                return Err(self.yaml_error(object.kind.referenced, format!("pod {name:?} asks for {whole_gpus} nvidia.com/gpu; at most 8 fit a node")));
+                return Err(self.yaml_error(
+                    object.kind.referenced,
+                    format!("pod {name:?} asks for {whole_gpus} nvidia.com/gpu; at most 8 fit a node"),
+                ));
             }
             gpu = GpuRequest { count: whole_gpus as u8, milli_per_gpu: MILLI_PER_GPU as u16 };
         }
@@ -247,14 +263,27 @@ impl ObjectReader<'_> {
             let milli = match milli {
                 Some((key, v)) => match v.value.trim().parse::<u16>() {
                     Ok(m) if m >= 1 && u32::from(m) <= MILLI_PER_GPU => m,
-                    _ => return Err(self.field_error(v.referenced, key, &v.value, "milli-GPUs per GPU, from 1 to 1000")),
+                    _ => {
+                        return Err(self.field_error(
+                            v.referenced,
+                            key,
+                            &v.value,
+                            "milli-GPUs per GPU, from 1 to 1000",
+                        ));
+                    }
                 },
                 None => MILLI_PER_GPU as u16,
             };
             if count > 1 && u32::from(milli) != MILLI_PER_GPU {
-                let (key, v) = annotation(&object, POD_GPU_MILLI_ANNOTATIONS).map_or(("gpu-milli", ""), |(k, v)| (k, v.value.as_str()));
+                let (key, v) = annotation(&object, POD_GPU_MILLI_ANNOTATIONS)
+                    .map_or(("gpu-milli", ""), |(k, v)| (k, v.value.as_str()));
                 let at = object.metadata.annotations.get(key).map_or(object.kind.referenced, |s| s.referenced);
-                return Err(self.field_error(at, key, v, "1000 when more than one GPU is requested (only single-GPU pods share)"));
+                return Err(self.field_error(
+                    at,
+                    key,
+                    v,
+                    "1000 when more than one GPU is requested (only single-GPU pods share)",
+                ));
             }
             if count > 0 {
                 gpu = GpuRequest { count, milli_per_gpu: milli };
@@ -284,7 +313,12 @@ impl ObjectReader<'_> {
                 None => None,
                 Some(e) if e.value.is_empty() => None,
                 Some(e) => Some(TaintEffect::parse(&e.value).ok_or_else(|| {
-                    self.field_error(e.referenced, "spec.tolerations.effect", &e.value, "NoSchedule, PreferNoSchedule or NoExecute")
+                    self.field_error(
+                        e.referenced,
+                        "spec.tolerations.effect",
+                        &e.value,
+                        "NoSchedule, PreferNoSchedule or NoExecute",
+                    )
                 })?),
             };
             tolerations.push(Toleration {
@@ -510,9 +544,10 @@ items:
         assert!(msg.contains("x.yaml:1:7") && msg.contains("Deployment"), "{msg}");
         let msg = read_manifests("x.yaml", "kind: [unclosed\n").unwrap_err().to_string();
         assert!(msg.starts_with("x.yaml:"), "{msg}");
-        let msg = read_manifests("x.yaml", "kind: Node\nmetadata: {name: n}\nstatus: {allocatable: {cpu: -1, memory: 1}}\n")
-            .unwrap_err()
-            .to_string();
+        let msg =
+            read_manifests("x.yaml", "kind: Node\nmetadata: {name: n}\nstatus: {allocatable: {cpu: -1, memory: 1}}\n")
+                .unwrap_err()
+                .to_string();
         assert!(msg.contains("non-negative"), "{msg}");
         let msg = read_manifests("x.yaml", "").unwrap_err().to_string();
         assert!(msg.contains("no Node or Pod objects"), "{msg}");

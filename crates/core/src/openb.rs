@@ -55,7 +55,12 @@ pub fn read_nodes(source_name: &str, input: impl Read) -> Result<Vec<Node>, Load
             return Err(row.field_error(4, "model", "a GPU model name for a node with GPUs"));
         }
         if !seen.insert(name.to_owned()) {
-            return Err(LoadError::Duplicate { source_name: source_name.to_owned(), line: row.line, what: "node", name: name.to_owned() });
+            return Err(LoadError::Duplicate {
+                source_name: source_name.to_owned(),
+                line: row.line,
+                what: "node",
+                name: name.to_owned(),
+            });
         }
         nodes.push(Node {
             name: name.to_owned(),
@@ -97,7 +102,11 @@ pub fn read_pods(source_name: &str, input: impl Read) -> Result<Vec<TracePod>, L
             return Err(row.field_error(4, "gpu_milli", "1 to 1000 for a pod that asks for GPUs"));
         }
         if num_gpu > 1 && gpu_milli != u64::from(MILLI_PER_GPU) {
-            return Err(row.field_error(4, "gpu_milli", "1000 for a pod with more than one GPU (only single-GPU pods share)"));
+            return Err(row.field_error(
+                4,
+                "gpu_milli",
+                "1000 for a pod with more than one GPU (only single-GPU pods share)",
+            ));
         }
         let mut pod = Pod::with_requests(
             name,
@@ -105,7 +114,12 @@ pub fn read_pods(source_name: &str, input: impl Read) -> Result<Vec<TracePod>, L
             memory_mib.saturating_mul(MIB),
             GpuRequest { count: num_gpu as u8, milli_per_gpu: gpu_milli as u16 },
         );
-        let mut record = TracePod { pod: Pod::with_requests("", 0, 0, GpuRequest::NONE), qos: None, creation_time: None, deletion_time: None };
+        let mut record = TracePod {
+            pod: Pod::with_requests("", 0, 0, GpuRequest::NONE),
+            qos: None,
+            creation_time: None,
+            deletion_time: None,
+        };
         if full {
             let spec = row.get(5).trim();
             if !spec.is_empty() {
@@ -156,7 +170,11 @@ impl<'a, R: Read> Rows<'a, R> {
                 return Err(LoadError::Empty { source_name: source_name.to_owned(), what: "header row" });
             }
             let expected = headers.iter().map(|h| format!("\"{}\"", h.join(","))).collect::<Vec<_>>().join(" or ");
-            return Err(LoadError::Header { source_name: source_name.to_owned(), found: found_names.join(","), expected });
+            return Err(LoadError::Header {
+                source_name: source_name.to_owned(),
+                found: found_names.join(","),
+                expected,
+            });
         };
         Ok(Rows { source_name, reader, record: csv::StringRecord::new(), header_len: header.len() })
     }
@@ -271,7 +289,8 @@ mod tests {
     fn rejects_unknown_header_and_empty_input() {
         let msg = read_pods("x.csv", "a,b,c\n1,2,3\n".as_bytes()).unwrap_err().to_string();
         assert!(msg.contains("x.csv:1: unexpected header"), "{msg}");
-        let msg = read_pods("x.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n".as_bytes()).unwrap_err().to_string();
+        let msg =
+            read_pods("x.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n".as_bytes()).unwrap_err().to_string();
         assert!(msg.contains("no pods found"), "{msg}");
         let msg = read_nodes("x.csv", "".as_bytes()).unwrap_err().to_string();
         assert!(msg.contains("x.csv"), "{msg}");

@@ -107,10 +107,7 @@ impl Quantity {
         // Mantissa as an exact integer with `frac_digits.len()` decimal places.
         let mut mantissa: i128 = 0;
         for d in int_digits.bytes().chain(frac_digits.bytes()) {
-            mantissa = mantissa
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(i128::from(d - b'0')))
-                .ok_or_else(range)?;
+            mantissa = mantissa.checked_mul(10).and_then(|m| m.checked_add(i128::from(d - b'0'))).ok_or_else(range)?;
             if mantissa > MAX_NANOS * 10 {
                 return Err(range());
             }
@@ -229,13 +226,13 @@ impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.nanos < 0 { "-" } else { "" };
         let abs = self.nanos.unsigned_abs();
-        if self.format == QuantityFormat::BinarySi && abs % NANOS_PER_UNIT as u128 == 0 {
+        if self.format == QuantityFormat::BinarySi && abs.is_multiple_of(NANOS_PER_UNIT as u128) {
             let units = abs / NANOS_PER_UNIT as u128;
             // Below 1Ki, Kubernetes prints binary quantities in decimal form.
             if units >= 1024 {
                 let mut shift = 0;
                 let mut m = units;
-                while shift < 60 && m % 1024 == 0 {
+                while shift < 60 && m.is_multiple_of(1024) {
                     m /= 1024;
                     shift += 10;
                 }
@@ -249,7 +246,7 @@ impl fmt::Display for Quantity {
         // Decimal: the largest multiple-of-three exponent that leaves an integer mantissa.
         let mut exp: i64 = -9;
         let mut m = abs;
-        while exp < 18 && m % 1000 == 0 {
+        while exp < 18 && m.is_multiple_of(1000) {
             m /= 1000;
             exp += 3;
         }

@@ -212,13 +212,16 @@ mod tests {
         assert!(exact.tolerates(&gpu));
         let wrong_value = Toleration { value: "absent".into(), ..exact.clone() };
         assert!(!wrong_value.tolerates(&gpu));
-        let exists_any_effect = Toleration { operator: TolerationOperator::Exists, value: String::new(), effect: None, ..exact.clone() };
+        let exists_any_effect =
+            Toleration { operator: TolerationOperator::Exists, value: String::new(), effect: None, ..exact.clone() };
         assert!(exists_any_effect.tolerates(&gpu));
         let wrong_effect = Toleration { effect: Some(TaintEffect::NoExecute), ..exact.clone() };
         assert!(!wrong_effect.tolerates(&gpu));
-        let wildcard = Toleration { key: String::new(), operator: TolerationOperator::Exists, value: String::new(), effect: None };
+        let wildcard =
+            Toleration { key: String::new(), operator: TolerationOperator::Exists, value: String::new(), effect: None };
         assert!(wildcard.tolerates(&gpu));
-        let empty_key_equal = Toleration { key: String::new(), operator: TolerationOperator::Equal, value: String::new(), effect: None };
+        let empty_key_equal =
+            Toleration { key: String::new(), operator: TolerationOperator::Equal, value: String::new(), effect: None };
         assert!(!empty_key_equal.tolerates(&gpu));
     }
 
@@ -226,7 +229,7 @@ mod tests {
     fn prefer_no_schedule_is_not_a_filter() {
         let soft = taint("spot", "", TaintEffect::PreferNoSchedule);
         let hard = taint("dedicated", "llm", TaintEffect::NoSchedule);
-        assert!(tolerates_all(&[], &[soft.clone()]));
+        assert!(tolerates_all(&[], std::slice::from_ref(&soft)));
         assert!(!tolerates_all(&[], &[soft, hard]));
     }
 

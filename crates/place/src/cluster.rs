@@ -114,6 +114,8 @@ pub struct NodeState {
     pub gpu_pods_by_class: [u16; GPU_CLASSES],
     /// Changes on every bind or release; scorers memoise on it.
     pub stamp: u64,
+    /// True when the node has a taint that keeps pods without a toleration away.
+    pub has_hard_taints: bool,
 }
 
 /// Number of GPU pod classes: sharing, then 1 to 8 whole GPUs.
@@ -274,6 +276,7 @@ impl Cluster {
                 model,
                 gpu_pods_by_class: [0; GPU_CLASSES],
                 stamp: 0,
+                has_hard_taints: node.taints.iter().any(|t| t.effect != gpuplane_core::TaintEffect::PreferNoSchedule),
             });
         }
         let mut by_name: Vec<usize> = (0..info.len()).collect();
@@ -397,7 +400,9 @@ impl Cluster {
         let info = self.info.get(placement.node).ok_or(BindError::UnknownNode(placement.node))?;
         let node = &self.state[placement.node];
         let refuse = |what: String| Err(BindError::Capacity { node: info.name.clone(), what });
-        if node.cpu_free + pod.cpu_milli > info.cpu_capacity || node.memory_free + pod.memory_bytes > info.memory_capacity {
+        if node.cpu_free + pod.cpu_milli > info.cpu_capacity
+            || node.memory_free + pod.memory_bytes > info.memory_capacity
+        {
             return refuse("release would free more CPU or memory than the node has".to_owned());
         }
         for share in &placement.gpus {

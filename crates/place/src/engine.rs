@@ -154,17 +154,27 @@ impl Engine {
         }
     }
 
-    fn choose_gpus(&mut self, memo_slot: Option<usize>, id: NodeId, node: &NodeState, pod: &PodRequest) -> Vec<GpuShare> {
+    fn choose_gpus(
+        &mut self,
+        memo_slot: Option<usize>,
+        id: NodeId,
+        node: &NodeState,
+        pod: &PodRequest,
+    ) -> Vec<GpuShare> {
         if pod.gpu.is_none() {
             return Vec::new();
         }
         let milli = pod.gpu.milli_per_gpu;
         if u32::from(milli) >= MILLI_PER_GPU {
-            return policy::lowest_full_gpus(node, pod.gpu).into_iter().map(|index| GpuShare { index, milli }).collect();
+            return policy::lowest_full_gpus(node, pod.gpu)
+                .into_iter()
+                .map(|index| GpuShare { index, milli })
+                .collect();
         }
         let index = match self.policy {
             Policy::Random => {
-                let fitting: Vec<u8> = (0..node.gpu_count).filter(|&i| node.gpu_free[usize::from(i)] >= milli).collect();
+                let fitting: Vec<u8> =
+                    (0..node.gpu_count).filter(|&i| node.gpu_free[usize::from(i)] >= milli).collect();
                 fitting[self.rng.random_range(0..fitting.len())]
             }
             Policy::Fgd => {
@@ -278,7 +288,8 @@ mod tests {
     }
 
     fn engine(policy: Policy, target: Option<TargetWorkload>) -> Engine {
-        Engine::new(EngineConfig { policy, target: target.map(Arc::new), seed: 7, tie_break: TieBreak::LowestName }).unwrap()
+        Engine::new(EngineConfig { policy, target: target.map(Arc::new), seed: 7, tie_break: TieBreak::LowestName })
+            .unwrap()
     }
 
     #[test]
@@ -312,7 +323,13 @@ mod tests {
         let nodes: Vec<Node> = (0..20).map(|i| gpu_node(&format!("n{i}"), 8, "G2")).collect();
         let run = |seed| {
             let mut cluster = Cluster::new(&nodes).unwrap();
-            let mut e = Engine::new(EngineConfig { policy: Policy::Random, target: None, seed, tie_break: TieBreak::LowestName }).unwrap();
+            let mut e = Engine::new(EngineConfig {
+                policy: Policy::Random,
+                target: None,
+                seed,
+                tie_break: TieBreak::LowestName,
+            })
+            .unwrap();
             let pod = cluster.request(&Pod::with_requests("p", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 300 }));
             let mut out = Vec::new();
             for _ in 0..50 {
@@ -329,7 +346,9 @@ mod tests {
 
     #[test]
     fn fgd_requires_a_target_workload() {
-        let err = Engine::new(EngineConfig { policy: Policy::Fgd, target: None, seed: 0, tie_break: TieBreak::LowestName }).unwrap_err();
+        let err =
+            Engine::new(EngineConfig { policy: Policy::Fgd, target: None, seed: 0, tie_break: TieBreak::LowestName })
+                .unwrap_err();
         assert_eq!(err, EngineError::MissingTarget);
     }
 }

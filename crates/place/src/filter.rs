@@ -25,8 +25,14 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every rejection, in the order filters run.
-    pub const ALL: [Rejection; 6] =
-        [Rejection::GpuModel, Rejection::NodeSelector, Rejection::Taint, Rejection::Cpu, Rejection::Memory, Rejection::Gpu];
+    pub const ALL: [Rejection; 6] = [
+        Rejection::GpuModel,
+        Rejection::NodeSelector,
+        Rejection::Taint,
+        Rejection::Cpu,
+        Rejection::Memory,
+        Rejection::Gpu,
+    ];
 
     /// A short label for reports.
     pub fn label(self) -> &'static str {
@@ -54,7 +60,7 @@ pub fn check(info: &NodeInfo, node: &NodeState, pod: &PodRequest) -> Result<(), 
         if !tolerates_all(&c.tolerations, &info.taints) {
             return Err(Rejection::Taint);
         }
-    } else if !info.taints.is_empty() && !tolerates_all(&[], &info.taints) {
+    } else if node.has_hard_taints {
         return Err(Rejection::Taint);
     }
     if node.cpu_free < pod.cpu_milli {
@@ -96,8 +102,11 @@ impl RejectionCounts {
 impl std::fmt::Display for RejectionCounts {
     /// In the style of kube-scheduler's "0/3 nodes are available" message.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> =
-            Rejection::ALL.iter().filter(|r| self.get(**r) > 0).map(|r| format!("{} {}", self.get(*r), r.label())).collect();
+        let parts: Vec<String> = Rejection::ALL
+            .iter()
+            .filter(|r| self.get(**r) > 0)
+            .map(|r| format!("{} {}", self.get(*r), r.label()))
+            .collect();
         write!(f, "0/{} nodes are available: {}", self.total(), parts.join(", "))
     }
 }

@@ -44,7 +44,10 @@ impl TargetWorkload {
     /// of the tasks (FGD uses 0.95), and renormalises their popularities.
     ///
     /// Equal counts are ordered by shape, larger first, as the reference simulator does.
-    pub fn from_requests<'a>(tasks: impl IntoIterator<Item = &'a PodRequest>, coverage: f64) -> Result<Self, WorkloadError> {
+    pub fn from_requests<'a>(
+        tasks: impl IntoIterator<Item = &'a PodRequest>,
+        coverage: f64,
+    ) -> Result<Self, WorkloadError> {
         if !(coverage > 0.0 && coverage <= 1.0) {
             return Err(WorkloadError::Coverage(coverage.to_string()));
         }

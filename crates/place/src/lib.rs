@@ -8,7 +8,9 @@ pub mod filter;
 pub mod frag;
 pub mod policy;
 
-pub use cluster::{BindError, Cluster, ClusterError, GpuShare, ModelSet, NodeId, NodeState, Placement, PodRequest, Shape};
+pub use cluster::{
+    BindError, Cluster, ClusterError, GpuShare, ModelSet, NodeId, NodeState, Placement, PodRequest, Shape,
+};
 pub use engine::{Decision, Engine, EngineConfig, EngineError, TieBreak};
 pub use filter::{Rejection, RejectionCounts};
 pub use frag::{TargetWorkload, WeightedShape, WorkloadError};

@@ -115,7 +115,8 @@ pub fn dot_product_score(node: &NodeState, pod: &PodRequest) -> i64 {
         return 0;
     }
     let dot = (node.cpu_free as f64 / MAX_NODE_CPU_MILLI) * (pod.cpu_milli as f64 / MAX_NODE_CPU_MILLI)
-        + (f64::from(node.gpu_free_total()) / MAX_NODE_GPU_MILLI) * (f64::from(pod.gpu.total_milli()) / MAX_NODE_GPU_MILLI);
+        + (f64::from(node.gpu_free_total()) / MAX_NODE_GPU_MILLI)
+            * (f64::from(pod.gpu.total_milli()) / MAX_NODE_GPU_MILLI);
     (100.0 * (1.0 - dot / 2.0)) as i64
 }
 
@@ -237,6 +238,7 @@ mod tests {
             model: Some(0),
             gpu_pods_by_class: [0; GPU_CLASSES],
             stamp: 0,
+            has_hard_taints: false,
         }
     }
 

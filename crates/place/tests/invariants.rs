@@ -22,7 +22,7 @@ fn pod_strategy() -> impl Strategy<Value = (u64, u64, u8, u16, Option<usize>, bo
 
 fn build_node(i: usize, (cpu, mem_gib, gpus, model, tainted): (u64, u64, u8, usize, bool)) -> Node {
     let mut labels = BTreeMap::new();
-    labels.insert("pool".to_owned(), if i % 2 == 0 { "gpu" } else { "general" }.to_owned());
+    labels.insert("pool".to_owned(), if i.is_multiple_of(2) { "gpu" } else { "general" }.to_owned());
     Node {
         name: format!("node-{i:03}"),
         cpu_milli: cpu,
@@ -38,7 +38,10 @@ fn build_node(i: usize, (cpu, mem_gib, gpus, model, tainted): (u64, u64, u8, usi
     }
 }
 
-fn build_pod(i: usize, (cpu, mem_gib, count, milli, model, tolerates): (u64, u64, u8, u16, Option<usize>, bool)) -> Pod {
+fn build_pod(
+    i: usize,
+    (cpu, mem_gib, count, milli, model, tolerates): (u64, u64, u8, u16, Option<usize>, bool),
+) -> Pod {
     // Only single-GPU pods may share a device.
     let gpu = match count {
         0 => GpuRequest::NONE,
@@ -57,7 +60,7 @@ fn build_pod(i: usize, (cpu, mem_gib, count, milli, model, tolerates): (u64, u64
             effect: None,
         }];
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         pod.node_selector.insert("pool".into(), "gpu".into());
     }
     pod
@@ -114,9 +117,9 @@ proptest! {
                 prop_assert!(used_cpu[i] <= node.cpu_milli);
                 prop_assert!(used_mem[i] <= node.memory_bytes);
                 prop_assert_eq!(state.cpu_free, node.cpu_milli - used_cpu[i]);
-                for g in 0..usize::from(node.gpu_count) {
-                    prop_assert!(used_gpu[i][g] <= 1000, "GPU over-allocated");
-                    prop_assert_eq!(u32::from(state.gpu_free[g]), 1000 - used_gpu[i][g]);
+                for (g, &used) in used_gpu[i].iter().enumerate().take(usize::from(node.gpu_count)) {
+                    prop_assert!(used <= 1000, "GPU over-allocated");
+                    prop_assert_eq!(u32::from(state.gpu_free[g]), 1000 - used);
                 }
             }
         }
@@ -146,10 +149,10 @@ proptest! {
             prop_assert_eq!((a.cpu_free, a.memory_free, a.gpu_free, a.gpu_pods_by_class), (b.cpu_free, b.memory_free, b.gpu_free, b.gpu_pods_by_class));
         }
         // Releasing twice is refused rather than over-freeing.
-        if let Some((req, p)) = placed.first() {
-            if !req.gpu.is_none() || req.cpu_milli > 0 {
-                prop_assert!(cluster.release(req, p).is_err());
-            }
+        if let Some((req, p)) = placed.first()
+            && (!req.gpu.is_none() || req.cpu_milli > 0)
+        {
+            prop_assert!(cluster.release(req, p).is_err());
         }
     }
 }

@@ -6,7 +6,8 @@ use gpuplane_sim::ExperimentResult;
 
 /// `policy,seed,arrived_pct,allocated_gpu_pct,unallocated_gpu_pct,frag_amount_pct,frag_ratio_pct`, one row per run and percent.
 pub fn samples(result: &ExperimentResult) -> String {
-    let mut out = String::from("policy,seed,arrived_pct,allocated_gpu_pct,unallocated_gpu_pct,frag_amount_pct,frag_ratio_pct\n");
+    let mut out =
+        String::from("policy,seed,arrived_pct,allocated_gpu_pct,unallocated_gpu_pct,frag_amount_pct,frag_ratio_pct\n");
     for run in &result.runs {
         for s in &run.samples {
             let _ = writeln!(

@@ -71,13 +71,18 @@ impl LineChart {
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
         );
         let _ = write!(s, r#"<rect width="{width}" height="{height}" fill="white"/>"#);
-        let _ = write!(s, r#"<text x="{}" y="22" font-size="15" font-weight="bold">{}</text>"#, left, escape(&self.title));
+        let _ =
+            write!(s, r#"<text x="{}" y="22" font-size="15" font-weight="bold">{}</text>"#, left, escape(&self.title));
         // Grid and ticks.
         let step = tick_step(x1 - x0, 10.0);
         let mut x = (x0 / step).ceil() * step;
         while x <= x1 + 1e-9 {
             let px = sx(x);
-            let _ = write!(s, r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##, top + plot_h);
+            let _ = write!(
+                s,
+                r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##,
+                top + plot_h
+            );
             let _ = write!(s, r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{x}</text>"#, top + plot_h + 16.0);
             x += step;
         }
@@ -85,8 +90,18 @@ impl LineChart {
         let mut y = (y0 / step).ceil() * step;
         while y <= y1 + 1e-9 {
             let py = sy(y);
-            let _ = write!(s, r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#e5e5e5"/>"##, left + plot_w);
-            let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, py + 4.0, trim_float(y));
+            let _ = write!(
+                s,
+                r##"<line x1="{left}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#e5e5e5"/>"##,
+                left + plot_w
+            );
+            let _ = write!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                left - 6.0,
+                py + 4.0,
+                trim_float(y)
+            );
             y += step;
         }
         let _ = write!(
@@ -117,7 +132,8 @@ impl LineChart {
             for (j, &(x, y)) in series.points.iter().enumerate() {
                 let _ = write!(d, "{}{:.1},{:.1}", if j == 0 { "M" } else { " L" }, sx(x), sy(y));
             }
-            let _ = write!(s, r#"<path class="series" data-label="{}" d="{d}" stroke="{colour}"/>"#, escape(&series.label));
+            let _ =
+                write!(s, r#"<path class="series" data-label="{}" d="{d}" stroke="{colour}"/>"#, escape(&series.label));
         }
         s.push_str("</g>");
         // Legend.
@@ -147,7 +163,8 @@ fn trim_float(v: f64) -> String {
 /// Unallocated GPU % (median over seeds) against arrived workload, one line per policy, with the
 /// ideal line max(0, 100 − arrived).
 pub fn unallocated_chart(result: &ExperimentResult) -> LineChart {
-    let x_max = result.policies.iter().filter_map(|p| p.curve.last()).map(|c| f64::from(c.arrived_pct)).fold(100.0, f64::max);
+    let x_max =
+        result.policies.iter().filter_map(|p| p.curve.last()).map(|c| f64::from(c.arrived_pct)).fold(100.0, f64::max);
     let x_min = 70.0;
     let mut series: Vec<Series> = result
         .policies

@@ -11,7 +11,10 @@ pub const CHECKPOINTS: [u32; 6] = [90, 95, 100, 110, 120, 130];
 /// "4.77 (4.60–4.95)" for a point, or "–" when no seed reached it.
 fn cell(p: &PolicySummary, pct: u32) -> String {
     match p.at(pct) {
-        Some(c) => format!("{:.2} ({:.2}–{:.2})", c.unallocated_gpu_pct.median, c.unallocated_gpu_pct.min, c.unallocated_gpu_pct.max),
+        Some(c) => format!(
+            "{:.2} ({:.2}–{:.2})",
+            c.unallocated_gpu_pct.median, c.unallocated_gpu_pct.min, c.unallocated_gpu_pct.max
+        ),
         None => "–".to_owned(),
     }
 }

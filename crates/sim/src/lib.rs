@@ -198,8 +198,11 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     }
     let requests: Vec<_> = exp.trace.iter().map(|p| cluster.request(p)).collect();
     let target = Arc::new(TargetWorkload::from_requests(&requests, TARGET_COVERAGE)?);
-    let arrivals: Vec<Vec<Pod>> =
-        exp.seeds.par_iter().map(|&seed| workload::arrivals(&exp.trace, exp.tune, cluster.total_gpu_milli(), seed)).collect();
+    let arrivals: Vec<Vec<Pod>> = exp
+        .seeds
+        .par_iter()
+        .map(|&seed| workload::arrivals(&exp.trace, exp.tune, cluster.total_gpu_milli(), seed))
+        .collect();
     let jobs: Vec<(Policy, usize)> =
         exp.policies.iter().flat_map(|&p| (0..exp.seeds.len()).map(move |s| (p, s))).collect();
     let runs: Vec<RunResult> = jobs

@@ -55,7 +55,9 @@ mod tests {
     use gpuplane_core::GpuRequest;
 
     fn trace() -> Vec<Pod> {
-        (0..100).map(|i| Pod::with_requests(format!("p{i:03}"), 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 })).collect()
+        (0..100)
+            .map(|i| Pod::with_requests(format!("p{i:03}"), 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }))
+            .collect()
     }
 
     #[test]

@@ -14,8 +14,13 @@ fn data(name: &str) -> PathBuf {
 fn run(policies: &[Policy], seeds: &[u64]) -> ExperimentResult {
     let nodes_path = data("openb_node_list_gpu_node.csv");
     let trace_path = data("openb_pod_list_default.csv");
-    let nodes = read_nodes("nodes", std::fs::File::open(nodes_path).unwrap()).unwrap();
-    let trace = read_pods("trace", std::fs::File::open(trace_path).unwrap()).unwrap().into_iter().map(|p| p.pod).collect();
+    let nodes =
+        read_nodes("nodes", std::fs::File::open(nodes_path).expect("bundled node list")).expect("valid node list");
+    let trace = read_pods("trace", std::fs::File::open(trace_path).expect("bundled trace"))
+        .expect("valid trace")
+        .into_iter()
+        .map(|p| p.pod)
+        .collect();
     let exp = Experiment {
         nodes,
         trace,
@@ -24,12 +29,12 @@ fn run(policies: &[Policy], seeds: &[u64]) -> ExperimentResult {
         tune: 1.3,
         tie_break: TieBreak::LowestName,
     };
-    run_experiment(&exp, &|_| {}).unwrap()
+    run_experiment(&exp, &|_| {}).expect("experiment runs")
 }
 
 fn unallocated_at(result: &ExperimentResult, policy: Policy, pct: u32) -> f64 {
-    let p = result.policies.iter().find(|p| p.policy == policy).unwrap();
-    p.at(pct).unwrap().unallocated_gpu_pct.median
+    let p = result.policies.iter().find(|p| p.policy == policy).expect("policy was run");
+    p.at(pct).expect("percent reached").unallocated_gpu_pct.median
 }
 
 #[test]
@@ -55,7 +60,10 @@ fn default_trace_matches_the_paper() {
     ];
     for (policy, paper, tolerance) in expected {
         let got = unallocated_at(&result, policy, 100);
-        assert!((got - paper).abs() <= tolerance, "{policy}: {got:.2} % unallocated at 100 %, paper {paper} ± {tolerance}");
+        assert!(
+            (got - paper).abs() <= tolerance,
+            "{policy}: {got:.2} % unallocated at 100 %, paper {paper} ± {tolerance}"
+        );
     }
     // The ranking: FGD < BestFit < Packing, Clustering < DotProd < Random.
     let u = |p| unallocated_at(&result, p, 100);
