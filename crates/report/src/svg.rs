@@ -12,6 +12,8 @@ pub struct Series {
     pub label: String,
     /// (x, y) points in data units, in x order.
     pub points: Vec<(f64, f64)>,
+    /// A reference line, drawn dashed in grey rather than in the palette.
+    pub reference: bool,
 }
 
 /// A line chart.
@@ -127,18 +129,19 @@ impl LineChart {
             r#"<clipPath id="plot"><rect x="{left}" y="{top}" width="{plot_w:.1}" height="{plot_h:.1}"/></clipPath><g clip-path="url(#plot)" fill="none" stroke-width="2">"#
         );
         for (i, series) in self.series.iter().enumerate() {
-            let colour = PALETTE[i % PALETTE.len()];
+            let colour = series_colour(i, series);
+            let dash = if series.reference { r#" stroke-dasharray="6 4""# } else { "" };
             let mut d = String::new();
             for (j, &(x, y)) in series.points.iter().enumerate() {
                 let _ = write!(d, "{}{:.1},{:.1}", if j == 0 { "M" } else { " L" }, sx(x), sy(y));
             }
-            let _ =
-                write!(s, r#"<path class="series" data-label="{}" d="{d}" stroke="{colour}"/>"#, escape(&series.label));
+            let label = escape(&series.label);
+            let _ = write!(s, r#"<path class="series" data-label="{label}" d="{d}" stroke="{colour}"{dash}/>"#);
         }
         s.push_str("</g>");
         // Legend.
         for (i, series) in self.series.iter().enumerate() {
-            let colour = PALETTE[i % PALETTE.len()];
+            let colour = series_colour(i, series);
             let ly = top + 10.0 + 20.0 * i as f64;
             let lx = left + plot_w + 14.0;
             let _ = write!(
@@ -153,6 +156,10 @@ impl LineChart {
         s.push_str("</svg>\n");
         s
     }
+}
+
+fn series_colour(i: usize, series: &Series) -> &'static str {
+    if series.reference { "#888888" } else { PALETTE[i % PALETTE.len()] }
 }
 
 fn trim_float(v: f64) -> String {
@@ -177,9 +184,14 @@ pub fn unallocated_chart(result: &ExperimentResult) -> LineChart {
                 .filter(|c| f64::from(c.arrived_pct) >= x_min)
                 .map(|c| (f64::from(c.arrived_pct), c.unallocated_gpu_pct.median))
                 .collect(),
+            reference: false,
         })
         .collect();
-    series.push(Series { label: "ideal".to_owned(), points: vec![(x_min, 100.0 - x_min), (100.0, 0.0), (x_max, 0.0)] });
+    series.push(Series {
+        label: "ideal".to_owned(),
+        points: vec![(x_min, 100.0 - x_min), (100.0, 0.0), (x_max, 0.0)],
+        reference: true,
+    });
     LineChart {
         title: "Unallocated GPUs as the cluster fills (median over seeds)".to_owned(),
         x_label: "arrived workload (% of cluster GPUs)".to_owned(),
@@ -202,7 +214,7 @@ mod tests {
             y_label: "y".into(),
             x_range: (0.0, 10.0),
             y_range: (0.0, 5.0),
-            series: vec![Series { label: "<fgd>".into(), points: vec![(0.0, 0.0), (10.0, 5.0)] }],
+            series: vec![Series { label: "<fgd>".into(), points: vec![(0.0, 0.0), (10.0, 5.0)], reference: false }],
         };
         let svg = chart.render(600.0, 400.0);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
