@@ -10,8 +10,8 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
 use crate::cluster::{Cluster, GpuShare, NodeId, NodeState, Placement, PodRequest, Shape};
-use crate::filter::{self, RejectionCounts};
-use crate::frag::TargetWorkload;
+use crate::filter::{self, Rejection, RejectionCounts};
+use crate::frag::{FragProfile, TargetWorkload};
 use crate::policy::{self, Policy};
 
 /// The engine's answer for one pod.
@@ -58,12 +58,12 @@ pub enum EngineError {
 /// Never a valid node stamp: marks an empty memo slot.
 const STALE: u64 = u64::MAX;
 
-/// FGD's memo: the node fragment and, per pod shape, the node's score and chosen GPU,
-/// each valid while the node's stamp is unchanged.
+/// FGD's memo: per pod shape, each node's score and chosen GPU, valid while the node's stamp is
+/// unchanged; and a scratch profile for recomputing one.
 #[derive(Debug, Default)]
 struct FgdMemo {
     cluster_id: u64,
-    node_fragment: Vec<(u64, f64)>,
+    profile: FragProfile,
     shape_index: HashMap<Shape, usize>,
     by_shape: Vec<Vec<(u64, i16, i8)>>,
 }
@@ -104,24 +104,15 @@ impl Engine {
 
     /// Decides where `pod` goes in `cluster`. Does not change the cluster.
     pub fn decide(&mut self, cluster: &Cluster, pod: &PodRequest) -> Decision {
-        let infos = cluster.node_info();
-        let nodes = cluster.nodes();
+        let memo_slot = self.prepare(cluster, pod);
         let mut rejected = RejectionCounts::default();
         self.scores.clear();
-        let memo_slot = if self.policy == Policy::Fgd { Some(self.fgd_prepare(cluster, pod.shape())) } else { None };
-        for (id, (info, node)) in infos.iter().zip(nodes).enumerate() {
+        for (id, (info, node)) in cluster.node_info().iter().zip(cluster.nodes()).enumerate() {
             if let Err(r) = filter::check(info, node, pod) {
                 rejected.add(r);
                 continue;
             }
-            let score = match self.policy {
-                Policy::Random => 0,
-                Policy::DotProd => policy::dot_product_score(node, pod),
-                Policy::GpuClustering => policy::gpu_clustering_score(node, pod),
-                Policy::GpuPacking => policy::gpu_packing_score(node, pod),
-                Policy::BestFit => policy::best_fit_raw_score(node, pod),
-                Policy::Fgd => self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).0,
-            };
+            let score = self.policy_score(memo_slot, id, node, pod);
             self.scores.push((id, score));
         }
         if self.scores.is_empty() {
@@ -131,9 +122,83 @@ impl Engine {
             normalise(&mut self.scores);
         }
         let chosen = self.pick_best(cluster.name_rank());
-        let node = &nodes[chosen];
-        let gpus = self.choose_gpus(memo_slot, chosen, node, pod);
+        let gpus = self.choose_gpus(memo_slot, chosen, &cluster.nodes()[chosen], pod);
         Decision::Place(Placement { node: chosen, gpus })
+    }
+
+    /// Filters and scores only the given nodes, as a scheduler extender is asked to: each verdict is the
+    /// policy's score (0–100, higher is better) or the first filter the node failed. Random scores every
+    /// feasible node 0: its choice is a draw, not an order.
+    pub fn evaluate(
+        &mut self,
+        cluster: &Cluster,
+        pod: &PodRequest,
+        candidates: &[NodeId],
+    ) -> Vec<Result<i64, Rejection>> {
+        let memo_slot = self.prepare(cluster, pod);
+        self.scores.clear();
+        let mut verdicts = Vec::with_capacity(candidates.len());
+        for &id in candidates {
+            let verdict = if id < cluster.len() {
+                self.score_node(cluster, memo_slot, id, pod)
+            } else {
+                Err(Rejection::GpuModel)
+            };
+            if let Ok(score) = verdict {
+                self.scores.push((id, score));
+            }
+            verdicts.push(verdict);
+        }
+        if self.policy == Policy::BestFit {
+            normalise(&mut self.scores);
+            let mut normalised = self.scores.iter().map(|s| s.1);
+            for v in verdicts.iter_mut().filter(|v| v.is_ok()) {
+                *v = Ok(normalised.next().unwrap_or(0));
+            }
+        }
+        verdicts
+    }
+
+    /// The GPUs the pod would take on a node the caller has chosen, or the filter it fails there.
+    pub fn place_on(&mut self, cluster: &Cluster, pod: &PodRequest, node: NodeId) -> Result<Placement, Rejection> {
+        let memo_slot = self.prepare(cluster, pod);
+        if node >= cluster.len() {
+            return Err(Rejection::GpuModel);
+        }
+        self.score_node(cluster, memo_slot, node, pod)?;
+        let gpus = self.choose_gpus(memo_slot, node, &cluster.nodes()[node], pod);
+        Ok(Placement { node, gpus })
+    }
+
+    fn prepare(&mut self, cluster: &Cluster, pod: &PodRequest) -> Option<usize> {
+        (self.policy == Policy::Fgd).then(|| self.fgd_prepare(cluster, pod.shape()))
+    }
+
+    /// Runs the filters on one node and, if it passes, the policy's score.
+    #[inline]
+    fn score_node(
+        &mut self,
+        cluster: &Cluster,
+        memo_slot: Option<usize>,
+        id: NodeId,
+        pod: &PodRequest,
+    ) -> Result<i64, Rejection> {
+        let node = &cluster.nodes()[id];
+        filter::check(&cluster.node_info()[id], node, pod)?;
+        Ok(self.policy_score(memo_slot, id, node, pod))
+    }
+
+    /// The policy's score of a node that passed the filters.
+    #[inline]
+    fn policy_score(&mut self, memo_slot: Option<usize>, id: NodeId, node: &NodeState, pod: &PodRequest) -> i64 {
+        match self.policy {
+            Policy::Random => 0,
+            Policy::DotProd => policy::dot_product_score(node, pod),
+            Policy::GpuClustering => policy::gpu_clustering_score(node, pod),
+            Policy::GpuPacking => policy::gpu_packing_score(node, pod),
+            Policy::BestFit => policy::best_fit_raw_score(node, pod),
+            Policy::Fgd => self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).0,
+        }
     }
 
     /// The highest score wins. Random draws uniformly among all feasible nodes; otherwise ties go
@@ -189,9 +254,8 @@ impl Engine {
     /// Resets the memo for a new cluster and returns the memo slot of a shape.
     fn fgd_prepare(&mut self, cluster: &Cluster, shape: Shape) -> usize {
         let memo = &mut self.fgd;
-        if memo.cluster_id != cluster.id() || memo.node_fragment.len() != cluster.len() {
+        if memo.cluster_id != cluster.id() {
             memo.cluster_id = cluster.id();
-            memo.node_fragment = vec![(STALE, 0.0); cluster.len()];
             memo.shape_index.clear();
             memo.by_shape.clear();
         }
@@ -213,13 +277,8 @@ impl Engine {
             Some(t) => Arc::clone(t),
             None => return (0, -1),
         };
-        let before = {
-            let cached = &mut self.fgd.node_fragment[id];
-            if cached.0 != node.stamp {
-                *cached = (node.stamp, target.node_fragment(node));
-            }
-            cached.1
-        };
+        let before = target.profile(node.cpu_free, node.gpus(), node.model, &mut self.fgd.profile);
+        let profile = &self.fgd.profile;
         let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
         let gpus = node.gpus();
         let (score, gpu) = if pod.gpu.is_sharing() {
@@ -234,9 +293,7 @@ impl Engine {
                 }
                 tried[tried_len] = free;
                 tried_len += 1;
-                let mut after = node.gpu_free;
-                after[i] -= demand;
-                let f_after = target.fragment_of(cpu_after, &after[..gpus.len()], node.model);
+                let f_after = target.fragment_with(profile, cpu_after, &[(free, free - demand)]);
                 let s = sigmoid_score(before - f_after);
                 if best.is_none_or(|b| s > b.0) {
                     best = Some((s, i as i8));
@@ -245,7 +302,15 @@ impl Engine {
             best.unwrap_or((0, -1))
         } else {
             let after = policy::gpus_after_packing(node, pod.gpu);
-            let f_after = target.fragment_of(cpu_after, &after[..gpus.len()], node.model);
+            let mut changes = [(0u16, 0u16); 8];
+            let mut n = 0;
+            for (&b, &a) in gpus.iter().zip(&after) {
+                if b != a {
+                    changes[n] = (b, a);
+                    n += 1;
+                }
+            }
+            let f_after = target.fragment_with(profile, cpu_after, &changes[..n]);
             (sigmoid_score(before - f_after), -1)
         };
         self.fgd.by_shape[slot][id] = (node.stamp, score as i16, gpu);

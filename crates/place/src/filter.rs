@@ -48,7 +48,7 @@ impl Rejection {
 }
 
 /// Runs every filter; `Ok` when the pod may be placed on the node.
-#[inline]
+#[inline(always)]
 pub fn check(info: &NodeInfo, node: &NodeState, pod: &PodRequest) -> Result<(), Rejection> {
     if !pod.gpu.is_none() && (node.gpu_count == 0 || !pod.models.accepts(node.model)) {
         return Err(Rejection::GpuModel);

@@ -123,6 +123,70 @@ impl TargetWorkload {
     }
 }
 
+/// Per-shape counts of one node state, from which the fragment after a small change (one or a few
+/// GPUs losing milli, the CPU shrinking) follows in O(shapes) instead of O(shapes × GPUs).
+#[derive(Debug, Clone, Default)]
+pub struct FragProfile {
+    /// Per target shape: can the shape use this node's GPUs at all (asks for GPUs, accepts the model),
+    /// how many GPUs have at least its per-GPU demand free, and the free milli of the other GPUs.
+    per_shape: Vec<(bool, u8, u32)>,
+    free_total: u32,
+}
+
+impl TargetWorkload {
+    /// Fills `profile` for a node state and returns the node's fragment (same value as
+    /// [`TargetWorkload::fragment_of`]).
+    pub fn profile(&self, cpu_free: u64, gpus: &[u16], model: Option<u8>, profile: &mut FragProfile) -> f64 {
+        profile.per_shape.clear();
+        profile.free_total = gpus.iter().map(|&g| u32::from(g)).sum();
+        for s in &self.shapes {
+            let usable = !s.shape.gpu.is_none() && s.shape.models.accepts(model);
+            let demand = s.shape.gpu.milli_per_gpu;
+            let (mut fitting, mut too_small) = (0u8, 0u32);
+            for &g in gpus {
+                if g >= demand {
+                    fitting += 1;
+                } else {
+                    too_small += u32::from(g);
+                }
+            }
+            profile.per_shape.push((usable, fitting, too_small));
+        }
+        self.fragment_with(profile, cpu_free, &[])
+    }
+
+    /// The fragment of the profiled node after the GPUs in `changes` go from `(free before, free after)`
+    /// and the free CPU becomes `cpu_free`.
+    pub fn fragment_with(&self, profile: &FragProfile, cpu_free: u64, changes: &[(u16, u16)]) -> f64 {
+        let taken: u32 = changes.iter().map(|&(b, a)| u32::from(b) - u32::from(a)).sum();
+        let free_total = profile.free_total - taken;
+        if free_total == 0 {
+            return 0.0;
+        }
+        let mut sum = 0.0;
+        for (s, &(usable, mut fitting, mut too_small)) in self.shapes.iter().zip(&profile.per_shape) {
+            let frag = if !usable {
+                free_total
+            } else {
+                let demand = s.shape.gpu.milli_per_gpu;
+                for &(before, after) in changes {
+                    if before >= demand {
+                        if after < demand {
+                            fitting -= 1;
+                            too_small += u32::from(after);
+                        }
+                    } else {
+                        too_small -= u32::from(before - after);
+                    }
+                }
+                if fitting >= s.shape.gpu.count && cpu_free >= s.shape.cpu_milli { too_small } else { free_total }
+            };
+            sum += s.weight * f64::from(frag);
+        }
+        sum
+    }
+}
+
 /// F_n(m): the free milli of a node that a task of shape m cannot use.
 ///
 /// If the task cannot run on the node at all (no GPU asked, wrong model, too few fitting GPUs, too
@@ -172,6 +236,27 @@ mod tests {
         let only_model_1 = Shape { models: ModelSet::Only(0b10), ..shape(1000, 1, 500) };
         assert_eq!(shape_fragment(10_000, &gpus, free, Some(0), &only_model_1), 2000);
         assert_eq!(shape_fragment(10_000, &gpus, free, Some(1), &only_model_1), 300);
+    }
+
+    #[test]
+    fn profile_updates_match_a_full_recount() {
+        let shapes = [
+            (shape(2000, 1, 1000), 0.4),
+            (shape(1000, 1, 300), 0.3),
+            (shape(500, 0, 0), 0.2),
+            (shape(4000, 2, 1000), 0.1),
+        ];
+        let w = TargetWorkload::from_weights(&shapes).unwrap();
+        let gpus = [1000u16, 700, 300, 0];
+        let mut profile = FragProfile::default();
+        let before = w.profile(8000, &gpus, Some(0), &mut profile);
+        assert_eq!(before, w.fragment_of(8000, &gpus, Some(0)));
+        for (i, demand, cpu) in [(0usize, 300u16, 3000u64), (1, 500, 7000), (2, 300, 0), (0, 1000, 6000)] {
+            let mut after = gpus;
+            after[i] -= demand;
+            let incremental = w.fragment_with(&profile, cpu, &[(gpus[i], after[i])]);
+            assert_eq!(incremental, w.fragment_of(cpu, &after, Some(0)), "GPU {i} minus {demand}, CPU {cpu}");
+        }
     }
 
     #[test]
