@@ -2,6 +2,7 @@
 //! ordinary applications. Subcommands parse their arguments, call the library crates, and print.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod input;
 mod sim;
 
@@ -21,12 +22,16 @@ struct Cli {
 enum Command {
     /// Replay a pod trace against a cluster with each placement policy and compare unallocated GPUs.
     Sim(sim::SimArgs),
+    /// Measure a component under load on this machine.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Sim(args) => sim::run(args),
+        Command::Bench(command) => bench::run(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

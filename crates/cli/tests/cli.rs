@@ -131,3 +131,13 @@ fn bad_arguments() {
     assert_fails(&gpuplane(&["sim", "--trace", "missing.csv"], dir.path()), "cannot read missing.csv");
     assert_fails(&gpuplane(&["sim", "--trace", "trace.txt"], dir.path()), "unknown file type");
 }
+
+#[test]
+fn extender_load_test_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gpuplane(&["bench", "extender", "--seconds", "0.5", "--clients", "2", "--fill", "0.2"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("filter") && stdout.contains("prioritize") && stdout.contains("req/s"), "{stdout}");
+    assert_fails(&gpuplane(&["bench", "extender", "--fill", "2"], dir.path()), "--fill");
+}

@@ -1,0 +1,239 @@
+//! `gpuplane bench extender`: a load test of the scheduler extender over HTTP on the loopback
+//! interface, with the 1,213-node openb cluster half filled by FGD. Clients alternate `filter` and
+//! `prioritize` calls carrying all node names (nodeCacheCapable mode) for a bounded time, then the
+//! throughput and latency percentiles are printed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use gpuplane_kube::objects::api_node;
+use gpuplane_kube::{BindTarget, Binder, Extender, ExtenderConfig, Snapshot, router};
+use gpuplane_place::{Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::input;
+
+/// What `gpuplane bench` measures.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load-test the kube-scheduler extender (filter + prioritize) over HTTP on 127.0.0.1.
+    Extender(ExtenderBenchArgs),
+}
+
+/// Arguments of `gpuplane bench extender`.
+#[derive(Debug, Args)]
+pub struct ExtenderBenchArgs {
+    /// How long the clients send requests, in seconds
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Concurrent client connections
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Share of the cluster's GPUs allocated before the test (0 to 0.95)
+    #[arg(long, default_value_t = 0.5)]
+    fill: f64,
+}
+
+/// The extender does not bind in this test.
+struct NoBinder;
+
+impl Binder for NoBinder {
+    async fn bind(&self, target: BindTarget) -> Result<(), String> {
+        Err(format!("the load test does not bind (pod {}/{})", target.namespace, target.name))
+    }
+}
+
+/// Runs a bench command.
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Extender(args) => extender(args),
+    }
+}
+
+fn extender(args: ExtenderBenchArgs) -> Result<()> {
+    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600], got {}", args.seconds);
+    }
+    if args.clients == 0 || args.clients > 256 {
+        bail!("--clients must be 1 to 256, got {}", args.clients);
+    }
+    if !(0.0..=0.95).contains(&args.fill) {
+        bail!("--fill must be between 0 and 0.95, got {}", args.fill);
+    }
+    let (_, nodes) = input::nodes(None)?;
+    let (_, trace) = input::trace(None)?;
+    let api_nodes: Vec<_> = nodes.iter().map(api_node).collect();
+    let (mut snapshot, _) = Snapshot::build(&api_nodes, &[])?;
+    let requests: Vec<_> = trace.iter().map(|p| snapshot.cluster().request(p)).collect();
+    let target = Arc::new(TargetWorkload::from_requests(&requests, 0.95)?);
+    let engine = |seed| {
+        Engine::new(EngineConfig {
+            policy: Policy::Fgd,
+            target: Some(Arc::clone(&target)),
+            seed,
+            tie_break: TieBreak::LowestName,
+        })
+    };
+
+    // Fill the cluster with FGD placements of shuffled trace pods.
+    let mut filler = engine(1)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let goal = (args.fill * snapshot.cluster().total_gpu_milli() as f64) as u64;
+    let mut placed = 0usize;
+    while snapshot.cluster().allocated_gpu_milli() < goal && placed < 100_000 {
+        let r = &requests[rng.random_range(0..requests.len())];
+        if let Decision::Place(p) = filler.decide(snapshot.cluster(), r) {
+            snapshot.assume(&format!("bench/filler-{placed}"), r.clone(), p)?;
+        }
+        placed += 1;
+    }
+
+    // Request bodies: trace pods as kube-scheduler would send them, with every node name.
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let bodies: Vec<String> = (0..64)
+        .map(|i| {
+            let p = &trace[rng.random_range(0..trace.len())];
+            json!({
+                "Pod": {
+                    "metadata": {"name": format!("{}-{i}", p.name), "namespace": "bench", "uid": format!("uid-{i}"),
+                                 "annotations": {"gpuplane.io/gpu-count": p.gpu.count.to_string(),
+                                                 "gpuplane.io/gpu-milli": p.gpu.milli_per_gpu.max(1).to_string()}},
+                    "spec": {"containers": [{"name": "main", "resources": {"requests": {
+                        "cpu": format!("{}m", p.cpu_milli), "memory": p.memory_bytes.to_string()}}}]},
+                    "status": {"phase": "Pending"}
+                },
+                "NodeNames": names,
+            })
+            .to_string()
+        })
+        .collect();
+    let body_bytes = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let ext = Arc::new(Extender::new(snapshot, engine(2)?, NoBinder, ExtenderConfig::default()));
+    let (filter_ns, prioritize_ns, elapsed) = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move { axum::serve(listener, router(ext)).await });
+        let bodies = Arc::new(bodies);
+        let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let started = Instant::now();
+        let mut clients = Vec::new();
+        for c in 0..args.clients {
+            let bodies = Arc::clone(&bodies);
+            clients.push(tokio::spawn(async move { client(addr, c, &bodies, deadline).await }));
+        }
+        let (mut filter_ns, mut prioritize_ns) = (Vec::new(), Vec::new());
+        for c in clients {
+            let (f, p) = c.await.context("client task")??;
+            filter_ns.extend(f);
+            prioritize_ns.extend(p);
+        }
+        let elapsed = started.elapsed();
+        server.abort();
+        Ok::<_, anyhow::Error>((filter_ns, prioritize_ns, elapsed))
+    })?;
+
+    let total = filter_ns.len() + prioritize_ns.len();
+    println!(
+        "extender load test: 1,213 nodes ({:.0} % of GPUs allocated), {} clients, {:.1} s, requests of {} KiB (all node names)",
+        args.fill * 100.0,
+        args.clients,
+        elapsed.as_secs_f64(),
+        body_bytes / 1024
+    );
+    println!("  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10}", "verb", "requests", "req/s", "p50 ms", "p99 ms", "max ms");
+    for (verb, mut ns) in [("filter", filter_ns), ("prioritize", prioritize_ns)] {
+        print_row(verb, &mut ns, elapsed);
+    }
+    println!("  {:<12} {:>9} {:>10.0}", "both", total, total as f64 / elapsed.as_secs_f64());
+    Ok(())
+}
+
+fn print_row(verb: &str, ns: &mut [u64], elapsed: Duration) {
+    if ns.is_empty() {
+        println!("  {verb:<12} {:>9}", 0);
+        return;
+    }
+    ns.sort_unstable();
+    let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
+    println!(
+        "  {verb:<12} {:>9} {:>10.0} {:>10.2} {:>10.2} {:>10.2}",
+        ns.len(),
+        ns.len() as f64 / elapsed.as_secs_f64(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+/// One keep-alive connection sending filter and prioritize in turn until the deadline.
+async fn client(addr: SocketAddr, id: usize, bodies: &[String], deadline: Instant) -> Result<(Vec<u64>, Vec<u64>)> {
+    let mut stream = TcpStream::connect(addr).await.context("connect to the extender")?;
+    stream.set_nodelay(true)?;
+    let (mut filter_ns, mut prioritize_ns) = (Vec::new(), Vec::new());
+    let mut buf = Vec::with_capacity(64 << 10);
+    let mut i = id;
+    while Instant::now() < deadline {
+        let body = &bodies[i % bodies.len()];
+        let verb = if i.is_multiple_of(2) { "filter" } else { "prioritize" };
+        let request = format!(
+            "POST /{verb} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let t0 = Instant::now();
+        stream.write_all(request.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        let status = read_response(&mut stream, &mut buf).await?;
+        let ns = t0.elapsed().as_nanos() as u64;
+        if status != 200 {
+            bail!("{verb} answered HTTP {status}: {}", String::from_utf8_lossy(&buf));
+        }
+        if verb == "filter" {
+            filter_ns.push(ns)
+        } else {
+            prioritize_ns.push(ns)
+        }
+        i += 1;
+    }
+    Ok((filter_ns, prioritize_ns))
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body into `buf`; returns the status code.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16> {
+    buf.clear();
+    let mut chunk = [0u8; 16 << 10];
+    let header_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("the extender closed the connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("malformed status line")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .context("response without content-length")?;
+    while buf.len() < header_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("the extender closed the connection mid-body");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.drain(..header_end);
+    Ok(status)
+}

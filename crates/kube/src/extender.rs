@@ -1,0 +1,406 @@
+//! The kube-scheduler extender: `filter`, `prioritize` and `bind` verbs over HTTP with the exact wire
+//! format of `k8s.io/kube-scheduler/extender/v1` (the Go types carry no JSON tags, so the keys are the
+//! PascalCase field names). Works with and without `nodeCacheCapable`; GPU state always comes from
+//! gpuplane's own snapshot, since Node objects do not say which GPU milli are taken.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use gpuplane_place::{Engine, NodeId, PodRequest, Rejection};
+use k8s_openapi::api::core::v1 as api;
+use serde::{Deserialize, Serialize};
+
+use crate::assignment;
+use crate::objects;
+use crate::snapshot::Snapshot;
+
+/// Highest score an extender may give (`MaxExtenderPriority`); kube-scheduler multiplies it by the
+/// extender's weight and by 10.
+pub const MAX_EXTENDER_PRIORITY: i64 = 10;
+
+/// A `v1.NodeList` as it travels inside extender messages (only `items` is read).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeList {
+    /// The nodes.
+    #[serde(default)]
+    pub items: Vec<api::Node>,
+}
+
+/// `ExtenderArgs`: the pod and the candidate nodes, as full objects or (nodeCacheCapable) names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderArgs {
+    /// The pod being scheduled.
+    #[serde(default)]
+    pub pod: Option<api::Pod>,
+    /// Candidate nodes, when the extender is not node-cache capable.
+    #[serde(default)]
+    pub nodes: Option<NodeList>,
+    /// Candidate node names, when it is.
+    #[serde(default)]
+    pub node_names: Option<Vec<String>>,
+}
+
+/// `ExtenderFilterResult`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderFilterResult {
+    /// Nodes that passed, when the request carried full nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeListOut>,
+    /// Names of nodes that passed, when the request carried names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_names: Option<Vec<String>>,
+    /// Nodes that failed, with the reason; preemption may help.
+    #[serde(default)]
+    pub failed_nodes: BTreeMap<String, String>,
+    /// Nodes that failed in a way preemption cannot fix.
+    #[serde(default)]
+    pub failed_and_unresolvable_nodes: BTreeMap<String, String>,
+    /// A failure of the whole call.
+    #[serde(default)]
+    pub error: String,
+}
+
+/// The node list of a filter result (kept as raw JSON so the nodes go back exactly as they came).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeListOut {
+    /// The nodes that passed.
+    pub items: Vec<serde_json::Value>,
+}
+
+/// `HostPriority`: one node's score, 0 to [`MAX_EXTENDER_PRIORITY`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostPriority {
+    /// Node name.
+    pub host: String,
+    /// Score.
+    pub score: i64,
+}
+
+/// `ExtenderBindingArgs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderBindingArgs {
+    /// Pod name.
+    pub pod_name: String,
+    /// Pod namespace.
+    pub pod_namespace: String,
+    /// Pod UID.
+    #[serde(rename = "PodUID")]
+    pub pod_uid: String,
+    /// The node kube-scheduler chose.
+    pub node: String,
+}
+
+/// `ExtenderBindingResult`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderBindingResult {
+    /// Empty on success.
+    #[serde(default)]
+    pub error: String,
+}
+
+/// Where and how a pod is to be bound: the node and the GPU assignment annotation to write first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindTarget {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// UID.
+    pub uid: String,
+    /// Node name.
+    pub node: String,
+    /// Value of the `gpuplane.io/gpu-assignment` annotation (empty for a CPU-only pod).
+    pub assignment: String,
+}
+
+/// Writes a binding to the API server: the assignment annotation, then the Binding subresource.
+pub trait Binder: Send + Sync + 'static {
+    /// Binds; an error message on failure (a conflict, the pod gone).
+    fn bind(&self, target: BindTarget) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Settings of the extender.
+#[derive(Debug, Clone)]
+pub struct ExtenderConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How many recently filtered pods are remembered for the bind verb.
+    pub remembered_pods: usize,
+}
+
+impl Default for ExtenderConfig {
+    fn default() -> Self {
+        ExtenderConfig { max_body_bytes: 32 << 20, remembered_pods: 10_000 }
+    }
+}
+
+/// The extender's shared state: the snapshot, the engine, and the pods seen by filter/prioritize.
+pub struct Extender<B> {
+    inner: Mutex<Inner>,
+    binder: B,
+    config: ExtenderConfig,
+}
+
+struct Inner {
+    snapshot: Snapshot,
+    engine: Engine,
+    recent: HashMap<String, (String, PodRequest)>,
+    order: VecDeque<String>,
+}
+
+impl<B: Binder> Extender<B> {
+    /// Builds the extender over a snapshot and an engine.
+    pub fn new(snapshot: Snapshot, engine: Engine, binder: B, config: ExtenderConfig) -> Self {
+        Extender {
+            inner: Mutex::new(Inner { snapshot, engine, recent: HashMap::new(), order: VecDeque::new() }),
+            binder,
+            config,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent data (every update is a single call); keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the snapshot (after the watch caches changed).
+    pub fn set_snapshot(&self, snapshot: Snapshot) {
+        self.lock().snapshot = snapshot;
+    }
+
+    /// A copy of the current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().snapshot.clone()
+    }
+}
+
+/// The HTTP routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `GET /healthz`.
+pub fn router<B: Binder>(extender: Arc<Extender<B>>) -> Router {
+    let limit = extender.config.max_body_bytes;
+    Router::new()
+        .route("/filter", post(filter::<B>))
+        .route("/prioritize", post(prioritize::<B>))
+        .route("/bind", post(bind::<B>))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, "unknown extender verb; expected POST /filter, /prioritize or /bind\n")
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(extender)
+}
+
+/// The pod and the candidates of a filter or prioritize call, read before taking the lock.
+struct Call {
+    key: String,
+    uid: String,
+    pod: gpuplane_core::Pod,
+    names: Vec<String>,
+    nodes_json: Option<Vec<serde_json::Value>>,
+}
+
+/// Why a filter or prioritize call cannot be answered.
+enum CallError {
+    /// The body is not an ExtenderArgs message (400).
+    BadRequest(String),
+    /// The pod asks for something that cannot be placed anywhere (422, with the reason in `Error`).
+    Impossible(String),
+}
+
+impl IntoResponse for CallError {
+    fn into_response(self) -> Response {
+        match self {
+            CallError::BadRequest(m) => (StatusCode::BAD_REQUEST, m).into_response(),
+            CallError::Impossible(error) => {
+                let body = ExtenderFilterResult { error, ..Default::default() };
+                (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+            }
+        }
+    }
+}
+
+fn invalid(what: &str, e: impl std::fmt::Display) -> CallError {
+    CallError::BadRequest(format!("invalid {what}: {e}\n"))
+}
+
+fn read_call(body: &[u8]) -> Result<Call, CallError> {
+    let args: ExtenderArgs = serde_json::from_slice(body).map_err(|e| invalid("ExtenderArgs JSON", e))?;
+    // Without nodeCacheCapable the passing nodes go back as they came: keep their JSON as sent.
+    let nodes_json = match (&args.node_names, &args.nodes) {
+        (None, Some(_)) => {
+            let raw: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid("ExtenderArgs JSON", e))?;
+            raw.get("Nodes").and_then(|n| n.get("items")).and_then(|i| i.as_array()).cloned()
+        }
+        _ => None,
+    };
+    let pod = args.pod.ok_or_else(|| invalid("ExtenderArgs", "no Pod"))?;
+    let domain = objects::pod(&pod).map_err(|e| CallError::Impossible(e.to_string()))?;
+    let names: Vec<String> = match (&args.node_names, &args.nodes) {
+        (Some(names), _) => names.clone(),
+        (None, Some(list)) => list.items.iter().map(|n| n.metadata.name.clone().unwrap_or_default()).collect(),
+        (None, None) => return Err(invalid("ExtenderArgs", "neither Nodes nor NodeNames")),
+    };
+    Ok(Call {
+        key: objects::pod_key(&pod),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        pod: domain,
+        names,
+        nodes_json,
+    })
+}
+
+/// Remembers the pod for the bind verb and scores the candidates; `None` for nodes the snapshot lacks.
+fn evaluate(inner: &mut Inner, limit: usize, call: &Call) -> Vec<Option<Result<i64, Rejection>>> {
+    let request = inner.snapshot.cluster().request(&call.pod);
+    remember(inner, limit, call, request.clone());
+    let ids: Vec<Option<NodeId>> = call.names.iter().map(|n| inner.snapshot.node_id(n)).collect();
+    let known: Vec<NodeId> = ids.iter().flatten().copied().collect();
+    let Inner { snapshot, engine, .. } = inner;
+    let mut scored = engine.evaluate(snapshot.cluster(), &request, &known).into_iter();
+    ids.iter().map(|id| id.and_then(|_| scored.next())).collect()
+}
+
+fn remember(inner: &mut Inner, limit: usize, call: &Call, request: PodRequest) {
+    let id = if call.uid.is_empty() { call.key.clone() } else { call.uid.clone() };
+    if inner.recent.insert(id.clone(), (call.key.clone(), request)).is_none() {
+        inner.order.push_back(id);
+        while inner.order.len() > limit {
+            if let Some(old) = inner.order.pop_front() {
+                inner.recent.remove(&old);
+            }
+        }
+    }
+}
+
+fn reason(r: Rejection) -> (&'static str, bool) {
+    // The second value: can evicting pods (preemption) help?
+    match r {
+        Rejection::GpuModel => ("gpuplane: GPU model not accepted, or no GPU on the node", false),
+        Rejection::NodeSelector => ("gpuplane: node selector does not match", false),
+        Rejection::Taint => ("gpuplane: untolerated taint", false),
+        Rejection::Cpu => ("gpuplane: not enough CPU", true),
+        Rejection::Memory => ("gpuplane: not enough memory", true),
+        Rejection::Gpu => ("gpuplane: not enough free GPU milli on enough GPUs", true),
+    }
+}
+
+async fn filter<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let call = match read_call(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let verdicts = evaluate(&mut ext.lock(), ext.config.remembered_pods, &call);
+    let mut result = ExtenderFilterResult::default();
+    let mut passed = Vec::new();
+    for (i, (name, verdict)) in call.names.iter().zip(verdicts).enumerate() {
+        match verdict {
+            Some(Ok(_)) => passed.push(i),
+            Some(Err(r)) => {
+                let (text, resolvable) = reason(r);
+                let map = if resolvable { &mut result.failed_nodes } else { &mut result.failed_and_unresolvable_nodes };
+                map.insert(name.clone(), text.to_owned());
+            }
+            None => {
+                result
+                    .failed_and_unresolvable_nodes
+                    .insert(name.clone(), "gpuplane: node unknown to gpuplane".to_owned());
+            }
+        }
+    }
+    match &call.nodes_json {
+        Some(items) => {
+            result.nodes = Some(NodeListOut { items: passed.iter().filter_map(|&i| items.get(i).cloned()).collect() })
+        }
+        None => result.node_names = Some(passed.iter().map(|&i| call.names[i].clone()).collect()),
+    }
+    axum::Json(result).into_response()
+}
+
+async fn prioritize<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let call = match read_call(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let verdicts = evaluate(&mut ext.lock(), ext.config.remembered_pods, &call);
+    let list: Vec<HostPriority> = call
+        .names
+        .iter()
+        .zip(verdicts)
+        .map(|(name, v)| HostPriority {
+            host: name.clone(),
+            score: match v {
+                Some(Ok(score)) => score.clamp(0, 100) * MAX_EXTENDER_PRIORITY / 100,
+                _ => 0,
+            },
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return invalid("ExtenderBindingArgs JSON", e).into_response(),
+    };
+    let key = format!("{}/{}", args.pod_namespace, args.pod_name);
+    let failure =
+        |status: StatusCode, error: String| (status, axum::Json(ExtenderBindingResult { error })).into_response();
+    // Choose the GPUs and reserve them in the snapshot before talking to the API server, so a
+    // concurrent decision cannot take the same milli.
+    let target = {
+        let mut inner = ext.lock();
+        let remembered = inner.recent.get(&args.pod_uid).or_else(|| inner.recent.get(&key)).cloned();
+        let Some((_, request)) = remembered else {
+            return failure(
+                StatusCode::CONFLICT,
+                format!(
+                    "pod {key} (uid {}) was not seen by filter or prioritize; cannot choose its GPUs",
+                    args.pod_uid
+                ),
+            );
+        };
+        let Some(node) = inner.snapshot.node_id(&args.node) else {
+            return failure(StatusCode::CONFLICT, format!("node {} is unknown to gpuplane", args.node));
+        };
+        let Inner { snapshot, engine, .. } = &mut *inner;
+        let placement = match engine.place_on(snapshot.cluster(), &request, node) {
+            Ok(p) => p,
+            Err(r) => {
+                return failure(
+                    StatusCode::CONFLICT,
+                    format!("pod {key} no longer fits node {}: {}", args.node, reason(r).0),
+                );
+            }
+        };
+        let assignment = assignment::format(&placement.gpus);
+        if let Err(e) = snapshot.assume(&key, request, placement) {
+            return failure(StatusCode::CONFLICT, format!("pod {key}: {e}"));
+        }
+        BindTarget {
+            namespace: args.pod_namespace,
+            name: args.pod_name,
+            uid: args.pod_uid,
+            node: args.node,
+            assignment,
+        }
+    };
+    match ext.binder.bind(target).await {
+        Ok(()) => axum::Json(ExtenderBindingResult::default()).into_response(),
+        Err(e) => {
+            // The reservation is undone so the GPUs are free again.
+            let _ = ext.lock().snapshot.forget(&key);
+            failure(StatusCode::OK, format!("binding {key} failed: {e}"))
+        }
+    }
+}

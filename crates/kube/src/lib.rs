@@ -1,0 +1,12 @@
+//! The Kubernetes side of gpuplane: Node and Pod objects turned into the engine's snapshot (with the
+//! GPU assignments of bound pods), the assignment annotation, and the kube-scheduler extender
+//! (`filter`, `prioritize`, `bind` over HTTP) for clusters that keep kube-scheduler.
+#![forbid(unsafe_code)]
+
+pub mod assignment;
+pub mod extender;
+pub mod objects;
+pub mod snapshot;
+
+pub use extender::{BindTarget, Binder, Extender, ExtenderConfig, router};
+pub use snapshot::{Snapshot, Warning};

@@ -1,0 +1,306 @@
+//! Kubernetes `Node` and `Pod` objects (k8s-openapi types) turned into gpuplane's domain model, with
+//! the same conventions as the YAML loader (`docs/cluster-yaml.md`): GPU count from extended resources,
+//! model from labels, GPU shares from annotations or `nvidia.com/gpu`.
+
+use std::collections::BTreeMap;
+
+use gpuplane_core::manifest::{
+    NODE_GPU_MODEL_LABELS, NODE_GPU_RESOURCES, POD_GPU_COUNT_ANNOTATIONS, POD_GPU_MILLI_ANNOTATIONS,
+    POD_GPU_MODEL_ANNOTATIONS,
+};
+use gpuplane_core::{
+    GpuRequest, MAX_GPUS_PER_NODE, MILLI_PER_GPU, Node, Pod, Quantity, Taint, TaintEffect, Toleration,
+    TolerationOperator,
+};
+use k8s_openapi::api::core::v1 as api;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
+use thiserror::Error;
+
+/// An object whose fields cannot be turned into a node or pod.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{kind} {name}: field `{field}` is {value:?}; expected {expected}")]
+pub struct ObjectError {
+    /// `Node` or `Pod`.
+    pub kind: &'static str,
+    /// `name` or `namespace/name`.
+    pub name: String,
+    /// Field path.
+    pub field: String,
+    /// The value found.
+    pub value: String,
+    /// What was expected.
+    pub expected: String,
+}
+
+/// `namespace/name` of a pod, the key gpuplane tracks pods by.
+pub fn pod_key(pod: &api::Pod) -> String {
+    format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or(""))
+}
+
+fn quantity(kind: &'static str, name: &str, field: &str, q: &ApiQuantity) -> Result<Quantity, ObjectError> {
+    Quantity::parse_non_negative(&q.0).map_err(|e| ObjectError {
+        kind,
+        name: name.to_owned(),
+        field: field.to_owned(),
+        value: q.0.clone(),
+        expected: format!("a non-negative Kubernetes quantity ({e})"),
+    })
+}
+
+/// Converts a Node object. Allocatable is used where present, capacity otherwise.
+pub fn node(n: &api::Node) -> Result<Node, ObjectError> {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    let err = |field: &str, value: &str, expected: &str| ObjectError {
+        kind: "Node",
+        name: name.clone(),
+        field: field.to_owned(),
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name", "", "a node name"));
+    }
+    let status = n.status.as_ref();
+    let lookup = |key: &str| {
+        status.and_then(|s| {
+            s.allocatable.as_ref().and_then(|a| a.get(key)).or_else(|| s.capacity.as_ref().and_then(|c| c.get(key)))
+        })
+    };
+    let cpu_milli = match lookup("cpu") {
+        Some(q) => quantity("Node", &name, "status.allocatable.cpu", q)?.milli_value() as u64,
+        None => return Err(err("status.allocatable.cpu", "", "the node's CPU")),
+    };
+    let memory_bytes = match lookup("memory") {
+        Some(q) => quantity("Node", &name, "status.allocatable.memory", q)?.value() as u64,
+        None => return Err(err("status.allocatable.memory", "", "the node's memory")),
+    };
+    let mut gpu_count = 0;
+    if let Some((key, q)) = NODE_GPU_RESOURCES.iter().find_map(|k| lookup(k).map(|q| (*k, q))) {
+        let count = quantity("Node", &name, &format!("status.allocatable.{key}"), q)?.value();
+        if count > MAX_GPUS_PER_NODE as i64 {
+            return Err(err(&format!("status.allocatable.{key}"), &q.0, "a GPU count from 0 to 8"));
+        }
+        gpu_count = count as u8;
+    }
+    let labels: BTreeMap<String, String> = n.metadata.labels.clone().unwrap_or_default();
+    let gpu_model = NODE_GPU_MODEL_LABELS.iter().find_map(|l| labels.get(*l)).cloned();
+    if gpu_count > 0 && gpu_model.is_none() {
+        return Err(err("metadata.labels", "", &format!("a GPU model label, one of {NODE_GPU_MODEL_LABELS:?}")));
+    }
+    let spec = n.spec.as_ref();
+    let mut taints = Vec::new();
+    for t in spec.and_then(|s| s.taints.as_ref()).into_iter().flatten() {
+        let effect = TaintEffect::parse(&t.effect)
+            .ok_or_else(|| err("spec.taints.effect", &t.effect, "NoSchedule, PreferNoSchedule or NoExecute"))?;
+        taints.push(Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect });
+    }
+    if spec.and_then(|s| s.unschedulable) == Some(true) {
+        taints.push(Taint {
+            key: "node.kubernetes.io/unschedulable".to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        });
+    }
+    Ok(Node {
+        name,
+        cpu_milli,
+        memory_bytes,
+        gpu_count,
+        gpu_model: gpu_model.filter(|_| gpu_count > 0),
+        labels,
+        taints,
+    })
+}
+
+/// Converts a Pod object: effective requests (containers summed, init containers as a floor, pod
+/// overhead added), GPU request, accepted models, priority, node selector, tolerations.
+pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
+    let key = pod_key(p);
+    let err = |field: &str, value: &str, expected: &str| ObjectError {
+        kind: "Pod",
+        name: key.clone(),
+        field: field.to_owned(),
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    };
+    let spec = p.spec.as_ref().ok_or_else(|| err("spec", "", "a pod spec"))?;
+    let request = |resource: &str, milli: bool| -> Result<u64, ObjectError> {
+        let one = |c: &api::Container| -> Result<u64, ObjectError> {
+            let r = c.resources.as_ref();
+            let q = r.and_then(|r| {
+                r.requests
+                    .as_ref()
+                    .and_then(|m| m.get(resource))
+                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(resource)))
+            });
+            match q {
+                Some(q) => {
+                    let q = quantity("Pod", &key, &format!("resources.requests.{resource}"), q)?;
+                    Ok((if milli { q.milli_value() } else { q.value() }) as u64)
+                }
+                None => Ok(0),
+            }
+        };
+        let mut sum = 0u64;
+        for c in &spec.containers {
+            sum = sum.saturating_add(one(c)?);
+        }
+        let mut init = 0u64;
+        for c in spec.init_containers.iter().flatten() {
+            init = init.max(one(c)?);
+        }
+        let overhead = match spec.overhead.as_ref().and_then(|o| o.get(resource)) {
+            Some(q) => {
+                let q = quantity("Pod", &key, &format!("spec.overhead.{resource}"), q)?;
+                (if milli { q.milli_value() } else { q.value() }) as u64
+            }
+            None => 0,
+        };
+        Ok(sum.max(init).saturating_add(overhead))
+    };
+    let cpu_milli = request("cpu", true)?;
+    let memory_bytes = request("memory", false)?;
+    let whole = request("nvidia.com/gpu", false)?;
+    let annotations = p.metadata.annotations.clone().unwrap_or_default();
+    let annotation = |keys: &[&'static str]| keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.as_str())));
+    let mut gpu = GpuRequest::NONE;
+    if whole > 0 {
+        if whole > MAX_GPUS_PER_NODE as u64 {
+            return Err(err("resources.requests.nvidia.com/gpu", &whole.to_string(), "at most 8 GPUs (one node)"));
+        }
+        gpu = GpuRequest { count: whole as u8, milli_per_gpu: MILLI_PER_GPU as u16 };
+    }
+    let count = annotation(POD_GPU_COUNT_ANNOTATIONS);
+    let milli = annotation(POD_GPU_MILLI_ANNOTATIONS);
+    if count.is_some() || milli.is_some() {
+        if whole > 0 {
+            return Err(err("metadata.annotations", "", "either nvidia.com/gpu or GPU-share annotations, not both"));
+        }
+        let count = match count {
+            Some((k, v)) => match v.trim().parse::<u8>() {
+                Ok(n) if usize::from(n) <= MAX_GPUS_PER_NODE => n,
+                _ => return Err(err(k, v, "a GPU count from 0 to 8")),
+            },
+            None => 1,
+        };
+        let milli = match milli {
+            Some((k, v)) => match v.trim().parse::<u16>() {
+                Ok(m) if (1..=MILLI_PER_GPU as u16).contains(&m) => m,
+                _ => return Err(err(k, v, "milli-GPUs per GPU, from 1 to 1000")),
+            },
+            None => MILLI_PER_GPU as u16,
+        };
+        if count > 1 && u32::from(milli) != MILLI_PER_GPU {
+            return Err(err("gpuplane.io/gpu-milli", &milli.to_string(), "1000 when more than one GPU is requested"));
+        }
+        if count > 0 {
+            gpu = GpuRequest { count, milli_per_gpu: milli };
+        }
+    }
+    let gpu_models = match annotation(POD_GPU_MODEL_ANNOTATIONS) {
+        Some((k, v)) => {
+            let models: Vec<String> = v.split('|').map(|m| m.trim().to_owned()).collect();
+            if models.iter().any(String::is_empty) {
+                return Err(err(k, v, "GPU model names separated by '|'"));
+            }
+            models
+        }
+        None => Vec::new(),
+    };
+    let mut tolerations = Vec::new();
+    for t in spec.tolerations.iter().flatten() {
+        let operator = match t.operator.as_deref() {
+            None | Some("Equal") => TolerationOperator::Equal,
+            Some("Exists") => TolerationOperator::Exists,
+            Some(other) => return Err(err("spec.tolerations.operator", other, "Equal or Exists")),
+        };
+        let effect = match t.effect.as_deref() {
+            None | Some("") => None,
+            Some(e) => Some(
+                TaintEffect::parse(e)
+                    .ok_or_else(|| err("spec.tolerations.effect", e, "NoSchedule, PreferNoSchedule or NoExecute"))?,
+            ),
+        };
+        tolerations.push(Toleration {
+            key: t.key.clone().unwrap_or_default(),
+            operator,
+            value: t.value.clone().unwrap_or_default(),
+            effect,
+        });
+    }
+    Ok(Pod {
+        name: p.metadata.name.clone().unwrap_or_default(),
+        namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+        cpu_milli,
+        memory_bytes,
+        gpu,
+        gpu_models,
+        priority: spec.priority.unwrap_or(0),
+        node_selector: spec.node_selector.clone().unwrap_or_default(),
+        tolerations,
+    })
+}
+
+/// A Node object for a domain node, with the fields [`node`] reads (the inverse of [`node`]).
+pub fn api_node(n: &Node) -> api::Node {
+    let mut labels = n.labels.clone();
+    let mut allocatable = BTreeMap::new();
+    allocatable.insert("cpu".to_owned(), ApiQuantity(format!("{}m", n.cpu_milli)));
+    allocatable.insert("memory".to_owned(), ApiQuantity(n.memory_bytes.to_string()));
+    if n.gpu_count > 0 {
+        allocatable.insert(NODE_GPU_RESOURCES[0].to_owned(), ApiQuantity(n.gpu_count.to_string()));
+        if let Some(model) = &n.gpu_model {
+            labels.insert(NODE_GPU_MODEL_LABELS[0].to_owned(), model.clone());
+        }
+    }
+    let taints: Vec<api::Taint> = n
+        .taints
+        .iter()
+        .map(|t| api::Taint {
+            key: t.key.clone(),
+            value: Some(t.value.clone()),
+            effect: match t.effect {
+                TaintEffect::NoSchedule => "NoSchedule",
+                TaintEffect::PreferNoSchedule => "PreferNoSchedule",
+                TaintEffect::NoExecute => "NoExecute",
+            }
+            .to_owned(),
+            ..Default::default()
+        })
+        .collect();
+    api::Node {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(n.name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(api::NodeSpec { taints: (!taints.is_empty()).then_some(taints), ..Default::default() }),
+        status: Some(api::NodeStatus { allocatable: Some(allocatable), ..Default::default() }),
+    }
+}
+
+/// True when the pod no longer holds resources (Succeeded or Failed).
+pub fn is_terminal(p: &api::Pod) -> bool {
+    matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_node_round_trips() {
+        let n = Node {
+            name: "g".into(),
+            cpu_milli: 96_000,
+            memory_bytes: 384 << 30,
+            gpu_count: 8,
+            gpu_model: Some("G2".into()),
+            labels: BTreeMap::from([("pool".to_owned(), "gpu".to_owned())]),
+            taints: vec![Taint { key: "gpu".into(), value: "yes".into(), effect: TaintEffect::NoSchedule }],
+        };
+        let mut back = node(&api_node(&n)).unwrap();
+        back.labels.remove(NODE_GPU_MODEL_LABELS[0]);
+        assert_eq!(back, n);
+    }
+}

@@ -1,0 +1,249 @@
+//! The extender over HTTP semantics (in process, through the axum router) with messages shaped as
+//! kube-scheduler sends them: filter, prioritize and bind, node-cache-capable and not, and bad input.
+#![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use gpuplane_kube::extender::{ExtenderBindingResult, ExtenderFilterResult, HostPriority};
+use gpuplane_kube::{BindTarget, Binder, Extender, ExtenderConfig, Snapshot, Warning, router};
+use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1 as api;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn node(name: &str, gpus: u32, model: &str, taint: bool) -> api::Node {
+    let mut n = json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {"allocatable": {"cpu": "31500m", "memory": "125Gi", "pods": "110"}, "capacity": {"cpu": "32", "memory": "128Gi"}}
+    });
+    if gpus > 0 {
+        n["metadata"]["labels"]["nvidia.com/gpu.product"] = json!(model);
+        n["status"]["allocatable"]["nvidia.com/gpu"] = json!(gpus.to_string());
+    }
+    if taint {
+        n["spec"]["taints"] = json!([{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]);
+    }
+    serde_json::from_value(n).unwrap()
+}
+
+fn bound_pod(name: &str, node: &str, milli: u32, assignment: Option<&str>) -> api::Pod {
+    let mut p = json!({
+        "metadata": {"name": name, "namespace": "serving", "uid": format!("uid-{name}"), "annotations": {"gpuplane.io/gpu-milli": milli.to_string()}},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]},
+        "status": {"phase": "Running"}
+    });
+    if let Some(a) = assignment {
+        p["metadata"]["annotations"]["gpuplane.io/gpu-assignment"] = json!(a);
+    }
+    serde_json::from_value(p).unwrap()
+}
+
+/// Two tainted T4 nodes (gpu-t4-a has 400 m free on GPU 0), a CPU-only node, an A100 node.
+fn cluster() -> (Snapshot, Vec<Warning>) {
+    let nodes = vec![
+        node("gpu-t4-a", 2, "T4", true),
+        node("gpu-t4-b", 2, "T4", true),
+        node("cpu-1", 0, "", false),
+        node("gpu-a100-1", 8, "A100", true),
+    ];
+    let pods = vec![bound_pod("resident", "gpu-t4-a", 600, Some("0:600")), bound_pod("done", "gpu-t4-b", 1000, None)];
+    Snapshot::build(&nodes, &pods).unwrap()
+}
+
+#[derive(Default, Clone)]
+struct Recorder {
+    calls: Arc<Mutex<Vec<BindTarget>>>,
+    fail: Arc<Mutex<bool>>,
+}
+
+impl Binder for Recorder {
+    async fn bind(&self, target: BindTarget) -> Result<(), String> {
+        if *self.fail.lock().unwrap() {
+            return Err("Operation cannot be fulfilled on pods/binding: pod is being deleted".into());
+        }
+        self.calls.lock().unwrap().push(target);
+        Ok(())
+    }
+}
+
+fn extender(policy: Policy, config: ExtenderConfig) -> (axum::Router, Recorder) {
+    let (snapshot, _) = cluster();
+    let shape = snapshot.cluster().request(&gpuplane_core::Pod::with_requests(
+        "t",
+        1000,
+        0,
+        gpuplane_core::GpuRequest { count: 1, milli_per_gpu: 1000 },
+    ));
+    let target = Arc::new(TargetWorkload::from_requests([&shape], 0.95).unwrap());
+    let engine =
+        Engine::new(EngineConfig { policy, target: Some(target), seed: 1, tie_break: TieBreak::LowestName }).unwrap();
+    let binder = Recorder::default();
+    let ext = Arc::new(Extender::new(snapshot, engine, binder.clone(), config));
+    (router(ext), binder)
+}
+
+async fn post(app: &axum::Router, path: &str, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
+    let req = Request::post(path).header("content-type", "application/json").body(body.into()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+}
+
+fn filter_args() -> Value {
+    serde_json::from_str(include_str!("fixtures/extender-filter-args.json")).unwrap()
+}
+
+#[test]
+fn snapshot_reads_assignments_and_guesses_missing_ones() {
+    let (snapshot, warnings) = cluster();
+    let a = snapshot.node_id("gpu-t4-a").unwrap();
+    assert_eq!(&snapshot.cluster().nodes()[a].gpu_free[..2], &[400, 1000]);
+    let b = snapshot.node_id("gpu-t4-b").unwrap();
+    assert_eq!(&snapshot.cluster().nodes()[b].gpu_free[..2], &[0, 1000], "the unannotated pod takes GPU 0");
+    assert_eq!(warnings, vec![Warning::GuessedAssignment { pod: "serving/done".into() }]);
+}
+
+#[test]
+fn snapshot_never_double_books() {
+    let nodes = vec![node("n", 1, "T4", false)];
+    let pods = vec![
+        bound_pod("a", "n", 700, Some("0:700")),
+        bound_pod("b", "n", 700, Some("0:700")),
+        bound_pod("c", "ghost", 100, None),
+    ];
+    let (snapshot, warnings) = Snapshot::build(&nodes, &pods).unwrap();
+    assert_eq!(snapshot.cluster().nodes()[0].gpu_free[0], 300);
+    assert!(matches!(&warnings[0], Warning::Conflict { pod, .. } if pod == "serving/b"), "{warnings:?}");
+    assert!(matches!(&warnings[1], Warning::UnknownNode { node, .. } if node == "ghost"));
+}
+
+#[tokio::test]
+async fn filter_with_node_names() {
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
+    let (status, body) = post(&app, "/filter", filter_args().to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let raw: Value = serde_json::from_slice(&body).unwrap();
+    assert!(raw.get("NodeNames").is_some() && raw.get("FailedNodes").is_some(), "PascalCase keys: {raw}");
+    let result: ExtenderFilterResult = serde_json::from_value(raw).unwrap();
+    assert_eq!(result.node_names.unwrap(), vec!["gpu-t4-a", "gpu-t4-b"]);
+    assert!(result.failed_and_unresolvable_nodes["cpu-1"].contains("GPU model"));
+    assert!(result.failed_and_unresolvable_nodes["gpu-a100-1"].contains("GPU model"), "the pod accepts T4 or A10 only");
+    assert!(result.failed_and_unresolvable_nodes["ghost-node"].contains("unknown"));
+    assert_eq!(result.error, "");
+}
+
+#[tokio::test]
+async fn filter_with_full_nodes_returns_them_unchanged() {
+    let (app, _) = extender(Policy::BestFit, ExtenderConfig::default());
+    let mut args = filter_args();
+    let items: Vec<Value> = ["gpu-t4-b", "cpu-1"]
+        .iter()
+        .map(|n| serde_json::to_value(node(n, if *n == "cpu-1" { 0 } else { 2 }, "T4", *n != "cpu-1")).unwrap())
+        .collect();
+    args["NodeNames"] = Value::Null;
+    args["Nodes"] = json!({"metadata": {"resourceVersion": "9"}, "items": items.clone()});
+    let (status, body) = post(&app, "/filter", args.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let raw: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(raw["Nodes"]["items"], json!([items[0].clone()]));
+    assert!(raw.get("NodeNames").is_none());
+}
+
+#[tokio::test]
+async fn prioritize_prefers_filling_the_partly_used_gpu() {
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
+    let mut args = filter_args();
+    args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("400");
+    let (status, body) = post(&app, "/prioritize", args.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let list: Vec<HostPriority> = serde_json::from_slice(&body).unwrap();
+    let score = |h: &str| list.iter().find(|p| p.host == h).unwrap().score;
+    assert!(score("gpu-t4-a") > score("gpu-t4-b"), "{list:?}");
+    assert_eq!(score("cpu-1"), 0);
+    assert!(list.iter().all(|p| (0..=10).contains(&p.score)));
+}
+
+#[tokio::test]
+async fn bind_writes_the_assignment_and_never_double_books() {
+    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default());
+    let mut first = filter_args();
+    first["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("300");
+    let mut second = first.clone();
+    second["Pod"]["metadata"]["name"] = json!("chat-7b-6f9c8d7b5-zz9p1");
+    second["Pod"]["metadata"]["uid"] = json!("uid-second");
+    assert_eq!(post(&app, "/filter", first.to_string()).await.0, StatusCode::OK);
+    assert_eq!(post(&app, "/filter", second.to_string()).await.0, StatusCode::OK);
+
+    let bind = |name: &str, uid: &str, node: &str| {
+        json!({"PodName": name, "PodNamespace": "serving", "PodUID": uid, "Node": node}).to_string()
+    };
+    let (status, body) =
+        post(&app, "/bind", bind("chat-7b-6f9c8d7b5-x2k4q", "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "gpu-t4-a")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error, "");
+    let calls = binder.calls.lock().unwrap().clone();
+    assert_eq!(calls[0].node, "gpu-t4-a");
+    assert_eq!(calls[0].assignment, "0:300", "best fit: the GPU with 400 m free");
+
+    // GPU 0 now has 100 m free and GPU 1 is whole: the second 300 m pod must land on GPU 1.
+    let (status, _) = post(&app, "/bind", bind("chat-7b-6f9c8d7b5-zz9p1", "uid-second", "gpu-t4-a")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(binder.calls.lock().unwrap()[1].assignment, "1:300");
+
+    // Binding the same pod again is refused.
+    let (status, body) = post(&app, "/bind", bind("chat-7b-6f9c8d7b5-zz9p1", "uid-second", "gpu-t4-b")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("already bound"));
+}
+
+#[tokio::test]
+async fn failed_binding_releases_the_reservation() {
+    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default());
+    let mut args = filter_args();
+    args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1000");
+    post(&app, "/filter", args.to_string()).await;
+    let bind = json!({"PodName": "chat-7b-6f9c8d7b5-x2k4q", "PodNamespace": "serving", "PodUID": "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "Node": "gpu-t4-b"}).to_string();
+    *binder.fail.lock().unwrap() = true;
+    let (status, body) = post(&app, "/bind", bind.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("being deleted"));
+    *binder.fail.lock().unwrap() = false;
+    let (status, body) = post(&app, "/bind", bind).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(binder.calls.lock().unwrap()[0].assignment, "1:1000");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_with_a_message() {
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig { max_body_bytes: 64 << 10, ..Default::default() });
+    let (status, body) = post(&app, "/filter", "{\"Pod\": {").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("line 1 column"), "{}", String::from_utf8_lossy(&body));
+    let (status, _) = post(&app, "/filter", json!({"NodeNames": ["a"]}).to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(&app, "/filter", vec![b' '; 100 << 10]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, body) = post(&app, "/preempt-everything", "{}").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("unknown extender verb"));
+    let mut impossible = filter_args();
+    impossible["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1500");
+    let (status, body) = post(&app, "/filter", impossible.to_string()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let result: ExtenderFilterResult = serde_json::from_slice(&body).unwrap();
+    assert!(result.error.contains("gpuplane.io/gpu-milli") && result.error.contains("1500"), "{}", result.error);
+    let (status, _) = post(&app, "/bind", "[]").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = post(
+        &app,
+        "/bind",
+        json!({"PodName": "x", "PodNamespace": "y", "PodUID": "z", "Node": "gpu-t4-a"}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(String::from_utf8_lossy(&body).contains("was not seen by filter"));
+}
