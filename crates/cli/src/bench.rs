@@ -1,7 +1,7 @@
-//! `gpuplane bench extender`: a load test of the scheduler extender over HTTP on the loopback
-//! interface, with the 1,213-node openb cluster half filled by FGD. Clients alternate `filter` and
-//! `prioritize` calls carrying all node names (nodeCacheCapable mode) for a bounded time, then the
-//! throughput and latency percentiles are printed.
+//! `gpuplane bench extender|webhook`: load tests over HTTP on the loopback interface, bounded in time.
+//! The extender runs on the 1,213-node openb cluster half filled by FGD, with clients alternating
+//! `filter` and `prioritize` calls that carry all node names (nodeCacheCapable mode); the webhook gets
+//! AdmissionReviews of trace pods on `mutate` and `validate`. Throughput and latency percentiles are printed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use gpuplane_kube::objects::api_node;
+use gpuplane_kube::webhook::{self, GpuQuota, Webhook};
 use gpuplane_kube::{BindTarget, Binder, Extender, ExtenderConfig, Snapshot, router};
 use gpuplane_place::{Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use rand::rngs::ChaCha8Rng;
@@ -25,6 +26,19 @@ use crate::input;
 pub enum BenchCommand {
     /// Load-test the kube-scheduler extender (filter + prioritize) over HTTP on 127.0.0.1.
     Extender(ExtenderBenchArgs),
+    /// Load-test the admission webhook (mutate + validate) over HTTP on 127.0.0.1.
+    Webhook(WebhookBenchArgs),
+}
+
+/// Arguments of `gpuplane bench webhook`.
+#[derive(Debug, Args)]
+pub struct WebhookBenchArgs {
+    /// How long the clients send reviews, in seconds
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Concurrent client connections
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
 }
 
 /// Arguments of `gpuplane bench extender`.
@@ -54,16 +68,12 @@ impl Binder for NoBinder {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Extender(args) => extender(args),
+        BenchCommand::Webhook(args) => webhook(args),
     }
 }
 
 fn extender(args: ExtenderBenchArgs) -> Result<()> {
-    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
-        bail!("--seconds must be in (0, 600], got {}", args.seconds);
-    }
-    if args.clients == 0 || args.clients > 256 {
-        bail!("--clients must be 1 to 256, got {}", args.clients);
-    }
+    check_load_args(args.seconds, args.clients)?;
     if !(0.0..=0.95).contains(&args.fill) {
         bail!("--fill must be between 0 and 0.95, got {}", args.fill);
     }
@@ -116,30 +126,9 @@ fn extender(args: ExtenderBenchArgs) -> Result<()> {
         .collect();
     let body_bytes = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let ext = Arc::new(Extender::new(snapshot, engine(2)?, NoBinder, ExtenderConfig::default()));
-    let (filter_ns, prioritize_ns, elapsed) = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind 127.0.0.1")?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move { axum::serve(listener, router(ext)).await });
-        let bodies = Arc::new(bodies);
-        let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
-        let started = Instant::now();
-        let mut clients = Vec::new();
-        for c in 0..args.clients {
-            let bodies = Arc::clone(&bodies);
-            clients.push(tokio::spawn(async move { client(addr, c, &bodies, deadline).await }));
-        }
-        let (mut filter_ns, mut prioritize_ns) = (Vec::new(), Vec::new());
-        for c in clients {
-            let (f, p) = c.await.context("client task")??;
-            filter_ns.extend(f);
-            prioritize_ns.extend(p);
-        }
-        let elapsed = started.elapsed();
-        server.abort();
-        Ok::<_, anyhow::Error>((filter_ns, prioritize_ns, elapsed))
-    })?;
+    let (filter_ns, prioritize_ns, elapsed) =
+        load(router(ext), args.clients, args.seconds, ["/filter", "/prioritize"], bodies)?;
 
     let total = filter_ns.len() + prioritize_ns.len();
     println!(
@@ -174,18 +163,26 @@ fn print_row(verb: &str, ns: &mut [u64], elapsed: Duration) {
     );
 }
 
-/// One keep-alive connection sending filter and prioritize in turn until the deadline.
-async fn client(addr: SocketAddr, id: usize, bodies: &[String], deadline: Instant) -> Result<(Vec<u64>, Vec<u64>)> {
-    let mut stream = TcpStream::connect(addr).await.context("connect to the extender")?;
+/// One keep-alive connection that sends requests to the two paths in turn until the deadline; returns
+/// the latencies of each path.
+async fn client(
+    addr: SocketAddr,
+    id: usize,
+    paths: [&str; 2],
+    bodies: &[String],
+    deadline: Instant,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let mut stream = TcpStream::connect(addr).await.context("connect to the server")?;
     stream.set_nodelay(true)?;
-    let (mut filter_ns, mut prioritize_ns) = (Vec::new(), Vec::new());
+    let mut latencies = (Vec::new(), Vec::new());
     let mut buf = Vec::with_capacity(64 << 10);
     let mut i = id;
     while Instant::now() < deadline {
         let body = &bodies[i % bodies.len()];
-        let verb = if i.is_multiple_of(2) { "filter" } else { "prioritize" };
+        let first = i.is_multiple_of(2);
+        let path = if first { paths[0] } else { paths[1] };
         let request = format!(
-            "POST /{verb} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
         let t0 = Instant::now();
@@ -194,16 +191,120 @@ async fn client(addr: SocketAddr, id: usize, bodies: &[String], deadline: Instan
         let status = read_response(&mut stream, &mut buf).await?;
         let ns = t0.elapsed().as_nanos() as u64;
         if status != 200 {
-            bail!("{verb} answered HTTP {status}: {}", String::from_utf8_lossy(&buf));
+            bail!("{path} answered HTTP {status}: {}", String::from_utf8_lossy(&buf));
         }
-        if verb == "filter" {
-            filter_ns.push(ns)
+        if first {
+            latencies.0.push(ns)
         } else {
-            prioritize_ns.push(ns)
+            latencies.1.push(ns)
         }
         i += 1;
     }
-    Ok((filter_ns, prioritize_ns))
+    Ok(latencies)
+}
+
+/// Serves `app` on 127.0.0.1, runs the clients until the deadline, and returns both paths' latencies.
+fn load(
+    app: axum::Router,
+    clients: usize,
+    seconds: f64,
+    paths: [&'static str; 2],
+    bodies: Vec<String>,
+) -> Result<(Vec<u64>, Vec<u64>, Duration)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind 127.0.0.1")?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let bodies = Arc::new(bodies);
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let bodies = Arc::clone(&bodies);
+            tasks.push(tokio::spawn(async move { client(addr, c, paths, &bodies, deadline).await }));
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for t in tasks {
+            let (x, y) = t.await.context("client task")??;
+            a.extend(x);
+            b.extend(y);
+        }
+        let elapsed = started.elapsed();
+        server.abort();
+        Ok((a, b, elapsed))
+    })
+}
+
+fn check_load_args(seconds: f64, clients: usize) -> Result<()> {
+    if !(seconds > 0.0 && seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600], got {seconds}");
+    }
+    if clients == 0 || clients > 256 {
+        bail!("--clients must be 1 to 256, got {clients}");
+    }
+    Ok(())
+}
+
+fn webhook(args: WebhookBenchArgs) -> Result<()> {
+    check_load_args(args.seconds, args.clients)?;
+    let (_, trace) = input::trace(None)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Reviews of trace pods (GPU and CPU-only) as the API server sends them on CREATE.
+    let bodies: Vec<String> = (0..64)
+        .map(|i| {
+            let p = &trace[rng.random_range(0..trace.len())];
+            let mut resources =
+                json!({"requests": {"cpu": format!("{}m", p.cpu_milli), "memory": p.memory_bytes.to_string()}});
+            if !p.gpu.is_none() && !p.gpu.is_sharing() {
+                resources["limits"] = json!({"nvidia.com/gpu": p.gpu.count.to_string()});
+            }
+            let annotations = if p.gpu.is_sharing() {
+                json!({"gpuplane.io/gpu-milli": p.gpu.milli_per_gpu.to_string()})
+            } else {
+                json!({})
+            };
+            let class = if i % 3 == 0 { "batch" } else { "interactive" };
+            json!({
+                "kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1",
+                "request": {
+                    "uid": format!("review-{i}"), "namespace": "bench", "operation": "CREATE",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "object": {
+                        "kind": "Pod", "apiVersion": "v1",
+                        "metadata": {"generateName": format!("{}-", p.name), "namespace": "bench",
+                                     "labels": {"gpuplane.io/latency-class": class}, "annotations": annotations},
+                        "spec": {"containers": [{"name": "main", "image": "registry.example.com/serve:1", "resources": resources}],
+                                 "schedulerName": "default-scheduler", "priority": 0}
+                    }
+                }
+            })
+            .to_string()
+        })
+        .collect();
+    let hook = Arc::new(Webhook::default());
+    hook.quotas
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert("bench".to_owned(), GpuQuota { hard_milli: 1_000_000, used_milli: 0 });
+    let app = webhook::router(hook, 4 << 20);
+    let (mutate_ns, validate_ns, elapsed) = load(app, args.clients, args.seconds, ["/mutate", "/validate"], bodies)?;
+    let total = mutate_ns.len() + validate_ns.len();
+    println!(
+        "webhook load test: {} clients, {:.1} s, AdmissionReviews of trace pods",
+        args.clients,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "path", "reviews", "reviews/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for (path, mut ns) in [("mutate", mutate_ns), ("validate", validate_ns)] {
+        print_row(path, &mut ns, elapsed);
+    }
+    println!("  {:<12} {:>9} {:>10.0}", "both", total, total as f64 / elapsed.as_secs_f64());
+    Ok(())
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body into `buf`; returns the status code.

@@ -141,3 +141,13 @@ fn extender_load_test_runs_and_reports() {
     assert!(stdout.contains("filter") && stdout.contains("prioritize") && stdout.contains("req/s"), "{stdout}");
     assert_fails(&gpuplane(&["bench", "extender", "--fill", "2"], dir.path()), "--fill");
 }
+
+#[test]
+fn webhook_load_test_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gpuplane(&["bench", "webhook", "--seconds", "0.3", "--clients", "2"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("mutate") && stdout.contains("validate") && stdout.contains("reviews/s"), "{stdout}");
+    assert_fails(&gpuplane(&["bench", "webhook", "--clients", "0"], dir.path()), "--clients");
+}

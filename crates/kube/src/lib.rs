@@ -7,6 +7,7 @@ pub mod assignment;
 pub mod extender;
 pub mod objects;
 pub mod snapshot;
+pub mod webhook;
 
 pub use extender::{BindTarget, Binder, Extender, ExtenderConfig, router};
 pub use snapshot::{Snapshot, Warning};

@@ -1,0 +1,328 @@
+//! The admission webhook's decisions (AdmissionReview v1): a mutating review steers GPU pods into the
+//! GPU pool (node selector, toleration, `schedulerName`, priority class from the latency-class label)
+//! and never gives the GPU toleration to a pod without GPUs; a validating review denies GPU pods over
+//! their namespace's GPU quota and `NVIDIA_VISIBLE_DEVICES=all` on pods without GPUs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use gpuplane_core::{Pod, TaintEffect};
+use k8s_openapi::api::core::v1 as api;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::objects;
+
+/// `admission.k8s.io/v1` `AdmissionReview`, request or response.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    /// `admission.k8s.io/v1`.
+    #[serde(default)]
+    pub api_version: String,
+    /// `AdmissionReview`.
+    #[serde(default)]
+    pub kind: String,
+    /// Set by the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<AdmissionRequest>,
+    /// Set by the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<AdmissionResponse>,
+}
+
+/// The fields of an `AdmissionRequest` the webhook reads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    /// Echoed in the response.
+    pub uid: String,
+    /// Namespace of the object.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    #[serde(default)]
+    pub operation: String,
+    /// The object being admitted.
+    #[serde(default)]
+    pub object: Option<Value>,
+    /// True when the request will not be persisted.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+/// An `AdmissionResponse`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionResponse {
+    /// The request's uid.
+    pub uid: String,
+    /// Admit or deny.
+    pub allowed: bool,
+    /// Why it was denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// Base64 of a JSON Patch, for a mutation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    /// `JSONPatch` when `patch` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<String>,
+    /// Warnings shown to the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The `metav1.Status` of a denial.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// HTTP-like code (403 for a policy denial, 400 for a malformed object).
+    pub code: u16,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// How the webhook steers and checks pods.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Node selector of the GPU pool, given to GPU pods.
+    pub pool_selector: BTreeMap<String, String>,
+    /// The GPU pool's taint key; GPU pods get a toleration for it.
+    pub pool_taint_key: String,
+    /// Scheduler name set on GPU pods that use the default scheduler.
+    pub scheduler_name: String,
+    /// Pod label naming the latency class (`interactive`, `batch`).
+    pub latency_label: String,
+    /// Priority class (name, value) per latency class.
+    pub priority_classes: HashMap<String, (String, i32)>,
+    /// Deny `NVIDIA_VISIBLE_DEVICES=all` on pods without GPUs.
+    pub deny_visible_devices_all: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            pool_selector: BTreeMap::from([("gpuplane.io/pool".to_owned(), "gpu".to_owned())]),
+            pool_taint_key: "nvidia.com/gpu".to_owned(),
+            scheduler_name: "gpuplane".to_owned(),
+            latency_label: "gpuplane.io/latency-class".to_owned(),
+            priority_classes: HashMap::from([
+                ("interactive".to_owned(), ("gpuplane-interactive".to_owned(), 100_000)),
+                ("batch".to_owned(), ("gpuplane-batch".to_owned(), 1_000)),
+            ]),
+            deny_visible_devices_all: true,
+        }
+    }
+}
+
+/// GPU quota of one namespace, from a ResourceQuota on `requests.nvidia.com/gpu`: hard limit and use, in
+/// milli-GPUs (a GPU share counts as its fraction).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuQuota {
+    /// Limit.
+    pub hard_milli: u64,
+    /// In use.
+    pub used_milli: u64,
+}
+
+fn allow(uid: &str) -> AdmissionResponse {
+    AdmissionResponse { uid: uid.to_owned(), allowed: true, ..Default::default() }
+}
+
+fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
+    AdmissionResponse {
+        uid: uid.to_owned(),
+        allowed: false,
+        status: Some(Status { code, message }),
+        ..Default::default()
+    }
+}
+
+/// Reads the Pod of a review: `None` when the object is not a Pod, `Err` with the denial message when it
+/// is a malformed one.
+fn pod_of(req: &AdmissionRequest) -> Result<Option<(api::Pod, Pod)>, String> {
+    let Some(object) = &req.object else { return Ok(None) };
+    if object.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Pod") {
+        return Ok(None);
+    }
+    let pod: api::Pod =
+        serde_json::from_value(object.clone()).map_err(|e| format!("gpuplane: the object is not a valid Pod: {e}"))?;
+    let domain = objects::pod(&pod).map_err(|e| format!("gpuplane: {e}"))?;
+    Ok(Some((pod, domain)))
+}
+
+/// JSON Pointer escaping of a map key (`~` → `~0`, `/` → `~1`).
+fn pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The mutating review: a JSON Patch that moves a GPU pod into the GPU pool.
+pub fn mutate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionResponse {
+    let (pod, domain) = match pod_of(req) {
+        Ok(Some(p)) => p,
+        Ok(None) => return allow(&req.uid),
+        Err(message) => return deny(&req.uid, 400, message),
+    };
+    if domain.gpu.is_none() {
+        return allow(&req.uid);
+    }
+    let spec = pod.spec.unwrap_or_default();
+    let mut patch: Vec<Value> = Vec::new();
+    match &spec.node_selector {
+        None => patch.push(json!({"op": "add", "path": "/spec/nodeSelector", "value": config.pool_selector})),
+        Some(existing) => {
+            for (k, v) in &config.pool_selector {
+                if existing.get(k) != Some(v) {
+                    patch.push(json!({"op": "add", "path": format!("/spec/nodeSelector/{}", pointer(k)), "value": v}));
+                }
+            }
+        }
+    }
+    let toleration = json!({"key": config.pool_taint_key, "operator": "Exists", "effect": "NoSchedule"});
+    let taint = gpuplane_core::Taint {
+        key: config.pool_taint_key.clone(),
+        value: String::new(),
+        effect: TaintEffect::NoSchedule,
+    };
+    if !domain.tolerations.iter().any(|t| t.tolerates(&taint)) {
+        match &spec.tolerations {
+            None => patch.push(json!({"op": "add", "path": "/spec/tolerations", "value": [toleration]})),
+            Some(_) => patch.push(json!({"op": "add", "path": "/spec/tolerations/-", "value": toleration})),
+        }
+    }
+    match spec.scheduler_name.as_deref() {
+        None | Some("") | Some("default-scheduler") => {
+            patch.push(json!({"op": "add", "path": "/spec/schedulerName", "value": config.scheduler_name}))
+        }
+        Some(_) => {}
+    }
+    let class = pod.metadata.labels.as_ref().and_then(|l| l.get(&config.latency_label));
+    if let (Some((name, value)), None) = (class.and_then(|c| config.priority_classes.get(c)), &spec.priority_class_name)
+    {
+        patch.push(json!({"op": "add", "path": "/spec/priorityClassName", "value": name}));
+        patch.push(json!({"op": "add", "path": "/spec/priority", "value": value}));
+    }
+    if patch.is_empty() {
+        return allow(&req.uid);
+    }
+    AdmissionResponse {
+        uid: req.uid.clone(),
+        allowed: true,
+        patch: Some(STANDARD.encode(Value::Array(patch).to_string())),
+        patch_type: Some("JSONPatch".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The validating review, with the GPU quota of each namespace that has one.
+pub fn validate(
+    config: &WebhookConfig,
+    quotas: &HashMap<String, GpuQuota>,
+    req: &AdmissionRequest,
+) -> AdmissionResponse {
+    let (pod, domain) = match pod_of(req) {
+        Ok(Some(p)) => p,
+        Ok(None) => return allow(&req.uid),
+        Err(message) => return deny(&req.uid, 400, message),
+    };
+    let key = objects::pod_key(&pod);
+    if domain.gpu.is_none() {
+        if config.deny_visible_devices_all {
+            let spec = pod.spec.unwrap_or_default();
+            let all_containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+            for c in all_containers {
+                let all = c.env.iter().flatten().any(|e| {
+                    e.name == "NVIDIA_VISIBLE_DEVICES" && e.value.as_deref().is_some_and(|v| v.trim() == "all")
+                });
+                if all {
+                    return deny(
+                        &req.uid,
+                        403,
+                        format!(
+                            "gpuplane: pod {key} requests no GPU but container {:?} sets NVIDIA_VISIBLE_DEVICES=all, which would expose every GPU of the node",
+                            c.name
+                        ),
+                    );
+                }
+            }
+        }
+        return allow(&req.uid);
+    }
+    if req.operation != "CREATE" {
+        return allow(&req.uid);
+    }
+    let namespace = req.namespace.clone().or(pod.metadata.namespace.clone()).unwrap_or_else(|| "default".to_owned());
+    if let Some(q) = quotas.get(&namespace) {
+        let asked = u64::from(domain.gpu.total_milli());
+        if q.used_milli + asked > q.hard_milli {
+            return deny(
+                &req.uid,
+                403,
+                format!(
+                    "gpuplane: pod {key} asks for {:.3} GPUs; namespace {namespace} uses {:.3} of its {:.3} GPU quota",
+                    asked as f64 / 1000.0,
+                    q.used_milli as f64 / 1000.0,
+                    q.hard_milli as f64 / 1000.0
+                ),
+            );
+        }
+    }
+    allow(&req.uid)
+}
+
+/// The webhook's shared state: its settings and the GPU quota per namespace.
+#[derive(Debug, Default)]
+pub struct Webhook {
+    /// Settings.
+    pub config: WebhookConfig,
+    /// GPU quota per namespace (refreshed from ResourceQuota objects).
+    pub quotas: std::sync::RwLock<HashMap<String, GpuQuota>>,
+}
+
+/// The HTTP routes: `POST /mutate`, `POST /validate`, `GET /healthz`; bodies over `max_body_bytes` get 413,
+/// malformed reviews 400.
+pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::Router {
+    use axum::extract::{DefaultBodyLimit, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+
+    fn read(body: &[u8]) -> Result<AdmissionRequest, (StatusCode, String)> {
+        let review: AdmissionReview = serde_json::from_slice(body)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview JSON: {e}\n")))?;
+        review.request.ok_or_else(|| (StatusCode::BAD_REQUEST, "AdmissionReview without request\n".to_owned()))
+    }
+    async fn mutating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {
+        match read(&body) {
+            Ok(req) => axum::Json(review_response(mutate(&w.config, &req))).into_response(),
+            Err(r) => r.into_response(),
+        }
+    }
+    async fn validating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {
+        match read(&body) {
+            Ok(req) => {
+                let quotas = w.quotas.read().unwrap_or_else(|p| p.into_inner());
+                axum::Json(review_response(validate(&w.config, &quotas, &req))).into_response()
+            }
+            Err(r) => r.into_response(),
+        }
+    }
+    axum::Router::new()
+        .route("/mutate", post(mutating))
+        .route("/validate", post(validating))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "unknown webhook path; expected POST /mutate or /validate\n") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(webhook)
+}
+
+/// Wraps a response in an AdmissionReview as the API server expects it back.
+pub fn review_response(response: AdmissionResponse) -> AdmissionReview {
+    AdmissionReview {
+        api_version: "admission.k8s.io/v1".to_owned(),
+        kind: "AdmissionReview".to_owned(),
+        request: None,
+        response: Some(response),
+    }
+}

@@ -1,0 +1,135 @@
+//! The admission webhook on AdmissionReview v1 messages shaped as the API server sends them.
+#![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use gpuplane_kube::webhook::{AdmissionReview, GpuQuota, Webhook, WebhookConfig, mutate, router, validate};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn review() -> Value {
+    serde_json::from_str(include_str!("fixtures/admission-review-gpu-pod.json")).unwrap()
+}
+
+fn request(v: &Value) -> gpuplane_kube::webhook::AdmissionRequest {
+    serde_json::from_value::<AdmissionReview>(v.clone()).unwrap().request.unwrap()
+}
+
+fn patch_of(resp: &gpuplane_kube::webhook::AdmissionResponse) -> Vec<Value> {
+    let bytes = STANDARD.decode(resp.patch.as_ref().unwrap()).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn gpu_pod_is_steered_into_the_pool() {
+    let resp = mutate(&WebhookConfig::default(), &request(&review()));
+    assert!(resp.allowed);
+    assert_eq!(resp.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(resp.patch_type.as_deref(), Some("JSONPatch"));
+    let patch = patch_of(&resp);
+    assert_eq!(
+        patch,
+        vec![
+            json!({"op": "add", "path": "/spec/nodeSelector", "value": {"gpuplane.io/pool": "gpu"}}),
+            json!({"op": "add", "path": "/spec/tolerations/-", "value": {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}}),
+            json!({"op": "add", "path": "/spec/schedulerName", "value": "gpuplane"}),
+            json!({"op": "add", "path": "/spec/priorityClassName", "value": "gpuplane-interactive"}),
+            json!({"op": "add", "path": "/spec/priority", "value": 100000}),
+        ]
+    );
+}
+
+#[test]
+fn pod_without_gpu_is_left_alone_and_never_tolerates_the_pool() {
+    let mut r = review();
+    let c = &mut r["request"]["object"]["spec"]["containers"][0]["resources"];
+    *c = json!({"requests": {"cpu": "1", "memory": "1Gi"}});
+    let resp = mutate(&WebhookConfig::default(), &request(&r));
+    assert!(resp.allowed && resp.patch.is_none());
+}
+
+#[test]
+fn a_custom_scheduler_and_existing_selector_are_respected() {
+    let mut r = review();
+    r["request"]["object"]["spec"]["schedulerName"] = json!("volcano");
+    r["request"]["object"]["spec"]["nodeSelector"] = json!({"gpuplane.io/pool": "gpu", "zone/a": "x"});
+    r["request"]["object"]["spec"]["tolerations"] = json!([{"key": "nvidia.com/gpu", "operator": "Exists"}]);
+    r["request"]["object"]["metadata"]["labels"] = json!({});
+    let resp = mutate(&WebhookConfig::default(), &request(&r));
+    assert!(resp.allowed);
+    assert!(
+        resp.patch.is_none(),
+        "nothing to change: {:?}",
+        resp.patch.map(|_| patch_of(&mutate(&WebhookConfig::default(), &request(&r))))
+    );
+}
+
+#[test]
+fn quota_and_visible_devices_are_enforced() {
+    let config = WebhookConfig::default();
+    let mut quotas = HashMap::new();
+    quotas.insert("serving".to_owned(), GpuQuota { hard_milli: 4000, used_milli: 3500 });
+    let resp = validate(&config, &quotas, &request(&review()));
+    assert!(!resp.allowed);
+    let status = resp.status.unwrap();
+    assert_eq!(status.code, 403);
+    assert!(status.message.contains("uses 3.500 of its 4.000 GPU quota"), "{}", status.message);
+    quotas.insert("serving".to_owned(), GpuQuota { hard_milli: 4000, used_milli: 3000 });
+    assert!(validate(&config, &quotas, &request(&review())).allowed);
+
+    let mut sneaky = review();
+    sneaky["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    sneaky["request"]["object"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]);
+    let resp = validate(&config, &quotas, &request(&sneaky));
+    assert!(!resp.allowed);
+    assert!(resp.status.unwrap().message.contains("NVIDIA_VISIBLE_DEVICES=all"));
+    let lenient = WebhookConfig { deny_visible_devices_all: false, ..WebhookConfig::default() };
+    assert!(validate(&lenient, &quotas, &request(&sneaky)).allowed);
+}
+
+#[test]
+fn malformed_pod_is_denied_with_a_reason() {
+    let mut r = review();
+    r["request"]["object"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "2000"});
+    r["request"]["object"]["spec"]["containers"][0]["resources"] = json!({});
+    let resp = mutate(&WebhookConfig::default(), &request(&r));
+    assert!(!resp.allowed);
+    assert!(resp.status.unwrap().message.contains("gpuplane.io/gpu-milli"));
+}
+
+async fn post(app: &axum::Router, path: &str, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
+    let req = Request::post(path).header("content-type", "application/json").body(body.into()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn http_round_trip_and_bad_input() {
+    let app = router(Arc::new(Webhook::default()), 1 << 20);
+    let (status, body) = post(&app, "/mutate", review().to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(out["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(out["kind"], "AdmissionReview");
+    assert_eq!(out["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(out["response"]["patchType"], "JSONPatch");
+    let (status, _) = post(&app, "/validate", review().to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = post(&app, "/mutate", "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview JSON"));
+    let (status, _) = post(&app, "/mutate", json!({"kind": "AdmissionReview"}).to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(&app, "/validate", vec![b' '; 2 << 20]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _) = post(&app, "/convert", "{}").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
