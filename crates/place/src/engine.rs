@@ -59,11 +59,11 @@ pub enum EngineError {
 const STALE: u64 = u64::MAX;
 
 /// FGD's memo: per pod shape, each node's score and chosen GPU, valid while the node's stamp is
-/// unchanged; and a scratch profile for recomputing one.
+/// unchanged; and each node's fragment profile (shared by all shapes), valid under the same rule.
 #[derive(Debug, Default)]
 struct FgdMemo {
     cluster_id: u64,
-    profile: FragProfile,
+    profiles: Vec<(u64, f64, FragProfile)>,
     shape_index: HashMap<Shape, usize>,
     by_shape: Vec<Vec<(u64, i16, i8)>>,
 }
@@ -254,8 +254,9 @@ impl Engine {
     /// Resets the memo for a new cluster and returns the memo slot of a shape.
     fn fgd_prepare(&mut self, cluster: &Cluster, shape: Shape) -> usize {
         let memo = &mut self.fgd;
-        if memo.cluster_id != cluster.id() {
+        if memo.cluster_id != cluster.id() || memo.profiles.len() != cluster.len() {
             memo.cluster_id = cluster.id();
+            memo.profiles = vec![(STALE, 0.0, FragProfile::default()); cluster.len()];
             memo.shape_index.clear();
             memo.by_shape.clear();
         }
@@ -277,8 +278,12 @@ impl Engine {
             Some(t) => Arc::clone(t),
             None => return (0, -1),
         };
-        let before = target.profile(node.cpu_free, node.gpus(), node.model, &mut self.fgd.profile);
-        let profile = &self.fgd.profile;
+        let (stamp, before, profile) = &mut self.fgd.profiles[id];
+        if *stamp != node.stamp {
+            *before = target.profile(node.cpu_free, node.gpus(), node.model, profile);
+            *stamp = node.stamp;
+        }
+        let (before, profile) = (*before, &*profile);
         let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
         let gpus = node.gpus();
         let (score, gpu) = if pod.gpu.is_sharing() {
