@@ -100,7 +100,7 @@ fn extender(args: ExtenderBenchArgs) -> Result<()> {
     while snapshot.cluster().allocated_gpu_milli() < goal && placed < 100_000 {
         let r = &requests[rng.random_range(0..requests.len())];
         if let Decision::Place(p) = filler.decide(snapshot.cluster(), r) {
-            snapshot.assume(&format!("bench/filler-{placed}"), r.clone(), p)?;
+            snapshot.assume(&format!("bench/filler-{placed}"), "", r.clone(), p)?;
         }
         placed += 1;
     }

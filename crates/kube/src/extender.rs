@@ -110,6 +110,63 @@ pub struct ExtenderBindingResult {
     pub error: String,
 }
 
+/// `ExtenderPreemptionArgs`: the preemptor and, per node, the victims kube-scheduler proposes (as full
+/// pods, or as UIDs when the extender is node-cache capable).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderPreemptionArgs {
+    /// The pod that wants to run.
+    #[serde(default)]
+    pub pod: Option<api::Pod>,
+    /// Proposed victims per node, as pods.
+    #[serde(default)]
+    pub node_name_to_victims: Option<BTreeMap<String, Victims>>,
+    /// Proposed victims per node, as UIDs.
+    #[serde(default)]
+    pub node_name_to_meta_victims: Option<BTreeMap<String, MetaVictims>>,
+}
+
+/// `Victims`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Victims {
+    /// The pods to evict.
+    #[serde(default)]
+    pub pods: Vec<api::Pod>,
+    /// PodDisruptionBudgets those evictions would violate.
+    #[serde(default, rename = "NumPDBViolations")]
+    pub num_pdb_violations: i64,
+}
+
+/// `MetaVictims`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct MetaVictims {
+    /// The pods to evict, by UID.
+    #[serde(default)]
+    pub pods: Vec<MetaPod>,
+    /// PodDisruptionBudgets those evictions would violate.
+    #[serde(default, rename = "NumPDBViolations")]
+    pub num_pdb_violations: i64,
+}
+
+/// `MetaPod`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MetaPod {
+    /// Pod UID.
+    #[serde(rename = "UID")]
+    pub uid: String,
+}
+
+/// `ExtenderPreemptionResult`: the nodes where preemption works, with the victims it takes there.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExtenderPreemptionResult {
+    /// Victims per node.
+    #[serde(default)]
+    pub node_name_to_meta_victims: BTreeMap<String, MetaVictims>,
+}
+
 /// Where and how a pod is to be bound: the node and the GPU assignment annotation to write first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BindTarget {
@@ -186,13 +243,14 @@ impl<B: Binder> Extender<B> {
     }
 }
 
-/// The HTTP routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `GET /healthz`.
+/// The HTTP routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `POST /preempt`, `GET /healthz`.
 pub fn router<B: Binder>(extender: Arc<Extender<B>>) -> Router {
     let limit = extender.config.max_body_bytes;
     Router::new()
         .route("/filter", post(filter::<B>))
         .route("/prioritize", post(prioritize::<B>))
         .route("/bind", post(bind::<B>))
+        .route("/preempt", post(preempt::<B>))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, "unknown extender verb; expected POST /filter, /prioritize or /bind\n")
@@ -384,7 +442,7 @@ async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Re
             }
         };
         let assignment = assignment::format(&placement.gpus);
-        if let Err(e) = snapshot.assume(&key, request, placement) {
+        if let Err(e) = snapshot.assume(&key, &args.pod_uid, request, placement) {
             return failure(StatusCode::CONFLICT, format!("pod {key}: {e}"));
         }
         BindTarget {
@@ -403,4 +461,89 @@ async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Re
             failure(StatusCode::OK, format!("binding {key} failed: {e}"))
         }
     }
+}
+
+/// Checks kube-scheduler's proposed victims against GPU-level fit. kube-scheduler does not see GPU shares
+/// (they are annotations), so its victims may not free the right GPU milli: on each node gpuplane keeps the
+/// proposal if the preemptor then fits, adds lower-priority pods of that node (lowest priority first, most
+/// GPU milli first) until it does, or drops the node. Victims gpuplane adds are chosen without
+/// PodDisruptionBudget knowledge; the count kube-scheduler sent is passed back unchanged.
+async fn preempt<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let args: ExtenderPreemptionArgs = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return invalid("ExtenderPreemptionArgs JSON", e).into_response(),
+    };
+    let Some(pod) = args.pod else { return invalid("ExtenderPreemptionArgs", "no Pod").into_response() };
+    let domain = match objects::pod(&pod) {
+        Ok(d) => d,
+        Err(e) => return CallError::Impossible(e.to_string()).into_response(),
+    };
+    let mut proposals: BTreeMap<String, (Vec<String>, i64)> = BTreeMap::new();
+    for (node, v) in args.node_name_to_meta_victims.unwrap_or_default() {
+        proposals.insert(node, (v.pods.into_iter().map(|p| p.uid).collect(), v.num_pdb_violations));
+    }
+    for (node, v) in args.node_name_to_victims.unwrap_or_default() {
+        let uids = v.pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        proposals.insert(node, (uids, v.num_pdb_violations));
+    }
+    let inner = ext.lock();
+    let snapshot = &inner.snapshot;
+    let request = snapshot.cluster().request(&domain);
+    let mut result = ExtenderPreemptionResult::default();
+    for (name, (uids, pdb)) in proposals {
+        let Some(node) = snapshot.node_id(&name) else { continue };
+        if let Some(victims) = victims_that_fit(snapshot, node, &request, &uids) {
+            let pods = victims.into_iter().map(|uid| MetaPod { uid }).collect();
+            result.node_name_to_meta_victims.insert(name, MetaVictims { pods, num_pdb_violations: pdb });
+        }
+    }
+    axum::Json(result).into_response()
+}
+
+/// The victims on `node` after which `request` fits: the proposal, extended if needed; `None` if no set of
+/// lower-priority pods makes room.
+fn victims_that_fit(
+    snapshot: &Snapshot,
+    node: NodeId,
+    request: &PodRequest,
+    proposed: &[String],
+) -> Option<Vec<String>> {
+    let info = &snapshot.cluster().node_info()[node];
+    let mut state = snapshot.cluster().nodes()[node].clone();
+    let free = |state: &mut gpuplane_place::NodeState, pod: &crate::BoundPod| {
+        state.cpu_free += pod.request.cpu_milli;
+        state.memory_free += pod.request.memory_bytes;
+        for share in &pod.placement.gpus {
+            state.gpu_free[usize::from(share.index)] += share.milli;
+        }
+    };
+    let mut victims = Vec::new();
+    for uid in proposed {
+        match snapshot.bound_by_uid(uid) {
+            Some(pod) if pod.placement.node == node => {
+                free(&mut state, pod);
+                victims.push(uid.clone());
+            }
+            // A victim gpuplane does not hold (CPU-only pods bound before it started, say) frees nothing it can count.
+            _ => victims.push(uid.clone()),
+        }
+    }
+    if gpuplane_place::filter::check(info, &state, request).is_ok() {
+        return Some(victims);
+    }
+    let mut extra: Vec<&crate::BoundPod> = snapshot
+        .pods_on(node)
+        .filter(|p| p.request.priority < request.priority && !p.uid.is_empty() && !victims.contains(&p.uid))
+        .collect();
+    extra.sort_by(|a, b| {
+        a.request.priority.cmp(&b.request.priority).then(b.request.gpu.total_milli().cmp(&a.request.gpu.total_milli()))
+    });
+    for pod in extra {
+        free(&mut state, pod);
+        victims.push(pod.uid.clone());
+        if gpuplane_place::filter::check(info, &state, request).is_ok() {
+            return Some(victims);
+        }
+    }
+    None
 }

@@ -10,4 +10,4 @@ pub mod snapshot;
 pub mod webhook;
 
 pub use extender::{BindTarget, Binder, Extender, ExtenderConfig, router};
-pub use snapshot::{Snapshot, Warning};
+pub use snapshot::{BoundPod, Snapshot, Warning};

@@ -43,7 +43,22 @@ pub enum Warning {
 pub struct Snapshot {
     cluster: Cluster,
     by_name: HashMap<String, NodeId>,
-    bound: HashMap<String, (PodRequest, Placement)>,
+    bound: HashMap<String, BoundPod>,
+    by_uid: HashMap<String, String>,
+    by_node: HashMap<NodeId, Vec<String>>,
+}
+
+/// A pod bound in the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundPod {
+    /// `namespace/name`.
+    pub key: String,
+    /// The pod's UID (may be empty when unknown).
+    pub uid: String,
+    /// What it asks for.
+    pub request: PodRequest,
+    /// Where it runs and which GPU milli it holds.
+    pub placement: Placement,
 }
 
 impl Snapshot {
@@ -59,7 +74,8 @@ impl Snapshot {
         }
         let cluster = Cluster::new(&domain)?;
         let by_name = domain.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        let mut snapshot = Snapshot { cluster, by_name, bound: HashMap::new() };
+        let mut snapshot =
+            Snapshot { cluster, by_name, bound: HashMap::new(), by_uid: HashMap::new(), by_node: HashMap::new() };
         for p in pods {
             let Some(node_name) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
                 continue;
@@ -96,7 +112,8 @@ impl Snapshot {
                 }
             };
             let placement = Placement { node, gpus };
-            if let Err(e) = snapshot.assume(&key, request, placement) {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            if let Err(e) = snapshot.assume(&key, &uid, request, placement) {
                 warnings.push(Warning::Conflict { pod: key, reason: e.to_string() });
             }
         }
@@ -120,27 +137,50 @@ impl Snapshot {
 
     /// The placement of a bound pod, by `namespace/name`.
     pub fn binding(&self, pod_key: &str) -> Option<&Placement> {
-        self.bound.get(pod_key).map(|b| &b.1)
+        self.bound.get(pod_key).map(|b| &b.placement)
+    }
+
+    /// A bound pod by UID.
+    pub fn bound_by_uid(&self, uid: &str) -> Option<&BoundPod> {
+        self.by_uid.get(uid).and_then(|k| self.bound.get(k))
+    }
+
+    /// The pods bound to a node.
+    pub fn pods_on(&self, node: NodeId) -> impl Iterator<Item = &BoundPod> {
+        self.by_node.get(&node).into_iter().flatten().filter_map(|k| self.bound.get(k))
     }
 
     /// Takes a placement into the snapshot; refused if the pod is already bound or the placement
     /// does not fit, so a GPU is never handed out twice.
-    pub fn assume(&mut self, pod_key: &str, request: PodRequest, placement: Placement) -> Result<(), BindError> {
-        if let Some((_, existing)) = self.bound.get(pod_key) {
-            let node = self.cluster.node_info()[existing.node].name.clone();
+    pub fn assume(
+        &mut self,
+        pod_key: &str,
+        uid: &str,
+        request: PodRequest,
+        placement: Placement,
+    ) -> Result<(), BindError> {
+        if let Some(existing) = self.bound.get(pod_key) {
+            let node = self.cluster.node_info()[existing.placement.node].name.clone();
             return Err(BindError::Capacity { node, what: format!("pod {pod_key} is already bound here") });
         }
         self.cluster.bind(&request, &placement)?;
-        self.bound.insert(pod_key.to_owned(), (request, placement));
+        if !uid.is_empty() {
+            self.by_uid.insert(uid.to_owned(), pod_key.to_owned());
+        }
+        self.by_node.entry(placement.node).or_default().push(pod_key.to_owned());
+        self.bound
+            .insert(pod_key.to_owned(), BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement });
         Ok(())
     }
 
     /// Forgets a bound pod (deleted, or its bind failed) and frees what it held.
     pub fn forget(&mut self, pod_key: &str) -> Result<bool, BindError> {
-        match self.bound.remove(pod_key) {
-            Some((request, placement)) => self.cluster.release(&request, &placement).map(|()| true),
-            None => Ok(false),
+        let Some(pod) = self.bound.remove(pod_key) else { return Ok(false) };
+        self.by_uid.remove(&pod.uid);
+        if let Some(keys) = self.by_node.get_mut(&pod.placement.node) {
+            keys.retain(|k| k != pod_key);
         }
+        self.cluster.release(&pod.request, &pod.placement).map(|()| true)
     }
 }
 

@@ -247,3 +247,42 @@ async fn bad_input_gets_a_4xx_with_a_message() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(String::from_utf8_lossy(&body).contains("was not seen by filter"));
 }
+
+#[tokio::test]
+async fn preempt_extends_victims_to_free_the_right_gpu_milli() {
+    let nodes = vec![node("t4-1", 1, "T4", false), node("t4-2", 1, "T4", false)];
+    let mut batch_a = bound_pod("batch-a", "t4-1", 600, Some("0:600"));
+    let mut batch_b = bound_pod("batch-b", "t4-1", 300, Some("0:300"));
+    let mut vip = bound_pod("vip", "t4-2", 1000, Some("0:1000"));
+    batch_a.spec.as_mut().unwrap().priority = Some(0);
+    batch_b.spec.as_mut().unwrap().priority = Some(0);
+    vip.spec.as_mut().unwrap().priority = Some(5000);
+    let (snapshot, warnings) = Snapshot::build(&nodes, &[batch_a, batch_b, vip]).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let engine =
+        Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName })
+            .unwrap();
+    let app = router(Arc::new(Extender::new(snapshot, engine, Recorder::default(), ExtenderConfig::default())));
+
+    let mut preemptor = filter_args()["Pod"].clone();
+    preemptor["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "500"});
+    preemptor["spec"]["priority"] = json!(1000);
+    let args = json!({
+        "Pod": preemptor,
+        "NodeNameToVictims": null,
+        "NodeNameToMetaVictims": {
+            "t4-1": {"Pods": [{"UID": "uid-batch-b"}], "NumPDBViolations": 0},
+            "t4-2": {"Pods": [], "NumPDBViolations": 0}
+        }
+    });
+    let (status, body) = post(&app, "/preempt", args.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let raw: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        raw,
+        json!({"NodeNameToMetaVictims": {"t4-1": {"Pods": [{"UID": "uid-batch-b"}, {"UID": "uid-batch-a"}], "NumPDBViolations": 0}}}),
+        "300 m freed by batch-b is not enough for 500 m; batch-a must go too; t4-2 holds a higher-priority pod"
+    );
+    let (status, _) = post(&app, "/preempt", "{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
