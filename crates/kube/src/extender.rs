@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,6 +19,7 @@ use k8s_openapi::api::core::v1 as api;
 use serde::{Deserialize, Serialize};
 
 use crate::assignment;
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 use crate::objects;
 use crate::snapshot::Snapshot;
 
@@ -208,6 +210,7 @@ pub struct Extender<B> {
     inner: Mutex<Inner>,
     binder: B,
     config: ExtenderConfig,
+    metrics: Metrics,
 }
 
 struct Inner {
@@ -220,11 +223,8 @@ struct Inner {
 impl<B: Binder> Extender<B> {
     /// Builds the extender over a snapshot and an engine.
     pub fn new(snapshot: Snapshot, engine: Engine, binder: B, config: ExtenderConfig) -> Self {
-        Extender {
-            inner: Mutex::new(Inner { snapshot, engine, recent: HashMap::new(), order: VecDeque::new() }),
-            binder,
-            config,
-        }
+        let inner = Inner { snapshot, engine, recent: HashMap::new(), order: VecDeque::new() };
+        Extender { inner: Mutex::new(inner), binder, config, metrics: Metrics::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -241,9 +241,19 @@ impl<B: Binder> Extender<B> {
     pub fn snapshot(&self) -> Snapshot {
         self.lock().snapshot.clone()
     }
+
+    /// The metrics text, with the pool gauges taken from the current snapshot.
+    pub fn metrics_text(&self) -> String {
+        {
+            let inner = self.lock();
+            self.metrics.set_pools(inner.snapshot.cluster(), inner.engine.target().map(|t| t.as_ref()));
+        }
+        self.metrics.encode()
+    }
 }
 
-/// The HTTP routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `POST /preempt`, `GET /healthz`.
+/// The HTTP routes: `POST /filter`, `POST /prioritize`, `POST /bind`, `POST /preempt`, `GET /metrics`,
+/// `GET /healthz`.
 pub fn router<B: Binder>(extender: Arc<Extender<B>>) -> Router {
     let limit = extender.config.max_body_bytes;
     Router::new()
@@ -251,6 +261,7 @@ pub fn router<B: Binder>(extender: Arc<Extender<B>>) -> Router {
         .route("/prioritize", post(prioritize::<B>))
         .route("/bind", post(bind::<B>))
         .route("/preempt", post(preempt::<B>))
+        .route("/metrics", get(metrics::<B>))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async {
             (StatusCode::NOT_FOUND, "unknown extender verb; expected POST /filter, /prioritize or /bind\n")
@@ -354,6 +365,13 @@ fn reason(r: Rejection) -> (&'static str, bool) {
 }
 
 async fn filter<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = filter_inner(&ext, body).await;
+    ext.metrics.observe_request("filter", response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn filter_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
     let call = match read_call(&body) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -386,6 +404,13 @@ async fn filter<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> 
 }
 
 async fn prioritize<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = prioritize_inner(&ext, body).await;
+    ext.metrics.observe_request("prioritize", response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn prioritize_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
     let call = match read_call(&body) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -407,6 +432,16 @@ async fn prioritize<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes)
 }
 
 async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = bind_inner(&ext, body).await;
+    if response.status() == StatusCode::CONFLICT {
+        ext.metrics.observe_bind("conflict");
+    }
+    ext.metrics.observe_request("bind", response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
     let args: ExtenderBindingArgs = match serde_json::from_slice(&body) {
         Ok(a) => a,
         Err(e) => return invalid("ExtenderBindingArgs JSON", e).into_response(),
@@ -454,8 +489,12 @@ async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Re
         }
     };
     match ext.binder.bind(target).await {
-        Ok(()) => axum::Json(ExtenderBindingResult::default()).into_response(),
+        Ok(()) => {
+            ext.metrics.observe_bind("ok");
+            axum::Json(ExtenderBindingResult::default()).into_response()
+        }
         Err(e) => {
+            ext.metrics.observe_bind("error");
             // The reservation is undone so the GPUs are free again.
             let _ = ext.lock().snapshot.forget(&key);
             failure(StatusCode::OK, format!("binding {key} failed: {e}"))
@@ -468,7 +507,18 @@ async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Re
 /// proposal if the preemptor then fits, adds lower-priority pods of that node (lowest priority first, most
 /// GPU milli first) until it does, or drops the node. Victims gpuplane adds are chosen without
 /// PodDisruptionBudget knowledge; the count kube-scheduler sent is passed back unchanged.
+async fn metrics<B: Binder>(State(ext): State<Arc<Extender<B>>>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], ext.metrics_text()).into_response()
+}
+
 async fn preempt<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let response = preempt_inner(&ext, body).await;
+    ext.metrics.observe_request("preempt", response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn preempt_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
     let args: ExtenderPreemptionArgs = match serde_json::from_slice(&body) {
         Ok(a) => a,
         Err(e) => return invalid("ExtenderPreemptionArgs JSON", e).into_response(),

@@ -5,6 +5,7 @@
 
 pub mod assignment;
 pub mod extender;
+pub mod metrics;
 pub mod objects;
 pub mod snapshot;
 pub mod webhook;

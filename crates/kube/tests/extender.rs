@@ -286,3 +286,35 @@ async fn preempt_extends_victims_to_free_the_right_gpu_milli() {
     let (status, _) = post(&app, "/preempt", "{}").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_binds_and_pool_fragmentation() {
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
+    let mut args = filter_args();
+    args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1000");
+    post(&app, "/filter", args.to_string()).await;
+    let bind = json!({"PodName": "chat-7b-6f9c8d7b5-x2k4q", "PodNamespace": "serving", "PodUID": "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "Node": "gpu-t4-b"});
+    post(&app, "/bind", bind.to_string()).await;
+    post(&app, "/bind", bind.to_string()).await;
+    let resp = app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    for line in [
+        r#"gpuplane_requests_total{verb="filter",code="200"} 1"#,
+        r#"gpuplane_requests_total{verb="bind",code="200"} 1"#,
+        r#"gpuplane_requests_total{verb="bind",code="409"} 1"#,
+        r#"gpuplane_binds_total{result="ok"} 1"#,
+        r#"gpuplane_binds_total{result="conflict"} 1"#,
+        r#"gpuplane_pool_gpus{model="T4"} 4.0"#,
+        // T4 pool: 400 m + a whole GPU free on gpu-t4-a; gpu-t4-b is full after the bind.
+        r#"gpuplane_pool_unallocated_gpus{model="T4"} 1.4"#,
+        // For a workload of whole-GPU tasks the 400 m partial GPU is fragment, the whole one is not.
+        r#"gpuplane_pool_frag_amount_gpus{model="T4"} 0.4"#,
+        r#"gpuplane_pool_frag_ratio{model="T4"} 0.2857142857142857"#,
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("gpuplane_request_duration_seconds_bucket"), "{text}");
+    assert!(text.trim_end().ends_with("# EOF"));
+}

@@ -102,6 +102,11 @@ impl Engine {
         self.policy
     }
 
+    /// The target workload fragmentation is measured against, if the engine has one.
+    pub fn target(&self) -> Option<&Arc<TargetWorkload>> {
+        self.target.as_ref()
+    }
+
     /// Decides where `pod` goes in `cluster`. Does not change the cluster.
     pub fn decide(&mut self, cluster: &Cluster, pod: &PodRequest) -> Decision {
         let memo_slot = self.prepare(cluster, pod);
