@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod assignment;
+pub mod client;
 pub mod extender;
 pub mod metrics;
 pub mod objects;

@@ -1,0 +1,61 @@
+//! Talking to the API server with kube-rs: the [`Binder`] that writes a placement — the GPU assignment
+//! annotation first (a merge patch), then the `pods/binding` subresource, as kube-scheduler binds.
+
+use k8s_openapi::api::core::v1 as api;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::assignment::ASSIGNMENT_ANNOTATION;
+use crate::extender::{BindTarget, Binder};
+
+/// Binds pods through the Kubernetes API.
+#[derive(Clone)]
+pub struct KubeBinder {
+    client: kube::Client,
+    field_manager: String,
+}
+
+impl KubeBinder {
+    /// A binder that patches as `field_manager` (server-side apply ownership of the annotation).
+    pub fn new(client: kube::Client, field_manager: impl Into<String>) -> Self {
+        KubeBinder { client, field_manager: field_manager.into() }
+    }
+}
+
+fn describe(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({}): {}", status.reason, status.code, status.message),
+        other => other.to_string(),
+    }
+}
+
+impl Binder for KubeBinder {
+    async fn bind(&self, target: BindTarget) -> Result<(), String> {
+        let pods: Api<api::Pod> = Api::namespaced(self.client.clone(), &target.namespace);
+        if !target.assignment.is_empty() {
+            let patch = json!({"metadata": {"annotations": {ASSIGNMENT_ANNOTATION: target.assignment}}});
+            let params = PatchParams { field_manager: Some(self.field_manager.clone()), ..Default::default() };
+            pods.patch(&target.name, &params, &Patch::Merge(&patch))
+                .await
+                .map_err(|e| format!("annotating pod {}/{}: {}", target.namespace, target.name, describe(e)))?;
+        }
+        let mut metadata = json!({"name": target.name, "namespace": target.namespace});
+        if !target.uid.is_empty() {
+            // A UID makes the API server refuse the binding if the pod was replaced meanwhile.
+            metadata["uid"] = json!(target.uid);
+        }
+        let binding = json!({
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": metadata,
+            "target": {"apiVersion": "v1", "kind": "Node", "name": target.node},
+        });
+        pods.create_subresource::<_, serde_json::Value>("binding", &target.name, &PostParams::default(), &binding)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!("binding pod {}/{} to {}: {}", target.namespace, target.name, target.node, describe(e))
+            })
+    }
+}

@@ -1,0 +1,89 @@
+//! The kube-rs binder against kube-rs's mock service: the requests it sends are checked as the API
+//! server would receive them, and the API server's refusals come back as bind errors.
+#![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
+
+use axum::http::{Method, Request, Response, StatusCode};
+use gpuplane_kube::client::KubeBinder;
+use gpuplane_kube::{BindTarget, Binder};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+fn target() -> BindTarget {
+    BindTarget {
+        namespace: "serving".into(),
+        name: "chat-0".into(),
+        uid: "uid-chat-0".into(),
+        node: "gpu-a100-1".into(),
+        assignment: "3:250".into(),
+    }
+}
+
+fn pod_json() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chat-0", "namespace": "serving", "uid": "uid-chat-0",
+           "annotations": {"gpuplane.io/gpu-assignment": "3:250"}}, "spec": {"containers": []}})
+}
+
+async fn body_json(req: Request<Body>) -> (Method, String, Option<String>, Value) {
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let content_type = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    (method, uri, content_type, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn annotates_then_binds() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        let (method, uri, content_type, body) = body_json(req).await;
+        assert_eq!(method, Method::PATCH);
+        assert!(uri.starts_with("/api/v1/namespaces/serving/pods/chat-0?"), "{uri}");
+        assert!(uri.contains("fieldManager=gpuplane"), "{uri}");
+        assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
+        assert_eq!(body, json!({"metadata": {"annotations": {"gpuplane.io/gpu-assignment": "3:250"}}}));
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod_json()).unwrap())).unwrap());
+
+        let (req, send) = handle.next_request().await.unwrap();
+        let (method, uri, _, body) = body_json(req).await;
+        assert_eq!(method, Method::POST);
+        assert!(uri.starts_with("/api/v1/namespaces/serving/pods/chat-0/binding"), "{uri}");
+        assert_eq!(body["kind"], "Binding");
+        assert_eq!(body["metadata"]["uid"], "uid-chat-0");
+        assert_eq!(body["target"], json!({"apiVersion": "v1", "kind": "Node", "name": "gpu-a100-1"}));
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
+    });
+    let client = kube::Client::new(service, "default");
+    KubeBinder::new(client, "gpuplane").bind(target()).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_conflict_from_the_api_server_is_a_bind_error() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(async move {
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod_json()).unwrap())).unwrap());
+        let (_, send) = handle.next_request().await.unwrap();
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "pod chat-0 is already assigned to node \"gpu-a100-2\"", "reason": "Conflict", "code": 409});
+        send.send_response(
+            Response::builder()
+                .status(StatusCode::CONFLICT)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
+    });
+    let client = kube::Client::new(service, "default");
+    let err = KubeBinder::new(client, "gpuplane").bind(target()).await.unwrap_err();
+    assert!(err.contains("Conflict (409)") && err.contains("already assigned"), "{err}");
+    server.await.unwrap();
+}
