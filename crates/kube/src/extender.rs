@@ -218,12 +218,23 @@ struct Inner {
     engine: Engine,
     recent: HashMap<String, (String, PodRequest)>,
     order: VecDeque<String>,
+    in_flight: HashMap<String, InFlight>,
+}
+
+/// A binding gpuplane made that the watch caches may not show yet.
+struct InFlight {
+    uid: String,
+    node: String,
+    request: PodRequest,
+    gpus: Vec<gpuplane_place::GpuShare>,
+    since: Instant,
 }
 
 impl<B: Binder> Extender<B> {
     /// Builds the extender over a snapshot and an engine.
     pub fn new(snapshot: Snapshot, engine: Engine, binder: B, config: ExtenderConfig) -> Self {
-        let inner = Inner { snapshot, engine, recent: HashMap::new(), order: VecDeque::new() };
+        let inner =
+            Inner { snapshot, engine, recent: HashMap::new(), order: VecDeque::new(), in_flight: HashMap::new() };
         Extender { inner: Mutex::new(inner), binder, config, metrics: Metrics::new() }
     }
 
@@ -235,6 +246,30 @@ impl<B: Binder> Extender<B> {
     /// Replaces the snapshot (after the watch caches changed).
     pub fn set_snapshot(&self, snapshot: Snapshot) {
         self.lock().snapshot = snapshot;
+    }
+
+    /// Rebuilds the snapshot from the watch caches' Node and Pod objects, keeping the bindings gpuplane
+    /// made that the caches do not show yet (for at most `ttl`), so a GPU is not handed out twice in
+    /// the window between a bind and its watch event.
+    pub fn refresh(
+        &self,
+        nodes: &[api::Node],
+        pods: &[api::Pod],
+        ttl: std::time::Duration,
+    ) -> Result<Vec<crate::Warning>, gpuplane_place::ClusterError> {
+        let (mut snapshot, warnings) = Snapshot::build(nodes, pods)?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.in_flight.retain(|key, b| {
+            if snapshot.binding(key).is_some() || now.duration_since(b.since) > ttl {
+                return false;
+            }
+            let Some(node) = snapshot.node_id(&b.node) else { return false };
+            let placement = gpuplane_place::Placement { node, gpus: b.gpus.clone() };
+            snapshot.assume(key, &b.uid, b.request.clone(), placement).is_ok()
+        });
+        inner.snapshot = snapshot;
+        Ok(warnings)
     }
 
     /// A copy of the current snapshot.
@@ -477,9 +512,17 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
             }
         };
         let assignment = assignment::format(&placement.gpus);
+        let in_flight = InFlight {
+            uid: args.pod_uid.clone(),
+            node: args.node.clone(),
+            request: request.clone(),
+            gpus: placement.gpus.clone(),
+            since: Instant::now(),
+        };
         if let Err(e) = snapshot.assume(&key, &args.pod_uid, request, placement) {
             return failure(StatusCode::CONFLICT, format!("pod {key}: {e}"));
         }
+        inner.in_flight.insert(key.clone(), in_flight);
         BindTarget {
             namespace: args.pod_namespace,
             name: args.pod_name,
@@ -496,7 +539,9 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
         Err(e) => {
             ext.metrics.observe_bind("error");
             // The reservation is undone so the GPUs are free again.
-            let _ = ext.lock().snapshot.forget(&key);
+            let mut inner = ext.lock();
+            inner.in_flight.remove(&key);
+            let _ = inner.snapshot.forget(&key);
             failure(StatusCode::OK, format!("binding {key} failed: {e}"))
         }
     }

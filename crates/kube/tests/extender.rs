@@ -318,3 +318,31 @@ async fn metrics_count_requests_binds_and_pool_fragmentation() {
     assert!(text.contains("gpuplane_request_duration_seconds_bucket"), "{text}");
     assert!(text.trim_end().ends_with("# EOF"));
 }
+
+#[tokio::test]
+async fn refresh_keeps_bindings_the_watch_has_not_shown_yet() {
+    let nodes = vec![node("t4-1", 1, "T4", false)];
+    let (snapshot, _) = Snapshot::build(&nodes, &[]).unwrap();
+    let engine = Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName }).unwrap();
+    let ext = Arc::new(Extender::new(snapshot, engine, Recorder::default(), ExtenderConfig::default()));
+    let app = router(Arc::clone(&ext));
+    let mut args = filter_args();
+    args["Pod"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "700"});
+    args["NodeNames"] = json!(["t4-1"]);
+    post(&app, "/filter", args.to_string()).await;
+    let bind = json!({"PodName": "chat-7b-6f9c8d7b5-x2k4q", "PodNamespace": "serving", "PodUID": "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "Node": "t4-1"});
+    assert_eq!(post(&app, "/bind", bind.to_string()).await.0, StatusCode::OK);
+    let free = |ext: &Extender<Recorder>| ext.snapshot().cluster().nodes()[0].gpu_free[0];
+
+    // The watch caches do not show the binding yet: it is kept.
+    ext.refresh(&nodes, &[], std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(free(&ext), 300);
+    // Now they do: it is counted once.
+    let mut visible = bound_pod("chat-7b-6f9c8d7b5-x2k4q", "t4-1", 700, Some("0:700"));
+    visible.metadata.uid = Some("0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b".into());
+    ext.refresh(&nodes, &[visible], std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(free(&ext), 300);
+    // Deleted later: the GPU is free again, since the in-flight record is gone.
+    ext.refresh(&nodes, &[], std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(free(&ext), 1000);
+}
