@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod extender;
 mod input;
 mod sim;
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Replay a pod trace against a cluster with each placement policy and compare unallocated GPUs.
     Sim(sim::SimArgs),
+    /// Serve the kube-scheduler extender (filter, prioritize, bind, preempt) for a live cluster.
+    Extender(extender::ExtenderArgs),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::Bench(command) => bench::run(command),
+        Command::Extender(args) => extender::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

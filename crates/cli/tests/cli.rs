@@ -151,3 +151,18 @@ fn webhook_load_test_runs_and_reports() {
     assert!(stdout.contains("mutate") && stdout.contains("validate") && stdout.contains("reviews/s"), "{stdout}");
     assert_fails(&gpuplane(&["bench", "webhook", "--clients", "0"], dir.path()), "--clients");
 }
+
+#[test]
+fn extender_without_a_cluster_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+        .args(["extender", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_fails(&out, "cannot reach the Kubernetes API");
+    assert_fails(&gpuplane(&["extender", "--policy", "tetris"], dir.path()), "unknown policy");
+}

@@ -8,6 +8,7 @@ pub mod client;
 pub mod extender;
 pub mod metrics;
 pub mod objects;
+pub mod serve;
 pub mod snapshot;
 pub mod webhook;
 

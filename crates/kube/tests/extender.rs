@@ -323,7 +323,9 @@ async fn metrics_count_requests_binds_and_pool_fragmentation() {
 async fn refresh_keeps_bindings_the_watch_has_not_shown_yet() {
     let nodes = vec![node("t4-1", 1, "T4", false)];
     let (snapshot, _) = Snapshot::build(&nodes, &[]).unwrap();
-    let engine = Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName }).unwrap();
+    let engine =
+        Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName })
+            .unwrap();
     let ext = Arc::new(Extender::new(snapshot, engine, Recorder::default(), ExtenderConfig::default()));
     let app = router(Arc::clone(&ext));
     let mut args = filter_args();

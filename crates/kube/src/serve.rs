@@ -1,0 +1,180 @@
+//! Running the extender against a live cluster: reflector stores watch Nodes and Pods (the kube-rs
+//! reflector pattern), the snapshot is rebuilt when they change, bindings go through the API server, and
+//! the HTTP API is served until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use gpuplane_place::{Engine, EngineConfig, EngineError, Policy, TargetWorkload, TieBreak, WorkloadError};
+use k8s_openapi::api::core::v1 as api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use thiserror::Error;
+
+use crate::client::KubeBinder;
+use crate::objects;
+use crate::{Extender, ExtenderConfig, Snapshot, router};
+
+/// Settings of `gpuplane extender`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Placement policy.
+    pub policy: Policy,
+    /// How often the snapshot is rebuilt when the watch caches changed.
+    pub refresh_every: Duration,
+    /// How long a binding gpuplane made is kept while the watch caches do not show it.
+    pub in_flight_ttl: Duration,
+}
+
+/// Why the extender stopped.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// No usable kubeconfig or in-cluster service account.
+    #[error("cannot reach the Kubernetes API (kubeconfig or in-cluster service account): {0}")]
+    Client(#[source] kube::Error),
+    /// A watch cache never became ready.
+    #[error("the {0} watch stopped before its first list completed")]
+    NotReady(&'static str),
+    /// The cluster state could not be turned into a snapshot.
+    #[error(transparent)]
+    Cluster(#[from] gpuplane_place::ClusterError),
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The target workload could not be built.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// Listening or serving failed.
+    #[error("serving on {addr}: {source}")]
+    Io {
+        /// The listen address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn owned<K: Clone>(store: &Store<K>) -> Vec<K>
+where
+    K: kube::Resource + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    store.state().iter().map(|k| (**k).clone()).collect()
+}
+
+/// Learns the target workload from the pods in the cluster; `fallback` when they ask for no GPU.
+fn target_from(
+    pods: &[api::Pod],
+    snapshot: &Snapshot,
+    fallback: Option<TargetWorkload>,
+) -> Result<TargetWorkload, WorkloadError> {
+    let requests: Vec<_> =
+        pods.iter().filter_map(|p| objects::pod(p).ok()).map(|p| snapshot.cluster().request(&p)).collect();
+    if requests.iter().any(|r| !r.gpu.is_none()) {
+        return TargetWorkload::from_requests(&requests, 0.95);
+    }
+    fallback.ok_or(WorkloadError::Empty)
+}
+
+/// Connects with the default kubeconfig (or the in-cluster service account) and serves the extender.
+pub async fn run_extender(config: ServeConfig, fallback_target: Option<TargetWorkload>) -> Result<(), ServeError> {
+    let client = Client::try_default().await.map_err(ServeError::Client)?;
+    serve_extender(client, config, fallback_target).await
+}
+
+/// Watches the cluster and serves the extender until a shutdown signal.
+pub async fn serve_extender(
+    client: Client,
+    config: ServeConfig,
+    fallback_target: Option<TargetWorkload>,
+) -> Result<(), ServeError> {
+    let changes = Arc::new(AtomicU64::new(0));
+    let (nodes, node_writer) = reflector::store::<api::Node>();
+    let (pods, pod_writer) = reflector::store::<api::Pod>();
+    let pod_watch = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let node_changes = Arc::clone(&changes);
+    tokio::spawn(
+        watcher(Api::<api::Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(node_writer)
+            .for_each(move |_| {
+                node_changes.fetch_add(1, Ordering::Relaxed);
+                futures::future::ready(())
+            }),
+    );
+    let pod_changes = Arc::clone(&changes);
+    tokio::spawn(
+        watcher(Api::<api::Pod>::all(client.clone()), pod_watch).default_backoff().reflect(pod_writer).for_each(
+            move |_| {
+                pod_changes.fetch_add(1, Ordering::Relaxed);
+                futures::future::ready(())
+            },
+        ),
+    );
+    nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
+    pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
+
+    let (node_objects, pod_objects) = (owned(&nodes), owned(&pods));
+    let (snapshot, _) = Snapshot::build(&node_objects, &pod_objects)?;
+    let target = Arc::new(target_from(&pod_objects, &snapshot, fallback_target)?);
+    let engine = Engine::new(EngineConfig {
+        policy: config.policy,
+        target: Some(target),
+        seed: 1,
+        tie_break: TieBreak::LowestName,
+    })?;
+    let binder = KubeBinder::new(client, "gpuplane");
+    let extender = Arc::new(Extender::new(snapshot, engine, binder, ExtenderConfig::default()));
+
+    let refresher = Arc::clone(&extender);
+    let seen_changes = Arc::clone(&changes);
+    tokio::spawn(async move {
+        let mut applied = 0;
+        let mut tick = tokio::time::interval(config.refresh_every);
+        loop {
+            tick.tick().await;
+            let now = seen_changes.load(Ordering::Relaxed);
+            if now == applied {
+                continue;
+            }
+            applied = now;
+            // A cluster that cannot be read keeps the previous snapshot; the next change retries.
+            let _ = refresher.refresh(&owned(&nodes), &owned(&pods), config.in_flight_ttl);
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Io { addr: config.listen, source })?;
+    axum::serve(listener, router(extender))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|source| ServeError::Io { addr: config.listen, source })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
