@@ -36,7 +36,7 @@ pub struct ServeConfig {
 #[derive(Debug, Error)]
 pub enum ServeError {
     /// No usable kubeconfig or in-cluster service account.
-    #[error("cannot reach the Kubernetes API (kubeconfig or in-cluster service account): {0}")]
+    #[error("cannot reach the Kubernetes API (no usable kubeconfig or in-cluster service account)")]
     Client(#[source] kube::Error),
     /// A watch cache never became ready.
     #[error("the {0} watch stopped before its first list completed")]
@@ -60,9 +60,9 @@ pub enum ServeError {
     },
 }
 
-fn owned<K: Clone>(store: &Store<K>) -> Vec<K>
+fn owned<K>(store: &Store<K>) -> Vec<K>
 where
-    K: kube::Resource + 'static,
+    K: Clone + kube::Resource + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
 {
     store.state().iter().map(|k| (**k).clone()).collect()
