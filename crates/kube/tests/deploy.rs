@@ -1,0 +1,89 @@
+//! The manifests in deploy/ are valid Kubernetes objects: every document deserialises into its
+//! k8s-openapi type and serialises back to the same JSON, so a misspelt or misplaced field (which the
+//! typed round trip would drop) fails the test.
+#![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::{apps, batch, core, rbac, scheduling};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn manifests() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut files = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn round_trip<T: DeserializeOwned + Serialize>(doc: &Value) -> Value {
+    let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{e}: {doc}"));
+    serde_json::to_value(typed).unwrap()
+}
+
+#[test]
+fn every_manifest_is_a_valid_object() {
+    let files = manifests();
+    assert!(files.len() >= 6, "{files:?}");
+    let mut kinds = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for doc in docs {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+            let back = match kind.as_str() {
+                "Namespace" => round_trip::<core::v1::Namespace>(&doc),
+                "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(&doc),
+                "Service" => round_trip::<core::v1::Service>(&doc),
+                "ConfigMap" => round_trip::<core::v1::ConfigMap>(&doc),
+                "ResourceQuota" => round_trip::<core::v1::ResourceQuota>(&doc),
+                "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(&doc),
+                "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(&doc),
+                "Deployment" => round_trip::<apps::v1::Deployment>(&doc),
+                "Job" => round_trip::<batch::v1::Job>(&doc),
+                "PriorityClass" => round_trip::<scheduling::v1::PriorityClass>(&doc),
+                other => panic!("{}: kind {other:?} has no check here", file.display()),
+            };
+            assert_eq!(
+                back,
+                doc,
+                "{}: {kind} changes in a typed round trip (an unknown or misplaced field?)",
+                file.display()
+            );
+            kinds.push(kind);
+        }
+    }
+    for k in ["Deployment", "ClusterRole", "Service", "ConfigMap"] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} in deploy/");
+    }
+}
+
+#[test]
+fn scheduler_configuration_points_at_the_extender_service() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/extender/kube-scheduler-config.yaml"),
+    )
+    .unwrap();
+    let cm: core::v1::ConfigMap = serde_json::from_value(serde_saphyr::from_str::<Value>(&text).unwrap()).unwrap();
+    let embedded = &cm.data.unwrap()["scheduler-config.yaml"];
+    let config: Value = serde_saphyr::from_str(embedded).unwrap();
+    assert_eq!(config["apiVersion"], "kubescheduler.config.k8s.io/v1");
+    let ext = &config["extenders"][0];
+    assert_eq!(ext["urlPrefix"], "http://gpuplane-extender.gpuplane-system.svc:8888");
+    for verb in ["filterVerb", "prioritizeVerb", "preemptVerb", "bindVerb"] {
+        assert!(ext[verb].is_string(), "{verb}");
+    }
+    assert_eq!(ext["nodeCacheCapable"], true);
+}
