@@ -25,11 +25,22 @@ pub struct ExtenderArgs {
     /// How long a binding is kept while the watch has not shown it yet, in seconds
     #[arg(long, default_value_t = 60)]
     in_flight_ttl_s: u64,
+    /// Log format on standard error: text or json (level from RUST_LOG, default info)
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 /// Runs the extender until SIGTERM or Ctrl-C.
 pub fn run(args: ExtenderArgs) -> Result<()> {
     let policy: Policy = args.policy.parse().context("--policy")?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     // FGD needs a target workload: learned from the cluster's pods, else the openb default trace.
     let (_, trace) = input::trace(None)?;
     let requests: Vec<PodRequest> = trace

@@ -537,6 +537,7 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
             axum::Json(ExtenderBindingResult::default()).into_response()
         }
         Err(e) => {
+            tracing::warn!(pod = %key, error = %e, "Binding failed; GPU reservation released.");
             ext.metrics.observe_bind("error");
             // The reservation is undone so the GPUs are free again.
             let mut inner = ext.lock();

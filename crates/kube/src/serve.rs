@@ -121,8 +121,16 @@ pub async fn serve_extender(
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
 
     let (node_objects, pod_objects) = (owned(&nodes), owned(&pods));
-    let (snapshot, _) = Snapshot::build(&node_objects, &pod_objects)?;
+    let (snapshot, warnings) = Snapshot::build(&node_objects, &pod_objects)?;
+    log_warnings(&warnings);
     let target = Arc::new(target_from(&pod_objects, &snapshot, fallback_target)?);
+    tracing::info!(
+        nodes = snapshot.cluster().len(),
+        gpus = snapshot.cluster().total_gpu_milli() / 1000,
+        shapes = target.shapes().len(),
+        policy = config.policy.name(),
+        "Cluster state loaded."
+    );
     let engine = Engine::new(EngineConfig {
         policy: config.policy,
         target: Some(target),
@@ -145,7 +153,10 @@ pub async fn serve_extender(
             }
             applied = now;
             // A cluster that cannot be read keeps the previous snapshot; the next change retries.
-            let _ = refresher.refresh(&owned(&nodes), &owned(&pods), config.in_flight_ttl);
+            match refresher.refresh(&owned(&nodes), &owned(&pods), config.in_flight_ttl) {
+                Ok(warnings) => log_warnings(&warnings),
+                Err(e) => tracing::error!(error = %e, "Snapshot not rebuilt; keeping the previous one."),
+            }
         }
     });
 
@@ -156,6 +167,24 @@ pub async fn serve_extender(
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|source| ServeError::Io { addr: config.listen, source })
+}
+
+/// Logs what the snapshot had to skip or guess; each warning once per rebuild.
+fn log_warnings(warnings: &[crate::Warning]) {
+    for w in warnings {
+        match w {
+            crate::Warning::Unreadable(e) => tracing::warn!(error = %e, "Object left out of the snapshot."),
+            crate::Warning::UnknownNode { pod, node } => {
+                tracing::warn!(%pod, %node, "Pod bound to a node gpuplane does not know.")
+            }
+            crate::Warning::GuessedAssignment { pod } => {
+                tracing::info!(%pod, "Bound GPU pod without an assignment annotation; lowest-index GPUs assumed.")
+            }
+            crate::Warning::Conflict { pod, reason } => {
+                tracing::warn!(%pod, %reason, "Bound pod does not fit its node next to the others; left out.")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {
