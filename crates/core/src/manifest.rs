@@ -177,22 +177,12 @@ impl ObjectReader<'_> {
         let mut taints = Vec::new();
         for t in &object.spec.taints {
             let effect = TaintEffect::parse(&t.effect.value).ok_or_else(|| {
-                self.field_error(
-                    t.effect.referenced,
-                    "spec.taints.effect",
-                    &t.effect.value,
-                    "NoSchedule, PreferNoSchedule or NoExecute",
-                )
+                self.field_error(t.effect.referenced, "spec.taints.effect", &t.effect.value, TaintEffect::EXPECTED)
             })?;
             taints.push(Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect });
         }
         if object.spec.unschedulable == Some(true) {
-            // kube-scheduler treats a cordoned node as carrying this taint.
-            taints.push(Taint {
-                key: "node.kubernetes.io/unschedulable".to_owned(),
-                value: String::new(),
-                effect: TaintEffect::NoSchedule,
-            });
+            taints.push(Taint::unschedulable());
         }
         Ok(Node {
             name,
@@ -313,12 +303,7 @@ impl ObjectReader<'_> {
                 None => None,
                 Some(e) if e.value.is_empty() => None,
                 Some(e) => Some(TaintEffect::parse(&e.value).ok_or_else(|| {
-                    self.field_error(
-                        e.referenced,
-                        "spec.tolerations.effect",
-                        &e.value,
-                        "NoSchedule, PreferNoSchedule or NoExecute",
-                    )
+                    self.field_error(e.referenced, "spec.tolerations.effect", &e.value, TaintEffect::EXPECTED)
                 })?),
             };
             tolerations.push(Toleration {

@@ -115,6 +115,9 @@ pub enum TaintEffect {
 }
 
 impl TaintEffect {
+    /// The spellings [`TaintEffect::parse`] accepts, for error messages.
+    pub const EXPECTED: &'static str = "NoSchedule, PreferNoSchedule or NoExecute";
+
     /// Parses the Kubernetes spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -135,6 +138,17 @@ pub struct Taint {
     pub value: String,
     /// Taint effect.
     pub effect: TaintEffect,
+}
+
+impl Taint {
+    /// The taint kube-scheduler treats a cordoned node (`spec.unschedulable: true`) as carrying.
+    pub fn unschedulable() -> Taint {
+        Taint {
+            key: "node.kubernetes.io/unschedulable".to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        }
+    }
 }
 
 /// How a toleration compares values.

@@ -90,16 +90,12 @@ pub fn node(n: &api::Node) -> Result<Node, ObjectError> {
     let spec = n.spec.as_ref();
     let mut taints = Vec::new();
     for t in spec.and_then(|s| s.taints.as_ref()).into_iter().flatten() {
-        let effect = TaintEffect::parse(&t.effect)
-            .ok_or_else(|| err("spec.taints.effect", &t.effect, "NoSchedule, PreferNoSchedule or NoExecute"))?;
+        let effect =
+            TaintEffect::parse(&t.effect).ok_or_else(|| err("spec.taints.effect", &t.effect, TaintEffect::EXPECTED))?;
         taints.push(Taint { key: t.key.clone(), value: t.value.clone().unwrap_or_default(), effect });
     }
     if spec.and_then(|s| s.unschedulable) == Some(true) {
-        taints.push(Taint {
-            key: "node.kubernetes.io/unschedulable".to_owned(),
-            value: String::new(),
-            effect: TaintEffect::NoSchedule,
-        });
+        taints.push(Taint::unschedulable());
     }
     Ok(Node {
         name,
@@ -216,10 +212,9 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
         };
         let effect = match t.effect.as_deref() {
             None | Some("") => None,
-            Some(e) => Some(
-                TaintEffect::parse(e)
-                    .ok_or_else(|| err("spec.tolerations.effect", e, "NoSchedule, PreferNoSchedule or NoExecute"))?,
-            ),
+            Some(e) => {
+                Some(TaintEffect::parse(e).ok_or_else(|| err("spec.tolerations.effect", e, TaintEffect::EXPECTED))?)
+            }
         };
         tolerations.push(Toleration {
             key: t.key.clone().unwrap_or_default(),
