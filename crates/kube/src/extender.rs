@@ -216,7 +216,9 @@ pub struct Extender<B> {
 struct Inner {
     snapshot: Snapshot,
     engine: Engine,
-    recent: HashMap<String, (String, PodRequest)>,
+    /// Pods seen by filter/prioritize, kept as domain pods: a snapshot rebuilt in between may number
+    /// GPU models differently, so requests are resolved again at bind time.
+    recent: HashMap<String, gpuplane_core::Pod>,
     order: VecDeque<String>,
     in_flight: HashMap<String, InFlight>,
 }
@@ -367,7 +369,7 @@ fn read_call(body: &[u8]) -> Result<Call, CallError> {
 /// Remembers the pod for the bind verb and scores the candidates; `None` for nodes the snapshot lacks.
 fn evaluate(inner: &mut Inner, limit: usize, call: &Call) -> Vec<Option<Result<i64, Rejection>>> {
     let request = inner.snapshot.cluster().request(&call.pod);
-    remember(inner, limit, call, request.clone());
+    remember(inner, limit, call);
     let ids: Vec<Option<NodeId>> = call.names.iter().map(|n| inner.snapshot.node_id(n)).collect();
     let known: Vec<NodeId> = ids.iter().flatten().copied().collect();
     let Inner { snapshot, engine, .. } = inner;
@@ -375,9 +377,9 @@ fn evaluate(inner: &mut Inner, limit: usize, call: &Call) -> Vec<Option<Result<i
     ids.iter().map(|id| id.and_then(|_| scored.next())).collect()
 }
 
-fn remember(inner: &mut Inner, limit: usize, call: &Call, request: PodRequest) {
+fn remember(inner: &mut Inner, limit: usize, call: &Call) {
     let id = if call.uid.is_empty() { call.key.clone() } else { call.uid.clone() };
-    if inner.recent.insert(id.clone(), (call.key.clone(), request)).is_none() {
+    if inner.recent.insert(id.clone(), call.pod.clone()).is_none() {
         inner.order.push_back(id);
         while inner.order.len() > limit {
             if let Some(old) = inner.order.pop_front() {
@@ -488,8 +490,8 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
     // concurrent decision cannot take the same milli.
     let target = {
         let mut inner = ext.lock();
-        let remembered = inner.recent.get(&args.pod_uid).or_else(|| inner.recent.get(&key)).cloned();
-        let Some((_, request)) = remembered else {
+        let remembered = inner.recent.get(&args.pod_uid).or_else(|| inner.recent.get(&key));
+        let Some(request) = remembered.map(|pod| inner.snapshot.cluster().request(pod)) else {
             return failure(
                 StatusCode::CONFLICT,
                 format!(

@@ -239,22 +239,21 @@ impl Cluster {
         if nodes.is_empty() {
             return Err(ClusterError::Empty);
         }
-        let mut models: Vec<String> = Vec::new();
+        // Models are numbered in name order, so the same set of models gets the same numbers in every
+        // snapshot, whatever order the nodes come in.
+        let mut models: Vec<String> =
+            nodes.iter().filter(|n| n.gpu_count > 0).filter_map(|n| n.gpu_model.clone()).collect();
+        models.sort();
+        models.dedup();
+        if models.len() > 64 {
+            return Err(ClusterError::TooManyModels);
+        }
         let mut info = Vec::with_capacity(nodes.len());
         let mut state = Vec::with_capacity(nodes.len());
         let mut total_gpu_milli = 0;
         for node in nodes {
             let model = match &node.gpu_model {
-                Some(m) if node.gpu_count > 0 => Some(match models.iter().position(|x| x == m) {
-                    Some(i) => i as u8,
-                    None => {
-                        if models.len() == 64 {
-                            return Err(ClusterError::TooManyModels);
-                        }
-                        models.push(m.clone());
-                        (models.len() - 1) as u8
-                    }
-                }),
+                Some(m) if node.gpu_count > 0 => models.binary_search(m).ok().map(|i| i as u8),
                 _ => None,
             };
             let gpu_count = node.gpu_count.min(MAX_GPUS_PER_NODE as u8);
@@ -457,4 +456,46 @@ fn check_gpu_shares(node: &NodeState, gpu: GpuRequest, shares: &[GpuShare]) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, model: &str) -> Node {
+        Node {
+            name: name.into(),
+            cpu_milli: 1000,
+            memory_bytes: 1 << 30,
+            gpu_count: 1,
+            gpu_model: Some(model.into()),
+            labels: BTreeMap::new(),
+            taints: vec![],
+        }
+    }
+
+    #[test]
+    fn model_numbers_do_not_depend_on_node_order() {
+        let nodes = vec![node("a", "T4"), node("b", "A100"), node("c", "L4")];
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        let (x, y) = (Cluster::new(&nodes).unwrap(), Cluster::new(&reversed).unwrap());
+        assert_eq!(x.models(), y.models());
+        let mut pod = Pod::with_requests("p", 1, 1, GpuRequest { count: 1, milli_per_gpu: 500 });
+        pod.gpu_models = vec!["L4".into()];
+        assert_eq!(x.request(&pod).models, y.request(&pod).models);
+    }
+
+    #[test]
+    fn bind_refuses_overallocation_and_bad_shares() {
+        let mut c = Cluster::new(&[node("a", "T4")]).unwrap();
+        let pod = c.request(&Pod::with_requests("p", 100, 0, GpuRequest { count: 1, milli_per_gpu: 600 }));
+        let on = |milli| Placement { node: 0, gpus: vec![GpuShare { index: 0, milli }] };
+        c.bind(&pod, &on(600)).unwrap();
+        assert!(c.bind(&pod, &on(600)).is_err(), "600 + 600 > 1000");
+        assert!(c.bind(&pod, &on(300)).is_err(), "share differs from the request");
+        assert!(c.bind(&pod, &Placement { node: 0, gpus: vec![GpuShare { index: 3, milli: 600 }] }).is_err());
+        assert!(c.bind(&pod, &Placement { node: 7, gpus: vec![] }).is_err());
+        assert_eq!(c.allocated_gpu_milli(), 600);
+    }
 }
