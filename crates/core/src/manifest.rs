@@ -291,14 +291,11 @@ impl ObjectReader<'_> {
         };
         let mut tolerations = Vec::new();
         for t in &object.spec.tolerations {
-            let operator = match t.operator.as_ref().map(|o| o.value.as_str()) {
-                None | Some("Equal") => TolerationOperator::Equal,
-                Some("Exists") => TolerationOperator::Exists,
-                Some(other) => {
-                    let at = t.operator.as_ref().map_or(object.kind.referenced, |o| o.referenced);
-                    return Err(self.field_error(at, "spec.tolerations.operator", other, "Equal or Exists"));
-                }
-            };
+            let written = t.operator.as_ref().map(|o| o.value.as_str());
+            let operator = TolerationOperator::parse(written).ok_or_else(|| {
+                let at = t.operator.as_ref().map_or(object.kind.referenced, |o| o.referenced);
+                self.field_error(at, "spec.tolerations.operator", written.unwrap_or_default(), "Equal or Exists")
+            })?;
             let effect = match &t.effect {
                 None => None,
                 Some(e) if e.value.is_empty() => None,

@@ -160,6 +160,17 @@ pub enum TolerationOperator {
     Exists,
 }
 
+impl TolerationOperator {
+    /// Parses the Kubernetes spelling; an absent operator means `Equal`, as in the API.
+    pub fn parse(s: Option<&str>) -> Option<Self> {
+        match s {
+            None | Some("Equal") => Some(TolerationOperator::Equal),
+            Some("Exists") => Some(TolerationOperator::Exists),
+            Some(_) => None,
+        }
+    }
+}
+
 /// A pod toleration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Toleration {

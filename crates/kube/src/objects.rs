@@ -205,11 +205,9 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
     };
     let mut tolerations = Vec::new();
     for t in spec.tolerations.iter().flatten() {
-        let operator = match t.operator.as_deref() {
-            None | Some("Equal") => TolerationOperator::Equal,
-            Some("Exists") => TolerationOperator::Exists,
-            Some(other) => return Err(err("spec.tolerations.operator", other, "Equal or Exists")),
-        };
+        let operator = TolerationOperator::parse(t.operator.as_deref()).ok_or_else(|| {
+            err("spec.tolerations.operator", t.operator.as_deref().unwrap_or_default(), "Equal or Exists")
+        })?;
         let effect = match t.effect.as_deref() {
             None | Some("") => None,
             Some(e) => {
