@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use gpuplane_kube::objects::api_node;
 use gpuplane_kube::webhook::{self, GpuQuota, Webhook};
-use gpuplane_kube::{BindTarget, Binder, Extender, ExtenderConfig, Snapshot, router};
+use gpuplane_kube::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, Snapshot, router};
 use gpuplane_place::{Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -59,8 +59,8 @@ pub struct ExtenderBenchArgs {
 struct NoBinder;
 
 impl Binder for NoBinder {
-    async fn bind(&self, target: BindTarget) -> Result<(), String> {
-        Err(format!("the load test does not bind (pod {}/{})", target.namespace, target.name))
+    async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
+        Err(BindFailure::Other(format!("the load test does not bind (pod {}/{})", target.namespace, target.name)))
     }
 }
 

@@ -7,7 +7,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::assignment::ASSIGNMENT_ANNOTATION;
-use crate::extender::{BindTarget, Binder};
+use crate::extender::{BindFailure, BindTarget, Binder};
 
 /// Binds pods through the Kubernetes API.
 #[derive(Clone)]
@@ -23,22 +23,32 @@ impl KubeBinder {
     }
 }
 
-fn describe(e: kube::Error) -> String {
+/// Sorts an API error by what the caller should do about it, with `context` in front of the message.
+pub(crate) fn failure(context: String, e: kube::Error) -> BindFailure {
     match e {
-        kube::Error::Api(status) => format!("{} ({}): {}", status.reason, status.code, status.message),
-        other => other.to_string(),
+        kube::Error::Api(status) => {
+            let message = format!("{context}: {} ({}): {}", status.reason, status.code, status.message);
+            match status.code {
+                404 => BindFailure::Gone(message),
+                // A UID precondition that no longer holds means the pod was replaced.
+                409 if status.message.contains("UID") => BindFailure::Gone(message),
+                409 => BindFailure::Conflict(message),
+                _ => BindFailure::Other(message),
+            }
+        }
+        other => BindFailure::Other(format!("{context}: {other}")),
     }
 }
 
 impl Binder for KubeBinder {
-    async fn bind(&self, target: BindTarget) -> Result<(), String> {
+    async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
         let pods: Api<api::Pod> = Api::namespaced(self.client.clone(), &target.namespace);
         if !target.assignment.is_empty() {
             let patch = json!({"metadata": {"annotations": {ASSIGNMENT_ANNOTATION: target.assignment}}});
             let params = PatchParams { field_manager: Some(self.field_manager.clone()), ..Default::default() };
             pods.patch(&target.name, &params, &Patch::Merge(&patch))
                 .await
-                .map_err(|e| format!("annotating pod {}/{}: {}", target.namespace, target.name, describe(e)))?;
+                .map_err(|e| failure(format!("annotating pod {}/{}", target.namespace, target.name), e))?;
         }
         let mut metadata = json!({"name": target.name, "namespace": target.namespace});
         if !target.uid.is_empty() {
@@ -54,8 +64,6 @@ impl Binder for KubeBinder {
         pods.create_subresource::<_, serde_json::Value>("binding", &target.name, &PostParams::default(), &binding)
             .await
             .map(|_| ())
-            .map_err(|e| {
-                format!("binding pod {}/{} to {}: {}", target.namespace, target.name, target.node, describe(e))
-            })
+            .map_err(|e| failure(format!("binding pod {}/{} to {}", target.namespace, target.name, target.node), e))
     }
 }

@@ -184,10 +184,24 @@ pub struct BindTarget {
     pub assignment: String,
 }
 
+/// Why a binding did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindFailure {
+    /// The pod no longer exists, or was replaced by another with the same name (404, or a UID precondition).
+    #[error("{0}")]
+    Gone(String),
+    /// The pod is already bound, or was changed meanwhile (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Anything else (API server unreachable, forbidden, ...); worth a retry.
+    #[error("{0}")]
+    Other(String),
+}
+
 /// Writes a binding to the API server: the assignment annotation, then the Binding subresource.
 pub trait Binder: Send + Sync + 'static {
-    /// Binds; an error message on failure (a conflict, the pod gone).
-    fn bind(&self, target: BindTarget) -> impl Future<Output = Result<(), String>> + Send;
+    /// Binds, or says why not.
+    fn bind(&self, target: BindTarget) -> impl Future<Output = Result<(), BindFailure>> + Send;
 }
 
 /// Settings of the extender.

@@ -1,6 +1,7 @@
 //! The Kubernetes side of gpuplane: Node and Pod objects turned into the engine's snapshot (with the
 //! GPU assignments of bound pods), the assignment annotation, and the kube-scheduler extender
-//! (`filter`, `prioritize`, `bind` over HTTP) for clusters that keep kube-scheduler.
+//! (`filter`, `prioritize`, `bind` over HTTP) for clusters that keep kube-scheduler, the secondary
+//! scheduler for clusters that run gpuplane beside it, and the admission webhook.
 #![forbid(unsafe_code)]
 
 pub mod assignment;
@@ -8,9 +9,10 @@ pub mod client;
 pub mod extender;
 pub mod metrics;
 pub mod objects;
+pub mod scheduler;
 pub mod serve;
 pub mod snapshot;
 pub mod webhook;
 
-pub use extender::{BindTarget, Binder, Extender, ExtenderConfig, router};
+pub use extender::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, router};
 pub use snapshot::{BoundPod, Snapshot, Warning};

@@ -1,6 +1,7 @@
 //! Prometheus metrics (OpenMetrics text) of the Kubernetes-facing services: requests and their latency
-//! per verb, binding outcomes, and per GPU pool (GPU model) the unallocated GPUs and the FGD
-//! fragmentation — a figure no other scheduler exports.
+//! per verb, scheduling decisions and their latency, queue depth, preemptions, binding outcomes, and
+//! per GPU pool (GPU model) the unallocated GPUs and the FGD fragmentation — a figure no other
+//! scheduler exports.
 
 use std::sync::atomic::AtomicU64;
 
@@ -26,6 +27,11 @@ pub struct Metrics {
     requests: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
     binds: Family<Labels, Counter>,
+    decisions: Family<Labels, Counter>,
+    decision_latency: Histogram,
+    queue_depth: Gauge,
+    preemptions: Counter,
+    victims: Counter,
     pool_gpus: Family<Labels, FloatGauge>,
     pool_unallocated: Family<Labels, FloatGauge>,
     pool_frag_amount: Family<Labels, FloatGauge>,
@@ -51,13 +57,31 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let binds = Family::<Labels, Counter>::default();
+        let decisions = Family::<Labels, Counter>::default();
+        let decision_latency = latency_histogram();
+        let queue_depth = Gauge::default();
+        let preemptions = Counter::default();
+        let victims = Counter::default();
         let pool_gpus = Family::<Labels, FloatGauge>::default();
         let pool_unallocated = Family::<Labels, FloatGauge>::default();
         let pool_frag_amount = Family::<Labels, FloatGauge>::default();
         let pool_frag_ratio = Family::<Labels, FloatGauge>::default();
         registry.register("requests", "Requests answered, by verb and HTTP status", requests.clone());
         registry.register("request_duration_seconds", "Time to answer a request, by verb", latency.clone());
-        registry.register("binds", "Bindings, by result (ok, conflict, error)", binds.clone());
+        registry.register("binds", "Bindings, by result (ok, conflict, gone, error)", binds.clone());
+        registry.register(
+            "decisions",
+            "Scheduling decisions, by result (placed, unschedulable, preempting)",
+            decisions.clone(),
+        );
+        registry.register(
+            "decision_duration_seconds",
+            "Time the engine took to decide one pod, preemption search included",
+            decision_latency.clone(),
+        );
+        registry.register("queue_depth", "Pods waiting to be scheduled (ready or in backoff)", queue_depth.clone());
+        registry.register("preemptions", "Preemptions started", preemptions.clone());
+        registry.register("preemption_victims", "Pods evicted to make room for higher-priority pods", victims.clone());
         registry.register("pool_gpus", "GPUs in the pool", pool_gpus.clone());
         registry.register(
             "pool_unallocated_gpus",
@@ -74,7 +98,21 @@ impl Metrics {
             "Fragmented share of the pool's idle GPUs, 0 to 1 (FGD's frag ratio)",
             pool_frag_ratio.clone(),
         );
-        Metrics { registry, requests, latency, binds, pool_gpus, pool_unallocated, pool_frag_amount, pool_frag_ratio }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            binds,
+            decisions,
+            decision_latency,
+            queue_depth,
+            preemptions,
+            victims,
+            pool_gpus,
+            pool_unallocated,
+            pool_frag_amount,
+            pool_frag_ratio,
+        }
     }
 
     /// Counts one answered request and its duration.
@@ -86,6 +124,23 @@ impl Metrics {
     /// Counts one binding outcome.
     pub fn observe_bind(&self, result: &'static str) {
         self.binds.get_or_create(&vec![("result", result.to_owned())]).inc();
+    }
+
+    /// Counts one scheduling decision and how long it took.
+    pub fn observe_decision(&self, result: &'static str, seconds: f64) {
+        self.decisions.get_or_create(&vec![("result", result.to_owned())]).inc();
+        self.decision_latency.observe(seconds);
+    }
+
+    /// Sets the queue depth.
+    pub fn set_queue_depth(&self, pods: usize) {
+        self.queue_depth.set(i64::try_from(pods).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one preemption and its victims.
+    pub fn observe_preemption(&self, victims: usize) {
+        self.preemptions.inc();
+        self.victims.inc_by(victims as u64);
     }
 
     /// Sets the per-pool gauges from a cluster state; a pool is a GPU model.

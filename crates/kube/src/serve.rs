@@ -50,6 +50,9 @@ pub enum ServeError {
     /// The target workload could not be built.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    /// The scheduler lost its lease.
+    #[error(transparent)]
+    Leadership(#[from] crate::scheduler::leader::LeaderError),
     /// Listening or serving failed.
     #[error("serving on {addr}: {source}")]
     Io {
@@ -60,7 +63,7 @@ pub enum ServeError {
     },
 }
 
-fn owned<K>(store: &Store<K>) -> Vec<K>
+pub(crate) fn owned<K>(store: &Store<K>) -> Vec<K>
 where
     K: Clone + kube::Resource + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
@@ -69,7 +72,7 @@ where
 }
 
 /// Learns the target workload from the pods in the cluster; `fallback` when they ask for no GPU.
-fn target_from(
+pub(crate) fn target_from(
     pods: &[api::Pod],
     snapshot: &Snapshot,
     fallback: Option<TargetWorkload>,
@@ -170,7 +173,7 @@ pub async fn serve_extender(
 }
 
 /// Logs what the snapshot had to skip or guess; each warning once per rebuild.
-fn log_warnings(warnings: &[crate::Warning]) {
+pub(crate) fn log_warnings(warnings: &[crate::Warning]) {
     for w in warnings {
         match w {
             crate::Warning::Unreadable(e) => tracing::warn!(error = %e, "Object left out of the snapshot."),
@@ -187,7 +190,8 @@ fn log_warnings(warnings: &[crate::Warning]) {
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

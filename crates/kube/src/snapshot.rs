@@ -3,7 +3,7 @@
 //! holds them); placements the scheduler makes are assumed into it at once, so two decisions in a row
 //! never hand out the same GPU milli.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gpuplane_place::{BindError, Cluster, ClusterError, GpuShare, NodeId, Placement, PodRequest};
 use k8s_openapi::api::core::v1 as api;
@@ -59,6 +59,8 @@ pub struct BoundPod {
     pub request: PodRequest,
     /// Where it runs and which GPU milli it holds.
     pub placement: Placement,
+    /// The pod's labels (PodDisruptionBudgets select victims by them).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -77,47 +79,66 @@ impl Snapshot {
         let mut snapshot =
             Snapshot { cluster, by_name, bound: HashMap::new(), by_uid: HashMap::new(), by_node: HashMap::new() };
         for p in pods {
-            let Some(node_name) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
-                continue;
-            };
-            if objects::is_terminal(p) {
-                continue;
-            }
-            let key = objects::pod_key(p);
-            let pod = match objects::pod(p) {
-                Ok(pod) => pod,
-                Err(e) => {
-                    warnings.push(Warning::Unreadable(e));
-                    continue;
-                }
-            };
-            let Some(&node) = snapshot.by_name.get(node_name) else {
-                warnings.push(Warning::UnknownNode { pod: key, node: node_name.to_owned() });
-                continue;
-            };
-            let request = snapshot.cluster.request(&pod);
-            let annotated = p
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ASSIGNMENT_ANNOTATION))
-                .and_then(|v| assignment::parse(v).ok())
-                .filter(|shares| shares.len() == usize::from(request.gpu.count));
-            let gpus = match annotated {
-                Some(shares) => shares,
-                None if request.gpu.is_none() => Vec::new(),
-                None => {
-                    warnings.push(Warning::GuessedAssignment { pod: key.clone() });
-                    lowest_fitting(&snapshot.cluster, node, &request)
-                }
-            };
-            let placement = Placement { node, gpus };
-            let uid = p.metadata.uid.clone().unwrap_or_default();
-            if let Err(e) = snapshot.assume(&key, &uid, request, placement) {
-                warnings.push(Warning::Conflict { pod: key, reason: e.to_string() });
-            }
+            warnings.extend(snapshot.observe_bound(p).1);
         }
         Ok((snapshot, warnings))
+    }
+
+    /// Takes one Pod object into the snapshot if it is bound and running: its GPU shares come from
+    /// the assignment annotation (or, without one, the lowest-index GPUs that fit). Pending, terminal
+    /// and already-known pods change nothing. Returns whether the pod was taken, and what was
+    /// skipped or guessed.
+    pub fn observe_bound(&mut self, p: &api::Pod) -> (bool, Option<Warning>) {
+        match self.try_observe_bound(p) {
+            Ok(taken) => (taken, None),
+            Err((taken, w)) => (taken, Some(w)),
+        }
+    }
+
+    fn try_observe_bound(&mut self, p: &api::Pod) -> Result<bool, (bool, Warning)> {
+        let Some(node_name) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
+            return Ok(false);
+        };
+        if objects::is_terminal(p) {
+            return Ok(false);
+        }
+        let key = objects::pod_key(p);
+        if self.bound.contains_key(&key) {
+            return Ok(false);
+        }
+        let pod = objects::pod(p).map_err(|e| (false, Warning::Unreadable(e)))?;
+        let Some(&node) = self.by_name.get(node_name) else {
+            return Err((false, Warning::UnknownNode { pod: key, node: node_name.to_owned() }));
+        };
+        let request = self.cluster.request(&pod);
+        let annotated = p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ASSIGNMENT_ANNOTATION))
+            .and_then(|v| assignment::parse(v).ok())
+            .filter(|shares| shares.len() == usize::from(request.gpu.count));
+        let mut guessed = false;
+        let gpus = match annotated {
+            Some(shares) => shares,
+            None if request.gpu.is_none() => Vec::new(),
+            None => {
+                guessed = true;
+                lowest_fitting(&self.cluster, node, &request)
+            }
+        };
+        let placement = Placement { node, gpus };
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        match self.assume(&key, &uid, request, placement) {
+            Ok(()) => {
+                if let Some(b) = self.bound.get_mut(&key) {
+                    b.labels = labels;
+                }
+                if guessed { Err((true, Warning::GuessedAssignment { pod: key })) } else { Ok(true) }
+            }
+            Err(e) => Err((false, Warning::Conflict { pod: key, reason: e.to_string() })),
+        }
     }
 
     /// The cluster state.
@@ -169,7 +190,7 @@ impl Snapshot {
         }
         self.by_node.entry(placement.node).or_default().push(pod_key.to_owned());
         self.bound
-            .insert(pod_key.to_owned(), BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement });
+            .insert(pod_key.to_owned(), BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement, labels: BTreeMap::new() });
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use axum::http::{Method, Request, Response, StatusCode};
 use gpuplane_kube::client::KubeBinder;
-use gpuplane_kube::{BindTarget, Binder};
+use gpuplane_kube::{BindFailure, BindTarget, Binder};
 use http_body_util::BodyExt;
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -84,6 +84,8 @@ async fn a_conflict_from_the_api_server_is_a_bind_error() {
     });
     let client = kube::Client::new(service, "default");
     let err = KubeBinder::new(client, "gpuplane").bind(target()).await.unwrap_err();
+    assert!(matches!(err, BindFailure::Conflict(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("Conflict (409)") && err.contains("already assigned"), "{err}");
     server.await.unwrap();
 }

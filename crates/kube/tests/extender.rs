@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use gpuplane_kube::extender::{ExtenderBindingResult, ExtenderFilterResult, HostPriority};
-use gpuplane_kube::{BindTarget, Binder, Extender, ExtenderConfig, Snapshot, Warning, router};
+use gpuplane_kube::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, Snapshot, Warning, router};
 use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1 as api;
@@ -61,9 +61,9 @@ struct Recorder {
 }
 
 impl Binder for Recorder {
-    async fn bind(&self, target: BindTarget) -> Result<(), String> {
+    async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
         if *self.fail.lock().unwrap() {
-            return Err("Operation cannot be fulfilled on pods/binding: pod is being deleted".into());
+            return Err(BindFailure::Conflict("Operation cannot be fulfilled on pods/binding: pod is being deleted".into()));
         }
         self.calls.lock().unwrap().push(target);
         Ok(())

@@ -1,0 +1,393 @@
+//! The secondary scheduler for pods with `schedulerName: gpuplane`, as a pure state machine: watch
+//! events go in ([`Scheduler::pod_applied`], [`Scheduler::pod_deleted`], [`Scheduler::rebuild`]),
+//! actions come out ([`Scheduler::next`]: bind a pod, or evict victims for a preemptor), and their
+//! outcomes go back in. [`run`] drives it against the API server; tests drive it directly.
+
+pub mod budget;
+pub mod leader;
+pub mod preempt;
+pub mod queue;
+pub mod run;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpuplane_place::{ClusterError, Decision, Engine, GpuShare, Placement, PodRequest};
+use k8s_openapi::api::core::v1 as api;
+
+use crate::assignment;
+use crate::extender::{BindFailure, BindTarget};
+use crate::metrics::Metrics;
+use crate::objects;
+use crate::snapshot::{Snapshot, Warning};
+use budget::Budget;
+use preempt::Victim;
+use queue::{QueueConfig, Queued, SchedulingQueue};
+
+/// Settings of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// The `spec.schedulerName` this scheduler serves.
+    pub scheduler_name: String,
+    /// Backoff settings.
+    pub queue: QueueConfig,
+    /// Whether higher-priority pods may evict lower-priority ones.
+    pub preemption: bool,
+    /// How long a preemptor waits for its victims to go before it may preempt again.
+    pub preemption_timeout: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            scheduler_name: "gpuplane".to_owned(),
+            queue: QueueConfig::default(),
+            preemption: true,
+            preemption_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the scheduler wants done in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write the GPU assignment annotation, then bind (see [`crate::Binder`]).
+    Bind(BindTarget),
+    /// Evict these pods (Eviction API, so the API server checks disruption budgets again) to make room
+    /// for `preemptor` on `node`.
+    Evict {
+        /// `namespace/name` of the pod that will take the room.
+        preemptor: String,
+        /// Node name.
+        node: String,
+        /// The pods to evict.
+        victims: Vec<Victim>,
+    },
+}
+
+/// A pending pod of ours.
+#[derive(Debug, Clone)]
+struct Pending {
+    pod: gpuplane_core::Pod,
+    uid: String,
+}
+
+/// A placement the scheduler made that the watch has not shown yet.
+#[derive(Debug, Clone)]
+struct InFlight {
+    uid: String,
+    node: String,
+    request: PodRequest,
+    gpus: Vec<GpuShare>,
+    /// The pod as it was queued, to queue it again if the bind fails.
+    pending: Pending,
+    attempts: u32,
+}
+
+/// Victims being evicted for a preemptor.
+#[derive(Debug, Clone)]
+struct Preempting {
+    victims: Vec<String>,
+    since: Instant,
+}
+
+/// The scheduler's state: the snapshot, the queue, bindings in flight and preemptions under way.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    snapshot: Snapshot,
+    engine: Engine,
+    queue: SchedulingQueue,
+    pending: HashMap<String, Pending>,
+    in_flight: HashMap<String, InFlight>,
+    preempting: HashMap<String, Preempting>,
+    budgets: Vec<Budget>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("nodes", &self.snapshot.cluster().len())
+            .field("queued", &self.queue.len())
+            .field("in_flight", &self.in_flight.len())
+            .field("preempting", &self.preempting.len())
+            .finish()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler over a snapshot of the cluster; call [`Self::rebuild`] or [`Self::pod_applied`]
+    /// to queue the pending pods.
+    pub fn new(snapshot: Snapshot, engine: Engine, config: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
+        Scheduler {
+            queue: SchedulingQueue::new(config.queue),
+            config,
+            snapshot,
+            engine,
+            pending: HashMap::new(),
+            in_flight: HashMap::new(),
+            preempting: HashMap::new(),
+            budgets: Vec::new(),
+            metrics,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The engine (for its target workload).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Pods waiting to be scheduled.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// When the next waiting pod becomes ready, for the driver's timer.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.queue.next_wakeup()
+    }
+
+    /// Replaces the disruption budgets.
+    pub fn set_budgets(&mut self, budgets: Vec<Budget>) {
+        self.budgets = budgets;
+    }
+
+    fn is_ours(&self, p: &api::Pod) -> bool {
+        p.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()) == Some(self.config.scheduler_name.as_str())
+    }
+
+    /// A Pod object was added or changed.
+    pub fn pod_applied(&mut self, p: &api::Pod) -> Option<Warning> {
+        let key = objects::pod_key(p);
+        let node_name = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty());
+        if objects::is_terminal(p) {
+            self.unqueue(&key);
+            self.in_flight.remove(&key);
+            self.release(&key);
+            return None;
+        }
+        if let Some(node_name) = node_name {
+            self.unqueue(&key);
+            if let Some(b) = self.in_flight.remove(&key) {
+                if b.node == node_name && b.uid == p.metadata.uid.clone().unwrap_or_default() {
+                    // Our binding, now confirmed by the watch; the snapshot already holds it. Keep the labels.
+                    return None;
+                }
+                // Bound elsewhere (by someone else): drop our reservation, take theirs.
+                self.release(&key);
+            }
+            return self.snapshot.observe_bound(p).1;
+        }
+        // Pending. A pod the snapshot holds with the same UID is one whose binding the watch has not shown yet.
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let held = self.snapshot.binding(&key).is_some()
+            && self.snapshot.bound_by_uid(&uid).is_some_and(|b| b.key == key);
+        if !self.is_ours(p) || p.metadata.deletion_timestamp.is_some() || self.in_flight.contains_key(&key) || held {
+            if p.metadata.deletion_timestamp.is_some() {
+                self.unqueue(&key);
+            }
+            return None;
+        }
+        match objects::pod(p) {
+            Ok(pod) => {
+                self.queue.add(&key, pod.priority);
+                self.pending.insert(key, Pending { pod, uid });
+                self.metrics.set_queue_depth(self.queue.len());
+                None
+            }
+            Err(e) => {
+                self.unqueue(&key);
+                Some(Warning::Unreadable(e))
+            }
+        }
+    }
+
+    /// A Pod object was deleted.
+    pub fn pod_deleted(&mut self, p: &api::Pod) {
+        let key = objects::pod_key(p);
+        self.unqueue(&key);
+        self.in_flight.remove(&key);
+        self.preempting.remove(&key);
+        self.release(&key);
+    }
+
+    fn unqueue(&mut self, key: &str) {
+        self.queue.remove(key);
+        self.pending.remove(key);
+        self.metrics.set_queue_depth(self.queue.len());
+    }
+
+    /// Frees what a pod held: waiting pods may fit now.
+    fn release(&mut self, key: &str) {
+        if matches!(self.snapshot.forget(key), Ok(true)) {
+            self.queue.cluster_changed();
+            for p in self.preempting.values_mut() {
+                p.victims.retain(|v| v != key);
+            }
+        }
+    }
+
+    /// Rebuilds the snapshot from every Node and Pod object (after a node changed, or a watch
+    /// re-listed): placements in flight are kept, the queue is made to match the pending pods.
+    pub fn rebuild(&mut self, nodes: &[api::Node], pods: &[api::Pod]) -> Result<Vec<Warning>, ClusterError> {
+        let (mut snapshot, mut warnings) = Snapshot::build(nodes, pods)?;
+        let present: HashMap<String, &api::Pod> = pods.iter().map(|p| (objects::pod_key(p), p)).collect();
+        self.in_flight.retain(|key, b| {
+            if !present.contains_key(key) || snapshot.binding(key).is_some() {
+                return false;
+            }
+            let Some(node) = snapshot.node_id(&b.node) else { return false };
+            let placement = Placement { node, gpus: b.gpus.clone() };
+            snapshot.assume(key, &b.uid, b.request.clone(), placement).is_ok()
+        });
+        self.snapshot = snapshot;
+        let stale: Vec<String> = self.pending.keys().filter(|k| !present.contains_key(*k)).cloned().collect();
+        for key in stale {
+            self.unqueue(&key);
+        }
+        for p in pods {
+            let unbound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty);
+            if unbound {
+                warnings.extend(self.pod_applied(p));
+            } else {
+                self.unqueue(&objects::pod_key(p));
+            }
+        }
+        let snapshot = &self.snapshot;
+        for p in self.preempting.values_mut() {
+            p.victims.retain(|v| snapshot.binding(v).is_some());
+        }
+        self.queue.cluster_changed();
+        Ok(warnings)
+    }
+
+    /// The next action, if a pod is ready: pods are tried in priority order until one can be bound or
+    /// can preempt; the ones that fit nowhere go back to wait.
+    pub fn next(&mut self, now: Instant) -> Option<Action> {
+        while let Some(queued) = self.queue.pop(now) {
+            let Some(pending) = self.pending.remove(&queued.key) else { continue };
+            let started = Instant::now();
+            if let Some(action) = self.attempt(&queued, &pending, now, started) {
+                if let Action::Evict { .. } = action {
+                    // The preemptor waits for its victims to go; being of higher priority it runs first then.
+                    self.pending.insert(queued.key.clone(), pending);
+                    self.queue.requeue_unschedulable(queued, now);
+                }
+                self.metrics.set_queue_depth(self.queue.len());
+                return Some(action);
+            }
+            self.pending.insert(queued.key.clone(), pending);
+            self.queue.requeue_unschedulable(queued, now);
+        }
+        self.metrics.set_queue_depth(self.queue.len());
+        None
+    }
+
+    fn attempt(&mut self, queued: &Queued, pending: &Pending, now: Instant, started: Instant) -> Option<Action> {
+        let request = self.snapshot.cluster().request(&pending.pod);
+        let key = queued.key.as_str();
+        match self.engine.decide(self.snapshot.cluster(), &request) {
+            Decision::Place(placement) => {
+                let node = self.snapshot.node_name(placement.node).to_owned();
+                let gpus = placement.gpus.clone();
+                if self.snapshot.assume(key, &pending.uid, request.clone(), placement).is_err() {
+                    // Cannot happen for a placement the engine just made on this snapshot; treat as no room.
+                    return None;
+                }
+                self.preempting.remove(key);
+                self.metrics.observe_decision("placed", started.elapsed().as_secs_f64());
+                let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+                let target = BindTarget {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    uid: pending.uid.clone(),
+                    node: node.clone(),
+                    assignment: assignment::format(&gpus),
+                };
+                self.in_flight.insert(
+                    key.to_owned(),
+                    InFlight {
+                        uid: pending.uid.clone(),
+                        node,
+                        request,
+                        gpus,
+                        pending: pending.clone(),
+                        attempts: queued.attempts,
+                    },
+                );
+                Some(Action::Bind(target))
+            }
+            Decision::Unschedulable(counts) => {
+                let action = self.try_preempt(key, &request, now);
+                let result = if action.is_some() { "preempting" } else { "unschedulable" };
+                self.metrics.observe_decision(result, started.elapsed().as_secs_f64());
+                if action.is_none() {
+                    tracing::debug!(pod = key, reason = %counts, "Pod does not fit; waiting for a cluster change.");
+                }
+                action
+            }
+        }
+    }
+
+    /// Starts a preemption for `key` unless one is under way; the preemptor waits in the queue (it is
+    /// put back by the caller) and runs first once its victims are gone.
+    fn try_preempt(&mut self, key: &str, request: &PodRequest, now: Instant) -> Option<Action> {
+        if !self.config.preemption {
+            return None;
+        }
+        if let Some(p) = self.preempting.get(key) {
+            if !p.victims.is_empty() && now.duration_since(p.since) < self.config.preemption_timeout {
+                return None;
+            }
+        }
+        let busy: Vec<String> = self.preempting.values().flat_map(|p| p.victims.iter().cloned()).collect();
+        let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy)?;
+        let node = self.snapshot.node_name(plan.node).to_owned();
+        self.preempting
+            .insert(key.to_owned(), Preempting { victims: plan.victims.iter().map(|v| v.key.clone()).collect(), since: now });
+        self.metrics.observe_preemption(plan.victims.len());
+        Some(Action::Evict { preemptor: key.to_owned(), node, victims: plan.victims })
+    }
+
+    /// The outcome of an [`Action::Bind`]. On success the reservation stays until the watch shows the
+    /// pod bound; on failure it is released, and the pod is queued again unless it is gone or was bound
+    /// by someone else.
+    pub fn bind_finished(&mut self, key: &str, result: Result<(), BindFailure>, now: Instant) {
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(BindFailure::Gone(_)) => "gone",
+            Err(BindFailure::Conflict(_)) => "conflict",
+            Err(BindFailure::Other(_)) => "error",
+        };
+        self.metrics.observe_bind(outcome);
+        let Err(failure) = result else { return };
+        let Some(b) = self.in_flight.remove(key) else { return };
+        let _ = self.snapshot.forget(key);
+        tracing::warn!(pod = key, node = %b.node, error = %failure, "Binding failed; GPU reservation released.");
+        if let BindFailure::Other(_) = failure {
+            let priority = b.pending.pod.priority;
+            self.pending.insert(key.to_owned(), b.pending);
+            self.queue.requeue_after_error(Queued { key: key.to_owned(), priority, attempts: b.attempts }, now);
+            self.metrics.set_queue_depth(self.queue.len());
+        }
+    }
+
+    /// The outcome of evicting one victim of `preemptor`'s preemption. A refused eviction (a budget the
+    /// API server enforces, say) ends the preemption, so the preemptor may look for another plan.
+    pub fn eviction_finished(&mut self, preemptor: &str, victim: &str, result: Result<(), BindFailure>) {
+        match result {
+            Ok(()) | Err(BindFailure::Gone(_)) => {}
+            Err(e) => {
+                tracing::warn!(pod = preemptor, victim, error = %e, "Eviction refused; preemption abandoned.");
+                self.preempting.remove(preemptor);
+                self.queue.cluster_changed();
+            }
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Drives the [`Scheduler`] against the API server: wins the Lease, watches Nodes, Pods and
+//! PodDisruptionBudgets into reflector stores, feeds their events to the state machine one at a time,
+//! and carries out its actions (bind, evict) concurrently, feeding the outcomes back. Serves
+//! `/metrics` and `/healthz` meanwhile.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1 as api;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, EvictParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::budget::Budget;
+use super::leader::{LeaderElector, LeaseConfig};
+use super::preempt::Victim;
+use super::{Action, Scheduler, SchedulerConfig};
+use crate::client::{KubeBinder, failure};
+use crate::extender::{BindFailure, Binder};
+use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+use crate::serve::{ServeError, log_warnings, owned, target_from};
+use crate::snapshot::Snapshot;
+
+/// Settings of `gpuplane scheduler`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Placement policy.
+    pub policy: Policy,
+    /// Scheduler settings.
+    pub scheduler: SchedulerConfig,
+    /// The Lease to hold, and its namespace; `None` runs without leader election (one replica only).
+    pub lease: Option<(String, LeaseConfig)>,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_listen: SocketAddr,
+}
+
+/// A watch event, as the loop needs it.
+enum Input {
+    /// A node changed: the snapshot is rebuilt (once per batch).
+    Nodes,
+    /// A pod was added or changed.
+    PodApplied(Box<api::Pod>),
+    /// A pod was deleted.
+    PodDeleted(Box<api::Pod>),
+    /// The pod watch re-listed: deletions during the gap have no event, so rebuild.
+    PodsRelisted,
+    /// A PodDisruptionBudget changed.
+    Budgets,
+}
+
+/// What a finished action reports.
+enum Outcome {
+    Bind { key: String, result: Result<(), BindFailure> },
+    Evict { preemptor: String, victim: String, result: Result<(), BindFailure> },
+}
+
+fn spawn_watch<K, F>(api: Api<K>, config: watcher::Config, tx: mpsc::UnboundedSender<Input>, map: F) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    F: Fn(watcher::Event<K>) -> Option<Input> + Send + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    tokio::spawn(watcher(api, config).default_backoff().reflect(writer).for_each(move |event| {
+        if let Ok(e) = event {
+            if let Some(input) = map(e) {
+                // The loop has stopped when the receiver is gone; nothing left to tell.
+                let _ = tx.send(input);
+            }
+        }
+        futures::future::ready(())
+    }));
+    store
+}
+
+/// Watches the cluster and schedules until `shutdown` completes or leadership is lost.
+pub async fn serve_scheduler(
+    client: Client,
+    config: RunConfig,
+    fallback_target: Option<TargetWorkload>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let mut elector = config
+        .lease
+        .clone()
+        .map(|(namespace, lease)| LeaderElector::new(Api::<Lease>::namespaced(client.clone(), &namespace), lease));
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| ServeError::Io { addr: config.metrics_listen, source })?;
+    let metrics_server = tokio::spawn(serve_metrics(listener, Arc::clone(&metrics)));
+    tokio::pin!(shutdown);
+
+    if let Some(elector) = elector.as_mut() {
+        tracing::info!(lease = %elector.config().name, identity = %elector.config().identity, "Waiting for the lease.");
+        tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            () = &mut shutdown => { metrics_server.abort(); return Ok(()) }
+        }
+        tracing::info!(lease = %elector.config().name, "Lease acquired; scheduling.");
+    }
+    let result = {
+        let lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>> = match elector.as_mut() {
+            Some(e) => Box::pin(e.keep()),
+            None => Box::pin(futures::future::pending()),
+        };
+        schedule(client, &config, fallback_target, Arc::clone(&metrics), lost, shutdown).await
+    };
+    if let Some(elector) = elector.as_mut() {
+        if result.is_ok() {
+            if let Err(e) = elector.release().await {
+                tracing::warn!(error = %e, "Lease not released; the next leader waits for it to expire.");
+            }
+        }
+    }
+    metrics_server.abort();
+    result
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let m = Arc::clone(&metrics);
+                async move { ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.encode()).into_response() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "Metrics server stopped.");
+    }
+}
+
+async fn schedule(
+    client: Client,
+    config: &RunConfig,
+    fallback_target: Option<TargetWorkload>,
+    metrics: Arc<Metrics>,
+    mut lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
+    mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Result<(), ServeError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let nodes = spawn_watch(Api::<api::Node>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
+        Some(Input::Nodes)
+    });
+    let pod_watch = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let pods = spawn_watch(Api::<api::Pod>::all(client.clone()), pod_watch, tx.clone(), |e| match e {
+        watcher::Event::Apply(p) | watcher::Event::InitApply(p) => Some(Input::PodApplied(Box::new(p))),
+        watcher::Event::Delete(p) => Some(Input::PodDeleted(Box::new(p))),
+        watcher::Event::InitDone => Some(Input::PodsRelisted),
+        watcher::Event::Init => None,
+    });
+    let budgets = spawn_watch(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        watcher::Config::default(),
+        tx,
+        |_| Some(Input::Budgets),
+    );
+    nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
+    pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
+    budgets.wait_until_ready().await.map_err(|_| ServeError::NotReady("PodDisruptionBudget"))?;
+
+    let (node_objects, pod_objects) = (owned(&nodes), owned(&pods));
+    let (snapshot, _) = Snapshot::build(&node_objects, &pod_objects)?;
+    let target = Arc::new(target_from(&pod_objects, &snapshot, fallback_target)?);
+    let engine = Engine::new(EngineConfig {
+        policy: config.policy,
+        target: Some(target),
+        seed: 1,
+        tie_break: TieBreak::LowestName,
+    })?;
+    let mut scheduler = Scheduler::new(snapshot, engine, config.scheduler.clone(), Arc::clone(&metrics));
+    log_warnings(&scheduler.rebuild(&node_objects, &pod_objects)?);
+    scheduler.set_budgets(read_budgets(&budgets));
+    tracing::info!(
+        nodes = scheduler.snapshot().cluster().len(),
+        pending = scheduler.queued(),
+        policy = config.policy.name(),
+        scheduler_name = %config.scheduler.scheduler_name,
+        "Cluster state loaded."
+    );
+
+    let binder = KubeBinder::new(client.clone(), "gpuplane-scheduler");
+    let mut running: JoinSet<Outcome> = JoinSet::new();
+    let mut pools_updated = Instant::now() - Duration::from_secs(60);
+    loop {
+        let now = Instant::now();
+        while let Some(action) = scheduler.next(now) {
+            start(&mut running, &client, &binder, action);
+        }
+        if pools_updated.elapsed() >= Duration::from_secs(5) {
+            metrics.set_pools(scheduler.snapshot().cluster(), scheduler.engine().target().map(|t| t.as_ref()));
+            pools_updated = Instant::now();
+        }
+        let wake = scheduler.next_wakeup().map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(5),
+            tokio::time::Instant::from_std,
+        );
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(()),
+            e = &mut lost => return Err(ServeError::Leadership(e)),
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok(outcome) = done {
+                    finish(&mut scheduler, outcome);
+                }
+            }
+            Some(first) = rx.recv() => {
+                let mut rebuild = false;
+                let mut budgets_changed = false;
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                for input in batch {
+                    match input {
+                        Input::Nodes | Input::PodsRelisted => rebuild = true,
+                        Input::Budgets => budgets_changed = true,
+                        Input::PodApplied(p) if !rebuild => log_warnings(&Vec::from_iter(scheduler.pod_applied(&p))),
+                        Input::PodDeleted(p) if !rebuild => scheduler.pod_deleted(&p),
+                        // A rebuild from the stores follows and covers these.
+                        Input::PodApplied(_) | Input::PodDeleted(_) => {}
+                    }
+                }
+                if rebuild {
+                    match scheduler.rebuild(&owned(&nodes), &owned(&pods)) {
+                        Ok(w) => log_warnings(&w),
+                        Err(e) => tracing::error!(error = %e, "Snapshot not rebuilt; keeping the previous one."),
+                    }
+                }
+                if budgets_changed {
+                    scheduler.set_budgets(read_budgets(&budgets));
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+fn read_budgets(store: &Store<PodDisruptionBudget>) -> Vec<Budget> {
+    store
+        .state()
+        .iter()
+        .filter_map(|pdb| match Budget::from_object(pdb) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                // Unreadable, so it protects nothing gpuplane can see; the API server still enforces it on eviction.
+                tracing::warn!(error = %e, "PodDisruptionBudget ignored by preemption planning.");
+                None
+            }
+        })
+        .collect()
+}
+
+fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, action: Action) {
+    match action {
+        Action::Bind(target) => {
+            let binder = binder.clone();
+            tracing::info!(pod = %format!("{}/{}", target.namespace, target.name), node = %target.node,
+                gpus = %target.assignment, "Binding.");
+            running.spawn(async move {
+                let key = format!("{}/{}", target.namespace, target.name);
+                Outcome::Bind { key, result: binder.bind(target).await }
+            });
+        }
+        Action::Evict { preemptor, node, victims } => {
+            tracing::info!(pod = %preemptor, %node, victims = ?victims.iter().map(|v| &v.key).collect::<Vec<_>>(),
+                "Preempting.");
+            for victim in victims {
+                let client = client.clone();
+                let preemptor = preemptor.clone();
+                running.spawn(async move {
+                    let result = evict(client, &victim).await;
+                    Outcome::Evict { preemptor, victim: victim.key, result }
+                });
+            }
+        }
+    }
+}
+
+/// Evicts one pod through the Eviction API (the API server enforces disruption budgets), with its UID
+/// as a precondition so a replacement with the same name is left alone.
+pub async fn evict(client: Client, victim: &Victim) -> Result<(), BindFailure> {
+    let (namespace, name) = victim.key.split_once('/').unwrap_or(("default", victim.key.as_str()));
+    let pods: Api<api::Pod> = Api::namespaced(client, namespace);
+    let preconditions = (!victim.uid.is_empty()).then(|| Preconditions { uid: Some(victim.uid.clone()), resource_version: None });
+    let params = EvictParams {
+        delete_options: Some(DeleteParams { preconditions, ..Default::default() }),
+        ..Default::default()
+    };
+    pods.evict(name, &params).await.map(|_| ()).map_err(|e| failure(format!("evicting pod {}", victim.key), e))
+}
+
+fn finish(scheduler: &mut Scheduler, outcome: Outcome) {
+    match outcome {
+        Outcome::Bind { key, result } => scheduler.bind_finished(&key, result, Instant::now()),
+        Outcome::Evict { preemptor, victim, result } => scheduler.eviction_finished(&preemptor, &victim, result),
+    }
+}

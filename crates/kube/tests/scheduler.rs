@@ -1,0 +1,250 @@
+//! The secondary scheduler's state machine, driven with Node, Pod and PodDisruptionBudget objects as the
+//! API server returns them: queue order, GPU assignment, failed binds, deletions and cordons in flight,
+//! and preemption with disruption budgets. No GPU is ever handed out twice.
+#![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gpuplane_kube::metrics::Metrics;
+use gpuplane_kube::scheduler::budget::Budget;
+use gpuplane_kube::scheduler::{Action, Scheduler, SchedulerConfig};
+use gpuplane_kube::{BindFailure, Snapshot};
+use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use k8s_openapi::api::core::v1 as api;
+use serde_json::json;
+
+fn node(name: &str, gpus: u32, cordoned: bool) -> api::Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "nvidia.com/gpu.product": "NVIDIA-A10",
+            "gpuplane.io/pool": "gpu"}},
+        "spec": {"unschedulable": cordoned, "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "31500m", "memory": "125Gi", "pods": "110", "nvidia.com/gpu": gpus.to_string()},
+            "capacity": {"cpu": "32", "memory": "128Gi", "nvidia.com/gpu": gpus.to_string()}}
+    }))
+    .unwrap()
+}
+
+/// A pod of `schedulerName: gpuplane` asking for `milli` of one GPU, pending or bound to `node` with
+/// `assignment`.
+fn pod(name: &str, priority: i32, milli: u32, bound: Option<(&str, &str)>) -> api::Pod {
+    let mut p = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ml", "uid": format!("uid-{name}"),
+            "labels": {"app": name.trim_end_matches(|c: char| c.is_ascii_digit())},
+            "annotations": {"gpuplane.io/gpu-milli": milli.to_string()}},
+        "spec": {"schedulerName": "gpuplane", "priority": priority,
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "main", "image": "vllm/vllm-openai:v0.6.0",
+                "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}]},
+        "status": {"phase": "Pending"}
+    });
+    if let Some((node, assignment)) = bound {
+        p["spec"]["nodeName"] = json!(node);
+        p["metadata"]["annotations"]["gpuplane.io/gpu-assignment"] = json!(assignment);
+        p["status"]["phase"] = json!("Running");
+    }
+    serde_json::from_value(p).unwrap()
+}
+
+fn scheduler(nodes: &[api::Node], pods: &[api::Pod]) -> Scheduler {
+    let (snapshot, _) = Snapshot::build(nodes, &[]).unwrap();
+    let shape = snapshot.cluster().request(&gpuplane_core::Pod::with_requests(
+        "t",
+        1000,
+        0,
+        gpuplane_core::GpuRequest { count: 1, milli_per_gpu: 500 },
+    ));
+    let target = TargetWorkload::from_requests(&[shape], 0.95).unwrap();
+    let engine = Engine::new(EngineConfig {
+        policy: Policy::Fgd,
+        target: Some(Arc::new(target)),
+        seed: 1,
+        tie_break: TieBreak::LowestName,
+    })
+    .unwrap();
+    let mut s = Scheduler::new(snapshot, engine, SchedulerConfig::default(), Arc::new(Metrics::new()));
+    assert!(s.rebuild(nodes, pods).unwrap().is_empty());
+    s
+}
+
+fn bind_of(action: Option<Action>) -> gpuplane_kube::BindTarget {
+    match action {
+        Some(Action::Bind(t)) => t,
+        other => panic!("expected a bind, got {other:?}"),
+    }
+}
+
+/// The pod as the watch shows it once bound.
+fn confirmed(name: &str, priority: i32, milli: u32, target: &gpuplane_kube::BindTarget) -> api::Pod {
+    pod(name, priority, milli, Some((&target.node, &target.assignment)))
+}
+
+#[test]
+fn pending_pods_bind_in_priority_order_without_sharing_a_gpu_twice() {
+    let nodes = [node("gpu-1", 1, false)];
+    let pods = [pod("batch-0", 1000, 600, None), pod("chat-0", 100_000, 600, None)];
+    let mut s = scheduler(&nodes, &pods);
+    let now = Instant::now();
+    let first = bind_of(s.next(now));
+    assert_eq!((first.name.as_str(), first.node.as_str(), first.assignment.as_str()), ("chat-0", "gpu-1", "0:600"));
+    assert_eq!(first.uid, "uid-chat-0");
+    // 400 m are left: the batch pod waits.
+    assert_eq!(s.next(now), None);
+    assert_eq!(s.queued(), 1);
+    assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 600);
+    // An update of the pod from before the binding does not queue it again.
+    s.pod_applied(&pod("chat-0", 100_000, 600, None));
+    assert_eq!(s.queued(), 1);
+    // The watch confirms; nothing changes.
+    s.pod_applied(&confirmed("chat-0", 100_000, 600, &first));
+    assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 600);
+}
+
+#[test]
+fn a_freed_gpu_lets_the_waiting_pod_in_after_its_backoff() {
+    let nodes = [node("gpu-1", 1, false)];
+    let running = pod("chat-0", 100_000, 600, Some(("gpu-1", "0:600")));
+    let mut s = scheduler(&nodes, &[running.clone(), pod("batch-0", 1000, 600, None)]);
+    let t0 = Instant::now();
+    assert_eq!(s.next(t0), None);
+    s.pod_deleted(&running);
+    assert_eq!(s.next(t0), None, "still in backoff");
+    let retry = s.next_wakeup().unwrap();
+    assert!(retry <= t0 + Duration::from_secs(1));
+    assert_eq!(bind_of(s.next(retry)).name, "batch-0");
+}
+
+#[test]
+fn failed_binds_release_the_gpus_and_retry_only_when_worth_it() {
+    let nodes = [node("gpu-1", 1, false)];
+    let t0 = Instant::now();
+
+    // Another scheduler bound it meanwhile: no retry, the GPUs are free again.
+    let mut s = scheduler(&nodes, &[pod("a", 0, 1000, None)]);
+    bind_of(s.next(t0));
+    s.bind_finished("ml/a", Err(BindFailure::Conflict("pod a is already assigned to node gpu-2".into())), t0);
+    assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 0);
+    assert_eq!(s.queued(), 0);
+
+    // The pod was deleted in flight (404): same.
+    let mut s = scheduler(&nodes, &[pod("a", 0, 1000, None)]);
+    bind_of(s.next(t0));
+    s.bind_finished("ml/a", Err(BindFailure::Gone("pods \"a\" not found".into())), t0);
+    assert_eq!((s.snapshot().cluster().allocated_gpu_milli(), s.queued()), (0, 0));
+
+    // The API server failed: retried after backoff, to the same free GPU.
+    let mut s = scheduler(&nodes, &[pod("a", 0, 1000, None)]);
+    bind_of(s.next(t0));
+    s.bind_finished("ml/a", Err(BindFailure::Other("connection reset".into())), t0);
+    assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 0);
+    assert_eq!(s.next(t0), None);
+    assert_eq!(bind_of(s.next(t0 + Duration::from_secs(1))).assignment, "0:1000");
+}
+
+#[test]
+fn a_pod_deleted_in_flight_frees_its_reservation() {
+    let nodes = [node("gpu-1", 1, false)];
+    let pending = pod("a", 0, 1000, None);
+    let mut s = scheduler(&nodes, &[pending.clone(), pod("b", 0, 1000, None)]);
+    let t0 = Instant::now();
+    assert_eq!(bind_of(s.next(t0)).name, "a");
+    s.pod_deleted(&pending);
+    assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 0);
+    // b was waiting for room; the deletion is the cluster change it waited for.
+    s.bind_finished("ml/a", Ok(()), t0);
+    assert_eq!(bind_of(s.next(t0 + Duration::from_secs(1))).name, "b");
+}
+
+#[test]
+fn cordoned_nodes_get_no_new_pods_and_in_flight_placements_survive_a_rebuild() {
+    let t0 = Instant::now();
+    let pods = [pod("a", 0, 1000, None), pod("b", 0, 1000, None)];
+    let mut s = scheduler(&[node("gpu-1", 1, false), node("gpu-2", 1, false)], &pods);
+    let a = bind_of(s.next(t0));
+    assert_eq!(a.node, "gpu-1");
+    // gpu-2 is cordoned before b is tried; the watch has not shown a's binding yet.
+    s.rebuild(&[node("gpu-1", 1, false), node("gpu-2", 1, true)], &pods).unwrap();
+    assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 1000, "a's reservation is kept");
+    assert_eq!(s.next(t0 + Duration::from_secs(120)), None, "b fits only on the cordoned node");
+    s.rebuild(&[node("gpu-1", 1, false), node("gpu-2", 1, false)], &pods).unwrap();
+    assert_eq!(bind_of(s.next(t0 + Duration::from_secs(125))).node, "gpu-2");
+}
+
+#[test]
+fn preemption_takes_the_fewest_pods_with_the_least_gpu_loss_within_budgets() {
+    // gpu-a: two 1000 m batch pods. gpu-b: a 600 m batch pod on GPU 0 and a 1000 m one on GPU 1.
+    let nodes = [node("gpu-a", 2, false), node("gpu-b", 2, false)];
+    let running = vec![
+        pod("train-a0", 1000, 1000, Some(("gpu-a", "0:1000"))),
+        pod("train-a1", 1000, 1000, Some(("gpu-a", "1:1000"))),
+        pod("eval-b0", 1000, 600, Some(("gpu-b", "0:600"))),
+        pod("train-b1", 1000, 1000, Some(("gpu-b", "1:1000"))),
+    ];
+    let mut pods = running.clone();
+    pods.push(pod("chat-0", 100_000, 500, None));
+    let t0 = Instant::now();
+
+    let mut s = scheduler(&nodes, &pods);
+    match s.next(t0) {
+        Some(Action::Evict { preemptor, node, victims }) => {
+            assert_eq!((preemptor.as_str(), node.as_str()), ("ml/chat-0", "gpu-b"));
+            let keys: Vec<_> = victims.iter().map(|v| v.key.as_str()).collect();
+            assert_eq!(keys, ["ml/eval-b0"], "one pod, 600 m lost rather than 1000 m");
+            assert_eq!(victims[0].uid, "uid-eval-b0");
+        }
+        other => panic!("expected a preemption, got {other:?}"),
+    }
+    // While the victim terminates, no second preemption starts.
+    assert_eq!(s.next(t0 + Duration::from_secs(30)), None);
+    // The victim goes; the preemptor is placed where it made room.
+    s.pod_deleted(&running[2]);
+    let bound = bind_of(s.next(t0 + Duration::from_secs(30)));
+    assert_eq!((bound.name.as_str(), bound.node.as_str(), bound.assignment.as_str()), ("chat-0", "gpu-b", "0:500"));
+
+    // With eval pods protected by a budget that allows no disruption, a train pod goes instead.
+    let budget: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "eval", "namespace": "ml"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "eval-b"}}},
+        "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}
+    }))
+    .unwrap();
+    let mut s = scheduler(&nodes, &pods);
+    s.set_budgets(vec![Budget::from_object(&budget).unwrap()]);
+    match s.next(t0) {
+        Some(Action::Evict { node, victims, .. }) => {
+            assert_eq!(node, "gpu-a", "same loss as train-b1, and gpu-a sorts first");
+            assert_eq!(victims.len(), 1);
+            assert_ne!(victims[0].key, "ml/eval-b0");
+        }
+        other => panic!("expected a preemption, got {other:?}"),
+    }
+}
+
+#[test]
+fn pods_of_equal_or_higher_priority_are_never_victims() {
+    let nodes = [node("gpu-a", 1, false)];
+    let pods = [pod("chat-0", 100_000, 1000, Some(("gpu-a", "0:1000"))), pod("chat-1", 100_000, 1000, None)];
+    let mut s = scheduler(&nodes, &pods);
+    assert_eq!(s.next(Instant::now()), None);
+    assert_eq!(s.queued(), 1);
+}
+
+#[test]
+fn pods_for_other_schedulers_and_unreadable_pods_are_not_queued() {
+    let nodes = [node("gpu-a", 1, false)];
+    let mut other = pod("web", 0, 0, None);
+    other.spec.as_mut().unwrap().scheduler_name = Some("default-scheduler".into());
+    let mut bad = pod("bad", 0, 0, None);
+    bad.metadata.annotations.as_mut().unwrap().insert("gpuplane.io/gpu-milli".into(), "lots".into());
+    let (snapshot, _) = Snapshot::build(&nodes, &[]).unwrap();
+    let engine = Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName })
+        .unwrap();
+    let mut s = Scheduler::new(snapshot, engine, SchedulerConfig::default(), Arc::new(Metrics::new()));
+    assert_eq!(s.pod_applied(&other), None);
+    let warning = s.pod_applied(&bad).unwrap();
+    assert!(format!("{warning:?}").contains("gpuplane.io/gpu-milli"), "{warning:?}");
+    assert_eq!(s.queued(), 0);
+}
