@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use gpuplane_kube::serve::{ServeConfig, run_extender};
-use gpuplane_place::{ModelSet, PodRequest, Policy, TargetWorkload};
+use gpuplane_place::Policy;
 
-use crate::input;
+use crate::service;
 
 /// Arguments of `gpuplane extender`.
 #[derive(Debug, Args)]
@@ -33,35 +33,15 @@ pub struct ExtenderArgs {
 /// Runs the extender until SIGTERM or Ctrl-C.
 pub fn run(args: ExtenderArgs) -> Result<()> {
     let policy: Policy = args.policy.parse().context("--policy")?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    service::init_logging(&args.log_format);
     // FGD needs a target workload: learned from the cluster's pods, else the openb default trace.
-    let (_, trace) = input::trace(None)?;
-    let requests: Vec<PodRequest> = trace
-        .iter()
-        .map(|p| PodRequest {
-            cpu_milli: p.cpu_milli,
-            memory_bytes: p.memory_bytes,
-            gpu: p.gpu,
-            models: ModelSet::Any,
-            priority: p.priority,
-            constraints: None,
-        })
-        .collect();
-    let fallback = TargetWorkload::from_requests(&requests, 0.95)?;
+    let fallback = service::fallback_target()?;
     let config = ServeConfig {
         listen: args.listen,
         policy,
         refresh_every: Duration::from_millis(args.refresh_ms.max(10)),
         in_flight_ttl: Duration::from_secs(args.in_flight_ttl_s),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run_extender(config, Some(fallback)))?;
+    service::runtime()?.block_on(run_extender(config, Some(fallback)))?;
     Ok(())
 }

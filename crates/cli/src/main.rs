@@ -5,6 +5,8 @@
 mod bench;
 mod extender;
 mod input;
+mod scheduler;
+mod service;
 mod sim;
 
 use std::process::ExitCode;
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Replay a pod trace against a cluster with each placement policy and compare unallocated GPUs.
     Sim(sim::SimArgs),
+    /// Schedule pods with schedulerName gpuplane in a live cluster (secondary scheduler).
+    Scheduler(scheduler::SchedulerArgs),
     /// Serve the kube-scheduler extender (filter, prioritize, bind, preempt) for a live cluster.
     Extender(extender::ExtenderArgs),
     /// Measure a component under load on this machine.
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Extender(args) => extender::run(args),
+        Command::Scheduler(args) => scheduler::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -622,13 +622,7 @@ fn victims_that_fit(
 ) -> Option<Vec<String>> {
     let info = &snapshot.cluster().node_info()[node];
     let mut state = snapshot.cluster().nodes()[node].clone();
-    let free = |state: &mut gpuplane_place::NodeState, pod: &crate::BoundPod| {
-        state.cpu_free += pod.request.cpu_milli;
-        state.memory_free += pod.request.memory_bytes;
-        for share in &pod.placement.gpus {
-            state.gpu_free[usize::from(share.index)] += share.milli;
-        }
-    };
+    let free = crate::scheduler::preempt::release_into;
     let mut victims = Vec::new();
     for uid in proposed {
         match snapshot.bound_by_uid(uid) {

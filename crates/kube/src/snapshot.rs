@@ -189,8 +189,10 @@ impl Snapshot {
             self.by_uid.insert(uid.to_owned(), pod_key.to_owned());
         }
         self.by_node.entry(placement.node).or_default().push(pod_key.to_owned());
-        self.bound
-            .insert(pod_key.to_owned(), BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement, labels: BTreeMap::new() });
+        self.bound.insert(
+            pod_key.to_owned(),
+            BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement, labels: BTreeMap::new() },
+        );
         Ok(())
     }
 

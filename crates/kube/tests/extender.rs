@@ -63,7 +63,9 @@ struct Recorder {
 impl Binder for Recorder {
     async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
         if *self.fail.lock().unwrap() {
-            return Err(BindFailure::Conflict("Operation cannot be fulfilled on pods/binding: pod is being deleted".into()));
+            return Err(BindFailure::Conflict(
+                "Operation cannot be fulfilled on pods/binding: pod is being deleted".into(),
+            ));
         }
         self.calls.lock().unwrap().push(target);
         Ok(())

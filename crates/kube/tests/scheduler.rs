@@ -240,8 +240,9 @@ fn pods_for_other_schedulers_and_unreadable_pods_are_not_queued() {
     let mut bad = pod("bad", 0, 0, None);
     bad.metadata.annotations.as_mut().unwrap().insert("gpuplane.io/gpu-milli".into(), "lots".into());
     let (snapshot, _) = Snapshot::build(&nodes, &[]).unwrap();
-    let engine = Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName })
-        .unwrap();
+    let engine =
+        Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName })
+            .unwrap();
     let mut s = Scheduler::new(snapshot, engine, SchedulerConfig::default(), Arc::new(Metrics::new()));
     assert_eq!(s.pod_applied(&other), None);
     let warning = s.pod_applied(&bad).unwrap();

@@ -61,12 +61,7 @@ impl Budget {
         let selector = pdb.spec.as_ref().and_then(|s| s.selector.as_ref());
         let requirements = selector.map(|s| requirements(&name, s)).transpose()?;
         let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
-        Ok(Budget {
-            name,
-            namespace,
-            requirements,
-            disruptions_allowed: u32::try_from(allowed).unwrap_or(0),
-        })
+        Ok(Budget { name, namespace, requirements, disruptions_allowed: u32::try_from(allowed).unwrap_or(0) })
     }
 
     /// Whether the budget protects a pod of `namespace` with `labels`. A budget without a selector
@@ -78,12 +73,8 @@ impl Budget {
 }
 
 fn requirements(name: &str, selector: &LabelSelector) -> Result<Vec<Requirement>, BudgetError> {
-    let mut out: Vec<Requirement> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| Requirement::In(k.clone(), vec![v.clone()]))
-        .collect();
+    let mut out: Vec<Requirement> =
+        selector.match_labels.iter().flatten().map(|(k, v)| Requirement::In(k.clone(), vec![v.clone()])).collect();
     for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
         let values = e.values.clone().unwrap_or_default();
         let field = format!("spec.selector.matchExpressions[{i}]");
@@ -146,8 +137,9 @@ mod tests {
         .unwrap();
         assert!(all.selects("ml", &labels(&[])));
         assert_eq!(all.disruptions_allowed, 0, "no status yet: nothing may be disrupted");
-        let none = Budget::from_object(&pdb(serde_json::json!({"metadata": {"name": "n", "namespace": "ml"}, "spec": {}})))
-            .unwrap();
+        let none =
+            Budget::from_object(&pdb(serde_json::json!({"metadata": {"name": "n", "namespace": "ml"}, "spec": {}})))
+                .unwrap();
         assert!(!none.selects("ml", &labels(&[])));
     }
 

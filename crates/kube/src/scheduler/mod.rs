@@ -186,8 +186,8 @@ impl Scheduler {
         }
         // Pending. A pod the snapshot holds with the same UID is one whose binding the watch has not shown yet.
         let uid = p.metadata.uid.clone().unwrap_or_default();
-        let held = self.snapshot.binding(&key).is_some()
-            && self.snapshot.bound_by_uid(&uid).is_some_and(|b| b.key == key);
+        let held =
+            self.snapshot.binding(&key).is_some() && self.snapshot.bound_by_uid(&uid).is_some_and(|b| b.key == key);
         if !self.is_ours(p) || p.metadata.deletion_timestamp.is_some() || self.in_flight.contains_key(&key) || held {
             if p.metadata.deletion_timestamp.is_some() {
                 self.unqueue(&key);
@@ -341,16 +341,19 @@ impl Scheduler {
         if !self.config.preemption {
             return None;
         }
-        if let Some(p) = self.preempting.get(key) {
-            if !p.victims.is_empty() && now.duration_since(p.since) < self.config.preemption_timeout {
-                return None;
-            }
+        if let Some(p) = self.preempting.get(key)
+            && !p.victims.is_empty()
+            && now.duration_since(p.since) < self.config.preemption_timeout
+        {
+            return None;
         }
         let busy: Vec<String> = self.preempting.values().flat_map(|p| p.victims.iter().cloned()).collect();
         let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy)?;
         let node = self.snapshot.node_name(plan.node).to_owned();
-        self.preempting
-            .insert(key.to_owned(), Preempting { victims: plan.victims.iter().map(|v| v.key.clone()).collect(), since: now });
+        self.preempting.insert(
+            key.to_owned(),
+            Preempting { victims: plan.victims.iter().map(|v| v.key.clone()).collect(), since: now },
+        );
         self.metrics.observe_preemption(plan.victims.len());
         Some(Action::Evict { preemptor: key.to_owned(), node, victims: plan.victims })
     }

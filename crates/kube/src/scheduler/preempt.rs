@@ -89,7 +89,12 @@ pub fn plan(snapshot: &Snapshot, request: &PodRequest, budgets: &[Budget], exclu
 }
 
 fn victim(p: &BoundPod) -> Victim {
-    Victim { key: p.key.clone(), uid: p.uid.clone(), priority: p.request.priority, gpu_milli: p.request.gpu.total_milli() }
+    Victim {
+        key: p.key.clone(),
+        uid: p.uid.clone(),
+        priority: p.request.priority,
+        gpu_milli: p.request.gpu.total_milli(),
+    }
 }
 
 fn namespace(key: &str) -> &str {

@@ -133,10 +133,9 @@ impl SchedulingQueue {
     pub fn pop(&mut self, now: Instant) -> Option<Queued> {
         self.promote(now);
         while let Some(top) = self.heap.pop() {
-            let live = self
-                .entries
-                .get(&top.key)
-                .is_some_and(|e| matches!(e.place, Where::Ready) && e.priority == top.priority && e.arrival == top.arrival);
+            let live = self.entries.get(&top.key).is_some_and(|e| {
+                matches!(e.place, Where::Ready) && e.priority == top.priority && e.arrival == top.arrival
+            });
             if let (true, Some(e)) = (live, self.entries.remove(&top.key)) {
                 return Some(Queued { key: top.key, priority: e.priority, attempts: e.attempts });
             }
@@ -195,11 +194,12 @@ impl SchedulingQueue {
     fn promote(&mut self, now: Instant) {
         let wait = self.config.max_unschedulable_wait;
         for (key, e) in &mut self.entries {
-            if let Where::Waiting { not_before, since, changed } = e.place {
-                if now >= not_before && (changed || now >= since + wait) {
-                    e.place = Where::Ready;
-                    self.heap.push(Ready { priority: e.priority, arrival: e.arrival, key: key.clone() });
-                }
+            if let Where::Waiting { not_before, since, changed } = e.place
+                && now >= not_before
+                && (changed || now >= since + wait)
+            {
+                e.place = Where::Ready;
+                self.heap.push(Ready { priority: e.priority, arrival: e.arrival, key: key.clone() });
             }
         }
     }

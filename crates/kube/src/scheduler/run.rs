@@ -13,8 +13,10 @@ use futures::StreamExt;
 use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1 as api;
+use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, EvictParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
+use kube::api::PostParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -72,11 +74,11 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     tokio::spawn(watcher(api, config).default_backoff().reflect(writer).for_each(move |event| {
-        if let Ok(e) = event {
-            if let Some(input) = map(e) {
-                // The loop has stopped when the receiver is gone; nothing left to tell.
-                let _ = tx.send(input);
-            }
+        if let Ok(e) = event
+            && let Some(input) = map(e)
+        {
+            // The loop has stopped when the receiver is gone; nothing left to tell.
+            let _ = tx.send(input);
         }
         futures::future::ready(())
     }));
@@ -116,12 +118,10 @@ pub async fn serve_scheduler(
         };
         schedule(client, &config, fallback_target, Arc::clone(&metrics), lost, shutdown).await
     };
-    if let Some(elector) = elector.as_mut() {
-        if result.is_ok() {
-            if let Err(e) = elector.release().await {
-                tracing::warn!(error = %e, "Lease not released; the next leader waits for it to expire.");
-            }
-        }
+    if let (Some(elector), true) = (elector.as_mut(), result.is_ok())
+        && let Err(e) = elector.release().await
+    {
+        tracing::warn!(error = %e, "Lease not released; the next leader waits for it to expire.");
     }
     metrics_server.abort();
     result
@@ -129,15 +129,18 @@ pub async fn serve_scheduler(
 
 async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     use axum::response::IntoResponse;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let m = Arc::clone(&metrics);
-                async move { ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.encode()).into_response() }
-            }),
-        )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let app =
+        axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let m = Arc::clone(&metrics);
+                    async move {
+                        ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.encode()).into_response()
+                    }
+                }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }));
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "Metrics server stopped.");
     }
@@ -162,12 +165,9 @@ async fn schedule(
         watcher::Event::InitDone => Some(Input::PodsRelisted),
         watcher::Event::Init => None,
     });
-    let budgets = spawn_watch(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        watcher::Config::default(),
-        tx,
-        |_| Some(Input::Budgets),
-    );
+    let budgets = spawn_watch(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), tx, |_| {
+        Some(Input::Budgets)
+    });
     nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
     budgets.wait_until_ready().await.map_err(|_| ServeError::NotReady("PodDisruptionBudget"))?;
@@ -204,10 +204,9 @@ async fn schedule(
             metrics.set_pools(scheduler.snapshot().cluster(), scheduler.engine().target().map(|t| t.as_ref()));
             pools_updated = Instant::now();
         }
-        let wake = scheduler.next_wakeup().map_or_else(
-            || tokio::time::Instant::now() + Duration::from_secs(5),
-            tokio::time::Instant::from_std,
-        );
+        let wake = scheduler
+            .next_wakeup()
+            .map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(5), tokio::time::Instant::from_std);
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
@@ -291,16 +290,26 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, a
 }
 
 /// Evicts one pod through the Eviction API (the API server enforces disruption budgets), with its UID
-/// as a precondition so a replacement with the same name is left alone.
+/// as a precondition so a replacement with the same name is left alone. The `policy/v1` Eviction is
+/// posted as k8s-openapi serialises it (`deleteOptions`): kube-rs's own `evict` writes the field as
+/// `delete_options`, which the API server does not read.
 pub async fn evict(client: Client, victim: &Victim) -> Result<(), BindFailure> {
     let (namespace, name) = victim.key.split_once('/').unwrap_or(("default", victim.key.as_str()));
     let pods: Api<api::Pod> = Api::namespaced(client, namespace);
-    let preconditions = (!victim.uid.is_empty()).then(|| Preconditions { uid: Some(victim.uid.clone()), resource_version: None });
-    let params = EvictParams {
-        delete_options: Some(DeleteParams { preconditions, ..Default::default() }),
-        ..Default::default()
+    let preconditions =
+        (!victim.uid.is_empty()).then(|| Preconditions { uid: Some(victim.uid.clone()), ..Default::default() });
+    let eviction = Eviction {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
+        delete_options: Some(DeleteOptions { preconditions, ..Default::default() }),
     };
-    pods.evict(name, &params).await.map(|_| ()).map_err(|e| failure(format!("evicting pod {}", victim.key), e))
+    pods.create_subresource::<_, serde_json::Value>("eviction", name, &PostParams::default(), &eviction)
+        .await
+        .map(|_| ())
+        .map_err(|e| failure(format!("evicting pod {}", victim.key), e))
 }
 
 fn finish(scheduler: &mut Scheduler, outcome: Outcome) {
