@@ -8,6 +8,7 @@ mod input;
 mod scheduler;
 mod service;
 mod sim;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,8 @@ enum Command {
     Scheduler(scheduler::SchedulerArgs),
     /// Serve the kube-scheduler extender (filter, prioritize, bind, preempt) for a live cluster.
     Extender(extender::ExtenderArgs),
+    /// Serve the admission webhook (mutating and validating) over TLS for a live cluster.
+    Webhook(webhook::WebhookArgs),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command),
         Command::Extender(args) => extender::run(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::Webhook(args) => webhook::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,7 +32,7 @@ pub struct SchedulerArgs {
     /// leader election (a single replica)
     #[arg(long, default_value = "gpuplane-scheduler")]
     lease_name: String,
-    /// Namespace of the Lease (default: $POD_NAMESPACE, else gpuplane)
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else gpuplane-system)
     #[arg(long)]
     lease_namespace: Option<String>,
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name)
@@ -51,7 +51,7 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
         let namespace = args
             .lease_namespace
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "gpuplane".to_owned());
+            .unwrap_or_else(|| "gpuplane-system".to_owned());
         let identity = args
             .identity
             .or_else(|| std::env::var("POD_NAME").ok())

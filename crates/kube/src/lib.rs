@@ -12,6 +12,7 @@ pub mod objects;
 pub mod scheduler;
 pub mod serve;
 pub mod snapshot;
+pub mod tls;
 pub mod webhook;
 
 pub use extender::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, router};

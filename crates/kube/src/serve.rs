@@ -1,6 +1,6 @@
-//! Running the extender against a live cluster: reflector stores watch Nodes and Pods (the kube-rs
-//! reflector pattern), the snapshot is rebuilt when they change, bindings go through the API server, and
-//! the HTTP API is served until SIGTERM or Ctrl-C.
+//! Running the extender and the admission webhook against a live cluster: reflector stores watch the
+//! objects they need (the kube-rs reflector pattern), their state is rebuilt when the objects change,
+//! and the HTTP APIs are served until SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +50,9 @@ pub enum ServeError {
     /// The target workload could not be built.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The scheduler lost its lease.
     #[error(transparent)]
     Leadership(#[from] crate::scheduler::leader::LeaderError),
@@ -210,4 +213,80 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
+}
+
+/// Settings of `gpuplane webhook`.
+#[derive(Debug, Clone)]
+pub struct WebhookServeConfig {
+    /// Address to listen on (HTTPS).
+    pub listen: SocketAddr,
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// Largest AdmissionReview accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How pods are steered and checked.
+    pub webhook: crate::webhook::WebhookConfig,
+}
+
+/// Watches ResourceQuotas and Pods for the GPU quota check and serves the admission webhook over TLS
+/// until `shutdown` completes.
+pub async fn serve_webhook(
+    client: Client,
+    config: WebhookServeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let tls = crate::tls::server_config(config.cert.clone(), config.key.clone())?;
+    let webhook = Arc::new(crate::webhook::Webhook { config: config.webhook.clone(), ..Default::default() });
+    let changes = Arc::new(AtomicU64::new(1));
+    let (quotas, quota_writer) = reflector::store::<api::ResourceQuota>();
+    let (pods, pod_writer) = reflector::store::<api::Pod>();
+    let counted = Arc::clone(&changes);
+    tokio::spawn(
+        watcher(Api::<api::ResourceQuota>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(quota_writer)
+            .for_each(move |_| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                futures::future::ready(())
+            }),
+    );
+    let counted = Arc::clone(&changes);
+    let pod_watch = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    tokio::spawn(watcher(Api::<api::Pod>::all(client), pod_watch).default_backoff().reflect(pod_writer).for_each(
+        move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            futures::future::ready(())
+        },
+    ));
+    let updater = Arc::clone(&webhook);
+    tokio::spawn(async move {
+        // Until both watches listed once there is no quota to check against.
+        if quotas.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
+            tracing::error!("The ResourceQuota or Pod watch stopped; GPU quotas are not checked.");
+            return;
+        }
+        let mut applied = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let now = changes.load(Ordering::Relaxed);
+            if now == applied {
+                continue;
+            }
+            applied = now;
+            let (fresh, problems) = crate::webhook::gpu_quotas(&owned(&quotas), &owned(&pods));
+            for p in problems {
+                tracing::warn!(problem = %p, "Left out of the GPU quota count.");
+            }
+            *updater.quotas.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Io { addr: config.listen, source })?;
+    tracing::info!(listen = %config.listen, "Admission webhook serving over TLS.");
+    crate::tls::serve(listener, tls, crate::webhook::router(webhook, config.max_body_bytes), shutdown).await;
+    Ok(())
 }

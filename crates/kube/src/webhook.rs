@@ -126,6 +126,51 @@ pub struct GpuQuota {
     pub used_milli: u64,
 }
 
+/// The ResourceQuota key gpuplane reads a namespace's GPU limit from.
+pub const GPU_QUOTA_RESOURCE: &str = "requests.nvidia.com/gpu";
+
+/// GPU quota per namespace: the limit from the namespace's unscoped ResourceQuotas on
+/// [`GPU_QUOTA_RESOURCE`] (the smallest, if several), and the use summed over its pods that are not
+/// finished, GPU shares counted as their fraction (ResourceQuota's own `status.used` counts only whole
+/// `nvidia.com/gpu` requests). Scoped quotas are skipped: they bind only some pods. Quotas and pods
+/// that cannot be read are reported and left out.
+pub fn gpu_quotas(quotas: &[api::ResourceQuota], pods: &[api::Pod]) -> (HashMap<String, GpuQuota>, Vec<String>) {
+    let mut out: HashMap<String, GpuQuota> = HashMap::new();
+    let mut problems = Vec::new();
+    for q in quotas {
+        let Some(spec) = &q.spec else { continue };
+        if spec.scopes.as_ref().is_some_and(|s| !s.is_empty()) || spec.scope_selector.is_some() {
+            continue;
+        }
+        let Some(hard) = spec.hard.as_ref().and_then(|h| h.get(GPU_QUOTA_RESOURCE)) else { continue };
+        let namespace = q.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        match gpuplane_core::Quantity::parse_non_negative(&hard.0) {
+            Ok(limit) => {
+                let milli = u64::try_from(limit.milli_value()).unwrap_or(0);
+                let entry = out.entry(namespace).or_insert(GpuQuota { hard_milli: u64::MAX, used_milli: 0 });
+                entry.hard_milli = entry.hard_milli.min(milli);
+            }
+            Err(e) => problems.push(format!(
+                "ResourceQuota {namespace}/{}: field `spec.hard.{GPU_QUOTA_RESOURCE}` is {:?}; expected a non-negative quantity ({e})",
+                q.metadata.name.as_deref().unwrap_or(""),
+                hard.0
+            )),
+        }
+    }
+    for p in pods {
+        let namespace = p.metadata.namespace.as_deref().unwrap_or("default");
+        let Some(quota) = out.get_mut(namespace) else { continue };
+        if objects::is_terminal(p) {
+            continue;
+        }
+        match objects::pod(p) {
+            Ok(pod) => quota.used_milli += u64::from(pod.gpu.total_milli()),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    (out, problems)
+}
+
 fn allow(uid: &str) -> AdmissionResponse {
     AdmissionResponse { uid: uid.to_owned(), allowed: true, ..Default::default() }
 }

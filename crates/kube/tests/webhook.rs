@@ -133,3 +133,44 @@ async fn http_round_trip_and_bad_input() {
     let (status, _) = post(&app, "/convert", "{}").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn gpu_quota_counts_shares_of_unfinished_pods_against_unscoped_quotas() {
+    let quota = |name: &str, ns: &str, hard: &str, scoped: bool| -> k8s_openapi::api::core::v1::ResourceQuota {
+        let mut q = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name, "namespace": ns},
+            "spec": {"hard": {"requests.nvidia.com/gpu": hard, "requests.cpu": "64"}},
+            "status": {"hard": {"requests.nvidia.com/gpu": hard}, "used": {"requests.nvidia.com/gpu": "1"}}});
+        if scoped {
+            q["spec"]["scopeSelector"] =
+                json!({"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["batch"]}]});
+        }
+        serde_json::from_value(q).unwrap()
+    };
+    let pod = |name: &str, ns: &str, milli: &str, phase: &str| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": ns, "annotations": {"gpuplane.io/gpu-milli": milli}},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": phase}}),
+        )
+        .unwrap()
+    };
+    let quotas =
+        [quota("gpus", "ml", "4", false), quota("tight", "ml", "2500m", false), quota("batch", "web", "1", true)];
+    let pods = [
+        pod("a", "ml", "500", "Running"),
+        pod("b", "ml", "1000", "Pending"),
+        pod("old", "ml", "1000", "Succeeded"),
+        pod("w", "web", "1000", "Running"),
+        pod("bad", "ml", "half", "Running"),
+    ];
+    let (found, problems) = gpuplane_kube::webhook::gpu_quotas(&quotas, &pods);
+    assert_eq!(found.len(), 1, "the web quota is scoped");
+    assert_eq!(found["ml"], GpuQuota { hard_milli: 2500, used_milli: 1500 });
+    assert_eq!(problems.len(), 1);
+    assert!(problems[0].contains("ml/bad") && problems[0].contains("gpuplane.io/gpu-milli"), "{problems:?}");
+
+    let bad = [quota("x", "ml", "lots", false)];
+    let (found, problems) = gpuplane_kube::webhook::gpu_quotas(&bad, &[]);
+    assert!(found.is_empty());
+    assert!(problems[0].contains("ResourceQuota ml/x") && problems[0].contains("\"lots\""), "{problems:?}");
+}
