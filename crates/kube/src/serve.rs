@@ -57,7 +57,7 @@ pub enum ServeError {
     #[error(transparent)]
     Leadership(#[from] crate::scheduler::leader::LeaderError),
     /// Listening or serving failed.
-    #[error("serving on {addr}: {source}")]
+    #[error("serving on {addr}")]
     Io {
         /// The listen address.
         addr: SocketAddr,

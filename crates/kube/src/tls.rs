@@ -21,7 +21,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug, Error)]
 pub enum TlsError {
     /// A file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -37,7 +37,7 @@ pub enum TlsError {
         what: String,
     },
     /// The key does not suit the certificate, or is of an unsupported type.
-    #[error("{path}: {source}")]
+    #[error("{path}: unusable private key")]
     Key {
         /// The key file.
         path: PathBuf,
@@ -45,7 +45,7 @@ pub enum TlsError {
         source: rustls::Error,
     },
     /// Listening failed.
-    #[error("serving on {addr}: {source}")]
+    #[error("serving on {addr}")]
     Io {
         /// The listen address.
         addr: SocketAddr,

@@ -94,6 +94,7 @@ fn an_unusable_pair_stops_start_up_naming_the_file() {
     std::fs::copy(fixture("key-2.pem"), dir.path().join("tls.key")).unwrap();
     let err = server_config(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap_err();
     assert!(matches!(err, TlsError::Key { .. }) && err.to_string().contains("tls.key"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
 
     std::fs::write(dir.path().join("tls.crt"), "hello").unwrap();
     let err = server_config(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap_err();

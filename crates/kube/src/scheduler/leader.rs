@@ -55,7 +55,7 @@ pub enum Leadership {
 #[derive(Debug, Error)]
 pub enum LeaderError {
     /// The API server refused or failed a lease call.
-    #[error("lease {name}: {source}")]
+    #[error("lease {name}")]
     Api {
         /// The lease name.
         name: String,
