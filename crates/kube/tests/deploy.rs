@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{apps, batch, core, rbac, scheduling};
+use k8s_openapi::api::{admissionregistration, apps, batch, core, policy, rbac, scheduling};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -19,7 +19,7 @@ fn manifests() -> Vec<PathBuf> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
+            } else if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("kustomization.yaml") {
                 files.push(path);
             }
         }
@@ -51,6 +51,15 @@ fn every_manifest_is_a_valid_object() {
                 "ResourceQuota" => round_trip::<core::v1::ResourceQuota>(&doc),
                 "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(&doc),
                 "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(&doc),
+                "Role" => round_trip::<rbac::v1::Role>(&doc),
+                "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(&doc),
+                "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(&doc),
+                "MutatingWebhookConfiguration" => {
+                    round_trip::<admissionregistration::v1::MutatingWebhookConfiguration>(&doc)
+                }
+                "ValidatingWebhookConfiguration" => {
+                    round_trip::<admissionregistration::v1::ValidatingWebhookConfiguration>(&doc)
+                }
                 "Deployment" => round_trip::<apps::v1::Deployment>(&doc),
                 "Job" => round_trip::<batch::v1::Job>(&doc),
                 "PriorityClass" => round_trip::<scheduling::v1::PriorityClass>(&doc),
@@ -65,7 +74,7 @@ fn every_manifest_is_a_valid_object() {
             kinds.push(kind);
         }
     }
-    for k in ["Deployment", "ClusterRole", "Service", "ConfigMap"] {
+    for k in ["Deployment", "ClusterRole", "Service", "ConfigMap", "MutatingWebhookConfiguration", "Role"] {
         assert!(kinds.iter().any(|x| x == k), "no {k} in deploy/");
     }
 }
@@ -86,4 +95,65 @@ fn scheduler_configuration_points_at_the_extender_service() {
         assert!(ext[verb].is_string(), "{verb}");
     }
     assert_eq!(ext["nodeCacheCapable"], true);
+}
+
+fn docs_of(relative: &str) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(relative)).unwrap();
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
+#[test]
+fn kustomization_lists_files_that_exist() {
+    let docs = docs_of("kustomization.yaml");
+    let resources = docs[0]["resources"].as_array().unwrap();
+    assert!(resources.len() >= 6);
+    for r in resources {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(r.as_str().unwrap());
+        assert!(path.is_file(), "{} listed in kustomization.yaml does not exist", path.display());
+    }
+}
+
+#[test]
+fn scheduler_rbac_grants_what_the_scheduler_calls() {
+    let docs = docs_of("scheduler/rbac.yaml");
+    let granted = |kind: &str, group: &str, resource: &str, verb: &str| {
+        docs.iter().filter(|d| d["kind"] == kind).any(|d| {
+            d["rules"].as_array().unwrap().iter().any(|r| {
+                let has = |field: &str, v: &str| r[field].as_array().unwrap().iter().any(|x| x == v);
+                has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+            })
+        })
+    };
+    for (group, resource, verbs) in [
+        ("", "nodes", &["list", "watch"][..]),
+        ("", "pods", &["list", "watch", "patch"]),
+        ("", "pods/binding", &["create"]),
+        ("", "pods/eviction", &["create"]),
+        ("policy", "poddisruptionbudgets", &["list", "watch"]),
+    ] {
+        for verb in verbs {
+            assert!(granted("ClusterRole", group, resource, verb), "{resource} {verb}");
+        }
+    }
+    for verb in ["get", "create", "update"] {
+        assert!(granted("Role", "coordination.k8s.io", "leases", verb), "leases {verb}");
+    }
+}
+
+#[test]
+fn webhook_configurations_point_at_the_webhook_service_paths() {
+    let service = docs_of("webhook/deployment.yaml").into_iter().find(|d| d["kind"] == "Service").unwrap();
+    for doc in docs_of("webhook/configuration.yaml") {
+        let hook = &doc["webhooks"][0];
+        let svc = &hook["clientConfig"]["service"];
+        assert_eq!(svc["name"], service["metadata"]["name"]);
+        assert_eq!(svc["namespace"], service["metadata"]["namespace"]);
+        assert_eq!(svc["port"], service["spec"]["ports"][0]["port"]);
+        let expected = if doc["kind"] == "MutatingWebhookConfiguration" { "/mutate" } else { "/validate" };
+        assert_eq!(svc["path"], expected);
+        assert_eq!(hook["admissionReviewVersions"][0], "v1");
+        let excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"].as_array().unwrap();
+        assert!(excluded.iter().any(|v| v == "gpuplane-system"), "the webhook must not gate its own namespace");
+    }
 }
