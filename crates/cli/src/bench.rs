@@ -15,8 +15,9 @@ use gpuplane_kube::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, S
 use gpuplane_place::{Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::input;
@@ -26,7 +27,7 @@ use crate::input;
 pub enum BenchCommand {
     /// Load-test the kube-scheduler extender (filter + prioritize) over HTTP on 127.0.0.1.
     Extender(ExtenderBenchArgs),
-    /// Load-test the admission webhook (mutate + validate) over HTTP on 127.0.0.1.
+    /// Load-test the admission webhook (mutate + validate) over HTTPS on 127.0.0.1.
     Webhook(WebhookBenchArgs),
 }
 
@@ -39,7 +40,16 @@ pub struct WebhookBenchArgs {
     /// Concurrent client connections
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Serve plain HTTP instead of HTTPS (the API server always calls webhooks over TLS)
+    #[arg(long)]
+    plain_http: bool,
 }
+
+/// A throwaway certificate for 127.0.0.1 and its key, used only by the HTTPS load test on the
+/// loopback interface (the same pair the webhook TLS tests use).
+const BENCH_CA: &str = include_str!("../../kube/tests/fixtures/tls/ca.pem");
+const BENCH_CERT: &str = include_str!("../../kube/tests/fixtures/tls/cert-1.pem");
+const BENCH_KEY: &str = include_str!("../../kube/tests/fixtures/tls/key-1.pem");
 
 /// Arguments of `gpuplane bench extender`.
 #[derive(Debug, Args)]
@@ -128,7 +138,7 @@ fn extender(args: ExtenderBenchArgs) -> Result<()> {
 
     let ext = Arc::new(Extender::new(snapshot, engine(2)?, NoBinder, ExtenderConfig::default()));
     let (filter_ns, prioritize_ns, elapsed) =
-        load(router(ext), args.clients, args.seconds, ["/filter", "/prioritize"], bodies)?;
+        load(router(ext), None, args.clients, args.seconds, ["/filter", "/prioritize"], bodies)?;
 
     let total = filter_ns.len() + prioritize_ns.len();
     println!(
@@ -167,13 +177,32 @@ fn print_row(verb: &str, ns: &mut [u64], elapsed: Duration) {
 /// the latencies of each path.
 async fn client(
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
     id: usize,
     paths: [&str; 2],
     bodies: &[String],
     deadline: Instant,
 ) -> Result<(Vec<u64>, Vec<u64>)> {
-    let mut stream = TcpStream::connect(addr).await.context("connect to the server")?;
-    stream.set_nodelay(true)?;
+    let tcp = TcpStream::connect(addr).await.context("connect to the server")?;
+    tcp.set_nodelay(true)?;
+    match tls {
+        None => requests(tcp, addr, id, paths, bodies, deadline).await,
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::from(addr.ip());
+            let stream = connector.connect(name, tcp).await.context("TLS handshake")?;
+            requests(stream, addr, id, paths, bodies, deadline).await
+        }
+    }
+}
+
+async fn requests<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    id: usize,
+    paths: [&str; 2],
+    bodies: &[String],
+    deadline: Instant,
+) -> Result<(Vec<u64>, Vec<u64>)> {
     let mut latencies = (Vec::new(), Vec::new());
     let mut buf = Vec::with_capacity(64 << 10);
     let mut i = id;
@@ -206,6 +235,7 @@ async fn client(
 /// Serves `app` on 127.0.0.1, runs the clients until the deadline, and returns both paths' latencies.
 fn load(
     app: axum::Router,
+    tls: Option<(Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector)>,
     clients: usize,
     seconds: f64,
     paths: [&'static str; 2],
@@ -215,14 +245,27 @@ fn load(
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("bind 127.0.0.1")?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (server, connector) = match tls {
+            None => (tokio::spawn(async move { axum::serve(listener, app).await.context("serve") }), None),
+            Some((config, connector)) => {
+                let served = gpuplane_kube::tls::serve(listener, config, app, futures::future::pending());
+                (
+                    tokio::spawn(async move {
+                        served.await;
+                        Ok(())
+                    }),
+                    Some(connector),
+                )
+            }
+        };
         let bodies = Arc::new(bodies);
         let deadline = Instant::now() + Duration::from_secs_f64(seconds);
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
             let bodies = Arc::clone(&bodies);
-            tasks.push(tokio::spawn(async move { client(addr, c, paths, &bodies, deadline).await }));
+            let connector = connector.clone();
+            tasks.push(tokio::spawn(async move { client(addr, connector, c, paths, &bodies, deadline).await }));
         }
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for t in tasks {
@@ -289,11 +332,14 @@ fn webhook(args: WebhookBenchArgs) -> Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .insert("bench".to_owned(), GpuQuota { hard_milli: 1_000_000, used_milli: 0 });
     let app = webhook::router(hook, 4 << 20);
-    let (mutate_ns, validate_ns, elapsed) = load(app, args.clients, args.seconds, ["/mutate", "/validate"], bodies)?;
+    let tls = if args.plain_http { None } else { Some(bench_tls()?) };
+    let (mutate_ns, validate_ns, elapsed) =
+        load(app, tls, args.clients, args.seconds, ["/mutate", "/validate"], bodies)?;
     let total = mutate_ns.len() + validate_ns.len();
     println!(
-        "webhook load test: {} clients, {:.1} s, AdmissionReviews of trace pods",
+        "webhook load test: {} clients over {}, {:.1} s, AdmissionReviews of trace pods",
         args.clients,
+        if args.plain_http { "HTTP" } else { "HTTPS (TLS 1.3, keep-alive)" },
         elapsed.as_secs_f64()
     );
     println!(
@@ -307,8 +353,27 @@ fn webhook(args: WebhookBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The server side (the webhook's own TLS set-up, from files) and a client that trusts the bench CA.
+fn bench_tls() -> Result<(Arc<rustls::ServerConfig>, tokio_rustls::TlsConnector)> {
+    let dir = tempfile::tempdir().context("temporary directory for the bench certificate")?;
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, BENCH_CERT)?;
+    std::fs::write(&key, BENCH_KEY)?;
+    let server = gpuplane_kube::tls::server_config(cert, key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls::pki_types::CertificateDer::pem_slice_iter(BENCH_CA.as_bytes()) {
+        roots.add(ca.context("bench CA")?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((server, tokio_rustls::TlsConnector::from(Arc::new(client))))
+}
+
 /// Reads one HTTP/1.1 response with a Content-Length body into `buf`; returns the status code.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16> {
+async fn read_response<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Result<u16> {
     buf.clear();
     let mut chunk = [0u8; 16 << 10];
     let header_end = loop {
@@ -317,7 +382,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16>
         }
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            bail!("the extender closed the connection");
+            bail!("the server closed the connection");
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -331,7 +396,7 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16>
     while buf.len() < header_end + length {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            bail!("the extender closed the connection mid-body");
+            bail!("the server closed the connection mid-body");
         }
         buf.extend_from_slice(&chunk[..n]);
     }
