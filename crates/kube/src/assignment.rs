@@ -1,6 +1,8 @@
 //! The GPU assignment gpuplane writes on a pod before binding it, and reads back from bound pods:
 //! annotation `gpuplane.io/gpu-assignment` with comma-separated `index:milli` pairs, such as `3:250`
-//! for a quarter of GPU 3 or `0:1000,1:1000` for two whole GPUs.
+//! for a quarter of GPU 3 or `0:1000,1:1000` for two whole GPUs. When the node publishes its GPU UUIDs
+//! (annotation `gpuplane.io/gpu-uuids`, in index order), the same shares are also written by UUID in
+//! `gpuplane.io/gpu-assignment-uuids`, such as `GPU-5f3c…:250`, for device plugins that address GPUs so.
 
 use gpuplane_core::{MAX_GPUS_PER_NODE, MILLI_PER_GPU};
 use gpuplane_place::GpuShare;
@@ -8,6 +10,12 @@ use thiserror::Error;
 
 /// The annotation key.
 pub const ASSIGNMENT_ANNOTATION: &str = "gpuplane.io/gpu-assignment";
+
+/// The annotation with the same shares by GPU UUID.
+pub const ASSIGNMENT_UUIDS_ANNOTATION: &str = "gpuplane.io/gpu-assignment-uuids";
+
+/// The node annotation listing its GPU UUIDs in index order, comma-separated.
+pub const NODE_GPU_UUIDS_ANNOTATION: &str = "gpuplane.io/gpu-uuids";
 
 /// A malformed assignment annotation.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -19,6 +27,21 @@ pub struct AssignmentError(pub String);
 /// Writes shares as the annotation value.
 pub fn format(shares: &[GpuShare]) -> String {
     shares.iter().map(|s| format!("{}:{}", s.index, s.milli)).collect::<Vec<_>>().join(",")
+}
+
+/// Writes shares by UUID; empty when a share's index has no UUID.
+pub fn format_uuids(shares: &[GpuShare], uuids: &[String]) -> String {
+    let named: Option<Vec<String>> =
+        shares.iter().map(|s| uuids.get(usize::from(s.index)).map(|u| format!("{u}:{}", s.milli))).collect();
+    named.map(|n| n.join(",")).unwrap_or_default()
+}
+
+/// Reads a node's UUID annotation: one non-empty, distinct UUID per GPU, or `None`.
+pub fn parse_uuids(value: &str, gpu_count: u8) -> Option<Vec<String>> {
+    let uuids: Vec<String> = value.split(',').map(|u| u.trim().to_owned()).collect();
+    let distinct = uuids.iter().collect::<std::collections::HashSet<_>>().len() == uuids.len();
+    (uuids.len() == usize::from(gpu_count) && distinct && uuids.iter().all(|u| !u.is_empty() && !u.contains(':')))
+        .then_some(uuids)
 }
 
 /// Reads the annotation value; indices must be distinct and below 8, milli from 1 to 1000.
@@ -52,5 +75,16 @@ mod tests {
         for bad in ["", "0", "0:0", "0:1001", "8:100", "0:100,0:100", "a:b", "0:100;1:100"] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn uuids_name_the_same_shares() {
+        let uuids = parse_uuids("GPU-aa, GPU-bb", 2).unwrap();
+        let shares = vec![GpuShare { index: 1, milli: 250 }];
+        assert_eq!(format_uuids(&shares, &uuids), "GPU-bb:250");
+        assert_eq!(format_uuids(&[GpuShare { index: 2, milli: 1000 }], &uuids), "");
+        assert_eq!(parse_uuids("GPU-aa", 2), None, "one per GPU");
+        assert_eq!(parse_uuids("GPU-aa,GPU-aa", 2), None, "distinct");
+        assert_eq!(parse_uuids("GPU-aa,", 2), None);
     }
 }

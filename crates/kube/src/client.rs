@@ -1,12 +1,12 @@
 //! Talking to the API server with kube-rs: the [`Binder`] that writes a placement — the GPU assignment
-//! annotation first (a merge patch), then the `pods/binding` subresource, as kube-scheduler binds.
+//! annotations first (a merge patch), then the `pods/binding` subresource, as kube-scheduler binds.
 
 use k8s_openapi::api::core::v1 as api;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::assignment::ASSIGNMENT_ANNOTATION;
+use crate::assignment::{ASSIGNMENT_ANNOTATION, ASSIGNMENT_UUIDS_ANNOTATION};
 use crate::extender::{BindFailure, BindTarget, Binder};
 
 /// Binds pods through the Kubernetes API.
@@ -44,7 +44,11 @@ impl Binder for KubeBinder {
     async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
         let pods: Api<api::Pod> = Api::namespaced(self.client.clone(), &target.namespace);
         if !target.assignment.is_empty() {
-            let patch = json!({"metadata": {"annotations": {ASSIGNMENT_ANNOTATION: target.assignment}}});
+            let mut annotations = json!({ASSIGNMENT_ANNOTATION: target.assignment});
+            if !target.assignment_uuids.is_empty() {
+                annotations[ASSIGNMENT_UUIDS_ANNOTATION] = json!(target.assignment_uuids);
+            }
+            let patch = json!({"metadata": {"annotations": annotations}});
             let params = PatchParams { field_manager: Some(self.field_manager.clone()), ..Default::default() };
             pods.patch(&target.name, &params, &Patch::Merge(&patch))
                 .await

@@ -182,6 +182,8 @@ pub struct BindTarget {
     pub node: String,
     /// Value of the `gpuplane.io/gpu-assignment` annotation (empty for a CPU-only pod).
     pub assignment: String,
+    /// Value of the `gpuplane.io/gpu-assignment-uuids` annotation (empty when the node has no UUIDs).
+    pub assignment_uuids: String,
 }
 
 /// Why a binding did not happen.
@@ -528,6 +530,7 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
             }
         };
         let assignment = assignment::format(&placement.gpus);
+        let assignment_uuids = assignment::format_uuids(&placement.gpus, snapshot.gpu_uuids(node));
         let in_flight = InFlight {
             uid: args.pod_uid.clone(),
             node: args.node.clone(),
@@ -545,6 +548,7 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
             uid: args.pod_uid,
             node: args.node,
             assignment,
+            assignment_uuids,
         }
     };
     match ext.binder.bind(target).await {

@@ -46,6 +46,7 @@ pub struct Snapshot {
     bound: HashMap<String, BoundPod>,
     by_uid: HashMap<String, String>,
     by_node: HashMap<NodeId, Vec<String>>,
+    gpu_uuids: HashMap<NodeId, Vec<String>>,
 }
 
 /// A pod bound in the snapshot.
@@ -75,9 +76,35 @@ impl Snapshot {
             }
         }
         let cluster = Cluster::new(&domain)?;
-        let by_name = domain.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
-        let mut snapshot =
-            Snapshot { cluster, by_name, bound: HashMap::new(), by_uid: HashMap::new(), by_node: HashMap::new() };
+        let by_name: HashMap<String, NodeId> = domain.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
+        let mut gpu_uuids = HashMap::new();
+        for n in nodes {
+            let annotation = n.metadata.annotations.as_ref().and_then(|a| a.get(assignment::NODE_GPU_UUIDS_ANNOTATION));
+            let (Some(value), Some(&id)) = (annotation, n.metadata.name.as_ref().and_then(|name| by_name.get(name)))
+            else {
+                continue;
+            };
+            match assignment::parse_uuids(value, cluster.nodes()[id].gpu_count) {
+                Some(uuids) => {
+                    gpu_uuids.insert(id, uuids);
+                }
+                None => warnings.push(Warning::Unreadable(ObjectError {
+                    kind: "Node",
+                    name: domain[id].name.clone(),
+                    field: format!("metadata.annotations.{}", assignment::NODE_GPU_UUIDS_ANNOTATION),
+                    value: value.clone(),
+                    expected: format!("{} distinct GPU UUIDs, comma-separated", cluster.nodes()[id].gpu_count),
+                })),
+            }
+        }
+        let mut snapshot = Snapshot {
+            cluster,
+            by_name,
+            bound: HashMap::new(),
+            by_uid: HashMap::new(),
+            by_node: HashMap::new(),
+            gpu_uuids,
+        };
         for p in pods {
             warnings.extend(snapshot.observe_bound(p).1);
         }
@@ -154,6 +181,11 @@ impl Snapshot {
     /// The name of a node.
     pub fn node_name(&self, id: NodeId) -> &str {
         &self.cluster.node_info()[id].name
+    }
+
+    /// The GPU UUIDs of a node in index order, when it publishes them.
+    pub fn gpu_uuids(&self, node: NodeId) -> &[String] {
+        self.gpu_uuids.get(&node).map_or(&[], Vec::as_slice)
     }
 
     /// The placement of a bound pod, by `namespace/name`.

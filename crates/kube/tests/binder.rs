@@ -17,6 +17,7 @@ fn target() -> BindTarget {
         uid: "uid-chat-0".into(),
         node: "gpu-a100-1".into(),
         assignment: "3:250".into(),
+        assignment_uuids: "GPU-5f3c0a4e-8a1d-2b7e-9c41-0d2e6f7a8b90:250".into(),
     }
 }
 
@@ -43,7 +44,11 @@ async fn annotates_then_binds() {
         assert!(uri.starts_with("/api/v1/namespaces/serving/pods/chat-0?"), "{uri}");
         assert!(uri.contains("fieldManager=gpuplane"), "{uri}");
         assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
-        assert_eq!(body, json!({"metadata": {"annotations": {"gpuplane.io/gpu-assignment": "3:250"}}}));
+        assert_eq!(
+            body,
+            json!({"metadata": {"annotations": {"gpuplane.io/gpu-assignment": "3:250",
+                "gpuplane.io/gpu-assignment-uuids": "GPU-5f3c0a4e-8a1d-2b7e-9c41-0d2e6f7a8b90:250"}}})
+        );
         send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod_json()).unwrap())).unwrap());
 
         let (req, send) = handle.next_request().await.unwrap();

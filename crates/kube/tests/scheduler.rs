@@ -249,3 +249,20 @@ fn pods_for_other_schedulers_and_unreadable_pods_are_not_queued() {
     assert!(format!("{warning:?}").contains("gpuplane.io/gpu-milli"), "{warning:?}");
     assert_eq!(s.queued(), 0);
 }
+
+#[test]
+fn nodes_that_publish_gpu_uuids_get_the_assignment_by_uuid_too() {
+    let mut with_uuids = node("gpu-1", 2, false);
+    with_uuids.metadata.annotations =
+        Some([("gpuplane.io/gpu-uuids".to_owned(), "GPU-0a1b, GPU-2c3d".to_owned())].into_iter().collect());
+    let running = pod("chat-0", 100_000, 1000, Some(("gpu-1", "0:1000")));
+    let mut s = scheduler(&[with_uuids.clone()], &[running, pod("chat-1", 100_000, 300, None)]);
+    let target = bind_of(s.next(Instant::now()));
+    assert_eq!((target.assignment.as_str(), target.assignment_uuids.as_str()), ("1:300", "GPU-2c3d:300"));
+
+    // A list that does not match the GPU count is reported, and only the index form is written.
+    with_uuids.metadata.annotations =
+        Some([("gpuplane.io/gpu-uuids".to_owned(), "GPU-0a1b".to_owned())].into_iter().collect());
+    let (_, warnings) = Snapshot::build(&[with_uuids], &[]).unwrap();
+    assert!(format!("{warnings:?}").contains("2 distinct GPU UUIDs"), "{warnings:?}");
+}

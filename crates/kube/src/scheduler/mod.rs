@@ -296,6 +296,7 @@ impl Scheduler {
             Decision::Place(placement) => {
                 let node = self.snapshot.node_name(placement.node).to_owned();
                 let gpus = placement.gpus.clone();
+                let assignment_uuids = assignment::format_uuids(&gpus, self.snapshot.gpu_uuids(placement.node));
                 if self.snapshot.assume(key, &pending.uid, request.clone(), placement).is_err() {
                     // Cannot happen for a placement the engine just made on this snapshot; treat as no room.
                     return None;
@@ -309,6 +310,7 @@ impl Scheduler {
                     uid: pending.uid.clone(),
                     node: node.clone(),
                     assignment: assignment::format(&gpus),
+                    assignment_uuids,
                 };
                 self.in_flight.insert(
                     key.to_owned(),
