@@ -130,6 +130,7 @@ fn scheduler_rbac_grants_what_the_scheduler_calls() {
         ("", "pods", &["list", "watch", "patch"]),
         ("", "pods/binding", &["create"]),
         ("", "pods/eviction", &["create"]),
+        ("", "pods/status", &["patch"]),
         ("policy", "poddisruptionbudgets", &["list", "watch"]),
     ] {
         for verb in verbs {

@@ -76,6 +76,17 @@ fn bind_of(action: Option<Action>) -> gpuplane_kube::BindTarget {
     }
 }
 
+/// Asserts the action reports `pod` unschedulable for `reason`.
+fn reported(action: Option<Action>, pod: &str, reason: &str) {
+    match action {
+        Some(Action::ReportUnschedulable { pod: p, message }) => {
+            assert_eq!(p, pod);
+            assert_eq!(message, reason);
+        }
+        other => panic!("expected {pod} reported unschedulable, got {other:?}"),
+    }
+}
+
 /// The pod as the watch shows it once bound.
 fn confirmed(name: &str, priority: i32, milli: u32, target: &gpuplane_kube::BindTarget) -> api::Pod {
     pod(name, priority, milli, Some((&target.node, &target.assignment)))
@@ -90,7 +101,8 @@ fn pending_pods_bind_in_priority_order_without_sharing_a_gpu_twice() {
     let first = bind_of(s.next(now));
     assert_eq!((first.name.as_str(), first.node.as_str(), first.assignment.as_str()), ("chat-0", "gpu-1", "0:600"));
     assert_eq!(first.uid, "uid-chat-0");
-    // 400 m are left: the batch pod waits.
+    // 400 m are left: the batch pod waits, and says why once.
+    reported(s.next(now), "ml/batch-0", "0/1 nodes are available: 1 gpu");
     assert_eq!(s.next(now), None);
     assert_eq!(s.queued(), 1);
     assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 600);
@@ -108,7 +120,7 @@ fn a_freed_gpu_lets_the_waiting_pod_in_after_its_backoff() {
     let running = pod("chat-0", 100_000, 600, Some(("gpu-1", "0:600")));
     let mut s = scheduler(&nodes, &[running.clone(), pod("batch-0", 1000, 600, None)]);
     let t0 = Instant::now();
-    assert_eq!(s.next(t0), None);
+    reported(s.next(t0), "ml/batch-0", "0/1 nodes are available: 1 gpu");
     s.pod_deleted(&running);
     assert_eq!(s.next(t0), None, "still in backoff");
     let retry = s.next_wakeup().unwrap();
@@ -167,7 +179,7 @@ fn cordoned_nodes_get_no_new_pods_and_in_flight_placements_survive_a_rebuild() {
     // gpu-2 is cordoned before b is tried; the watch has not shown a's binding yet.
     s.rebuild(&[node("gpu-1", 1, false), node("gpu-2", 1, true)], &pods).unwrap();
     assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 1000, "a's reservation is kept");
-    assert_eq!(s.next(t0 + Duration::from_secs(120)), None, "b fits only on the cordoned node");
+    reported(s.next(t0 + Duration::from_secs(120)), "ml/b", "0/2 nodes are available: 1 taint, 1 gpu");
     s.rebuild(&[node("gpu-1", 1, false), node("gpu-2", 1, false)], &pods).unwrap();
     assert_eq!(bind_of(s.next(t0 + Duration::from_secs(125))).node, "gpu-2");
 }
@@ -228,7 +240,7 @@ fn pods_of_equal_or_higher_priority_are_never_victims() {
     let nodes = [node("gpu-a", 1, false)];
     let pods = [pod("chat-0", 100_000, 1000, Some(("gpu-a", "0:1000"))), pod("chat-1", 100_000, 1000, None)];
     let mut s = scheduler(&nodes, &pods);
-    assert_eq!(s.next(Instant::now()), None);
+    reported(s.next(Instant::now()), "ml/chat-1", "0/1 nodes are available: 1 gpu");
     assert_eq!(s.queued(), 1);
 }
 

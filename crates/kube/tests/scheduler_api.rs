@@ -284,3 +284,18 @@ async fn of_two_replicas_racing_for_an_expired_lease_the_one_that_loses_the_writ
     assert_eq!(c.try_acquire_or_renew().await.unwrap(), Leadership::Follower(String::new()));
     assert_eq!(puts.recv().await.unwrap()["spec"]["holderIdentity"], json!("scheduler-c"));
 }
+
+#[tokio::test]
+async fn a_pod_that_fits_nowhere_is_told_why_on_its_status() {
+    let answers = Arc::new(Mutex::new(vec![(201, status(201, "", ""))]));
+    let (client, mut writes) = fake_api(vec![node("cpu-1", 0)], vec![pod("chat-0", 100, None)], answers);
+    let (stop, task) = start(client);
+    let (method, uri, body) = next_write(&mut writes).await;
+    assert_eq!((method, uri.split('?').next().unwrap()), (Method::PATCH, "/api/v1/namespaces/ml/pods/chat-0/status"));
+    let condition = &body["status"]["conditions"][0];
+    assert_eq!((&condition["type"], &condition["status"]), (&json!("PodScheduled"), &json!("False")));
+    assert_eq!(condition["reason"], "Unschedulable");
+    assert_eq!(condition["message"], "0/1 nodes are available: 1 gpu-model");
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

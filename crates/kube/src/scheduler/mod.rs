@@ -64,6 +64,14 @@ pub enum Action {
         /// The pods to evict.
         victims: Vec<Victim>,
     },
+    /// Tell the pod's owner why it waits: condition `PodScheduled=False`, reason `Unschedulable`, as
+    /// kube-scheduler reports it (`kubectl describe pod` shows it). Sent when the reason changes.
+    ReportUnschedulable {
+        /// `namespace/name`.
+        pod: String,
+        /// Such as "0/12 nodes are available: 4 gpu-model, 8 gpu".
+        message: String,
+    },
 }
 
 /// A pending pod of ours.
@@ -71,6 +79,8 @@ pub enum Action {
 struct Pending {
     pod: gpuplane_core::Pod,
     uid: String,
+    /// The last reason reported on the pod.
+    reported: Option<String>,
 }
 
 /// A placement the scheduler made that the watch has not shown yet.
@@ -197,7 +207,8 @@ impl Scheduler {
         match objects::pod(p) {
             Ok(pod) => {
                 self.queue.add(&key, pod.priority);
-                self.pending.insert(key, Pending { pod, uid });
+                let reported = self.pending.remove(&key).and_then(|p| p.reported);
+                self.pending.insert(key, Pending { pod, uid, reported });
                 self.metrics.set_queue_depth(self.queue.len());
                 None
             }
@@ -271,11 +282,12 @@ impl Scheduler {
     /// can preempt; the ones that fit nowhere go back to wait.
     pub fn next(&mut self, now: Instant) -> Option<Action> {
         while let Some(queued) = self.queue.pop(now) {
-            let Some(pending) = self.pending.remove(&queued.key) else { continue };
+            let Some(mut pending) = self.pending.remove(&queued.key) else { continue };
             let started = Instant::now();
-            if let Some(action) = self.attempt(&queued, &pending, now, started) {
-                if let Action::Evict { .. } = action {
-                    // The preemptor waits for its victims to go; being of higher priority it runs first then.
+            if let Some(action) = self.attempt(&queued, &mut pending, now, started) {
+                if let Action::Evict { .. } | Action::ReportUnschedulable { .. } = action {
+                    // The pod waits: for its victims to go (being of higher priority it runs first then),
+                    // or for room.
                     self.pending.insert(queued.key.clone(), pending);
                     self.queue.requeue_unschedulable(queued, now);
                 }
@@ -289,7 +301,7 @@ impl Scheduler {
         None
     }
 
-    fn attempt(&mut self, queued: &Queued, pending: &Pending, now: Instant, started: Instant) -> Option<Action> {
+    fn attempt(&mut self, queued: &Queued, pending: &mut Pending, now: Instant, started: Instant) -> Option<Action> {
         let request = self.snapshot.cluster().request(&pending.pod);
         let key = queued.key.as_str();
         match self.engine.decide(self.snapshot.cluster(), &request) {
@@ -319,7 +331,7 @@ impl Scheduler {
                         node,
                         request,
                         gpus,
-                        pending: pending.clone(),
+                        pending: Pending { reported: None, ..pending.clone() },
                         attempts: queued.attempts,
                     },
                 );
@@ -329,10 +341,16 @@ impl Scheduler {
                 let action = self.try_preempt(key, &request, now);
                 let result = if action.is_some() { "preempting" } else { "unschedulable" };
                 self.metrics.observe_decision(result, started.elapsed().as_secs_f64());
-                if action.is_none() {
-                    tracing::debug!(pod = key, reason = %counts, "Pod does not fit; waiting for a cluster change.");
+                if action.is_some() {
+                    return action;
                 }
-                action
+                let message = counts.to_string();
+                tracing::debug!(pod = key, reason = %message, "Pod does not fit; waiting for a cluster change.");
+                if pending.reported.as_deref() == Some(message.as_str()) {
+                    return None;
+                }
+                pending.reported = Some(message.clone());
+                Some(Action::ReportUnschedulable { pod: key.to_owned(), message })
             }
         }
     }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1 as api;
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -64,6 +64,7 @@ enum Input {
 enum Outcome {
     Bind { key: String, result: Result<(), BindFailure> },
     Evict { preemptor: String, victim: String, result: Result<(), BindFailure> },
+    Reported,
 }
 
 fn spawn_watch<K, F>(api: Api<K>, config: watcher::Config, tx: mpsc::UnboundedSender<Input>, map: F) -> Store<K>
@@ -274,6 +275,15 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, a
                 Outcome::Bind { key, result: binder.bind(target).await }
             });
         }
+        Action::ReportUnschedulable { pod, message } => {
+            let client = client.clone();
+            running.spawn(async move {
+                if let Err(e) = report_unschedulable(client, &pod, &message).await {
+                    tracing::debug!(%pod, error = %e, "PodScheduled condition not written.");
+                }
+                Outcome::Reported
+            });
+        }
         Action::Evict { preemptor, node, victims } => {
             tracing::info!(pod = %preemptor, %node, victims = ?victims.iter().map(|v| &v.key).collect::<Vec<_>>(),
                 "Preempting.");
@@ -312,9 +322,29 @@ pub async fn evict(client: Client, victim: &Victim) -> Result<(), BindFailure> {
         .map_err(|e| failure(format!("evicting pod {}", victim.key), e))
 }
 
+/// Sets the pod's `PodScheduled` condition to False with the reason, by a strategic merge patch of its
+/// status (conditions merge by type, so other conditions stay).
+pub async fn report_unschedulable(client: Client, pod: &str, message: &str) -> Result<(), kube::Error> {
+    let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
+    let pods: Api<api::Pod> = Api::namespaced(client, namespace);
+    let now = k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap_or_default();
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": message, "lastTransitionTime": now.to_string(),
+    }]}});
+    pods.patch_status(
+        name,
+        &PatchParams { field_manager: Some("gpuplane-scheduler".to_owned()), ..Default::default() },
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
 fn finish(scheduler: &mut Scheduler, outcome: Outcome) {
     match outcome {
         Outcome::Bind { key, result } => scheduler.bind_finished(&key, result, Instant::now()),
         Outcome::Evict { preemptor, victim, result } => scheduler.eviction_finished(&preemptor, &victim, result),
+        Outcome::Reported => {}
     }
 }
