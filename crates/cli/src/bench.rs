@@ -1,8 +1,11 @@
-//! `gpuplane bench extender|webhook`: load tests over HTTP on the loopback interface, bounded in time.
-//! The extender runs on the 1,213-node openb cluster half filled by FGD, with clients alternating
-//! `filter` and `prioritize` calls that carry all node names (nodeCacheCapable mode); the webhook gets
-//! AdmissionReviews of trace pods on `mutate` and `validate`. Throughput and latency percentiles are printed.
+//! `gpuplane bench extender|webhook|scheduler`: load tests on the loopback interface, bounded in time,
+//! and a burst through the scheduler. The extender runs on the 1,213-node openb cluster half filled by
+//! FGD, with clients alternating `filter` and `prioritize` calls that carry all node names
+//! (nodeCacheCapable mode); the webhook gets AdmissionReviews of trace pods on `mutate` and `validate`
+//! over HTTPS; the scheduler drains a burst of pending trace pods. Throughput and latency percentiles
+//! are printed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +32,19 @@ pub enum BenchCommand {
     Extender(ExtenderBenchArgs),
     /// Load-test the admission webhook (mutate + validate) over HTTPS on 127.0.0.1.
     Webhook(WebhookBenchArgs),
+    /// Measure the secondary scheduler's state machine on a burst of pending pods (no API server).
+    Scheduler(SchedulerBenchArgs),
+}
+
+/// Arguments of `gpuplane bench scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerBenchArgs {
+    /// Pending pods in the burst (trace pods, in a seeded random order)
+    #[arg(long, default_value_t = 5000)]
+    pods: usize,
+    /// Share of the cluster's GPUs allocated before the burst (0 to 0.95)
+    #[arg(long, default_value_t = 0.5)]
+    fill: f64,
 }
 
 /// Arguments of `gpuplane bench webhook`.
@@ -79,7 +95,129 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Extender(args) => extender(args),
         BenchCommand::Webhook(args) => webhook(args),
+        BenchCommand::Scheduler(args) => scheduler(args),
     }
+}
+
+/// A trace pod as the API server would list it: pending, with `schedulerName: gpuplane`.
+fn trace_pod_object(p: &gpuplane_core::Pod, name: &str) -> Result<k8s_openapi::api::core::v1::Pod> {
+    let object = json!({
+        "metadata": {"name": name, "namespace": "bench", "uid": format!("uid-{name}"),
+                     "annotations": {"gpuplane.io/gpu-count": p.gpu.count.to_string(),
+                                     "gpuplane.io/gpu-milli": p.gpu.milli_per_gpu.max(1).to_string()}},
+        "spec": {"schedulerName": "gpuplane", "priority": p.priority,
+                 "containers": [{"name": "main", "resources": {"requests": {
+                     "cpu": format!("{}m", p.cpu_milli), "memory": p.memory_bytes.to_string()}}}]},
+        "status": {"phase": "Pending"}
+    });
+    Ok(serde_json::from_value(object)?)
+}
+
+fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
+    use gpuplane_kube::scheduler::{Scheduler, SchedulerConfig};
+    if !(0.0..=0.95).contains(&args.fill) {
+        bail!("--fill must be between 0 and 0.95, got {}", args.fill);
+    }
+    if args.pods == 0 || args.pods > 1_000_000 {
+        bail!("--pods must be 1 to 1,000,000, got {}", args.pods);
+    }
+    let (_, nodes) = input::nodes(None)?;
+    let (_, trace) = input::trace(None)?;
+    let api_nodes: Vec<_> = nodes.iter().map(api_node).collect();
+    let (snapshot, _) = Snapshot::build(&api_nodes, &[])?;
+    let requests: Vec<_> = trace.iter().map(|p| snapshot.cluster().request(p)).collect();
+    let target = Arc::new(TargetWorkload::from_requests(&requests, 0.95)?);
+    let engine = Engine::new(EngineConfig {
+        policy: Policy::Fgd,
+        target: Some(target),
+        seed: 1,
+        tie_break: TieBreak::LowestName,
+    })?;
+    let metrics = Arc::new(gpuplane_kube::metrics::Metrics::new());
+    let mut s = Scheduler::new(snapshot, engine, SchedulerConfig::default(), metrics);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let start = Instant::now();
+
+    // Fill first, through the scheduler itself, untimed.
+    let goal = (args.fill * s.snapshot().cluster().total_gpu_milli() as f64) as u64;
+    let mut filler = 0usize;
+    while s.snapshot().cluster().allocated_gpu_milli() < goal && filler < 100_000 {
+        let p = &trace[rng.random_range(0..trace.len())];
+        let name = format!("fill-{filler}");
+        filler += 1;
+        let object = trace_pod_object(p, &name)?;
+        s.pod_applied(&object);
+        drive(&mut s, &HashMap::from([(name, object)]), start);
+    }
+    let allocated =
+        s.snapshot().cluster().allocated_gpu_milli() as f64 / s.snapshot().cluster().total_gpu_milli() as f64;
+
+    // The burst: every pod arrives at once, then the queue drains.
+    let burst: HashMap<String, _> = (0..args.pods)
+        .map(|i| {
+            let name = format!("burst-{i}");
+            trace_pod_object(&trace[rng.random_range(0..trace.len())], &name).map(|p| (name, p))
+        })
+        .collect::<Result<_>>()?;
+    let t0 = Instant::now();
+    for p in burst.values() {
+        s.pod_applied(p);
+    }
+    let queued = t0.elapsed();
+    let (mut ns, placed, waiting) = drive(&mut s, &burst, start);
+    let elapsed = t0.elapsed();
+    println!(
+        "scheduler burst: {} pending pods on 1,213 nodes ({:.0} % of GPUs allocated first), FGD, one core",
+        args.pods,
+        allocated * 100.0
+    );
+    println!("  queued in {:.1} ms; drained in {:.1} ms", queued.as_secs_f64() * 1e3, elapsed.as_secs_f64() * 1e3);
+    println!(
+        "  bound {placed}, unschedulable {waiting}; {:.0} pods/s end to end (bind and watch confirmation included)",
+        args.pods as f64 / elapsed.as_secs_f64()
+    );
+    ns.sort_unstable();
+    let at = |q: f64| ns.get(((ns.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0) as f64 / 1e3;
+    println!("  per attempt: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs", at(0.5), at(0.99), at(1.0));
+    Ok(())
+}
+
+/// Runs the scheduler's actions to the end as a perfect API server would answer them: every bind
+/// succeeds and the watch then shows the pod bound. Returns each attempt's time, the pods bound and
+/// those reported unschedulable.
+fn drive(
+    s: &mut gpuplane_kube::scheduler::Scheduler,
+    pending: &HashMap<String, k8s_openapi::api::core::v1::Pod>,
+    now: Instant,
+) -> (Vec<u64>, usize, usize) {
+    use gpuplane_kube::scheduler::Action;
+    let (mut ns, mut placed, mut waiting) = (Vec::new(), 0, 0);
+    loop {
+        let t = Instant::now();
+        let Some(action) = s.next(now) else { break };
+        ns.push(t.elapsed().as_nanos() as u64);
+        match action {
+            Action::Bind(target) => {
+                let key = format!("{}/{}", target.namespace, target.name);
+                s.bind_finished(&key, Ok(()), now);
+                if let Some(mut bound) = pending.get(&target.name).cloned() {
+                    if let Some(spec) = bound.spec.as_mut() {
+                        spec.node_name = Some(target.node.clone());
+                    }
+                    bound
+                        .metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert("gpuplane.io/gpu-assignment".to_owned(), target.assignment.clone());
+                    s.pod_applied(&bound);
+                }
+                placed += 1;
+            }
+            Action::ReportUnschedulable { .. } => waiting += 1,
+            Action::Evict { .. } => {}
+        }
+    }
+    (ns, placed, waiting)
 }
 
 fn extender(args: ExtenderBenchArgs) -> Result<()> {

@@ -53,19 +53,19 @@ pub struct WebhookArgs {
     log_format: String,
 }
 
-fn pair(flag: &str, value: &str) -> Result<(String, String)> {
+fn pair(flag: &str, value: &str, form: &str) -> Result<(String, String)> {
     match value.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => bail!("{flag} {value:?}: expected KEY=VALUE"),
+        _ => bail!("{flag} {value:?}: expected {form}"),
     }
 }
 
 fn webhook_config(args: &WebhookArgs) -> Result<WebhookConfig> {
     let pool_selector: BTreeMap<String, String> =
-        args.pool_selector.iter().map(|s| pair("--pool-selector", s)).collect::<Result<_>>()?;
+        args.pool_selector.iter().map(|s| pair("--pool-selector", s, "KEY=VALUE")).collect::<Result<_>>()?;
     let mut priority_classes = HashMap::new();
     for s in &args.priority_classes {
-        let (class, rest) = pair("--priority-class", s)?;
+        let (class, rest) = pair("--priority-class", s, "CLASS=NAME:VALUE")?;
         let parsed = rest.split_once(':').and_then(|(name, value)| Some((name.to_owned(), value.parse::<i32>().ok()?)));
         let Some((name, value)) = parsed.filter(|(name, _)| !name.is_empty()) else {
             bail!("--priority-class {s:?}: expected CLASS=NAME:VALUE, such as interactive=gpuplane-interactive:100000");

@@ -149,20 +149,51 @@ fn webhook_load_test_runs_and_reports() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("mutate") && stdout.contains("validate") && stdout.contains("reviews/s"), "{stdout}");
+    assert!(stdout.contains("over HTTPS"), "{stdout}");
     assert_fails(&gpuplane(&["bench", "webhook", "--clients", "0"], dir.path()), "--clients");
 }
 
 #[test]
-fn extender_without_a_cluster_fails_cleanly() {
+fn scheduler_burst_bench_binds_or_reports_every_pod() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-        .args(["extender", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+    let out = gpuplane(&["bench", "scheduler", "--pods", "300", "--fill", "0.1"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("bound")).expect("a line with the bound pods");
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(numbers[0] + numbers[1], 300, "{stdout}");
+    assert_fails(&gpuplane(&["bench", "scheduler", "--pods", "0"], dir.path()), "--pods");
+}
+
+/// Runs a command that needs a cluster where there is none.
+fn without_cluster(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+        .args(args)
+        .current_dir(dir)
+        .env("KUBECONFIG", dir.join("missing-kubeconfig"))
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("HOME", dir.path())
+        .env("HOME", dir)
         .output()
-        .unwrap();
-    assert_fails(&out, "cannot reach the Kubernetes API");
+        .expect("run gpuplane")
+}
+
+#[test]
+fn cluster_commands_without_a_cluster_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(
+        &without_cluster(&["extender", "--listen", "127.0.0.1:0"], dir.path()),
+        "cannot reach the Kubernetes API",
+    );
     assert_fails(&gpuplane(&["extender", "--policy", "tetris"], dir.path()), "unknown policy");
+    let scheduler = without_cluster(&["scheduler", "--metrics-listen", "127.0.0.1:0"], dir.path());
+    assert_fails(&scheduler, "cannot reach the Kubernetes API");
+    assert_fails(&gpuplane(&["scheduler", "--policy", "tetris"], dir.path()), "unknown policy");
+    // The webhook checks its certificate before it looks for a cluster.
+    assert_fails(&without_cluster(&["webhook", "--tls-cert", "missing.crt"], dir.path()), "cannot read missing.crt");
+    assert_fails(&gpuplane(&["webhook", "--priority-class", "interactive"], dir.path()), "CLASS=NAME:VALUE");
 }
