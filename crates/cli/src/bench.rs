@@ -153,17 +153,18 @@ fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
         s.snapshot().cluster().allocated_gpu_milli() as f64 / s.snapshot().cluster().total_gpu_milli() as f64;
 
     // The burst: every pod arrives at once, then the queue drains.
-    let burst: HashMap<String, _> = (0..args.pods)
+    let arrivals: Vec<(String, _)> = (0..args.pods)
         .map(|i| {
             let name = format!("burst-{i}");
             trace_pod_object(&trace[rng.random_range(0..trace.len())], &name).map(|p| (name, p))
         })
         .collect::<Result<_>>()?;
     let t0 = Instant::now();
-    for p in burst.values() {
+    for (_, p) in &arrivals {
         s.pod_applied(p);
     }
     let queued = t0.elapsed();
+    let burst: HashMap<String, _> = arrivals.into_iter().collect();
     let (mut ns, placed, waiting) = drive(&mut s, &burst, start);
     let elapsed = t0.elapsed();
     println!(
