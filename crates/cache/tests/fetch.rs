@@ -1,0 +1,258 @@
+//! The fetcher and the store against an HTTP origin on loopback that honours Range requests and counts
+//! what it serves: publish and dedup, resume after a fetch is killed, corrupted bytes, a broken
+//! safetensors header, the disk budget with pins, concurrent fetches of one model, a missing file.
+#![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gpuplane_cache::{CacheError, FetchConfig, Fetcher, FileEntry, Manifest, Source, Store};
+
+#[derive(Default)]
+struct Origin {
+    files: Mutex<HashMap<String, Vec<u8>>>,
+    served: AtomicU64,
+    delay_ms: AtomicU64,
+}
+
+async fn serve(State(o): State<Arc<Origin>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let delay = o.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let Some(body) = o.files.lock().unwrap().get(&path).cloned() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes="));
+    let Some((a, b)) = range.and_then(|r| r.split_once('-')) else {
+        o.served.fetch_add(body.len() as u64, Ordering::Relaxed);
+        return body.into_response();
+    };
+    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+    let part = body[a..=b.min(body.len() - 1)].to_vec();
+    o.served.fetch_add(part.len() as u64, Ordering::Relaxed);
+    let content_range = format!("bytes {a}-{}/{}", a + part.len() - 1, body.len());
+    (StatusCode::PARTIAL_CONTENT, [(header::CONTENT_RANGE, content_range)], part).into_response()
+}
+
+async fn origin() -> (Arc<Origin>, String) {
+    let o = Arc::new(Origin::default());
+    let app = axum::Router::new().route("/m/{*path}", axum::routing::get(serve)).with_state(Arc::clone(&o));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (o, format!("http://{addr}/m"))
+}
+
+fn sha(bytes: &[u8]) -> String {
+    digest(&SHA256, bytes).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes that differ everywhere, so a misplaced range changes the digest.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn safetensors_file() -> Vec<u8> {
+    let header = br#"{"w":{"dtype":"BF16","shape":[4,4],"data_offsets":[0,32]}}"#;
+    let mut padded = header.to_vec();
+    while !padded.len().is_multiple_of(8) {
+        padded.push(b' ');
+    }
+    let mut out = (padded.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&padded);
+    out.extend(content(32, 9));
+    out
+}
+
+/// Puts files on the origin and returns the manifest for them.
+fn model(o: &Origin, base: &str, name: &str, files: &[(&str, Vec<u8>)]) -> Manifest {
+    let mut entries = Vec::new();
+    for (path, body) in files {
+        entries.push(FileEntry { path: (*path).to_owned(), size: body.len() as u64, sha256: sha(body) });
+        o.files.lock().unwrap().insert((*path).to_owned(), body.clone());
+    }
+    Manifest {
+        model: name.to_owned(),
+        source: Source::Http { base_url: base.to_owned(), token_env: None },
+        files: entries,
+    }
+}
+
+fn fetcher(chunk: u64, concurrency: usize) -> Fetcher {
+    Fetcher::new(FetchConfig { chunk_bytes: chunk, concurrency, retries: 1 }, 64).unwrap()
+}
+
+#[tokio::test]
+async fn fetches_verifies_publishes_and_stores_shared_bytes_once() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let weights = content(5 << 20 | 12345, 1);
+    let m = model(
+        &o,
+        &base,
+        "tiny@v1",
+        &[("weights/part-0.bin", weights.clone()), ("model.safetensors", safetensors_file())],
+    );
+    let report = fetcher(1 << 20, 4).fetch_model(&store, &m).await.unwrap();
+    assert_eq!(report.fetched_bytes, m.bytes());
+    assert_eq!(report.reused_bytes, 0);
+    let linked = dir.path().join("models/tiny@v1/weights/part-0.bin");
+    assert_eq!(std::fs::read(&linked).unwrap(), weights, "the symlink resolves to the published blob");
+    assert!(std::fs::symlink_metadata(&linked).unwrap().file_type().is_symlink());
+    assert!(std::fs::metadata(&linked).unwrap().permissions().readonly());
+
+    // A second model with the same weights file under another name reads nothing from the origin.
+    let served = o.served.load(Ordering::Relaxed);
+    let twin = model(&o, &base, "tiny@v1-copy", &[("w.bin", weights)]);
+    let report = fetcher(1 << 20, 4).fetch_model(&store, &twin).await.unwrap();
+    assert_eq!((report.fetched_bytes, report.reused_bytes), (0, twin.bytes()));
+    assert_eq!(o.served.load(Ordering::Relaxed), served);
+    assert_eq!(store.lock().unwrap().used_bytes(), m.bytes(), "shared bytes counted once");
+}
+
+#[tokio::test]
+async fn a_fetch_killed_half_way_resumes_and_the_result_verifies() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = content(40 * (256 << 10), 2);
+    let m = model(&o, &base, "big", &[("big.bin", body.clone())]);
+    o.delay_ms.store(20, Ordering::Relaxed);
+
+    let store = Arc::new(Mutex::new(Store::open(dir.path(), 1 << 30).unwrap()));
+    let (s, mm) = (Arc::clone(&store), m.clone());
+    let task = tokio::spawn(async move { fetcher(256 << 10, 2).fetch_model(&s, &mm).await });
+    // Kill it once at least 8 ranges are recorded as durable.
+    let progress = dir.path().join(format!("partial/{}.chunks", m.files[0].sha256));
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let marks = std::fs::read(&progress).unwrap_or_default();
+        if marks.iter().skip(8).filter(|&&b| b == 1).count() >= 8 {
+            break;
+        }
+    }
+    task.abort();
+    let _ = task.await;
+    drop(store);
+
+    o.delay_ms.store(0, Ordering::Relaxed);
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let report = fetcher(256 << 10, 2).fetch_model(&store, &m).await.unwrap();
+    assert!(report.resumed_bytes >= 8 * (256 << 10), "{report:?}");
+    assert_eq!(report.resumed_bytes + report.fetched_bytes, m.bytes());
+    let published = std::fs::read(dir.path().join("models/big/big.bin")).unwrap();
+    assert_eq!(sha(&published), m.files[0].sha256);
+    assert!(!progress.exists(), "progress record removed once published");
+}
+
+#[tokio::test]
+async fn a_corrupted_byte_publishes_nothing() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let body = content(3 << 20, 3);
+    let m = model(&o, &base, "m", &[("w.bin", body)]);
+    o.files.lock().unwrap().get_mut("w.bin").unwrap()[1_234_567] ^= 0x01;
+    let e = fetcher(1 << 20, 3).fetch_model(&store, &m).await.unwrap_err();
+    assert!(matches!(e, CacheError::HashMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("m/w.bin") && e.to_string().contains(&m.files[0].sha256), "{e}");
+    assert!(!dir.path().join("models/m").exists());
+    assert_eq!(std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("partial")).unwrap().count(), 0, "the bad download is discarded");
+}
+
+#[tokio::test]
+async fn a_broken_safetensors_header_publishes_nothing() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let mut file = safetensors_file();
+    file.truncate(file.len() - 2); // the data section is now 2 bytes short of what the header says
+    let m = model(&o, &base, "st", &[("model.safetensors", file)]);
+    let e = fetcher(1 << 20, 2).fetch_model(&store, &m).await.unwrap_err();
+    assert!(e.to_string().contains("st/model.safetensors: not a valid safetensors file"), "{e}");
+    assert!(!dir.path().join("models/st").exists());
+}
+
+#[tokio::test]
+async fn the_budget_evicts_unpinned_models_first_and_says_when_nothing_can_go() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 3 << 20).unwrap());
+    let f = fetcher(1 << 20, 2);
+    let a = model(&o, &base, "a", &[("a.bin", content(1 << 20, 10))]);
+    let b = model(&o, &base, "b", &[("b.bin", content(1 << 20, 11))]);
+    f.fetch_model(&store, &a).await.unwrap();
+    f.fetch_model(&store, &b).await.unwrap();
+    assert!(store.lock().unwrap().pin("a", "serving/chat-0").unwrap());
+    // a is older but pinned: b goes.
+    let c = model(&o, &base, "c", &[("c.bin", content(3 << 19, 12))]);
+    let report = f.fetch_model(&store, &c).await.unwrap();
+    assert_eq!(report.evicted, ["b"]);
+    assert!(dir.path().join("models/a/a.bin").exists() && !dir.path().join("models/b").exists());
+    assert!(!store.lock().unwrap().has_blob(&b.files[0].sha256));
+    // Now c can go but not a: 2.5 MiB does not fit beside a's 1 MiB.
+    let d = model(&o, &base, "d", &[("d.bin", content(5 << 19, 13))]);
+    let e = f.fetch_model(&store, &d).await.unwrap_err();
+    assert!(matches!(e, CacheError::Budget { .. }), "{e}");
+    assert!(e.to_string().contains("model d needs") && e.to_string().contains("[\"a\"]"), "{e}");
+    assert!(dir.path().join("models/a/a.bin").exists(), "a pinned model is never evicted");
+}
+
+#[tokio::test]
+async fn two_concurrent_fetches_of_one_model_read_the_origin_once() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(Store::open(dir.path(), 1 << 30).unwrap()));
+    let m = model(&o, &base, "shared", &[("w.bin", content(4 << 20, 5))]);
+    o.delay_ms.store(5, Ordering::Relaxed);
+    let f = fetcher(1 << 20, 2);
+    let (s1, s2) = (Arc::clone(&store), Arc::clone(&store));
+    let (m1, m2) = (m.clone(), m.clone());
+    let (f1, f2) = (f.clone(), f.clone());
+    let (r1, r2) = tokio::join!(
+        tokio::spawn(async move { f1.fetch_model(&s1, &m1).await }),
+        tokio::spawn(async move { f2.fetch_model(&s2, &m2).await })
+    );
+    let (r1, r2) = (r1.unwrap().unwrap(), r2.unwrap().unwrap());
+    assert_eq!(r1.fetched_bytes + r2.fetched_bytes, m.bytes(), "{r1:?} {r2:?}");
+    assert_eq!(o.served.load(Ordering::Relaxed), m.bytes());
+}
+
+#[tokio::test]
+async fn a_missing_file_and_a_local_source() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path().join("cache"), 1 << 30).unwrap());
+    let mut m = model(&o, &base, "gone", &[("w.bin", content(1000, 6))]);
+    o.files.lock().unwrap().clear();
+    let e = fetcher(1 << 20, 2).fetch_model(&store, &m).await.unwrap_err();
+    assert!(e.to_string().contains("/m/w.bin: HTTP 404"), "{e}");
+
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let body = content(3_000_001, 7);
+    std::fs::write(src.join("sub/w.bin"), &body).unwrap();
+    m = Manifest {
+        model: "local".into(),
+        source: Source::Local { dir: src.display().to_string() },
+        files: vec![FileEntry { path: "sub/w.bin".into(), size: body.len() as u64, sha256: sha(&body) }],
+    };
+    fetcher(1 << 20, 3).fetch_model(&store, &m).await.unwrap();
+    assert_eq!(std::fs::read(dir.path().join("cache/models/local/sub/w.bin")).unwrap(), body);
+}
