@@ -177,14 +177,18 @@ impl Fetcher {
         let part = Arc::new(part);
         let resumed: u64 = (0..n).filter(|&i| done_before[i as usize]).map(|i| range_len(file.size, chunk, i)).sum();
 
+        // Each range runs as its own task, so reads go on while earlier ranges are hashed and flushed;
+        // `buffered` hands them over in order and keeps at most `concurrency` in flight.
         let ranges = futures::stream::iter(0..n)
             .map(|i| {
                 let part = Arc::clone(&part);
                 let part_path = part_path.clone();
                 let from = from.clone();
+                let fetcher = self.clone();
                 let was_done = done_before[i as usize];
-                async move {
-                    let (start, len) = (i * chunk, range_len(file.size, chunk, i));
+                let size = file.size;
+                let task = tokio::spawn(async move {
+                    let (start, len) = (i * chunk, range_len(size, chunk, i));
                     let bytes = if was_done {
                         blocking(&part_path, move || {
                             let mut buf = vec![0u8; len as usize];
@@ -192,12 +196,19 @@ impl Fetcher {
                         })
                         .await?
                     } else {
-                        let bytes = self.read_range(&from, start, len, file.size).await?;
+                        let bytes = fetcher.read_range(&from, start, len, size).await?;
                         let write = bytes.clone();
                         blocking(&part_path, move || part.write_all_at(&write, start)).await?;
                         bytes
                     };
                     Ok::<_, CacheError>((i, bytes, !was_done))
+                });
+                let part_path = part_of(partial);
+                async move {
+                    task.await.map_err(|e| CacheError::Io {
+                        path: part_path,
+                        source: std::io::Error::other(format!("range task failed: {e}")),
+                    })?
                 }
             })
             .buffered(self.config.concurrency);

@@ -14,3 +14,31 @@ pub use error::CacheError;
 pub use fetch::{FetchConfig, FetchReport, Fetcher};
 pub use manifest::{FileEntry, Manifest, Source};
 pub use store::{CachedModel, Store};
+
+/// SHA-256 over bytes given in pieces, as lowercase hex (the digests manifests carry).
+#[derive(Clone)]
+pub struct Sha256(aws_lc_rs::digest::Context);
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sha256")
+    }
+}
+
+impl Sha256 {
+    /// Adds bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest as 64 lowercase hex digits.
+    pub fn hex(self) -> String {
+        self.0.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cache;
 mod extender;
 mod input;
 mod scheduler;
@@ -32,6 +33,9 @@ enum Command {
     Extender(extender::ExtenderArgs),
     /// Serve the admission webhook (mutating and validating) over TLS for a live cluster.
     Webhook(webhook::WebhookArgs),
+    /// Node-local model cache: fetch a model, list a store, measure fetch throughput.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Extender(args) => extender::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Webhook(args) => webhook::run(args),
+        Command::Cache(command) => cache::run(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

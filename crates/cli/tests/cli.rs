@@ -197,3 +197,40 @@ fn cluster_commands_without_a_cluster_fail_cleanly() {
     assert_fails(&without_cluster(&["webhook", "--tls-cert", "missing.crt"], dir.path()), "cannot read missing.crt");
     assert_fails(&gpuplane(&["webhook", "--priority-class", "interactive"], dir.path()), "CLASS=NAME:VALUE");
 }
+
+#[test]
+fn cache_fetch_bench_runs_against_nginx_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gpuplane(&["cache", "bench", "--size-mib", "48", "--rate-mib", "32", "--chunk-mib", "4"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("curl, one stream, rate-limited") && stdout.contains("vs ceiling"), "{stdout}");
+    assert_fails(&gpuplane(&["cache", "bench", "--size-mib", "0"], dir.path()), "--size-mib");
+}
+
+#[test]
+fn cache_fetch_ls_and_bad_manifests() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("w.bin"), b"test").unwrap();
+    let manifest = format!(
+        r#"{{"model": "tiny", "source": {{"kind": "local", "dir": "{}"}},
+            "files": [{{"path": "w.bin", "size": 4, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}}]}}"#,
+        src.display()
+    );
+    let m = write(dir.path(), "m.json", &manifest);
+    let out = gpuplane(&["cache", "fetch", "--manifest", &m, "--root", "store"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(dir.path().join("store/models/tiny/w.bin")).unwrap(), b"test");
+    let out = gpuplane(&["cache", "ls", "--root", "store"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tiny"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let escape = write(dir.path(), "bad.json", &manifest.replace("\"w.bin\"", "\"../w.bin\""));
+    assert_fails(&gpuplane(&["cache", "fetch", "--manifest", &escape, "--root", "store"], dir.path()), "files[0].path");
+    let wrong = write(dir.path(), "wrong.json", &manifest.replace("9f86", "0f86"));
+    assert_fails(
+        &gpuplane(&["cache", "fetch", "--manifest", &wrong, "--root", "store2"], dir.path()),
+        "SHA-256 is 9f86",
+    );
+}
