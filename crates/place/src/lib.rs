@@ -32,6 +32,7 @@ pub mod cluster;
 pub mod engine;
 pub mod filter;
 pub mod frag;
+pub mod locality;
 pub mod policy;
 
 pub use cluster::{
@@ -40,4 +41,5 @@ pub use cluster::{
 pub use engine::{Decision, Engine, EngineConfig, EngineError, TieBreak};
 pub use filter::{Rejection, RejectionCounts};
 pub use frag::{TargetWorkload, WeightedShape, WorkloadError};
+pub use locality::{Bandwidth, Explanation, Locality, Tier};
 pub use policy::{Policy, UnknownPolicy};
