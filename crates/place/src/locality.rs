@@ -212,7 +212,7 @@ mod tests {
     fn setup() -> (Cluster, Engine, PodRequest) {
         let mut cluster = Cluster::new(&[node("a"), node("b")]).unwrap();
         let request = cluster.request(&half("p"));
-        let target = TargetWorkload::from_requests(&[request.clone()], 0.95).unwrap();
+        let target = TargetWorkload::from_requests(std::slice::from_ref(&request), 0.95).unwrap();
         let mut engine = Engine::new(EngineConfig {
             policy: Policy::Fgd,
             target: Some(Arc::new(target)),
