@@ -49,6 +49,8 @@ pub struct FetchReport {
     pub resumed_bytes: u64,
     /// Bytes already in the store (this model or another with the same files).
     pub reused_bytes: u64,
+    /// Of the fetched bytes, those read from peer agents rather than the origin.
+    pub peer_bytes: u64,
     /// Models evicted to make room.
     pub evicted: Vec<String>,
 }
@@ -60,19 +62,29 @@ pub struct Fetcher {
     config: FetchConfig,
     origin_reads: Arc<Semaphore>,
     blob_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    peers: Arc<Vec<String>>,
 }
 
 /// One file to read: from a URL or a local path.
 #[derive(Debug, Clone)]
 enum From {
-    Http { url: String, token: Option<String> },
-    Local { path: PathBuf },
+    Http {
+        url: String,
+        token: Option<String>,
+    },
+    Local {
+        path: PathBuf,
+    },
+    /// Another node's cache agent serving the blob (`GET /blobs/sha256/<digest>` with Range).
+    Peer {
+        url: String,
+    },
 }
 
 impl std::fmt::Display for From {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            From::Http { url, .. } => f.write_str(url),
+            From::Http { url, .. } | From::Peer { url } => f.write_str(url),
             From::Local { path } => write!(f, "{}", path.display()),
         }
     }
@@ -115,7 +127,34 @@ impl Fetcher {
             },
             origin_reads: Arc::new(Semaphore::new(origin_limit.max(1))),
             blob_locks: Arc::default(),
+            peers: Arc::default(),
         })
+    }
+
+    /// Asks these peer agents (base URLs such as `http://10.0.0.7:8470`) for a file before its origin.
+    pub fn with_peers(mut self, peers: Vec<String>) -> Self {
+        self.peers = Arc::new(peers.into_iter().map(|p| p.trim_end_matches('/').to_owned()).collect());
+        self
+    }
+
+    /// The first peer that holds the blob in full, if any: a one-byte range read whose Content-Range
+    /// gives the peer's size of it.
+    async fn peer_with(&self, sha256: &str, size: u64) -> Option<String> {
+        for peer in self.peers.iter() {
+            let url = format!("{peer}/blobs/sha256/{sha256}");
+            let probe = self.http.get(&url).header(reqwest::header::RANGE, "bytes=0-0").timeout(Duration::from_secs(2));
+            let Ok(response) = probe.send().await else { continue };
+            let total = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit('/').next())
+                .and_then(|t| t.parse::<u64>().ok());
+            if response.status() == reqwest::StatusCode::PARTIAL_CONTENT && total == Some(size) {
+                return Some(url);
+            }
+        }
+        None
     }
 
     /// Fetches every file of `manifest` not yet stored, publishes them, and links the model.
@@ -149,7 +188,15 @@ impl Fetcher {
                 report.reused_bytes += file.size;
                 continue;
             }
+            // A peer that holds the blob is read instead of the origin; the digest is checked all the same.
+            let from = match self.peer_with(&file.sha256, file.size).await {
+                Some(url) => From::Peer { url },
+                None => from,
+            };
             let (fetched, resumed) = self.fetch_file(&manifest.model, file, &from, &partial).await?;
+            if let From::Peer { .. } = from {
+                report.peer_bytes += fetched;
+            }
             report.fetched_bytes += fetched;
             report.resumed_bytes += resumed;
             store.lock().unwrap_or_else(|p| p.into_inner()).publish_blob(&part_of(&partial), &file.sha256)?;
@@ -297,6 +344,7 @@ impl Fetcher {
                     .map_err(|e| (false, e))
                 }
                 From::Http { url, token } => self.http_range(url, token.as_deref(), start, len, total).await,
+                From::Peer { url } => self.http_range(url, None, start, len, total).await,
             };
             match result {
                 Ok(bytes) => return Ok(bytes),

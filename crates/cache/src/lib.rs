@@ -1,9 +1,11 @@
 //! The node-local model cache: a model is a manifest of files with sizes and SHA-256 digests; the
 //! fetcher reads them from an HTTP(S) origin or a local directory with many ranged reads at once,
 //! hashes while streaming, resumes after a crash, and publishes atomically into a content-addressed
-//! store with a disk budget and LRU eviction that spares models pinned by running pods.
+//! store with a disk budget and LRU eviction that spares models pinned by running pods. Peer agents
+//! serve their blobs to each other, so a cluster reads a file from its origin once.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod error;
 pub mod fetch;
 pub mod manifest;
