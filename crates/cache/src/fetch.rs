@@ -62,7 +62,7 @@ pub struct Fetcher {
     config: FetchConfig,
     origin_reads: Arc<Semaphore>,
     blob_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    peers: Arc<Vec<String>>,
+    peers: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// One file to read: from a URL or a local path.
@@ -132,15 +132,26 @@ impl Fetcher {
     }
 
     /// Asks these peer agents (base URLs such as `http://10.0.0.7:8470`) for a file before its origin.
-    pub fn with_peers(mut self, peers: Vec<String>) -> Self {
-        self.peers = Arc::new(peers.into_iter().map(|p| p.trim_end_matches('/').to_owned()).collect());
+    pub fn with_peers(self, peers: Vec<String>) -> Self {
+        self.set_peers(peers);
         self
+    }
+
+    /// Replaces the peer list (discovery refreshes it); clones of this fetcher see the change.
+    pub fn set_peers(&self, peers: Vec<String>) {
+        let peers = peers.into_iter().map(|p| p.trim_end_matches('/').to_owned()).collect();
+        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// The current peer list.
+    pub fn peers(&self) -> Vec<String> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The first peer that holds the blob in full, if any: a one-byte range read whose Content-Range
     /// gives the peer's size of it.
     async fn peer_with(&self, sha256: &str, size: u64) -> Option<String> {
-        for peer in self.peers.iter() {
+        for peer in self.peers() {
             let url = format!("{peer}/blobs/sha256/{sha256}");
             let probe = self.http.get(&url).header(reqwest::header::RANGE, "bytes=0-0").timeout(Duration::from_secs(2));
             let Ok(response) = probe.send().await else { continue };

@@ -1,6 +1,6 @@
-//! `gpuplane cache fetch|ls|bench`: fetch a model into a node-local store, list what a store holds,
-//! and measure the fetcher against a real nginx with a per-connection rate limit (see
-//! docs/model-cache.md).
+//! `gpuplane cache fetch|ls|agent|bench`: fetch a model into a node-local store, list what a store
+//! holds, run the node agent, and measure the fetcher against a real nginx with a per-connection rate
+//! limit (see docs/model-cache.md).
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -24,6 +24,39 @@ pub enum CacheCommand {
     Ls(LsArgs),
     /// Measure fetch throughput against nginx on 127.0.0.1 with a per-connection rate limit.
     Bench(BenchArgs),
+    /// Run the node agent: HTTP API to prefetch, list, pin, and serve blobs to peer agents.
+    Agent(AgentArgs),
+}
+
+/// Arguments of `gpuplane cache agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address to serve the agent API on
+    #[arg(long, default_value = "0.0.0.0:8470")]
+    listen: std::net::SocketAddr,
+    /// The store's root directory (a hostPath that pods mount read-only)
+    #[arg(long, default_value = "/var/lib/gpuplane/cache")]
+    root: PathBuf,
+    /// Disk budget of the store, in GiB
+    #[arg(long, default_value_t = 500)]
+    budget_gib: u64,
+    /// Peer agents to ask before the origin, as base URLs (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// A headless Service whose addresses are the peer agents, as host:port; resolved every 30 s
+    #[arg(long)]
+    peer_service: Option<String>,
+    /// This agent's own address, left out of the peers (default: $POD_IP)
+    #[arg(long)]
+    own_ip: Option<String>,
+    /// Range reads hitting origins at once, across all fetches of this agent
+    #[arg(long, default_value_t = 32)]
+    origin_limit: usize,
+    #[command(flatten)]
+    tuning: FetchTuning,
+    /// Log format on standard error: text or json (level from RUST_LOG, default info)
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 /// How ranges are read.
@@ -95,7 +128,51 @@ pub fn run(command: CacheCommand) -> Result<()> {
         CacheCommand::Fetch(args) => fetch(args),
         CacheCommand::Ls(args) => ls(args),
         CacheCommand::Bench(args) => bench(args),
+        CacheCommand::Agent(args) => agent(args),
     }
+}
+
+fn agent(args: AgentArgs) -> Result<()> {
+    let config = args.tuning.config()?;
+    service::init_logging(&args.log_format);
+    let store = Store::open(&args.root, args.budget_gib << 30)?;
+    let fetcher = Fetcher::new(config, args.origin_limit)?.with_peers(args.peers.clone());
+    let own_ip = args.own_ip.clone().or_else(|| std::env::var("POD_IP").ok());
+    let agent = gpuplane_cache::agent::Agent::new(store, fetcher.clone());
+    service::runtime()?.block_on(async move {
+        if let Some(service) = args.peer_service.clone() {
+            let fixed = args.peers.clone();
+            tokio::spawn(async move {
+                loop {
+                    match tokio::net::lookup_host(service.as_str()).await {
+                        Ok(addrs) => {
+                            let mut peers = fixed.clone();
+                            peers.extend(
+                                addrs
+                                    .filter(|a| own_ip.as_deref() != Some(a.ip().to_string().as_str()))
+                                    .map(|a| format!("http://{a}")),
+                            );
+                            peers.sort();
+                            peers.dedup();
+                            fetcher.set_peers(peers);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%service, error = %e, "Peer service not resolved; keeping the last peers.")
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(listen = %args.listen, root = %args.root.display(), "Model cache agent serving.");
+        axum::serve(listener, gpuplane_cache::agent::router(agent))
+            .with_graceful_shutdown(gpuplane_kube::serve::shutdown_signal())
+            .await
+            .context("serving the agent API")
+    })
 }
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {

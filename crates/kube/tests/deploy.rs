@@ -61,6 +61,7 @@ fn every_manifest_is_a_valid_object() {
                     round_trip::<admissionregistration::v1::ValidatingWebhookConfiguration>(&doc)
                 }
                 "Deployment" => round_trip::<apps::v1::Deployment>(&doc),
+                "DaemonSet" => round_trip::<apps::v1::DaemonSet>(&doc),
                 "Job" => round_trip::<batch::v1::Job>(&doc),
                 "PriorityClass" => round_trip::<scheduling::v1::PriorityClass>(&doc),
                 other => panic!("{}: kind {other:?} has no check here", file.display()),
