@@ -65,7 +65,7 @@ pub struct Fetcher {
     peers: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
-/// One file to read: from a URL or a local path.
+/// One file to read: from an origin URL, an object store, a local path, or a peer agent.
 #[derive(Debug, Clone)]
 enum From {
     Http {
@@ -79,12 +79,18 @@ enum From {
     Peer {
         url: String,
     },
+    /// An object in an S3-compatible store.
+    S3 {
+        store: Arc<dyn object_store::ObjectStore>,
+        path: object_store::path::Path,
+        display: String,
+    },
 }
 
 impl std::fmt::Display for From {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            From::Http { url, .. } | From::Peer { url } => f.write_str(url),
+            From::Http { url, .. } | From::Peer { url } | From::S3 { display: url, .. } => f.write_str(url),
             From::Local { path } => write!(f, "{}", path.display()),
         }
     }
@@ -171,6 +177,12 @@ impl Fetcher {
     /// Fetches every file of `manifest` not yet stored, publishes them, and links the model.
     pub async fn fetch_model(&self, store: &Mutex<Store>, manifest: &Manifest) -> Result<FetchReport, CacheError> {
         manifest.check(&manifest.model)?;
+        let s3 = match &manifest.source {
+            Source::S3 { bucket, endpoint, region, .. } => {
+                Some(s3_store(bucket, endpoint.as_deref(), region.as_deref())?)
+            }
+            _ => None,
+        };
         let mut report = FetchReport { files: manifest.files.len(), ..Default::default() };
         report.evicted = store.lock().unwrap_or_else(|p| p.into_inner()).make_room(manifest)?;
         let mut done = std::collections::HashSet::new();
@@ -184,6 +196,19 @@ impl Fetcher {
                     token: token_env.as_ref().and_then(|v| std::env::var(v).ok()).filter(|t| !t.is_empty()),
                 },
                 Source::Local { dir } => From::Local { path: Path::new(dir).join(&file.path) },
+                Source::S3 { bucket, prefix, .. } => {
+                    let key = if prefix.is_empty() {
+                        file.path.clone()
+                    } else {
+                        format!("{}/{}", prefix.trim_end_matches('/'), file.path)
+                    };
+                    let store = s3.clone().ok_or_else(no_s3_client)?;
+                    From::S3 {
+                        store,
+                        display: format!("s3://{bucket}/{key}"),
+                        path: object_store::path::Path::from(key),
+                    }
+                }
             };
             // One fetch per blob at a time, whichever model asks: a second waits and finds it stored.
             let blob_lock = {
@@ -356,6 +381,7 @@ impl Fetcher {
                 }
                 From::Http { url, token } => self.http_range(url, token.as_deref(), start, len, total).await,
                 From::Peer { url } => self.http_range(url, None, start, len, total).await,
+                From::S3 { store, path, display } => s3_range(store.as_ref(), path, display, start, len).await,
             };
             match result {
                 Ok(bytes) => return Ok(bytes),
@@ -414,6 +440,54 @@ impl Fetcher {
             return Err((true, origin(format!("{} of {len} bytes before the connection closed", body.len()))));
         }
         Ok(body.freeze())
+    }
+}
+
+/// A client for an S3-compatible store, credentials from the environment.
+fn s3_store(
+    bucket: &str,
+    endpoint: Option<&str>,
+    region: Option<&str>,
+) -> Result<Arc<dyn object_store::ObjectStore>, CacheError> {
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(region.unwrap_or("us-east-1"));
+    if let Some(e) = endpoint {
+        builder = builder.with_endpoint(e).with_allow_http(e.starts_with("http://"));
+    }
+    builder
+        .build()
+        .map(|s| Arc::new(s) as Arc<dyn object_store::ObjectStore>)
+        .map_err(|e| CacheError::Origin { url: format!("s3://{bucket}"), message: e.to_string() })
+}
+
+fn no_s3_client() -> CacheError {
+    CacheError::Origin { url: "s3".to_owned(), message: "no S3 client for an S3 source".to_owned() }
+}
+
+/// One ranged read of an object; the error says whether a retry may help.
+async fn s3_range(
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+    display: &str,
+    start: u64,
+    len: u64,
+) -> Result<Bytes, (bool, CacheError)> {
+    use object_store::ObjectStoreExt;
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    match store.get_range(path, start..start + len).await {
+        Ok(bytes) if bytes.len() as u64 == len => Ok(bytes),
+        Ok(bytes) => Err((
+            true,
+            CacheError::Origin { url: display.to_owned(), message: format!("{} of {len} bytes", bytes.len()) },
+        )),
+        Err(e) => {
+            let retry =
+                !matches!(e, object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. });
+            Err((retry, CacheError::Origin { url: display.to_owned(), message: e.to_string() }))
+        }
     }
 }
 

@@ -21,6 +21,21 @@ pub enum Source {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token_env: Option<String>,
     },
+    /// An S3-compatible object store: each file is the object `prefix` + `/` + its path. Credentials
+    /// come from the usual `AWS_*` environment variables.
+    S3 {
+        /// The bucket.
+        bucket: String,
+        /// Key prefix of the model's files (may be empty).
+        #[serde(default)]
+        prefix: String,
+        /// Endpoint of an S3-compatible store other than AWS (`http://minio:9000`, say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        /// Region (default `us-east-1`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+    },
     /// A directory on this machine (a mounted volume, say).
     Local {
         /// The directory the file paths are relative to.

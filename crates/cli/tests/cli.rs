@@ -234,3 +234,79 @@ fn cache_fetch_ls_and_bad_manifests() {
         "SHA-256 is 9f86",
     );
 }
+
+/// moto's S3 server on a free loopback port, stopped when dropped.
+struct Moto(std::process::Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server (PyPI moto[server]; scripts/test installs it)");
+    let server = Moto(child, port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto_server did not listen within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server
+}
+
+fn curl_put(url: &str, file: Option<&Path>) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-f", "-X", "PUT", url]);
+    if let Some(f) = file {
+        // -T sends the file as is (--data-binary would label it a form, which moto's server then parses).
+        cmd.arg("-T").arg(f);
+    }
+    assert!(cmd.status().unwrap().success(), "PUT {url}");
+}
+
+#[test]
+fn cache_fetch_from_an_s3_compatible_store() {
+    let s3 = moto();
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let file = dir.path().join("w.bin");
+    std::fs::write(&file, &body).unwrap();
+    let mut sha = gpuplane_cache::Sha256::default();
+    sha.update(&body);
+    let endpoint = format!("http://127.0.0.1:{}", s3.1);
+    curl_put(&format!("{endpoint}/models"), None);
+    curl_put(&format!("{endpoint}/models/llm/v1/weights/w.bin"), Some(&file));
+    let manifest = format!(
+        r#"{{"model": "llm@v1", "source": {{"kind": "s3", "bucket": "models", "prefix": "llm/v1", "endpoint": "{endpoint}"}},
+            "files": [{{"path": "weights/w.bin", "size": {}, "sha256": "{}"}}]}}"#,
+        body.len(),
+        sha.hex()
+    );
+    let m = write(dir.path(), "m.json", &manifest);
+    let run = |manifest: &str, root: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+            .args(["cache", "fetch", "--manifest", manifest, "--root", root, "--chunk-mib", "1", "--concurrency", "4"])
+            .current_dir(dir.path())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_ENDPOINT_URL")
+            .output()
+            .unwrap()
+    };
+    let out = run(&m, "store");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(dir.path().join("store/models/llm@v1/weights/w.bin")).unwrap(), body);
+
+    let missing =
+        write(dir.path(), "missing.json", &manifest.replace("llm@v1", "other").replace("weights/w.bin", "nope.bin"));
+    // In a fresh store (the first store already holds these bytes, so it would not read them again).
+    assert_fails(&run(&missing, "store2"), "s3://models/llm/v1/nope.bin");
+}
