@@ -246,7 +246,7 @@ impl Drop for Moto {
 }
 
 fn moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
@@ -269,7 +269,7 @@ fn curl_put(url: &str, file: Option<&Path>) {
         // -T sends the file as is (--data-binary would label it a form, which moto's server then parses).
         cmd.arg("-T").arg(f);
     }
-    assert!(cmd.status().unwrap().success(), "PUT {url}");
+    assert!(cmd.status().expect("run curl").success(), "PUT {url}");
 }
 
 #[test]
