@@ -88,6 +88,12 @@ pub(crate) fn target_from(
     fallback.ok_or(WorkloadError::Empty)
 }
 
+/// The engine of a component serving a live cluster: ties to the lowest node name, so that the same
+/// cluster state always gives the same placement.
+pub(crate) fn live_engine(policy: Policy, target: Arc<TargetWorkload>) -> Result<Engine, EngineError> {
+    Engine::new(EngineConfig { policy, target: Some(target), seed: 1, tie_break: TieBreak::LowestName })
+}
+
 /// Connects with the default kubeconfig (or the in-cluster service account) and serves the extender.
 pub async fn run_extender(config: ServeConfig, fallback_target: Option<TargetWorkload>) -> Result<(), ServeError> {
     let client = Client::try_default().await.map_err(ServeError::Client)?;
@@ -137,12 +143,7 @@ pub async fn serve_extender(
         policy = config.policy.name(),
         "Cluster state loaded."
     );
-    let engine = Engine::new(EngineConfig {
-        policy: config.policy,
-        target: Some(target),
-        seed: 1,
-        tie_break: TieBreak::LowestName,
-    })?;
+    let engine = live_engine(config.policy, target)?;
     let binder = KubeBinder::new(client, "gpuplane");
     let extender = Arc::new(Extender::new(snapshot, engine, binder, ExtenderConfig::default()));
 

@@ -52,6 +52,14 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "code": code})
 }
 
+/// A JSON answer of the fake API server.
+fn response(code: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap())
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
 /// What the fake API server saw: method, path and query, JSON body.
 type Seen = (Method, String, Value);
 
@@ -93,12 +101,7 @@ fn fake_api(
             if method != Method::GET {
                 let _ = tx.send((method, uri, body));
             }
-            send.send_response(
-                Response::builder()
-                    .status(StatusCode::from_u16(code).unwrap())
-                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                    .unwrap(),
-            );
+            send.send_response(response(code, &reply));
         }
     });
     (kube::Client::new(service, "default"), rx)
@@ -226,12 +229,7 @@ fn lease_api(current: Arc<Mutex<Value>>, conflict: bool) -> (kube::Client, mpsc:
             } else {
                 (200, current.lock().unwrap().clone())
             };
-            send.send_response(
-                Response::builder()
-                    .status(StatusCode::from_u16(code).unwrap())
-                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                    .unwrap(),
-            );
+            send.send_response(response(code, &reply));
         }
     });
     (kube::Client::new(service, "default"), rx)

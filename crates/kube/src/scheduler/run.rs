@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
+use gpuplane_place::{Policy, TargetWorkload};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1 as api;
 use k8s_openapi::api::policy::v1::Eviction;
@@ -30,7 +30,7 @@ use super::{Action, Scheduler, SchedulerConfig};
 use crate::client::{KubeBinder, failure};
 use crate::extender::{BindFailure, Binder};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
-use crate::serve::{ServeError, log_warnings, owned, target_from};
+use crate::serve::{ServeError, live_engine, log_warnings, owned, target_from};
 use crate::snapshot::Snapshot;
 
 /// Settings of `gpuplane scheduler`.
@@ -176,12 +176,7 @@ async fn schedule(
     let (node_objects, pod_objects) = (owned(&nodes), owned(&pods));
     let (snapshot, _) = Snapshot::build(&node_objects, &pod_objects)?;
     let target = Arc::new(target_from(&pod_objects, &snapshot, fallback_target)?);
-    let engine = Engine::new(EngineConfig {
-        policy: config.policy,
-        target: Some(target),
-        seed: 1,
-        tie_break: TieBreak::LowestName,
-    })?;
+    let engine = live_engine(config.policy, target)?;
     let mut scheduler = Scheduler::new(snapshot, engine, config.scheduler.clone(), Arc::clone(&metrics));
     log_warnings(&scheduler.rebuild(&node_objects, &pod_objects)?);
     scheduler.set_budgets(read_budgets(&budgets));
