@@ -310,3 +310,98 @@ fn cache_fetch_from_an_s3_compatible_store() {
     // In a fresh store (the first store already holds these bytes, so it would not read them again).
     assert_fails(&run(&missing, "store2"), "s3://models/llm/v1/nope.bin");
 }
+
+/// nginx serving `www` on a free loopback port at `rate` per connection, stopped when dropped.
+struct Nginx(std::process::Child, u16);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn slow_nginx(dir: &Path, www: &Path, rate: &str) -> Nginx {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\nevents {{}}\n\
+         http {{ access_log off; client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
+         uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n\
+         server {{ listen 127.0.0.1:{port}; location /m/ {{ alias {}/; limit_rate {rate}; }} }} }}\n",
+        www.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).expect("write nginx.conf");
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir)
+        .spawn()
+        .expect("nginx (Debian nginx-light; scripts/test installs it)");
+    let server = Nginx(child, port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nginx did not listen within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server
+}
+
+#[test]
+fn a_fetch_killed_with_sigkill_resumes_and_verifies() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::set_permissions(&www, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let body: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(www.join("w.bin"), &body).unwrap();
+    std::fs::set_permissions(www.join("w.bin"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut sha = gpuplane_cache::Sha256::default();
+    sha.update(&body);
+    let digest = sha.hex();
+    let nginx = slow_nginx(dir.path(), &www, "2m");
+    let manifest = format!(
+        r#"{{"model": "big", "source": {{"kind": "http", "base_url": "http://127.0.0.1:{}/m"}},
+            "files": [{{"path": "w.bin", "size": {}, "sha256": "{digest}"}}]}}"#,
+        nginx.1,
+        body.len()
+    );
+    let m = write(dir.path(), "m.json", &manifest);
+    let args =
+        ["cache", "fetch", "--manifest", m.as_str(), "--root", "store", "--chunk-mib", "1", "--concurrency", "2"];
+    let mut first = Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+        .args(args)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL once at least 8 ranges are recorded as durable.
+    let progress = dir.path().join(format!("store/partial/{digest}.chunks"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let marks = std::fs::read(&progress).unwrap_or_default();
+        if marks.iter().skip(8).filter(|&&b| b == 1).count() >= 8 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress within 60 s");
+        assert!(first.try_wait().unwrap().is_none(), "the first fetch ended before it was killed");
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let out = gpuplane(&args, dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let resumed: f64 = stdout
+        .split("MiB resumed")
+        .next()
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("the resumed MiB in the report");
+    assert!(resumed >= 8.0, "{stdout}");
+    assert_eq!(std::fs::read(dir.path().join("store/models/big/w.bin")).unwrap(), body);
+}
