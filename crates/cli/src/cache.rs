@@ -229,10 +229,28 @@ struct Nginx {
     child: Child,
     port: u16,
     version: String,
+    dir: PathBuf,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // Ask the master to stop its workers too (a killed master would leave them running).
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.dir)
+            .arg("-c")
+            .arg(self.dir.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -270,10 +288,10 @@ fn start_nginx(dir: &Path, www: &Path, rate_mib: u64) -> Result<Nginx> {
         .arg("-p")
         .arg(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .context("starting nginx")?;
-    let mut nginx = Nginx { child, port, version };
+    let mut nginx = Nginx { child, port, version, dir: dir.to_owned() };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Some(status) = nginx.child.try_wait()? {

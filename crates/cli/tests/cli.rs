@@ -312,10 +312,27 @@ fn cache_fetch_from_an_s3_compatible_store() {
 }
 
 /// nginx serving `www` on a free loopback port at `rate` per connection, stopped when dropped.
-struct Nginx(std::process::Child, u16);
+struct Nginx(std::process::Child, u16, std::path::PathBuf);
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // Ask the master to stop its workers too (a killed master would leave them running).
+        let _ = Command::new("nginx")
+            .arg("-p")
+            .arg(&self.2)
+            .arg("-c")
+            .arg(self.2.join("nginx.conf"))
+            .args(["-s", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -337,9 +354,11 @@ fn slow_nginx(dir: &Path, www: &Path, rate: &str) -> Nginx {
         .arg(dir.join("nginx.conf"))
         .arg("-p")
         .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("nginx (Debian nginx-light; scripts/test installs it)");
-    let server = Nginx(child, port);
+    let server = Nginx(child, port, dir.to_owned());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(std::time::Instant::now() < deadline, "nginx did not listen within 10 s");
