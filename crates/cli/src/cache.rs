@@ -303,7 +303,6 @@ fn start_nginx(dir: &Path, www: &Path, rate_mib: u64) -> Result<Nginx> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    nginx.port = port;
     Ok(nginx)
 }
 

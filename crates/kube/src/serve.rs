@@ -74,6 +74,27 @@ where
     store.state().iter().map(|k| (**k).clone()).collect()
 }
 
+/// The watch of pods that still hold resources (not Succeeded, not Failed).
+pub(crate) fn unfinished_pods() -> watcher::Config {
+    watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed")
+}
+
+/// Watches `api` into a reflector store, counting every event in `changes` (a rebuild loop compares
+/// the count with the one it last applied).
+fn counted_watch<K>(api: Api<K>, config: watcher::Config, changes: &Arc<AtomicU64>) -> Store<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store::<K>();
+    let changes = Arc::clone(changes);
+    tokio::spawn(watcher(api, config).default_backoff().reflect(writer).for_each(move |_| {
+        changes.fetch_add(1, Ordering::Relaxed);
+        futures::future::ready(())
+    }));
+    store
+}
+
 /// Learns the target workload from the pods in the cluster; `fallback` when they ask for no GPU.
 pub(crate) fn target_from(
     pods: &[api::Pod],
@@ -107,28 +128,8 @@ pub async fn serve_extender(
     fallback_target: Option<TargetWorkload>,
 ) -> Result<(), ServeError> {
     let changes = Arc::new(AtomicU64::new(0));
-    let (nodes, node_writer) = reflector::store::<api::Node>();
-    let (pods, pod_writer) = reflector::store::<api::Pod>();
-    let pod_watch = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let node_changes = Arc::clone(&changes);
-    tokio::spawn(
-        watcher(Api::<api::Node>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(node_writer)
-            .for_each(move |_| {
-                node_changes.fetch_add(1, Ordering::Relaxed);
-                futures::future::ready(())
-            }),
-    );
-    let pod_changes = Arc::clone(&changes);
-    tokio::spawn(
-        watcher(Api::<api::Pod>::all(client.clone()), pod_watch).default_backoff().reflect(pod_writer).for_each(
-            move |_| {
-                pod_changes.fetch_add(1, Ordering::Relaxed);
-                futures::future::ready(())
-            },
-        ),
-    );
+    let nodes = counted_watch(Api::<api::Node>::all(client.clone()), watcher::Config::default(), &changes);
+    let pods = counted_watch(Api::<api::Pod>::all(client.clone()), unfinished_pods(), &changes);
     nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
 
@@ -241,26 +242,8 @@ pub async fn serve_webhook(
     let tls = crate::tls::server_config(config.cert.clone(), config.key.clone())?;
     let webhook = Arc::new(crate::webhook::Webhook { config: config.webhook.clone(), ..Default::default() });
     let changes = Arc::new(AtomicU64::new(1));
-    let (quotas, quota_writer) = reflector::store::<api::ResourceQuota>();
-    let (pods, pod_writer) = reflector::store::<api::Pod>();
-    let counted = Arc::clone(&changes);
-    tokio::spawn(
-        watcher(Api::<api::ResourceQuota>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(quota_writer)
-            .for_each(move |_| {
-                counted.fetch_add(1, Ordering::Relaxed);
-                futures::future::ready(())
-            }),
-    );
-    let counted = Arc::clone(&changes);
-    let pod_watch = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    tokio::spawn(watcher(Api::<api::Pod>::all(client), pod_watch).default_backoff().reflect(pod_writer).for_each(
-        move |_| {
-            counted.fetch_add(1, Ordering::Relaxed);
-            futures::future::ready(())
-        },
-    ));
+    let quotas = counted_watch(Api::<api::ResourceQuota>::all(client.clone()), watcher::Config::default(), &changes);
+    let pods = counted_watch(Api::<api::Pod>::all(client), unfinished_pods(), &changes);
     let updater = Arc::clone(&webhook);
     tokio::spawn(async move {
         // Until both watches listed once there is no quota to check against.

@@ -30,7 +30,7 @@ use super::{Action, Scheduler, SchedulerConfig};
 use crate::client::{KubeBinder, failure};
 use crate::extender::{BindFailure, Binder};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
-use crate::serve::{ServeError, live_engine, log_warnings, owned, target_from};
+use crate::serve::{ServeError, live_engine, log_warnings, owned, target_from, unfinished_pods};
 use crate::snapshot::Snapshot;
 
 /// Settings of `gpuplane scheduler`.
@@ -159,8 +159,7 @@ async fn schedule(
     let nodes = spawn_watch(Api::<api::Node>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
         Some(Input::Nodes)
     });
-    let pod_watch = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let pods = spawn_watch(Api::<api::Pod>::all(client.clone()), pod_watch, tx.clone(), |e| match e {
+    let pods = spawn_watch(Api::<api::Pod>::all(client.clone()), unfinished_pods(), tx.clone(), |e| match e {
         watcher::Event::Apply(p) | watcher::Event::InitApply(p) => Some(Input::PodApplied(Box::new(p))),
         watcher::Event::Delete(p) => Some(Input::PodDeleted(Box::new(p))),
         watcher::Event::InitDone => Some(Input::PodsRelisted),
