@@ -55,14 +55,14 @@ pub enum CacheError {
     },
     /// The model does not fit the disk budget even after evicting every unpinned model.
     #[error(
-        "model {model} needs {needed} more bytes; {used} of the {budget}-byte budget are in use and the rest is pinned by running pods ({pinned:?})"
+        "model {model} needs {needed} more bytes; {used} of the {budget}-byte budget are stored or reserved by fetches under way, and the rest is pinned by running pods ({pinned:?})"
     )]
     Budget {
         /// The model.
         model: String,
         /// Bytes it still needs.
         needed: u64,
-        /// Bytes in use.
+        /// Bytes stored, or reserved by other fetches under way.
         used: u64,
         /// The budget.
         budget: u64,

@@ -65,6 +65,18 @@ pub struct Fetcher {
     peers: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
+/// Ends a fetch's budget reservation however the fetch ends.
+struct Reservation<'a> {
+    store: &'a Mutex<Store>,
+    model: &'a str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.store.lock().unwrap_or_else(|p| p.into_inner()).release(self.model);
+    }
+}
+
 /// One file to read: from an origin URL, an object store, a local path, or a peer agent.
 #[derive(Debug, Clone)]
 enum From {
@@ -185,6 +197,7 @@ impl Fetcher {
         };
         let mut report = FetchReport { files: manifest.files.len(), ..Default::default() };
         report.evicted = store.lock().unwrap_or_else(|p| p.into_inner()).make_room(manifest)?;
+        let _reservation = Reservation { store, model: &manifest.model };
         let mut done = std::collections::HashSet::new();
         for file in &manifest.files {
             if !done.insert(file.sha256.as_str()) {
@@ -225,14 +238,28 @@ impl Fetcher {
                 continue;
             }
             // A peer that holds the blob is read instead of the origin; the digest is checked all the same.
-            let from = match self.peer_with(&file.sha256, file.size).await {
-                Some(url) => From::Peer { url },
-                None => from,
+            // A peer that fails part-way (gone, restarted, wrong bytes) hands over to the origin, which
+            // resumes from the ranges already on disk (or starts again after a digest mismatch).
+            let from_peer = match self.peer_with(&file.sha256, file.size).await {
+                Some(url) => {
+                    match self.fetch_file(&manifest.model, file, &From::Peer { url: url.clone() }, &partial).await {
+                        Ok(done) => Some(done),
+                        Err(e) => {
+                            tracing::warn!(model = %manifest.model, file = %file.path, peer = %url, error = %e,
+                            "Peer read failed; reading the origin.");
+                            None
+                        }
+                    }
+                }
+                None => None,
             };
-            let (fetched, resumed) = self.fetch_file(&manifest.model, file, &from, &partial).await?;
-            if let From::Peer { .. } = from {
-                report.peer_bytes += fetched;
-            }
+            let (fetched, resumed) = match from_peer {
+                Some((fetched, resumed)) => {
+                    report.peer_bytes += fetched;
+                    (fetched, resumed)
+                }
+                None => self.fetch_file(&manifest.model, file, &from, &partial).await?,
+            };
             report.fetched_bytes += fetched;
             report.resumed_bytes += resumed;
             store.lock().unwrap_or_else(|p| p.into_inner()).publish_blob(&part_of(&partial), &file.sha256)?;
@@ -301,7 +328,15 @@ impl Fetcher {
         let mut unrecorded = Vec::new();
         let mut fetched = 0u64;
         while let Some(next) = ranges.next().await {
-            let (i, bytes, fresh) = next?;
+            let (i, bytes, fresh) = match next {
+                Ok(range) => range,
+                Err(e) => {
+                    // Keep what arrived: the next attempt (another source, a restart) resumes after it.
+                    // The read's error is the one to report, whether or not this flush succeeds.
+                    let _ = record(&part, &mut progress, &chunks_path, &mut unrecorded).await;
+                    return Err(e);
+                }
+            };
             if fresh {
                 fetched += bytes.len() as u64;
                 unrecorded.push(i);

@@ -7,7 +7,7 @@
 //! `blobs/sha256/<digest>` published files, read-only; `models/<model>/<path>` symlinks to them;
 //! `partial/` downloads in progress; `index.json` the model index.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +48,9 @@ pub struct Store {
     root: PathBuf,
     budget: u64,
     index: Index,
+    /// Fetches under way: model → (how many, its blobs and their sizes). Their bytes count against the
+    /// budget before they are stored, and their blobs are never removed from under them.
+    reserved: BTreeMap<String, (usize, HashMap<String, u64>)>,
 }
 
 fn now_secs() -> u64 {
@@ -78,7 +81,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(CacheError::Io { path: index_path, source: e }),
         };
-        Ok(Store { root, budget, index })
+        Ok(Store { root, budget, index, reserved: BTreeMap::new() })
     }
 
     /// The root directory.
@@ -123,23 +126,32 @@ impl Store {
             .sum()
     }
 
-    /// Makes room for `manifest` within the budget: bytes it needs that are not stored yet. Evicts least
-    /// recently used unpinned models (never `manifest`'s own) until they fit; returns the evicted names,
-    /// or an error naming what blocks when even that is not enough.
+    /// Bytes the store holds once every fetch under way has finished: the indexed models' blobs and the
+    /// reserved ones, each counted once; `extra` files are counted too.
+    fn committed_bytes(&self, extra: &[FileEntry]) -> u64 {
+        let indexed = self.index.models.values().flat_map(|m| &m.files).map(|f| (f.sha256.as_str(), f.size));
+        let reserved = self.reserved.values().flat_map(|(_, blobs)| blobs.iter().map(|(d, &s)| (d.as_str(), s)));
+        let extra = extra.iter().map(|f| (f.sha256.as_str(), f.size));
+        let mut seen = HashSet::new();
+        indexed.chain(reserved).chain(extra).filter(|(d, _)| seen.insert(*d)).map(|(_, s)| s).sum()
+    }
+
+    /// Makes room for `manifest` within the budget, counting the fetches under way, and reserves its
+    /// bytes until [`Self::release`]. Evicts least recently used unpinned models (never `manifest`'s
+    /// own) until it fits; returns the evicted names, or an error naming what blocks when even that is
+    /// not enough.
     pub fn make_room(&mut self, manifest: &Manifest) -> Result<Vec<String>, CacheError> {
-        let mut counted = HashSet::new();
-        let needed: u64 = manifest
-            .files
-            .iter()
-            .filter(|f| counted.insert(f.sha256.as_str()) && !self.has_blob(&f.sha256))
-            .map(|f| f.size)
-            .sum();
         let mut evicted = Vec::new();
         loop {
-            let used = self.used_bytes();
-            if used + needed <= self.budget {
+            let without = self.committed_bytes(&[]);
+            let with = self.committed_bytes(&manifest.files);
+            if with <= self.budget {
+                let entry = self.reserved.entry(manifest.model.clone()).or_default();
+                entry.0 += 1;
+                entry.1.extend(manifest.files.iter().map(|f| (f.sha256.clone(), f.size)));
                 return Ok(evicted);
             }
+            let (needed, used) = (with - without, without);
             let victim = self
                 .index
                 .models
@@ -162,7 +174,17 @@ impl Store {
         }
     }
 
-    /// Removes a model and the blobs no other model uses.
+    /// Ends a reservation made by [`Self::make_room`] (the fetch finished or failed).
+    pub fn release(&mut self, model: &str) {
+        if let Some(entry) = self.reserved.get_mut(model) {
+            entry.0 = entry.0.saturating_sub(1);
+            if entry.0 == 0 {
+                self.reserved.remove(model);
+            }
+        }
+    }
+
+    /// Removes a model and the blobs no other model (or fetch under way) uses.
     pub fn remove_model(&mut self, name: &str) -> Result<(), CacheError> {
         let Some(model) = self.index.models.remove(name) else { return Ok(()) };
         self.save_index()?;
@@ -170,8 +192,9 @@ impl Store {
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
-        let still_used: HashSet<&str> =
-            self.index.models.values().flat_map(|m| &m.files).map(|f| f.sha256.as_str()).collect();
+        let indexed = self.index.models.values().flat_map(|m| &m.files).map(|f| f.sha256.as_str());
+        let reserved = self.reserved.values().flat_map(|(_, blobs)| blobs.keys().map(String::as_str));
+        let still_used: HashSet<&str> = indexed.chain(reserved).collect();
         for f in &model.files {
             if !still_used.contains(f.sha256.as_str()) {
                 let blob = self.blob_path(&f.sha256);

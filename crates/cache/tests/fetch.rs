@@ -175,3 +175,47 @@ async fn a_missing_file_and_a_local_source() {
     fetcher(1 << 20, 3).fetch_model(&store, &m).await.unwrap();
     assert_eq!(std::fs::read(dir.path().join("cache/models/local/sub/w.bin")).unwrap(), body);
 }
+
+#[tokio::test]
+async fn a_peer_that_fails_part_way_hands_over_to_the_origin() {
+    let (o, base) = origin().await;
+    let (peer, peer_base) = origin().await;
+    let body = content(4 << 20, 11);
+    let m = model(&o, &base, "m", &[("w.bin", body.clone())]);
+    // The peer holds the blob but stops answering after 1.5 MiB (the one-byte probe included).
+    peer.files.lock().unwrap().insert(format!("blobs/sha256/{}", m.files[0].sha256), body);
+    peer.fail_after.store(3 << 19, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let fetcher = fetcher(1 << 19, 1).with_peers(vec![peer_base]);
+    let report = fetcher.fetch_model(&store, &m).await.unwrap();
+    assert_eq!(report.peer_bytes, 0, "the peer's read did not finish");
+    let from_peer = peer.served.load(Ordering::Relaxed);
+    assert!(from_peer > 1 && from_peer <= 3 << 19, "{from_peer}");
+    assert_eq!(report.fetched_bytes + report.resumed_bytes, m.bytes(), "{report:?}");
+    assert!(o.served.load(Ordering::Relaxed) < m.bytes(), "the origin resumed after what the peer gave");
+    assert_eq!(
+        std::fs::read(dir.path().join("models/m/w.bin")).unwrap(),
+        std::fs::read(dir.path().join(format!("blobs/sha256/{}", m.files[0].sha256))).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn two_models_fetched_at_once_never_overrun_the_budget_together() {
+    let (o, base) = origin().await;
+    o.delay_ms.store(20, Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 3 << 20).unwrap());
+    let f = fetcher(1 << 20, 2);
+    let x = model(&o, &base, "x", &[("x.bin", content(2 << 20, 14))]);
+    let y = model(&o, &base, "y", &[("y.bin", content(2 << 20, 15))]);
+    let (rx, ry) = tokio::join!(f.fetch_model(&store, &x), f.fetch_model(&store, &y));
+    let errors: Vec<String> = [rx.err(), ry.err()].into_iter().flatten().map(|e| e.to_string()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("reserved by fetches under way"), "{errors:?}");
+    assert!(store.lock().unwrap().used_bytes() <= 3 << 20);
+    // The reservation ends with the fetch: the other model fits once the first is evictable.
+    let retry = if dir.path().join("models/x").exists() { &y } else { &x };
+    let report = f.fetch_model(&store, retry).await.unwrap();
+    assert_eq!(report.evicted.len(), 1);
+}

@@ -3,13 +3,15 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
-use gpuplane_kube::scheduler::SchedulerConfig;
+use std::time::Duration;
+
 use gpuplane_kube::scheduler::leader::LeaseConfig;
-use gpuplane_kube::scheduler::run::{RunConfig, serve_scheduler};
+use gpuplane_kube::scheduler::run::{InventoryPolling, RunConfig, serve_scheduler};
+use gpuplane_kube::scheduler::{LocalityConfig, SchedulerConfig};
 use gpuplane_kube::serve::{ServeError, shutdown_signal};
-use gpuplane_place::Policy;
+use gpuplane_place::{Bandwidth, Policy};
 
 use crate::service;
 
@@ -38,6 +40,19 @@ pub struct SchedulerArgs {
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name)
     #[arg(long)]
     identity: Option<String>,
+    /// Weight of model locality against the policy's score, 0 to 1 (0 turns it off): pods annotated
+    /// gpuplane.io/model prefer nodes whose cache agent holds the model
+    #[arg(long, default_value_t = 0.3)]
+    locality_weight: f64,
+    /// Seconds between reads of the cache agents' inventories (GET /models)
+    #[arg(long, default_value_t = 10)]
+    inventory_interval_secs: u64,
+    /// The cache agents' port when their pod names no container port "api"
+    #[arg(long, default_value_t = 8470)]
+    cache_agent_port: u16,
+    /// Expected read rates for the locality term, GB/s: local disk, peer, origin
+    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [2.0, 1.25, 0.3])]
+    load_gbps: Vec<f64>,
     /// Log format on standard error: text or json (level from RUST_LOG, default info)
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -46,6 +61,19 @@ pub struct SchedulerArgs {
 /// Runs the scheduler until SIGTERM, Ctrl-C, or a lost lease.
 pub fn run(args: SchedulerArgs) -> Result<()> {
     let policy: Policy = args.policy.parse().context("--policy")?;
+    if !(0.0..=1.0).contains(&args.locality_weight) {
+        bail!("--locality-weight {} is out of range; expected 0 to 1", args.locality_weight);
+    }
+    if args.inventory_interval_secs == 0 {
+        bail!("--inventory-interval-secs must be at least 1");
+    }
+    let &[local, peer, origin] = args.load_gbps.as_slice() else {
+        bail!("--load-gbps takes three rates: local disk, peer, origin");
+    };
+    if [local, peer, origin].iter().any(|r| !r.is_finite() || *r <= 0.0) {
+        bail!("--load-gbps {local},{peer},{origin}: every rate must be a positive number of GB/s");
+    }
+    let bandwidth = Bandwidth { local: local * 1e9, peer: peer * 1e9, origin: origin * 1e9 };
     service::init_logging(&args.log_format);
     let lease = (!args.lease_name.is_empty()).then(|| {
         let namespace = args
@@ -64,10 +92,16 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
         scheduler: SchedulerConfig {
             scheduler_name: args.scheduler_name,
             preemption: args.preemption,
+            locality: LocalityConfig { weight: args.locality_weight, bandwidth },
             ..SchedulerConfig::default()
         },
         lease,
         metrics_listen: args.metrics_listen,
+        inventory: (args.locality_weight > 0.0).then(|| InventoryPolling {
+            interval: Duration::from_secs(args.inventory_interval_secs),
+            default_port: args.cache_agent_port,
+            ..InventoryPolling::default()
+        }),
     };
     let fallback = service::fallback_target()?;
     service::runtime()?.block_on(async move {

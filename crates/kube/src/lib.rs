@@ -7,6 +7,7 @@
 pub mod assignment;
 pub mod client;
 pub mod extender;
+pub mod inventory;
 pub mod metrics;
 pub mod objects;
 pub mod scheduler;

@@ -194,6 +194,7 @@ fn pod_of(req: &AdmissionRequest) -> Result<Option<(api::Pod, Pod)>, String> {
     let pod: api::Pod =
         serde_json::from_value(object.clone()).map_err(|e| format!("gpuplane: the object is not a valid Pod: {e}"))?;
     let domain = objects::pod(&pod).map_err(|e| format!("gpuplane: {e}"))?;
+    crate::inventory::model_of(&pod).map_err(|e| format!("gpuplane: {e}"))?;
     Ok(Some((pod, domain)))
 }
 

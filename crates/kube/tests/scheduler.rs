@@ -49,6 +49,10 @@ fn pod(name: &str, priority: i32, milli: u32, bound: Option<(&str, &str)>) -> ap
 }
 
 fn scheduler(nodes: &[api::Node], pods: &[api::Pod]) -> Scheduler {
+    scheduler_with(nodes, pods, SchedulerConfig::default())
+}
+
+fn scheduler_with(nodes: &[api::Node], pods: &[api::Pod], config: SchedulerConfig) -> Scheduler {
     let (snapshot, _) = Snapshot::build(nodes, &[]).unwrap();
     let shape = snapshot.cluster().request(&gpuplane_core::Pod::with_requests(
         "t",
@@ -64,7 +68,7 @@ fn scheduler(nodes: &[api::Node], pods: &[api::Pod]) -> Scheduler {
         tie_break: TieBreak::LowestName,
     })
     .unwrap();
-    let mut s = Scheduler::new(snapshot, engine, SchedulerConfig::default(), Arc::new(Metrics::new()));
+    let mut s = Scheduler::new(snapshot, engine, config, Arc::new(Metrics::new()));
     assert!(s.rebuild(nodes, pods).unwrap().is_empty());
     s
 }
@@ -277,4 +281,64 @@ fn nodes_that_publish_gpu_uuids_get_the_assignment_by_uuid_too() {
         Some([("gpuplane.io/gpu-uuids".to_owned(), "GPU-0a1b".to_owned())].into_iter().collect());
     let (_, warnings) = Snapshot::build(&[with_uuids], &[]).unwrap();
     assert!(format!("{warnings:?}").contains("2 distinct GPU UUIDs"), "{warnings:?}");
+}
+
+/// `pod` serving `model` (annotation `gpuplane.io/model`).
+fn serving(name: &str, model: &str) -> api::Pod {
+    let mut p = pod(name, 0, 500, None);
+    p.metadata.annotations.get_or_insert_default().insert("gpuplane.io/model".into(), model.into());
+    p
+}
+
+#[test]
+fn a_pod_goes_to_the_node_whose_cache_holds_its_model_when_it_fits_there() {
+    use gpuplane_kube::inventory::Inventories;
+    use std::collections::HashMap;
+    let now = Instant::now();
+    let holds_on_b = |s: &mut Scheduler| {
+        let mut inventories = Inventories::default();
+        inventories.set("b", HashMap::from([("llama-3-8b@v1".to_owned(), 16 << 30)]));
+        inventories.set("a", HashMap::from([("other@v1".to_owned(), 1 << 30)]));
+        s.set_inventories(inventories);
+    };
+
+    // Equal nodes: without a model the policy's tie-break picks a; with the model on b, b wins.
+    let mut s = scheduler(&[node("a", 4, false), node("b", 4, false)], &[]);
+    holds_on_b(&mut s);
+    s.pod_applied(&pod("plain", 0, 500, None));
+    assert_eq!(bind_of(s.next(now)).node, "a");
+    s.pod_applied(&serving("llm", "llama-3-8b@v1"));
+    assert_eq!(bind_of(s.next(now)).node, "b");
+
+    // A model nobody holds leaves the policy's choice alone.
+    let mut s = scheduler(&[node("a", 4, false), node("b", 4, false)], &[]);
+    holds_on_b(&mut s);
+    s.pod_applied(&serving("new", "mistral-7b@v2"));
+    assert_eq!(bind_of(s.next(now)).node, "a");
+
+    // b holds the model but has no room: the pod goes where it fits.
+    let full: Vec<api::Pod> =
+        (0..4).map(|g| pod(&format!("busy{g}"), 0, 1000, Some(("b", &format!("{g}:1000"))))).collect();
+    let mut s = scheduler(&[node("a", 4, false), node("b", 4, false)], &full);
+    holds_on_b(&mut s);
+    s.pod_applied(&serving("llm", "llama-3-8b@v1"));
+    assert_eq!(bind_of(s.next(now)).node, "a");
+
+    // Locality weight 0 turns the term off.
+    let mut off = SchedulerConfig::default();
+    off.locality.weight = 0.0;
+    let mut s = scheduler_with(&[node("a", 4, false), node("b", 4, false)], &[], off);
+    holds_on_b(&mut s);
+    s.pod_applied(&serving("llm", "llama-3-8b@v1"));
+    assert_eq!(bind_of(s.next(now)).node, "a");
+}
+
+#[test]
+fn a_malformed_model_size_is_reported_with_the_pod_and_annotation() {
+    let mut s = scheduler(&[node("a", 4, false)], &[]);
+    let mut p = serving("llm", "llama-3-8b@v1");
+    p.metadata.annotations.get_or_insert_default().insert("gpuplane.io/model-size".into(), "big".into());
+    let warning = format!("{:?}", s.pod_applied(&p).expect("a warning"));
+    assert!(warning.contains("ml/llm") && warning.contains("gpuplane.io/model-size"), "{warning}");
+    assert_eq!(s.queued(), 0);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::http::{Method, Request, Response, StatusCode};
 use gpuplane_kube::scheduler::leader::{LeaderElector, Leadership, LeaseConfig};
-use gpuplane_kube::scheduler::run::{RunConfig, serve_scheduler};
+use gpuplane_kube::scheduler::run::{InventoryPolling, RunConfig, serve_scheduler};
 use gpuplane_kube::scheduler::{SchedulerConfig, queue::QueueConfig};
 use gpuplane_place::Policy;
 use http_body_util::BodyExt;
@@ -113,6 +113,8 @@ fn config() -> RunConfig {
         scheduler: SchedulerConfig { queue: QueueConfig::default(), ..SchedulerConfig::default() },
         lease: None,
         metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        // No cache agent among the pods: the poller runs and finds none.
+        inventory: Some(InventoryPolling::default()),
     }
 }
 

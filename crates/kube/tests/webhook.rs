@@ -104,6 +104,19 @@ fn malformed_pod_is_denied_with_a_reason() {
     assert!(resp.status.unwrap().message.contains("gpuplane.io/gpu-milli"));
 }
 
+#[test]
+fn a_model_size_that_is_not_a_quantity_is_denied_naming_the_annotation() {
+    let mut r = review();
+    r["request"]["object"]["metadata"]["annotations"] =
+        json!({"gpuplane.io/model": "llama-3-8b@v1", "gpuplane.io/model-size": "16 gigs"});
+    let resp = mutate(&WebhookConfig::default(), &request(&r));
+    assert!(!resp.allowed);
+    let message = resp.status.unwrap().message;
+    assert!(message.contains("gpuplane.io/model-size") && message.contains("16 gigs"), "{message}");
+    r["request"]["object"]["metadata"]["annotations"]["gpuplane.io/model-size"] = json!("16Gi");
+    assert!(mutate(&WebhookConfig::default(), &request(&r)).allowed);
+}
+
 async fn post(app: &axum::Router, path: &str, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
     let req = Request::post(path).header("content-type", "application/json").body(body.into()).unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();

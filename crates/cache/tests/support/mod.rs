@@ -18,6 +18,8 @@ pub struct Origin {
     pub files: Mutex<HashMap<String, Vec<u8>>>,
     pub served: AtomicU64,
     pub delay_ms: AtomicU64,
+    /// When non-zero, ranges that would take `served` past this many bytes are answered 503.
+    pub fail_after: AtomicU64,
 }
 
 async fn serve(State(o): State<Arc<Origin>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
@@ -35,6 +37,10 @@ async fn serve(State(o): State<Arc<Origin>>, Path(path): Path<String>, headers: 
     };
     let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
     let part = body[a..=b.min(body.len() - 1)].to_vec();
+    let limit = o.fail_after.load(Ordering::Relaxed);
+    if limit > 0 && o.served.load(Ordering::Relaxed) + part.len() as u64 > limit {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     o.served.fetch_add(part.len() as u64, Ordering::Relaxed);
     let content_range = format!("bytes {a}-{}/{}", a + part.len() - 1, body.len());
     (StatusCode::PARTIAL_CONTENT, [(header::CONTENT_RANGE, content_range)], part).into_response()

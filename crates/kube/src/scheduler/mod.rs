@@ -13,11 +13,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuplane_place::{ClusterError, Decision, Engine, GpuShare, Placement, PodRequest};
+use gpuplane_place::{Bandwidth, ClusterError, Decision, Engine, GpuShare, Placement, PodRequest};
 use k8s_openapi::api::core::v1 as api;
 
 use crate::assignment;
 use crate::extender::{BindFailure, BindTarget};
+use crate::inventory::{self, Inventories, ModelRef};
 use crate::metrics::Metrics;
 use crate::objects;
 use crate::snapshot::{Snapshot, Warning};
@@ -36,6 +37,27 @@ pub struct SchedulerConfig {
     pub preemption: bool,
     /// How long a preemptor waits for its victims to go before it may preempt again.
     pub preemption_timeout: Duration,
+    /// How much a pod's model locality counts against the policy's score.
+    pub locality: LocalityConfig,
+}
+
+/// The locality term: for a pod naming its model (`gpuplane.io/model`), nodes whose cache agent holds the
+/// model score higher, by the expected time to load it (see `gpuplane_place::locality`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalityConfig {
+    /// Weight of locality in the combined score, 0 (policy alone) to 1.
+    pub weight: f64,
+    /// Read rates of the local disk, a peer and the origin.
+    pub bandwidth: Bandwidth,
+}
+
+impl Default for LocalityConfig {
+    /// Weight 0.3: a node holding the model wins over a node the policy scores up to 43 points higher
+    /// (0.3 × 100 / 0.7), so the cache decides between near-equal placements and fragmentation decides
+    /// otherwise.
+    fn default() -> Self {
+        LocalityConfig { weight: 0.3, bandwidth: Bandwidth::default() }
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -45,6 +67,7 @@ impl Default for SchedulerConfig {
             queue: QueueConfig::default(),
             preemption: true,
             preemption_timeout: Duration::from_secs(120),
+            locality: LocalityConfig::default(),
         }
     }
 }
@@ -79,6 +102,8 @@ pub enum Action {
 struct Pending {
     pod: gpuplane_core::Pod,
     uid: String,
+    /// The model it serves, if it names one.
+    model: Option<ModelRef>,
     /// The last reason reported on the pod.
     reported: Option<String>,
 }
@@ -112,6 +137,7 @@ pub struct Scheduler {
     in_flight: HashMap<String, InFlight>,
     preempting: HashMap<String, Preempting>,
     budgets: Vec<Budget>,
+    inventories: Inventories,
     metrics: Arc<Metrics>,
 }
 
@@ -139,6 +165,7 @@ impl Scheduler {
             in_flight: HashMap::new(),
             preempting: HashMap::new(),
             budgets: Vec::new(),
+            inventories: Inventories::default(),
             metrics,
         }
     }
@@ -161,6 +188,11 @@ impl Scheduler {
     /// When the next waiting pod becomes ready, for the driver's timer.
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.queue.next_wakeup()
+    }
+
+    /// Replaces what the nodes' cache agents hold.
+    pub fn set_inventories(&mut self, inventories: Inventories) {
+        self.inventories = inventories;
     }
 
     /// Replaces the disruption budgets.
@@ -204,11 +236,11 @@ impl Scheduler {
             }
             return None;
         }
-        match objects::pod(p) {
-            Ok(pod) => {
+        match objects::pod(p).and_then(|pod| Ok((pod, inventory::model_of(p)?))) {
+            Ok((pod, model)) => {
                 self.queue.add(&key, pod.priority);
                 let reported = self.pending.remove(&key).and_then(|p| p.reported);
-                self.pending.insert(key, Pending { pod, uid, reported });
+                self.pending.insert(key, Pending { pod, uid, model, reported });
                 self.metrics.set_queue_depth(self.queue.len());
                 None
             }
@@ -304,8 +336,21 @@ impl Scheduler {
     fn attempt(&mut self, queued: &Queued, pending: &mut Pending, now: Instant, started: Instant) -> Option<Action> {
         let request = self.snapshot.cluster().request(&pending.pod);
         let key = queued.key.as_str();
-        match self.engine.decide(self.snapshot.cluster(), &request) {
+        let weight = self.config.locality.weight;
+        let locality = pending
+            .model
+            .as_ref()
+            .filter(|_| weight > 0.0)
+            .and_then(|m| self.inventories.locality(m, &self.snapshot, self.config.locality.bandwidth));
+        let (decision, explanation) = match &locality {
+            Some(l) => self.engine.decide_with_locality(self.snapshot.cluster(), &request, l, weight),
+            None => (self.engine.decide(self.snapshot.cluster(), &request), None),
+        };
+        match decision {
             Decision::Place(placement) => {
+                if let Some(why) = explanation {
+                    tracing::info!(pod = key, model = pending.model.as_ref().map(|m| m.name.as_str()), "{why}");
+                }
                 let node = self.snapshot.node_name(placement.node).to_owned();
                 let gpus = placement.gpus.clone();
                 let assignment_uuids = assignment::format_uuids(&gpus, self.snapshot.gpu_uuids(placement.node));

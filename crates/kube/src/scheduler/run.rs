@@ -1,7 +1,7 @@
 //! Drives the [`Scheduler`] against the API server: wins the Lease, watches Nodes, Pods and
 //! PodDisruptionBudgets into reflector stores, feeds their events to the state machine one at a time,
-//! and carries out its actions (bind, evict) concurrently, feeding the outcomes back. Serves
-//! `/metrics` and `/healthz` meanwhile.
+//! and carries out its actions (bind, evict) concurrently, feeding the outcomes back. Reads the cache
+//! agents' inventories every few seconds for the locality term. Serves `/metrics` and `/healthz` meanwhile.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +29,7 @@ use super::preempt::Victim;
 use super::{Action, Scheduler, SchedulerConfig};
 use crate::client::{KubeBinder, failure};
 use crate::extender::{BindFailure, Binder};
+use crate::inventory::{self, Inventories};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 use crate::serve::{ServeError, live_engine, log_warnings, owned, target_from, unfinished_pods};
 use crate::snapshot::Snapshot;
@@ -44,6 +45,25 @@ pub struct RunConfig {
     pub lease: Option<(String, LeaseConfig)>,
     /// Where `/metrics` and `/healthz` are served.
     pub metrics_listen: SocketAddr,
+    /// How the cache agents' inventories are read; `None` leaves locality out.
+    pub inventory: Option<InventoryPolling>,
+}
+
+/// Reading the cache agents' `GET /models`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InventoryPolling {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Time allowed per agent per round.
+    pub timeout: Duration,
+    /// The agent's port when its pod does not name a container port `api`.
+    pub default_port: u16,
+}
+
+impl Default for InventoryPolling {
+    fn default() -> Self {
+        InventoryPolling { interval: Duration::from_secs(10), timeout: Duration::from_secs(2), default_port: 8470 }
+    }
 }
 
 /// A watch event, as the loop needs it.
@@ -58,6 +78,8 @@ enum Input {
     PodsRelisted,
     /// A PodDisruptionBudget changed.
     Budgets,
+    /// A round of cache agent inventories.
+    Inventories(Inventories),
 }
 
 /// What a finished action reports.
@@ -152,10 +174,10 @@ async fn schedule(
     config: &RunConfig,
     fallback_target: Option<TargetWorkload>,
     metrics: Arc<Metrics>,
-    mut lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
-    mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+    lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
+    shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Result<(), ServeError> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let nodes = spawn_watch(Api::<api::Node>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
         Some(Input::Nodes)
     });
@@ -165,9 +187,52 @@ async fn schedule(
         watcher::Event::InitDone => Some(Input::PodsRelisted),
         watcher::Event::Init => None,
     });
-    let budgets = spawn_watch(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), tx, |_| {
-        Some(Input::Budgets)
-    });
+    let budgets =
+        spawn_watch(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
+            Some(Input::Budgets)
+        });
+    let poller = config.inventory.map(|polling| tokio::spawn(poll_inventories(pods.clone(), polling, tx)));
+    let result =
+        schedule_loop(client, config, fallback_target, metrics, (nodes, pods, budgets), rx, lost, shutdown).await;
+    if let Some(poller) = poller {
+        poller.abort();
+    }
+    result
+}
+
+/// Reads the inventories of the cache agents found in the pod store, every `polling.interval`.
+async fn poll_inventories(pods: Store<api::Pod>, polling: InventoryPolling, tx: mpsc::UnboundedSender<Input>) {
+    let mut ticks = tokio::time::interval(polling.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (usize::MAX, usize::MAX);
+    loop {
+        ticks.tick().await;
+        let agents = inventory::agents(pods.state().iter().map(|p| p.as_ref()), polling.default_port);
+        let (inventories, failed) = inventory::fetch_all(&agents, polling.timeout).await;
+        for (agent, error) in &failed {
+            tracing::debug!(node = %agent.node, %error, "Cache inventory not read; the node counts as holding no model.");
+        }
+        if last != (agents.len(), failed.len()) {
+            last = (agents.len(), failed.len());
+            tracing::info!(agents = agents.len(), unreadable = failed.len(), "Cache inventories read.");
+        }
+        if tx.send(Input::Inventories(inventories)).is_err() {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn schedule_loop(
+    client: Client,
+    config: &RunConfig,
+    fallback_target: Option<TargetWorkload>,
+    metrics: Arc<Metrics>,
+    (nodes, pods, budgets): (Store<api::Node>, Store<api::Pod>, Store<PodDisruptionBudget>),
+    mut rx: mpsc::UnboundedReceiver<Input>,
+    mut lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
+    mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Result<(), ServeError> {
     nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
     budgets.wait_until_ready().await.map_err(|_| ServeError::NotReady("PodDisruptionBudget"))?;
@@ -222,6 +287,7 @@ async fn schedule(
                     match input {
                         Input::Nodes | Input::PodsRelisted => rebuild = true,
                         Input::Budgets => budgets_changed = true,
+                        Input::Inventories(i) => scheduler.set_inventories(i),
                         Input::PodApplied(p) if !rebuild => log_warnings(&Vec::from_iter(scheduler.pod_applied(&p))),
                         Input::PodDeleted(p) if !rebuild => scheduler.pod_deleted(&p),
                         // A rebuild from the stores follows and covers these.
