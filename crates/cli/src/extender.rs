@@ -16,7 +16,7 @@ pub struct ExtenderArgs {
     /// Address to serve filter, prioritize, bind, preempt, /metrics and /healthz on
     #[arg(long, default_value = "0.0.0.0:8888")]
     listen: SocketAddr,
-    /// Placement policy: random, dotprod, clustering, packing, bestfit or fgd
+    /// Placement policy: random, dotprod, clustering, packing, bestfit, fgd or gpuplane
     #[arg(long, default_value = "fgd")]
     policy: String,
     /// How often the snapshot is rebuilt when Nodes or Pods changed, in milliseconds

@@ -21,7 +21,7 @@ pub struct SchedulerArgs {
     /// The spec.schedulerName of the pods this scheduler places
     #[arg(long, default_value = "gpuplane")]
     scheduler_name: String,
-    /// Placement policy: random, dotprod, clustering, packing, bestfit or fgd
+    /// Placement policy: random, dotprod, clustering, packing, bestfit, fgd or gpuplane
     #[arg(long, default_value = "fgd")]
     policy: String,
     /// Let higher-priority pods evict lower-priority ones (within PodDisruptionBudgets)

@@ -65,8 +65,29 @@ struct FgdMemo {
     cluster_id: u64,
     profiles: Vec<(u64, f64, FragProfile)>,
     shape_index: HashMap<Shape, usize>,
-    by_shape: Vec<Vec<(u64, i16, i8)>>,
+    by_shape: Vec<Vec<(u64, i64, i8)>>,
 }
+
+/// The workload the gpuplane policy learns from arrivals: decayed counts per shape, turned into a
+/// target workload at doubling intervals early on, then every [`LEARN_REFRESH`] arrivals.
+#[derive(Debug, Default)]
+struct Learned {
+    counts: HashMap<Shape, f64>,
+    seen: u64,
+    refreshed_at: u64,
+}
+
+/// The gpuplane policy's fragment is FGD's times this plus the packed fragment (see
+/// [`TargetWorkload::packed_fragment_with`]): FGD's term keeps whole nodes and GPUs free for the shapes
+/// that need them, the packed term counts what a stream of tasks would leave unused.
+const PACKED_FGD_WEIGHT: f64 = 8.0;
+/// The gpuplane policy's score unit, in milli-GPUs of combined fragment (25 milli of FGD's fragment).
+const PACKED_SCORE_STEP: f64 = 200.0;
+
+/// Arrivals between two rebuilds of the learned workload once past the first ones.
+const LEARN_REFRESH: u64 = 256;
+/// Half-life of an arrival's weight in the learned workload, in arrivals.
+const LEARN_HALF_LIFE: f64 = 4096.0;
 
 /// The placement engine for one policy.
 #[derive(Debug)]
@@ -76,6 +97,7 @@ pub struct Engine {
     tie_break: TieBreak,
     rng: ChaCha8Rng,
     fgd: FgdMemo,
+    learned: Learned,
     scores: Vec<(NodeId, i64)>,
     ties: Vec<NodeId>,
 }
@@ -86,12 +108,24 @@ impl Engine {
         if config.policy == Policy::Fgd && config.target.is_none() {
             return Err(EngineError::MissingTarget);
         }
+        // A target given to the gpuplane policy is its history so far (the pods already in the cluster):
+        // new arrivals add to it instead of replacing it.
+        let mut learned = Learned::default();
+        if let (Policy::Gpuplane, Some(prior)) = (config.policy, &config.target) {
+            for s in prior.shapes() {
+                *learned.counts.entry(s.shape).or_default() +=
+                    if s.count > 0 { s.count as f64 } else { s.weight * 100.0 };
+            }
+            learned.seen = learned.counts.values().sum::<f64>().round() as u64;
+            learned.refreshed_at = learned.seen;
+        }
         Ok(Engine {
             policy: config.policy,
             target: config.target,
             tie_break: config.tie_break,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             fgd: FgdMemo::default(),
+            learned,
             scores: Vec::new(),
             ties: Vec::new(),
         })
@@ -105,6 +139,29 @@ impl Engine {
     /// The target workload fragmentation is measured against, if the engine has one.
     pub fn target(&self) -> Option<&Arc<TargetWorkload>> {
         self.target.as_ref()
+    }
+
+    /// Tells the engine a pod arrived (once per pod, before its first decision). The gpuplane policy
+    /// learns its target workload from these; the other policies ignore them.
+    pub fn observe(&mut self, pod: &PodRequest) {
+        if self.policy != Policy::Gpuplane {
+            return;
+        }
+        let learned = &mut self.learned;
+        *learned.counts.entry(pod.shape()).or_default() += 1.0;
+        learned.seen += 1;
+        let since = learned.seen - learned.refreshed_at;
+        if since >= learned.refreshed_at.clamp(1, LEARN_REFRESH) {
+            let decay = 0.5f64.powf(since as f64 / LEARN_HALF_LIFE);
+            learned.counts.values_mut().for_each(|c| *c *= decay);
+            learned.counts.retain(|_, c| *c > 1e-6);
+            learned.refreshed_at = learned.seen;
+            if let Ok(target) = TargetWorkload::from_counts(&learned.counts, crate::frag::TARGET_COVERAGE) {
+                self.target = Some(Arc::new(target));
+                // Every memoised fragment was measured against the old workload.
+                self.fgd.profiles.clear();
+            }
+        }
     }
 
     /// Decides where `pod` goes in `cluster`. Does not change the cluster.
@@ -154,7 +211,7 @@ impl Engine {
             }
             verdicts.push(verdict);
         }
-        if self.policy == Policy::BestFit {
+        if matches!(self.policy, Policy::BestFit | Policy::Gpuplane) {
             normalise(&mut self.scores);
             let mut normalised = self.scores.iter().map(|s| s.1);
             for v in verdicts.iter_mut().filter(|v| v.is_ok()) {
@@ -176,7 +233,7 @@ impl Engine {
     }
 
     fn prepare(&mut self, cluster: &Cluster, pod: &PodRequest) -> Option<usize> {
-        (self.policy == Policy::Fgd).then(|| self.fgd_prepare(cluster, pod.shape()))
+        matches!(self.policy, Policy::Fgd | Policy::Gpuplane).then(|| self.fgd_prepare(cluster, pod.shape()))
     }
 
     /// Runs the filters on one node and, if it passes, the policy's score.
@@ -202,7 +259,7 @@ impl Engine {
             Policy::GpuClustering => policy::gpu_clustering_score(node, pod),
             Policy::GpuPacking => policy::gpu_packing_score(node, pod),
             Policy::BestFit => policy::best_fit_raw_score(node, pod),
-            Policy::Fgd => self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).0,
+            Policy::Fgd | Policy::Gpuplane => self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).0,
         }
     }
 
@@ -247,7 +304,7 @@ impl Engine {
                     (0..node.gpu_count).filter(|&i| node.gpu_free[usize::from(i)] >= milli).collect();
                 fitting[self.rng.random_range(0..fitting.len())]
             }
-            Policy::Fgd => {
+            Policy::Fgd | Policy::Gpuplane => {
                 let gpu = self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).1;
                 u8::try_from(gpu).unwrap_or(0)
             }
@@ -277,18 +334,27 @@ impl Engine {
     fn fgd_score(&mut self, slot: usize, id: NodeId, node: &NodeState, pod: &PodRequest) -> (i64, i8) {
         let (stamp, score, gpu) = self.fgd.by_shape[slot][id];
         if stamp == node.stamp {
-            return (i64::from(score), gpu);
+            return (score, gpu);
         }
         let target = match &self.target {
             Some(t) => Arc::clone(t),
             None => return (0, -1),
         };
+        let packed = self.policy == Policy::Gpuplane;
         let (stamp, before, profile) = &mut self.fgd.profiles[id];
         if *stamp != node.stamp {
             *before = target.profile(node.cpu_free, node.gpus(), node.model, profile);
+            if packed {
+                *before = PACKED_FGD_WEIGHT * *before + target.packed_fragment_with(profile, node.cpu_free, &[]);
+            }
             *stamp = node.stamp;
         }
         let (before, profile) = (*before, &*profile);
+        // FGD scores ⌊100 · sigmoid⌋; gpuplane ranks by the combined fragment removed, in steps of
+        // PACKED_SCORE_STEP so that near-equal nodes tie and the tie-break packs them in order.
+        let score_of = |removed: f64| {
+            if packed { (removed / PACKED_SCORE_STEP).round() as i64 } else { sigmoid_score(removed) }
+        };
         let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
         let gpus = node.gpus();
         let (score, gpu) = if pod.gpu.is_sharing() {
@@ -303,8 +369,14 @@ impl Engine {
                 }
                 tried[tried_len] = free;
                 tried_len += 1;
-                let f_after = target.fragment_with(profile, cpu_after, &[(free, free - demand)]);
-                let s = sigmoid_score(before - f_after);
+                let f_after = if packed {
+                    let change = [(free, free - demand)];
+                    PACKED_FGD_WEIGHT * target.fragment_with(profile, cpu_after, &change)
+                        + target.packed_fragment_with(profile, cpu_after, &change)
+                } else {
+                    target.fragment_with(profile, cpu_after, &[(free, free - demand)])
+                };
+                let s = score_of(before - f_after);
                 if best.is_none_or(|b| s > b.0) {
                     best = Some((s, i as i8));
                 }
@@ -320,10 +392,15 @@ impl Engine {
                     n += 1;
                 }
             }
-            let f_after = target.fragment_with(profile, cpu_after, &changes[..n]);
-            (sigmoid_score(before - f_after), -1)
+            let f_after = if packed {
+                PACKED_FGD_WEIGHT * target.fragment_with(profile, cpu_after, &changes[..n])
+                    + target.packed_fragment_with(profile, cpu_after, &changes[..n])
+            } else {
+                target.fragment_with(profile, cpu_after, &changes[..n])
+            };
+            (score_of(before - f_after), -1)
         };
-        self.fgd.by_shape[slot][id] = (node.stamp, score as i16, gpu);
+        self.fgd.by_shape[slot][id] = (node.stamp, score, gpu);
         (score, gpu)
     }
 }
@@ -417,6 +494,27 @@ mod tests {
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
+    }
+
+    #[test]
+    fn gpuplane_learns_its_workload_from_the_arrivals_it_observes() {
+        let mut cluster = Cluster::new(&[gpu_node("a", 2, "T4"), gpu_node("b", 2, "T4")]).unwrap();
+        let mut e = engine(Policy::Gpuplane, None);
+        assert!(e.target().is_none(), "online: nothing is known before the first arrival");
+        let whole = cluster.request(&Pod::with_requests("w", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 1000 }));
+        let half = cluster.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
+        e.observe(&whole);
+        assert_eq!(e.target().unwrap().shapes().len(), 1);
+        e.observe(&half);
+        assert_eq!(e.target().unwrap().shapes().len(), 2);
+        // With whole-GPU tasks expected, a half-GPU task goes where half a GPU is already taken.
+        cluster.bind(&half, &Placement { node: 1, gpus: vec![GpuShare { index: 0, milli: 500 }] }).unwrap();
+        let Decision::Place(p) = e.decide(&cluster, &half) else { panic!("room on both nodes") };
+        assert_eq!((p.node, p.gpus[0].index), (1, 0));
+        // The other policies ignore arrivals.
+        let mut fgd = engine(Policy::BestFit, None);
+        fgd.observe(&whole);
+        assert!(fgd.target().is_none());
     }
 
     #[test]

@@ -8,6 +8,9 @@ use thiserror::Error;
 
 use crate::cluster::{NodeState, PodRequest, Shape};
 
+/// Share of tasks the target workload's shapes cover: FGD's `podPopularityThreshold` of 95 %.
+pub const TARGET_COVERAGE: f64 = 0.95;
+
 /// One shape of the target workload and its popularity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WeightedShape {
@@ -51,30 +54,43 @@ impl TargetWorkload {
         if !(coverage > 0.0 && coverage <= 1.0) {
             return Err(WorkloadError::Coverage(coverage.to_string()));
         }
-        let mut counts: HashMap<Shape, u64> = HashMap::new();
-        let mut total = 0u64;
+        let mut counts: HashMap<Shape, f64> = HashMap::new();
         for t in tasks {
-            *counts.entry(t.shape()).or_default() += 1;
-            total += 1;
+            *counts.entry(t.shape()).or_default() += 1.0;
         }
-        if total == 0 {
+        Self::from_counts(&counts, coverage)
+    }
+
+    /// As [`Self::from_requests`], from (possibly fractional, decayed) counts per shape.
+    pub fn from_counts(counts: &HashMap<Shape, f64>, coverage: f64) -> Result<Self, WorkloadError> {
+        if !(coverage > 0.0 && coverage <= 1.0) {
+            return Err(WorkloadError::Coverage(coverage.to_string()));
+        }
+        let total: f64 = counts.values().filter(|c| c.is_finite() && **c > 0.0).sum();
+        if total <= 0.0 {
             return Err(WorkloadError::Empty);
         }
-        let mut ranked: Vec<(Shape, u64)> = counts.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        let mut ranked: Vec<(Shape, f64)> =
+            counts.iter().filter(|(_, c)| c.is_finite() && **c > 0.0).map(|(s, c)| (*s, *c)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
         let distinct_shapes = ranked.len();
-        let wanted = coverage * total as f64;
-        let mut covered = 0u64;
+        let wanted = coverage * total;
+        let mut covered = 0.0;
         let mut kept = 0;
-        while (covered as f64) < wanted && kept < ranked.len() {
+        while covered < wanted && kept < ranked.len() {
             covered += ranked[kept].1;
             kept += 1;
         }
         let shapes = ranked[..kept]
             .iter()
-            .map(|&(shape, count)| WeightedShape { shape, weight: count as f64 / covered as f64, count })
+            .map(|&(shape, count)| WeightedShape { shape, weight: count / covered, count: count.round() as u64 })
             .collect();
-        Ok(TargetWorkload { shapes, distinct_shapes, covered_tasks: covered, total_tasks: total })
+        Ok(TargetWorkload {
+            shapes,
+            distinct_shapes,
+            covered_tasks: covered.round() as u64,
+            total_tasks: total.round() as u64,
+        })
     }
 
     /// Builds a workload from explicit shapes and weights (weights are renormalised).
@@ -128,8 +144,9 @@ impl TargetWorkload {
 #[derive(Debug, Clone, Default)]
 pub struct FragProfile {
     /// Per target shape: can the shape use this node's GPUs at all (asks for GPUs, accepts the model),
-    /// how many GPUs have at least its per-GPU demand free, and the free milli of the other GPUs.
-    per_shape: Vec<(bool, u8, u32)>,
+    /// how many GPUs have at least its per-GPU demand free, the free milli of the other GPUs, and how
+    /// many per-GPU shares of it the GPUs hold in all (a GPU with 1000 free holds three 320 m shares).
+    per_shape: Vec<(bool, u8, u32, u32)>,
     free_total: u32,
 }
 
@@ -142,15 +159,16 @@ impl TargetWorkload {
         for s in &self.shapes {
             let usable = !s.shape.gpu.is_none() && s.shape.models.accepts(model);
             let demand = s.shape.gpu.milli_per_gpu;
-            let (mut fitting, mut too_small) = (0u8, 0u32);
+            let (mut fitting, mut too_small, mut shares) = (0u8, 0u32, 0u32);
             for &g in gpus {
                 if g >= demand {
                     fitting += 1;
                 } else {
                     too_small += u32::from(g);
                 }
+                shares += u32::from(g).checked_div(u32::from(demand)).unwrap_or(0);
             }
-            profile.per_shape.push((usable, fitting, too_small));
+            profile.per_shape.push((usable, fitting, too_small, shares));
         }
         self.fragment_with(profile, cpu_free, &[])
     }
@@ -164,7 +182,7 @@ impl TargetWorkload {
             return 0.0;
         }
         let mut sum = 0.0;
-        for (s, &(usable, mut fitting, mut too_small)) in self.shapes.iter().zip(&profile.per_shape) {
+        for (s, &(usable, mut fitting, mut too_small, _)) in self.shapes.iter().zip(&profile.per_shape) {
             let frag = if !usable {
                 free_total
             } else {
@@ -180,6 +198,39 @@ impl TargetWorkload {
                     }
                 }
                 if fitting >= s.shape.gpu.count && cpu_free >= s.shape.cpu_milli { too_small } else { free_total }
+            };
+            sum += s.weight * f64::from(frag);
+        }
+        sum
+    }
+}
+
+impl TargetWorkload {
+    /// The packed fragment of the profiled node after `changes` (see [`FragProfile`]): per shape m, the
+    /// free milli left over when the node is filled with as many tasks of m as its GPUs and its CPU
+    /// allow, Σ_m p_m · (free − k_m · count_m · milli_m). FGD's fragment asks whether the next task
+    /// fits; this one asks how much a stream of such tasks would leave unused — the 190 m a lone 810 m
+    /// task leaves on its GPU, and the GPUs a node's CPU can no longer feed.
+    pub fn packed_fragment_with(&self, profile: &FragProfile, cpu_free: u64, changes: &[(u16, u16)]) -> f64 {
+        let taken: u32 = changes.iter().map(|&(b, a)| u32::from(b) - u32::from(a)).sum();
+        let free_total = profile.free_total - taken;
+        if free_total == 0 {
+            return 0.0;
+        }
+        let mut sum = 0.0;
+        for (s, &(usable, _, _, mut shares)) in self.shapes.iter().zip(&profile.per_shape) {
+            let frag = if !usable {
+                free_total
+            } else {
+                let demand = u32::from(s.shape.gpu.milli_per_gpu);
+                for &(before, after) in changes {
+                    shares -= u32::from(before) / demand - u32::from(after) / demand;
+                }
+                let by_gpu = u64::from(shares / u32::from(s.shape.gpu.count.max(1)));
+                let by_cpu = cpu_free.checked_div(s.shape.cpu_milli).unwrap_or(u64::MAX);
+                let tasks = by_gpu.min(by_cpu);
+                let used = tasks.saturating_mul(u64::from(s.shape.gpu.total_milli()));
+                free_total - u32::try_from(used.min(u64::from(free_total))).unwrap_or(free_total)
             };
             sum += s.weight * f64::from(frag);
         }

@@ -30,17 +30,27 @@ pub enum Policy {
     BestFit,
     /// Fragmentation Gradient Descent: least growth of expected fragmentation.
     Fgd,
+    /// gpuplane's policy: fragmentation growth measured exactly against a workload learned from the
+    /// arrivals so far (see `docs/placement-policy.md`).
+    Gpuplane,
 }
 
 /// A policy name that is not known.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown policy {0:?}; expected one of: random, dotprod, clustering, packing, bestfit, fgd (or all)")]
+#[error("unknown policy {0:?}; expected one of: random, dotprod, clustering, packing, bestfit, fgd, gpuplane (or all)")]
 pub struct UnknownPolicy(pub String);
 
 impl Policy {
     /// Every policy, in the order reports list them.
-    pub const ALL: [Policy; 6] =
-        [Policy::Random, Policy::DotProd, Policy::GpuClustering, Policy::GpuPacking, Policy::BestFit, Policy::Fgd];
+    pub const ALL: [Policy; 7] = [
+        Policy::Random,
+        Policy::DotProd,
+        Policy::GpuClustering,
+        Policy::GpuPacking,
+        Policy::BestFit,
+        Policy::Fgd,
+        Policy::Gpuplane,
+    ];
 
     /// The command-line name.
     pub fn name(self) -> &'static str {
@@ -51,6 +61,7 @@ impl Policy {
             Policy::GpuPacking => "packing",
             Policy::BestFit => "bestfit",
             Policy::Fgd => "fgd",
+            Policy::Gpuplane => "gpuplane",
         }
     }
 
@@ -63,6 +74,7 @@ impl Policy {
             Policy::GpuPacking => "Packing",
             Policy::BestFit => "BestFit",
             Policy::Fgd => "FGD",
+            Policy::Gpuplane => "gpuplane",
         }
     }
 
@@ -97,6 +109,7 @@ impl FromStr for Policy {
             "packing" | "gpupacking" => Ok(Policy::GpuPacking),
             "bestfit" => Ok(Policy::BestFit),
             "fgd" => Ok(Policy::Fgd),
+            "gpuplane" => Ok(Policy::Gpuplane),
             _ => Err(UnknownPolicy(s.to_owned())),
         }
     }
@@ -256,7 +269,7 @@ mod tests {
     #[test]
     fn policy_names_parse() {
         assert_eq!(Policy::parse_list("fgd,BestFit").unwrap(), vec![Policy::Fgd, Policy::BestFit]);
-        assert_eq!(Policy::parse_list("all").unwrap().len(), 6);
+        assert_eq!(Policy::parse_list("all").unwrap().len(), 7);
         let err = Policy::parse_list("fgd,tetris").unwrap_err().to_string();
         assert!(err.contains("tetris") && err.contains("bestfit"), "{err}");
     }

@@ -239,6 +239,10 @@ impl Scheduler {
         match objects::pod(p).and_then(|pod| Ok((pod, inventory::model_of(p)?))) {
             Ok((pod, model)) => {
                 self.queue.add(&key, pod.priority);
+                if !self.pending.contains_key(&key) {
+                    // An arrival: the gpuplane policy learns its workload from these.
+                    self.engine.observe(&self.snapshot.cluster().request(&pod));
+                }
                 let reported = self.pending.remove(&key).and_then(|p| p.reported);
                 self.pending.insert(key, Pending { pod, uid, model, reported });
                 self.metrics.set_queue_depth(self.queue.len());
