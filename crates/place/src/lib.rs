@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod defrag;
 pub mod engine;
 pub mod filter;
 pub mod frag;

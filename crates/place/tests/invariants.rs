@@ -1,11 +1,13 @@
 //! Property tests of the engine's invariants over random clusters and pods, for every policy:
 //! no GPU ever above 1000 milli, no node above its CPU or memory, a pod placed only where every
-//! filter passes, and "unschedulable" only when no node passes.
+//! filter passes, and "unschedulable" only when no node passes; and with defragmentation, the cluster
+//! always equals the sum of where the tenancy says each pod is.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gpuplane_core::{GpuRequest, Node, Pod, Taint, TaintEffect, Toleration, TolerationOperator};
+use gpuplane_place::defrag::{Tenancy, place_with_moves};
 use gpuplane_place::filter;
 use gpuplane_place::{Cluster, Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use proptest::prelude::*;
@@ -90,6 +92,7 @@ proptest! {
             let mut used_cpu = vec![0u64; nodes.len()];
             let mut used_mem = vec![0u64; nodes.len()];
             for req in &requests {
+                engine.observe(req);
                 match engine.decide(&cluster, req) {
                     Decision::Place(p) => {
                         let n = p.node;
@@ -153,6 +156,46 @@ proptest! {
             && (!req.gpu.is_none() || req.cpu_milli > 0)
         {
             prop_assert!(cluster.release(req, p).is_err());
+        }
+    }
+
+    #[test]
+    fn defragmentation_moves_pods_without_losing_or_overallocating_any(
+        nodes in prop::collection::vec(node_strategy(), 1..8),
+        pods in prop::collection::vec(pod_strategy(), 1..60),
+        max_moves in 1usize..4,
+    ) {
+        let nodes: Vec<Node> = nodes.into_iter().enumerate().map(|(i, n)| build_node(i, n)).collect();
+        let mut cluster = Cluster::new(&nodes).unwrap();
+        let mut engine = Engine::new(EngineConfig { policy: Policy::Gpuplane, target: None, seed: 1, tie_break: TieBreak::LowestName }).unwrap();
+        let mut tenancy = Tenancy::new(nodes.len());
+        let mut placed = Vec::new();
+        for (id, p) in pods.into_iter().enumerate() {
+            let req = cluster.request(&build_pod(id, p));
+            engine.observe(&req);
+            match engine.decide(&cluster, &req) {
+                Decision::Place(p) => {
+                    cluster.bind(&req, &p).unwrap();
+                    tenancy.add(id, req, p);
+                    placed.push(id);
+                }
+                Decision::Unschedulable(_) => {
+                    if let Some(done) = place_with_moves(&mut engine, &mut cluster, &mut tenancy, id, &req, max_moves).unwrap() {
+                        prop_assert!(done.moves.len() <= max_moves);
+                        placed.push(id);
+                    }
+                }
+            }
+        }
+        // Rebuild the cluster from the tenancy alone: it must match, pod for pod.
+        let mut rebuilt = Cluster::new(&nodes).unwrap();
+        for &id in &placed {
+            let (req, p) = tenancy.get(id).expect("every placed pod is somewhere");
+            prop_assert!(tenancy.on_node(p.node).contains(&id));
+            rebuilt.bind(req, p).unwrap();
+        }
+        for (a, b) in rebuilt.nodes().iter().zip(cluster.nodes()) {
+            prop_assert_eq!((a.cpu_free, a.memory_free, a.gpu_free), (b.cpu_free, b.memory_free, b.gpu_free));
         }
     }
 }
