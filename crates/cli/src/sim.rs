@@ -22,7 +22,7 @@ pub struct SimArgs {
     /// Cluster: openb node CSV or Kubernetes Node YAML [default: bundled openb GPU nodes]
     #[arg(long, value_name = "FILE")]
     nodes: Option<PathBuf>,
-    /// Policies, comma-separated: random, dotprod, clustering, packing, bestfit, fgd, or all
+    /// Policies, comma-separated: random, dotprod, clustering, packing, bestfit, fgd, gpuplane, or all
     #[arg(long, default_value = "all", value_name = "P,..")]
     policy: String,
     /// Seeds: a list and/or ranges, such as 42-51 or 1,5,7-9
@@ -37,6 +37,10 @@ pub struct SimArgs {
     /// Ties between equally scored nodes: lowest-name (as the FGD paper's simulator) or random
     #[arg(long, value_enum, default_value_t = TieBreakArg::LowestName)]
     tie_break: TieBreakArg,
+    /// Also run every policy in defragmentation mode: a pod that fits nowhere may move up to this many
+    /// placed pods (migrations, counted in the table); 0 turns it off
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    defrag: usize,
     /// What to print on standard output
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     format: OutputFormat,
@@ -96,9 +100,10 @@ pub fn run(args: SimArgs) -> Result<()> {
         TieBreakArg::LowestName => TieBreak::LowestName,
         TieBreakArg::Random => TieBreak::Random,
     };
-    let experiment = Experiment { nodes, trace, policies, seeds, tune: args.tune, tie_break };
+    let experiment = Experiment { nodes, trace, policies, seeds, tune: args.tune, tie_break, defrag: args.defrag };
 
-    let runs = (experiment.policies.len() * experiment.seeds.len()) as u64;
+    let modes = if args.defrag > 0 { 2 } else { 1 };
+    let runs = (modes * experiment.policies.len() * experiment.seeds.len()) as u64;
     let bar = ProgressBar::with_draw_target(Some(runs), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} runs {msg}")
@@ -106,7 +111,7 @@ pub fn run(args: SimArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let result = run_experiment(&experiment, &|r| {
-        bar.set_message(format!("{} seed {}", r.policy.name(), r.seed));
+        bar.set_message(format!("{} seed {}", gpuplane_sim::key(r.policy, r.defrag), r.seed));
         bar.inc(1);
     })?;
     bar.finish_and_clear();

@@ -39,8 +39,21 @@ fn small_run_writes_every_output() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/sim.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], "gpuplane.sim/v1");
-    assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 6);
+    assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 7);
     assert_eq!(json["result"]["cluster"]["gpus"], 10);
+
+    // Defragmentation mode adds a row per policy, with its migrations.
+    let args =
+        ["sim", "--nodes", &nodes, "--trace", &pods, "--seeds", "1", "--policy", "fgd,gpuplane", "--defrag", "2"];
+    let out = gpuplane(&[&args[..], &["--out", "d"]].concat(), dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("migrations") && stdout.contains("gpuplane + defrag ≤2"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("d/sim.json")).unwrap()).unwrap();
+    let defrag: Vec<u64> =
+        json["result"]["policies"].as_array().unwrap().iter().map(|p| p["defrag"].as_u64().unwrap()).collect();
+    assert_eq!(defrag, [0, 0, 2, 2]);
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub fn samples(result: &ExperimentResult) -> String {
             let _ = writeln!(
                 out,
                 "{},{},{},{:.4},{:.4},{:.4},{:.4}",
-                run.policy.name(),
+                gpuplane_sim::key(run.policy, run.defrag),
                 run.seed,
                 s.arrived_pct,
                 s.allocated_gpu_pct,
@@ -36,7 +36,7 @@ pub fn curves(result: &ExperimentResult) -> String {
             let _ = writeln!(
                 out,
                 "{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
-                p.policy.name(),
+                p.key(),
                 c.arrived_pct,
                 c.seeds,
                 c.unallocated_gpu_pct.median,

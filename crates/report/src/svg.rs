@@ -177,7 +177,7 @@ pub fn unallocated_chart(result: &ExperimentResult) -> LineChart {
         .policies
         .iter()
         .map(|p| Series {
-            label: p.policy.title().to_owned(),
+            label: p.label(),
             points: p
                 .curve
                 .iter()

@@ -42,13 +42,23 @@ pub fn summary(result: &ExperimentResult, style: Style) -> String {
     });
     let mut header = vec!["policy".to_owned()];
     header.extend(CHECKPOINTS.iter().map(|c| format!("{c} %")));
-    header.extend(["failed pods".to_owned(), "decision p50/p99 µs".to_owned(), "wall s".to_owned()]);
+    let defrag = result.policies.iter().any(|p| p.defrag > 0);
+    header.push("failed pods".to_owned());
+    if defrag {
+        header.push("migrations".to_owned());
+    }
+    header.extend(["decision p50/p99 µs".to_owned(), "wall s".to_owned()]);
     table.set_header(header);
     for p in &result.policies {
-        let wall: f64 = result.runs.iter().filter(|r| r.policy == p.policy).map(|r| r.wall_ms).sum::<f64>() / 1000.0;
-        let mut row = vec![p.policy.title().to_owned()];
+        let wall: f64 =
+            result.runs.iter().filter(|r| r.policy == p.policy && r.defrag == p.defrag).map(|r| r.wall_ms).sum::<f64>()
+                / 1000.0;
+        let mut row = vec![p.label()];
         row.extend(CHECKPOINTS.iter().map(|&c| cell(p, c)));
         row.push(format!("{:.0}", p.failed_pods.median));
+        if defrag {
+            row.push(if p.defrag > 0 { format!("{:.0}", p.migrations.median) } else { "–".to_owned() });
+        }
         row.push(format!("{} / {}", micros(p.decision_p50_ns), micros(p.decision_p99_ns)));
         row.push(format!("{wall:.1}"));
         table.add_row(row);

@@ -17,8 +17,7 @@ use thiserror::Error;
 
 pub use run::{DecisionLatency, RunResult, Sample};
 
-/// Share of trace tasks FGD's target workload covers (`podPopularityThreshold: 95`).
-pub const TARGET_COVERAGE: f64 = 0.95;
+pub use gpuplane_place::frag::TARGET_COVERAGE;
 
 /// Why a simulation could not run.
 #[derive(Debug, Error)]
@@ -69,6 +68,9 @@ pub struct Experiment {
     pub tune: f64,
     /// How ties between equally scored nodes are broken.
     pub tie_break: TieBreak,
+    /// When above 0, every policy also runs in defragmentation mode, moving at most this many placed
+    /// pods to place one that fits nowhere.
+    pub defrag: usize,
 }
 
 /// Median, minimum and maximum of one metric over seeds.
@@ -116,6 +118,10 @@ pub struct PolicySummary {
     /// Policy.
     #[serde(serialize_with = "serialize_policy")]
     pub policy: Policy,
+    /// Most pods moved per failing pod; 0 is no defragmentation.
+    pub defrag: usize,
+    /// Pods moved over a run, over seeds.
+    pub migrations: Spread,
     /// Median, min and max over seeds at each arrived percent.
     pub curve: Vec<CurvePoint>,
     /// Pods that failed, over seeds.
@@ -126,7 +132,27 @@ pub struct PolicySummary {
     pub decision_p50_ns: u64,
 }
 
+/// How a (policy, defragmentation) pair is named: `FGD`, `gpuplane + defrag ≤2`.
+pub fn label(policy: Policy, defrag: usize) -> String {
+    if defrag == 0 { policy.title().to_owned() } else { format!("{} + defrag ≤{defrag}", policy.title()) }
+}
+
+/// Its machine name: `fgd`, `gpuplane+defrag2`.
+pub fn key(policy: Policy, defrag: usize) -> String {
+    if defrag == 0 { policy.name().to_owned() } else { format!("{}+defrag{defrag}", policy.name()) }
+}
+
 impl PolicySummary {
+    /// The row's name in tables and charts.
+    pub fn label(&self) -> String {
+        label(self.policy, self.defrag)
+    }
+
+    /// The row's machine name in CSV files.
+    pub fn key(&self) -> String {
+        key(self.policy, self.defrag)
+    }
+
     /// The curve point at an arrived percent, if some seed reached it.
     pub fn at(&self, arrived_pct: u32) -> Option<&CurvePoint> {
         self.curve.iter().find(|p| p.arrived_pct == arrived_pct)
@@ -203,17 +229,23 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
         .par_iter()
         .map(|&seed| workload::arrivals(&exp.trace, exp.tune, cluster.total_gpu_milli(), seed))
         .collect();
-    let jobs: Vec<(Policy, usize)> =
-        exp.policies.iter().flat_map(|&p| (0..exp.seeds.len()).map(move |s| (p, s))).collect();
+    let modes: Vec<usize> = if exp.defrag > 0 { vec![0, exp.defrag] } else { vec![0] };
+    let variants: Vec<(Policy, usize)> =
+        modes.iter().flat_map(|&d| exp.policies.iter().map(move |&p| (p, d))).collect();
+    let jobs: Vec<(Policy, usize, usize)> =
+        variants.iter().flat_map(|&(p, d)| (0..exp.seeds.len()).map(move |s| (p, d, s))).collect();
     let runs: Vec<RunResult> = jobs
         .par_iter()
-        .map(|&(policy, s)| {
-            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], exp.tie_break)?;
+        .map(|&(policy, defrag, s)| {
+            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], exp.tie_break, defrag)?;
             on_run(&result);
             Ok(result)
         })
         .collect::<Result<_, SimError>>()?;
-    let policies = exp.policies.iter().map(|&p| summarise(p, runs.iter().filter(|r| r.policy == p))).collect();
+    let policies = variants
+        .iter()
+        .map(|&(p, d)| summarise(p, d, runs.iter().filter(|r| r.policy == p && r.defrag == d)))
+        .collect();
     Ok(ExperimentResult {
         cluster: ClusterSummary {
             nodes: cluster.len(),
@@ -234,7 +266,7 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     })
 }
 
-fn summarise<'a>(policy: Policy, runs: impl Iterator<Item = &'a RunResult>) -> PolicySummary {
+fn summarise<'a>(policy: Policy, defrag: usize, runs: impl Iterator<Item = &'a RunResult>) -> PolicySummary {
     let runs: Vec<&RunResult> = runs.collect();
     let longest = runs.iter().map(|r| r.samples.len()).max().unwrap_or(0);
     let mut curve = Vec::with_capacity(longest);
@@ -257,6 +289,8 @@ fn summarise<'a>(policy: Policy, runs: impl Iterator<Item = &'a RunResult>) -> P
     let p50s = Spread::of(&mut runs.iter().map(|r| r.decision_latency.p50_ns as f64).collect::<Vec<_>>());
     PolicySummary {
         policy,
+        defrag,
+        migrations: Spread::of(&mut runs.iter().map(|r| r.migrations as f64).collect::<Vec<_>>()).unwrap_or(zero),
         curve,
         failed_pods: Spread::of(&mut runs.iter().map(|r| r.failed as f64).collect::<Vec<_>>()).unwrap_or(zero),
         decision_p99_ns: runs.iter().map(|r| r.decision_latency.p99_ns).max().unwrap_or(0),

@@ -1,11 +1,13 @@
 //! One simulation run: pods arrive one by one, the engine decides, placed pods are bound, failed pods
 //! are dropped. After every arrival the cluster's allocation and fragmentation are sampled against the
-//! arrived workload, discretised to whole percent as the FGD artifact does.
+//! arrived workload, discretised to whole percent as the FGD artifact does. In defragmentation mode a pod
+//! that fits nowhere may move up to a few placed pods (`gpuplane_place::defrag`); the moves are counted.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use gpuplane_core::Pod;
+use gpuplane_place::defrag::{Tenancy, place_with_moves};
 use gpuplane_place::{Cluster, Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use serde::Serialize;
 
@@ -45,6 +47,10 @@ pub struct RunResult {
     pub policy: Policy,
     /// Seed of the shuffle, inflation and tie-breaking.
     pub seed: u64,
+    /// Most pods moved to place one failing pod; 0 is no defragmentation.
+    pub defrag: usize,
+    /// Pods moved (migrations) over the run.
+    pub migrations: u64,
     /// Pods that arrived.
     pub pods: usize,
     /// Pods placed.
@@ -67,12 +73,15 @@ pub fn run(
     target: &Arc<TargetWorkload>,
     seed: u64,
     tie_break: TieBreak,
+    defrag: usize,
 ) -> Result<RunResult, SimError> {
     let started = Instant::now();
     let mut cluster = cluster.clone();
     let mut engine = Engine::new(EngineConfig {
         policy,
-        target: Some(Arc::clone(target)),
+        // The gpuplane policy is online: it learns its workload from the arrivals (`observe`), never the
+        // whole trace. The others get FGD's target, fixed from the whole trace as the paper does.
+        target: (policy != Policy::Gpuplane).then(|| Arc::clone(target)),
         // A stream apart from the shuffle's, so the arrival order does not depend on the policy.
         seed: seed ^ 0x9e37_79b9_7f4a_7c15,
         tie_break,
@@ -87,11 +96,13 @@ pub fn run(
     let mut arrived: u64 = 0;
     buckets.add(0.0, &cluster, frag_sum, total);
     let mut latencies = Vec::with_capacity(arrivals.len());
-    let (mut placed, mut failed) = (0, 0);
-    for pod in arrivals {
+    let (mut placed, mut failed, mut migrations) = (0, 0, 0u64);
+    let mut tenancy = Tenancy::new(if defrag > 0 { cluster.len() } else { 0 });
+    for (id, pod) in arrivals.iter().enumerate() {
         let request = cluster.request(pod);
         arrived += u64::from(pod.gpu.total_milli());
         let t0 = Instant::now();
+        engine.observe(&request);
         let decision = engine.decide(&cluster, &request);
         latencies.push(t0.elapsed().as_nanos() as u64);
         match decision {
@@ -102,14 +113,36 @@ pub fn run(
                 frag_sum += f - node_frag[n];
                 node_frag[n] = f;
                 placed += 1;
+                if defrag > 0 {
+                    tenancy.add(id, request, placement);
+                }
             }
-            Decision::Unschedulable(_) => failed += 1,
+            Decision::Unschedulable(_) => {
+                let moved = place_with_moves(&mut engine, &mut cluster, &mut tenancy, id, &request, defrag)
+                    .map_err(|e| SimError::Bind { pod: pod.name.clone(), source: e })?;
+                match moved {
+                    Some(done) => {
+                        placed += 1;
+                        migrations += done.moves.len() as u64;
+                        let touched = std::iter::once(done.placement.node)
+                            .chain(done.moves.iter().flat_map(|m| [m.from.node, m.to.node]));
+                        for n in touched {
+                            let f = target.node_fragment(&cluster.nodes()[n]);
+                            frag_sum += f - node_frag[n];
+                            node_frag[n] = f;
+                        }
+                    }
+                    None => failed += 1,
+                }
+            }
         }
         buckets.add(100.0 * arrived as f64 / total, &cluster, frag_sum, total);
     }
     Ok(RunResult {
         policy,
         seed,
+        defrag,
+        migrations,
         pods: arrivals.len(),
         placed,
         failed,

@@ -12,6 +12,10 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn run(policies: &[Policy], seeds: &[u64]) -> ExperimentResult {
+    run_with(policies, seeds, 0)
+}
+
+fn run_with(policies: &[Policy], seeds: &[u64], defrag: usize) -> ExperimentResult {
     let nodes_path = data("openb_node_list_gpu_node.csv");
     let trace_path = data("openb_pod_list_default.csv");
     let nodes =
@@ -28,6 +32,7 @@ fn run(policies: &[Policy], seeds: &[u64]) -> ExperimentResult {
         seeds: seeds.to_vec(),
         tune: 1.3,
         tie_break: TieBreak::LowestName,
+        defrag,
     };
     run_experiment(&exp, &|_| {}).expect("experiment runs")
 }
@@ -95,4 +100,20 @@ fn runs_are_reproducible() {
     for (x, y) in a.runs.iter().zip(&b.runs) {
         assert_eq!(x.samples, y.samples, "{} seed {}", x.policy, x.seed);
     }
+}
+
+#[test]
+fn the_online_gpuplane_policy_leaves_fewer_gpus_unallocated_than_fgd_and_defrag_fewer_still() {
+    let result = run_with(&[Policy::Fgd, Policy::Gpuplane], &[42, 43, 44], 2);
+    let at = |policy: Policy, defrag: usize| {
+        let p = result.policies.iter().find(|p| p.policy == policy && p.defrag == defrag).expect("variant was run");
+        (p.at(100).expect("100 % reached").unallocated_gpu_pct.median, p.migrations.median)
+    };
+    let (fgd, _) = at(Policy::Fgd, 0);
+    let (online, moved) = at(Policy::Gpuplane, 0);
+    let (defragmented, migrations) = at(Policy::Gpuplane, 2);
+    assert!(online < 0.9 * fgd, "gpuplane {online:.2} % against FGD {fgd:.2} % unallocated at 100 %");
+    assert_eq!(moved, 0.0, "without defragmentation nothing moves");
+    assert!(defragmented < online, "defragmentation {defragmented:.2} % against {online:.2} %");
+    assert!(migrations > 0.0);
 }
