@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-use gpuplane_core::MILLI_PER_GPU;
-
 use crate::cluster::{BindError, Cluster, NodeId, Placement, PodRequest};
 use crate::engine::{Decision, Engine};
 use crate::filter::{self, Rejection};
@@ -178,7 +176,7 @@ fn victims(cluster: &Cluster, tenancy: &Tenancy, node: NodeId, pod: &PodRequest)
                 free += milli;
                 moved.push(p);
             }
-            if free >= u32::from(demand) && free <= MILLI_PER_GPU {
+            if free >= u32::from(demand) {
                 let cost: u32 = moved.iter().filter_map(|p| tenancy.get(*p)).map(|(r, _)| r.gpu.total_milli()).sum();
                 per_gpu.push((moved.len(), cost, moved));
             }
