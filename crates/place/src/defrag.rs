@@ -108,20 +108,20 @@ pub fn place_with_moves(
         })
         .collect();
     rough.sort_unstable();
-    let mut candidates: Vec<(usize, u64, NodeId)> = rough
+    let mut candidates: Vec<(usize, u64, NodeId, Vec<PodId>)> = rough
         .iter()
         .take(SCANNED)
         .filter_map(|&(_, _, n)| victims(cluster, tenancy, n, pod).filter(|v| v.len() <= max_moves).map(|v| (v, n)))
         .map(|(v, n)| {
             let milli: u64 =
                 v.iter().filter_map(|p| tenancy.get(*p)).map(|(r, _)| u64::from(r.gpu.total_milli())).sum();
-            (v.len(), milli, n)
+            (v.len(), milli, n, v)
         })
         .collect();
     candidates.sort_unstable();
-    for &(_, _, node) in candidates.iter().take(CANDIDATES) {
-        let Some(chosen) = victims(cluster, tenancy, node, pod) else { continue };
-        if let Some(done) = try_node(engine, cluster, tenancy, id, pod, node, &chosen)? {
+    // A failed attempt puts everything back, so the victims found above still hold for the next node.
+    for (_, _, node, chosen) in candidates.iter().take(CANDIDATES) {
+        if let Some(done) = try_node(engine, cluster, tenancy, id, pod, *node, chosen)? {
             return Ok(Some(done));
         }
     }
@@ -213,7 +213,6 @@ fn victims(cluster: &Cluster, tenancy: &Tenancy, node: NodeId, pod: &PodRequest)
 
 /// Moves `chosen` off `node`, places `pod` there and the moved pods anywhere; undoes everything if
 /// any of them no longer fits.
-#[allow(clippy::too_many_arguments)]
 fn try_node(
     engine: &mut Engine,
     cluster: &mut Cluster,

@@ -341,6 +341,7 @@ impl Engine {
             None => return (0, -1),
         };
         let packed = self.policy == Policy::Gpuplane;
+        let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
         let (stamp, before, profile) = &mut self.fgd.profiles[id];
         if *stamp != node.stamp {
             *before = target.profile(node.cpu_free, node.gpus(), node.model, profile);
@@ -350,12 +351,19 @@ impl Engine {
             *stamp = node.stamp;
         }
         let (before, profile) = (*before, &*profile);
+        let fragment_after = |changes: &[(u16, u16)]| {
+            let fgd = target.fragment_with(profile, cpu_after, changes);
+            if packed {
+                PACKED_FGD_WEIGHT * fgd + target.packed_fragment_with(profile, cpu_after, changes)
+            } else {
+                fgd
+            }
+        };
         // FGD scores ⌊100 · sigmoid⌋; gpuplane ranks by the combined fragment removed, in steps of
         // PACKED_SCORE_STEP so that near-equal nodes tie and the tie-break packs them in order.
         let score_of = |removed: f64| {
             if packed { (removed / PACKED_SCORE_STEP).round() as i64 } else { sigmoid_score(removed) }
         };
-        let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
         let gpus = node.gpus();
         let (score, gpu) = if pod.gpu.is_sharing() {
             // Try each fitting GPU; equal free milli give equal outcomes, so each value is scored once.
@@ -369,14 +377,7 @@ impl Engine {
                 }
                 tried[tried_len] = free;
                 tried_len += 1;
-                let f_after = if packed {
-                    let change = [(free, free - demand)];
-                    PACKED_FGD_WEIGHT * target.fragment_with(profile, cpu_after, &change)
-                        + target.packed_fragment_with(profile, cpu_after, &change)
-                } else {
-                    target.fragment_with(profile, cpu_after, &[(free, free - demand)])
-                };
-                let s = score_of(before - f_after);
+                let s = score_of(before - fragment_after(&[(free, free - demand)]));
                 if best.is_none_or(|b| s > b.0) {
                     best = Some((s, i as i8));
                 }
@@ -392,13 +393,7 @@ impl Engine {
                     n += 1;
                 }
             }
-            let f_after = if packed {
-                PACKED_FGD_WEIGHT * target.fragment_with(profile, cpu_after, &changes[..n])
-                    + target.packed_fragment_with(profile, cpu_after, &changes[..n])
-            } else {
-                target.fragment_with(profile, cpu_after, &changes[..n])
-            };
-            (score_of(before - f_after), -1)
+            (score_of(before - fragment_after(&changes[..n])), -1)
         };
         self.fgd.by_shape[slot][id] = (node.stamp, score, gpu);
         (score, gpu)

@@ -51,9 +51,6 @@ impl TargetWorkload {
         tasks: impl IntoIterator<Item = &'a PodRequest>,
         coverage: f64,
     ) -> Result<Self, WorkloadError> {
-        if !(coverage > 0.0 && coverage <= 1.0) {
-            return Err(WorkloadError::Coverage(coverage.to_string()));
-        }
         let mut counts: HashMap<Shape, f64> = HashMap::new();
         for t in tasks {
             *counts.entry(t.shape()).or_default() += 1.0;
@@ -139,6 +136,13 @@ impl TargetWorkload {
     }
 }
 
+impl FragProfile {
+    /// The node's free GPU milli after `changes` (per GPU: free before, free after).
+    fn free_after(&self, changes: &[(u16, u16)]) -> u32 {
+        self.free_total - changes.iter().map(|&(b, a)| u32::from(b) - u32::from(a)).sum::<u32>()
+    }
+}
+
 /// Per-shape counts of one node state, from which the fragment after a small change (one or a few
 /// GPUs losing milli, the CPU shrinking) follows in O(shapes) instead of O(shapes × GPUs).
 #[derive(Debug, Clone, Default)]
@@ -176,8 +180,7 @@ impl TargetWorkload {
     /// The fragment of the profiled node after the GPUs in `changes` go from `(free before, free after)`
     /// and the free CPU becomes `cpu_free`.
     pub fn fragment_with(&self, profile: &FragProfile, cpu_free: u64, changes: &[(u16, u16)]) -> f64 {
-        let taken: u32 = changes.iter().map(|&(b, a)| u32::from(b) - u32::from(a)).sum();
-        let free_total = profile.free_total - taken;
+        let free_total = profile.free_after(changes);
         if free_total == 0 {
             return 0.0;
         }
@@ -212,8 +215,7 @@ impl TargetWorkload {
     /// fits; this one asks how much a stream of such tasks would leave unused — the 190 m a lone 810 m
     /// task leaves on its GPU, and the GPUs a node's CPU can no longer feed.
     pub fn packed_fragment_with(&self, profile: &FragProfile, cpu_free: u64, changes: &[(u16, u16)]) -> f64 {
-        let taken: u32 = changes.iter().map(|&(b, a)| u32::from(b) - u32::from(a)).sum();
-        let free_total = profile.free_total - taken;
+        let free_total = profile.free_after(changes);
         if free_total == 0 {
             return 0.0;
         }

@@ -108,10 +108,7 @@ pub fn run(
         match decision {
             Decision::Place(placement) => {
                 cluster.bind(&request, &placement).map_err(|e| SimError::Bind { pod: pod.name.clone(), source: e })?;
-                let n = placement.node;
-                let f = target.node_fragment(&cluster.nodes()[n]);
-                frag_sum += f - node_frag[n];
-                node_frag[n] = f;
+                refresh_fragment(target, &cluster, placement.node, &mut node_frag, &mut frag_sum);
                 placed += 1;
                 if defrag > 0 {
                     tenancy.add(id, request, placement);
@@ -127,9 +124,7 @@ pub fn run(
                         let touched = std::iter::once(done.placement.node)
                             .chain(done.moves.iter().flat_map(|m| [m.from.node, m.to.node]));
                         for n in touched {
-                            let f = target.node_fragment(&cluster.nodes()[n]);
-                            frag_sum += f - node_frag[n];
-                            node_frag[n] = f;
+                            refresh_fragment(target, &cluster, n, &mut node_frag, &mut frag_sum);
                         }
                     }
                     None => failed += 1,
@@ -150,6 +145,13 @@ pub fn run(
         decision_latency: latency_stats(&mut latencies),
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
     })
+}
+
+/// Measures node `n`'s fragment again after it changed, keeping the cluster's sum in step.
+fn refresh_fragment(target: &TargetWorkload, cluster: &Cluster, n: usize, node_frag: &mut [f64], frag_sum: &mut f64) {
+    let f = target.node_fragment(&cluster.nodes()[n]);
+    *frag_sum += f - node_frag[n];
+    node_frag[n] = f;
 }
 
 fn latency_stats(ns: &mut [u64]) -> DecisionLatency {

@@ -174,10 +174,10 @@ async fn schedule(
     config: &RunConfig,
     fallback_target: Option<TargetWorkload>,
     metrics: Arc<Metrics>,
-    lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
-    shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
+    mut lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
+    mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Result<(), ServeError> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let nodes = spawn_watch(Api::<api::Node>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
         Some(Input::Nodes)
     });
@@ -191,48 +191,8 @@ async fn schedule(
         spawn_watch(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
             Some(Input::Budgets)
         });
-    let poller = config.inventory.map(|polling| tokio::spawn(poll_inventories(pods.clone(), polling, tx)));
-    let result =
-        schedule_loop(client, config, fallback_target, metrics, (nodes, pods, budgets), rx, lost, shutdown).await;
-    if let Some(poller) = poller {
-        poller.abort();
-    }
-    result
-}
-
-/// Reads the inventories of the cache agents found in the pod store, every `polling.interval`.
-async fn poll_inventories(pods: Store<api::Pod>, polling: InventoryPolling, tx: mpsc::UnboundedSender<Input>) {
-    let mut ticks = tokio::time::interval(polling.interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = (usize::MAX, usize::MAX);
-    loop {
-        ticks.tick().await;
-        let agents = inventory::agents(pods.state().iter().map(|p| p.as_ref()), polling.default_port);
-        let (inventories, failed) = inventory::fetch_all(&agents, polling.timeout).await;
-        for (agent, error) in &failed {
-            tracing::debug!(node = %agent.node, %error, "Cache inventory not read; the node counts as holding no model.");
-        }
-        if last != (agents.len(), failed.len()) {
-            last = (agents.len(), failed.len());
-            tracing::info!(agents = agents.len(), unreadable = failed.len(), "Cache inventories read.");
-        }
-        if tx.send(Input::Inventories(inventories)).is_err() {
-            return;
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn schedule_loop(
-    client: Client,
-    config: &RunConfig,
-    fallback_target: Option<TargetWorkload>,
-    metrics: Arc<Metrics>,
-    (nodes, pods, budgets): (Store<api::Node>, Store<api::Pod>, Store<PodDisruptionBudget>),
-    mut rx: mpsc::UnboundedReceiver<Input>,
-    mut lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
-    mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
-) -> Result<(), ServeError> {
+    let _poller =
+        config.inventory.map(|polling| AbortOnDrop(tokio::spawn(poll_inventories(pods.clone(), polling, tx))));
     nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
     budgets.wait_until_ready().await.map_err(|_| ServeError::NotReady("PodDisruptionBudget"))?;
@@ -305,6 +265,37 @@ async fn schedule_loop(
                 }
             }
             () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// A spawned task that stops when the guard is dropped (when scheduling ends, however it ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the inventories of the cache agents found in the pod store, every `polling.interval`.
+async fn poll_inventories(pods: Store<api::Pod>, polling: InventoryPolling, tx: mpsc::UnboundedSender<Input>) {
+    let mut ticks = tokio::time::interval(polling.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = (usize::MAX, usize::MAX);
+    loop {
+        ticks.tick().await;
+        let agents = inventory::agents(pods.state().iter().map(|p| p.as_ref()), polling.default_port);
+        let (inventories, failed) = inventory::fetch_all(&agents, polling.timeout).await;
+        for (agent, error) in &failed {
+            tracing::debug!(node = %agent.node, %error, "Cache inventory not read; the node counts as holding no model.");
+        }
+        if last != (agents.len(), failed.len()) {
+            last = (agents.len(), failed.len());
+            tracing::info!(agents = agents.len(), unreadable = failed.len(), "Cache inventories read.");
+        }
+        if tx.send(Input::Inventories(inventories)).is_err() {
+            return;
         }
     }
 }
