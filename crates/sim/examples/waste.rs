@@ -1,6 +1,7 @@
 //! Where the unallocated GPUs are when the arrived workload reaches 100 % of the cluster: partly used
 //! GPUs by how much they have free, whole free GPUs, and free milli on nodes whose CPU is used up; and
-//! the failed pods by kind. `docs/placement-policy.md` quotes it.
+//! the failed pods by kind; and a bound no placement can beat: first-fit decreasing of the arrived
+//! GPU-sharing pods, knowing them all in advance. `docs/placement-policy.md` quotes it.
 //!
 //! `cargo run --release -p gpuplane-sim --example waste -- [fgd|gpuplane|…] [trace.csv] [seed]`
 #![allow(clippy::expect_used)] // A command-line study: a bad argument or file ends it with the message.
@@ -30,12 +31,16 @@ fn main() {
 
     let mut failed: BTreeMap<String, (u32, u64)> = BTreeMap::new();
     let mut arrived = 0u64;
+    let mut shares: Vec<u16> = Vec::new();
     for pod in workload::arrivals(&pods, 1.3, total, seed) {
         arrived += u64::from(pod.gpu.total_milli());
         if arrived > total {
             break;
         }
         let request = cluster.request(&pod);
+        if request.gpu.is_sharing() {
+            shares.push(request.gpu.milli_per_gpu);
+        }
         engine.observe(&request);
         match engine.decide(&cluster, &request) {
             Decision::Place(p) => cluster.bind(&request, &p).expect("the engine's placement binds"),
@@ -75,6 +80,14 @@ fn main() {
     let mut by_waste: Vec<(u64, u16, u32)> =
         partial.iter().map(|(&f, &c)| (u64::from(f) * u64::from(c), f, c)).collect();
     by_waste.sort_unstable_by(|a, b| b.cmp(a));
+    let offline = offline_sharing_waste(&mut shares);
+    println!(
+        "offline bound: first-fit decreasing packs the {} arrived sharing pods on whole GPUs leaving {:.1} GPUs' \
+         worth free ({:.2} % of the cluster)",
+        shares.len(),
+        offline as f64 / 1000.0,
+        100.0 * offline as f64 / total as f64
+    );
     println!("partly used GPUs, by free milli (tens), largest waste first:");
     for (milli, free, count) in by_waste.iter().take(10) {
         println!("  {free:>3}–{:>3} m free: {count:>4} GPUs, {:.1} GPUs' worth", free + 9, *milli as f64 / 1000.0);
@@ -87,4 +100,18 @@ fn main() {
     for (kind, (count, milli)) in failed {
         println!("  {kind}: {count} pods, {:.0} GPUs", milli as f64 / 1000.0);
     }
+}
+
+/// The free milli first-fit decreasing leaves when it packs GPU-sharing pods onto GPUs of 1000 milli,
+/// ignoring CPU and nodes: a near-optimal offline packing, so a floor for any online policy's waste.
+fn offline_sharing_waste(shares: &mut [u16]) -> u64 {
+    shares.sort_unstable_by(|a, b| b.cmp(a));
+    let mut gpus: Vec<u16> = Vec::new();
+    for &m in shares.iter() {
+        match gpus.iter_mut().find(|free| **free >= m) {
+            Some(free) => *free -= m,
+            None => gpus.push(1000 - m),
+        }
+    }
+    gpus.iter().map(|&free| u64::from(free)).sum()
 }
