@@ -7,6 +7,7 @@ mod cache;
 mod extender;
 mod input;
 mod scheduler;
+mod serve_sim;
 mod service;
 mod sim;
 mod webhook;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Replay a pod trace against a cluster with each placement policy and compare unallocated GPUs.
     Sim(sim::SimArgs),
+    /// Simulate inference serving over time (TTFT, cold starts, origin bytes) per scheduling stack.
+    ServeSim(serve_sim::ServeSimArgs),
     /// Schedule pods with schedulerName gpuplane in a live cluster (secondary scheduler).
     Scheduler(scheduler::SchedulerArgs),
     /// Serve the kube-scheduler extender (filter, prioritize, bind, preempt) for a live cluster.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Sim(args) => sim::run(args),
+        Command::ServeSim(args) => serve_sim::run_command(args),
         Command::Bench(command) => bench::run(command),
         Command::Extender(args) => extender::run(args),
         Command::Scheduler(args) => scheduler::run(args),

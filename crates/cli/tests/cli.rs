@@ -39,7 +39,7 @@ fn small_run_writes_every_output() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("o/sim.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], "gpuplane.sim/v1");
-    assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 7);
+    assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 8);
     assert_eq!(json["result"]["cluster"]["gpus"], 10);
 
     // Defragmentation mode adds a row per policy, with its migrations.
@@ -436,4 +436,27 @@ fn a_fetch_killed_with_sigkill_resumes_and_verifies() {
         .expect("the resumed MiB in the report");
     assert!(resumed >= 8.0, "{stdout}");
     assert_eq!(std::fs::read(dir.path().join("store/models/big/w.bin")).unwrap(), body);
+}
+
+#[test]
+fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "short.yaml", "horizon_s: 300\ndrain_s: 60\n");
+    let out = gpuplane(&["serve-sim", "--config", &config, "--trace", "code", "--out", "s"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("kube-default") && stdout.contains("gpuplane"), "{stdout}");
+    for f in ["serve.json", "allocation.svg", "fragmentation.svg", "pending.svg"] {
+        assert!(dir.path().join("s").join(f).is_file(), "{f} missing");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s/serve.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], "gpuplane.serve-sim/v1");
+    assert_eq!(json["result"]["stacks"].as_array().unwrap().len(), 4);
+    assert_eq!(json["config"]["horizon_s"], 300.0);
+
+    let bad = write(dir.path(), "bad.yaml", "autoscale:\n  target_concurrency: 0\n");
+    assert_fails(&gpuplane(&["serve-sim", "--config", &bad], dir.path()), "autoscale.target_concurrency");
+    let trace = write(dir.path(), "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,ten,1\n");
+    assert_fails(&gpuplane(&["serve-sim", "--trace", &trace], dir.path()), "t.csv:2");
 }

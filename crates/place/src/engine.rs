@@ -9,7 +9,7 @@ use gpuplane_core::MILLI_PER_GPU;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
-use crate::cluster::{Cluster, GpuShare, NodeId, NodeState, Placement, PodRequest, Shape};
+use crate::cluster::{Cluster, GpuShare, NodeId, NodeInfo, NodeState, Placement, PodRequest, Shape};
 use crate::filter::{self, Rejection, RejectionCounts};
 use crate::frag::{FragProfile, TargetWorkload};
 use crate::policy::{self, Policy};
@@ -174,7 +174,7 @@ impl Engine {
                 rejected.add(r);
                 continue;
             }
-            let score = self.policy_score(memo_slot, id, node, pod);
+            let score = self.policy_score(memo_slot, id, info, node, pod);
             self.scores.push((id, score));
         }
         if self.scores.is_empty() {
@@ -245,16 +245,24 @@ impl Engine {
         id: NodeId,
         pod: &PodRequest,
     ) -> Result<i64, Rejection> {
-        let node = &cluster.nodes()[id];
-        filter::check(&cluster.node_info()[id], node, pod)?;
-        Ok(self.policy_score(memo_slot, id, node, pod))
+        let (info, node) = (&cluster.node_info()[id], &cluster.nodes()[id]);
+        filter::check(info, node, pod)?;
+        Ok(self.policy_score(memo_slot, id, info, node, pod))
     }
 
     /// The policy's score of a node that passed the filters.
     #[inline]
-    fn policy_score(&mut self, memo_slot: Option<usize>, id: NodeId, node: &NodeState, pod: &PodRequest) -> i64 {
+    fn policy_score(
+        &mut self,
+        memo_slot: Option<usize>,
+        id: NodeId,
+        info: &NodeInfo,
+        node: &NodeState,
+        pod: &PodRequest,
+    ) -> i64 {
         match self.policy {
             Policy::Random => 0,
+            Policy::LeastAllocated => policy::least_allocated_score(info, node, pod),
             Policy::DotProd => policy::dot_product_score(node, pod),
             Policy::GpuClustering => policy::gpu_clustering_score(node, pod),
             Policy::GpuPacking => policy::gpu_packing_score(node, pod),
@@ -308,6 +316,7 @@ impl Engine {
                 let gpu = self.fgd_score(memo_slot.unwrap_or(0), id, node, pod).1;
                 u8::try_from(gpu).unwrap_or(0)
             }
+            Policy::LeastAllocated => policy::first_fit_gpu(node, milli).unwrap_or(0),
             _ => policy::best_fit_gpu(node, milli).unwrap_or(0),
         };
         vec![GpuShare { index, milli }]

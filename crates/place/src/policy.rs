@@ -7,7 +7,7 @@ use std::str::FromStr;
 use gpuplane_core::{GpuRequest, MILLI_PER_GPU};
 use thiserror::Error;
 
-use crate::cluster::{GPU_CLASSES, NodeState, PodRequest, gpu_class};
+use crate::cluster::{GPU_CLASSES, NodeInfo, NodeState, PodRequest, gpu_class};
 
 /// CPU of the largest node, used to normalise CPU (128 cores).
 pub const MAX_NODE_CPU_MILLI: f64 = 128_000.0;
@@ -20,6 +20,9 @@ const FULL_GPU: u16 = MILLI_PER_GPU as u16;
 pub enum Policy {
     /// A uniformly random feasible node.
     Random,
+    /// The Kubernetes default scheduler's NodeResourcesFit LeastAllocated: the node with the most CPU and
+    /// memory left after placement (spreading); no GPU-level awareness, a shared GPU is the first that fits.
+    LeastAllocated,
     /// Smallest dot product of free (CPU, GPU) and demand, both normalised to the largest node.
     DotProd,
     /// Prefer nodes that already run pods of the same GPU class (sharing, 1, 2, 4, 8 GPUs).
@@ -37,13 +40,16 @@ pub enum Policy {
 
 /// A policy name that is not known.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown policy {0:?}; expected one of: random, dotprod, clustering, packing, bestfit, fgd, gpuplane (or all)")]
+#[error(
+    "unknown policy {0:?}; expected one of: random, kube-default, dotprod, clustering, packing, bestfit, fgd, gpuplane (or all)"
+)]
 pub struct UnknownPolicy(pub String);
 
 impl Policy {
     /// Every policy, in the order reports list them.
-    pub const ALL: [Policy; 7] = [
+    pub const ALL: [Policy; 8] = [
         Policy::Random,
+        Policy::LeastAllocated,
         Policy::DotProd,
         Policy::GpuClustering,
         Policy::GpuPacking,
@@ -56,6 +62,7 @@ impl Policy {
     pub fn name(self) -> &'static str {
         match self {
             Policy::Random => "random",
+            Policy::LeastAllocated => "kube-default",
             Policy::DotProd => "dotprod",
             Policy::GpuClustering => "clustering",
             Policy::GpuPacking => "packing",
@@ -69,6 +76,7 @@ impl Policy {
     pub fn title(self) -> &'static str {
         match self {
             Policy::Random => "Random",
+            Policy::LeastAllocated => "kube-default",
             Policy::DotProd => "DotProd",
             Policy::GpuClustering => "Clustering",
             Policy::GpuPacking => "Packing",
@@ -104,6 +112,7 @@ impl FromStr for Policy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "random" => Ok(Policy::Random),
+            "kubedefault" | "leastallocated" => Ok(Policy::LeastAllocated),
             "dotprod" | "dotproduct" => Ok(Policy::DotProd),
             "clustering" | "gpuclustering" => Ok(Policy::GpuClustering),
             "packing" | "gpupacking" => Ok(Policy::GpuPacking),
@@ -119,6 +128,22 @@ impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.title())
     }
+}
+
+/// LeastAllocated as the default scheduler scores it: the mean over CPU and memory of the share of the
+/// node's capacity left free after placing the pod, 0–100.
+pub fn least_allocated_score(info: &NodeInfo, node: &NodeState, pod: &PodRequest) -> i64 {
+    let left = |free: u64, request: u64, capacity: u64| {
+        if capacity == 0 { 0.0 } else { free.saturating_sub(request) as f64 * 100.0 / capacity as f64 }
+    };
+    let cpu = left(node.cpu_free, pod.cpu_milli, info.cpu_capacity);
+    let memory = left(node.memory_free, pod.memory_bytes, info.memory_capacity);
+    ((cpu + memory) / 2.0) as i64
+}
+
+/// The lowest-index GPU with at least `milli` free: a GPU choice that knows nothing of fragmentation.
+pub fn first_fit_gpu(node: &NodeState, milli: u16) -> Option<u8> {
+    (0..node.gpu_count).find(|&i| node.gpu_free[usize::from(i)] >= milli)
 }
 
 /// DotProd: 100 · (1 − (free · demand) / 2), both vectors normalised to the largest node.
@@ -269,9 +294,28 @@ mod tests {
     #[test]
     fn policy_names_parse() {
         assert_eq!(Policy::parse_list("fgd,BestFit").unwrap(), vec![Policy::Fgd, Policy::BestFit]);
-        assert_eq!(Policy::parse_list("all").unwrap().len(), 7);
+        assert_eq!(Policy::parse_list("all").unwrap().len(), 8);
+        assert_eq!(Policy::parse_list("kube-default").unwrap(), vec![Policy::LeastAllocated]);
         let err = Policy::parse_list("fgd,tetris").unwrap_err().to_string();
         assert!(err.contains("tetris") && err.contains("bestfit"), "{err}");
+    }
+
+    #[test]
+    fn least_allocated_prefers_the_emptier_node_and_ignores_gpus() {
+        let info = NodeInfo {
+            name: "n".into(),
+            cpu_capacity: 64_000,
+            memory_capacity: 0,
+            labels: Default::default(),
+            taints: vec![],
+        };
+        let p = pod(16_000, 1, 500);
+        // CPU: (64 − 16) / 64 = 75 %; memory capacity 0 counts 0: mean 37.
+        assert_eq!(least_allocated_score(&info, &node(64_000, &[1000, 1000]), &p), 37);
+        assert_eq!(least_allocated_score(&info, &node(32_000, &[1000, 1000]), &p), 12);
+        // GPUs in use do not change it.
+        assert_eq!(least_allocated_score(&info, &node(64_000, &[0, 500]), &p), 37);
+        assert_eq!(first_fit_gpu(&node(64_000, &[400, 900, 1000]), 500), Some(1));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod csv;
+pub mod serve;
 pub mod svg;
 pub mod table;
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod run;
+pub mod serve;
 pub mod workload;
 
 use std::sync::Arc;

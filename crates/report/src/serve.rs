@@ -1,0 +1,152 @@
+//! Output of a serving simulation: the per-stack table (TTFT per latency class, cold starts, origin
+//! bytes, allocation), the sensitivity table, and SVG charts of allocation and waiting replicas over time.
+
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, Table};
+use gpuplane_sim::serve::{LatencyClass, ServeResult, StackResult};
+
+use crate::svg::{LineChart, Series};
+use crate::table::Style;
+
+/// Version tag of the JSON written by `gpuplane serve-sim`.
+pub const SERVE_JSON_SCHEMA: &str = "gpuplane.serve-sim/v1";
+
+fn new_table(style: Style) -> Table {
+    let mut table = Table::new();
+    table.load_style(match style {
+        Style::Terminal => UTF8_FULL_CONDENSED,
+        Style::Markdown => ASCII_MARKDOWN,
+    });
+    table
+}
+
+fn ttft(stack: &StackResult, class: LatencyClass) -> String {
+    match stack.class(class) {
+        Some(p) => format!("{:.2} / {:.1} / {:.1}", p.p50_s, p.p95_s, p.p99_s),
+        None => "–".to_owned(),
+    }
+}
+
+fn starts(stack: &StackResult) -> String {
+    let n = |tier: &str| stack.replica_starts.get(tier).copied().unwrap_or(0);
+    format!("{} / {} / {} / {}", n("page-cache"), n("local"), n("peer"), n("origin"))
+}
+
+/// The per-stack table.
+pub fn table(result: &ServeResult, style: Style) -> String {
+    let mut table = new_table(style);
+    table.set_header(vec![
+        "stack",
+        "interactive TTFT p50 / p95 / p99 s",
+        "standard TTFT p50 / p95 / p99 s",
+        "unserved",
+        "cold-start requests",
+        "replica starts page-cache / local / peer / origin",
+        "origin GB",
+        "GPU allocated %",
+        "batch evicted",
+    ]);
+    for s in &result.stacks {
+        table.add_row(vec![
+            s.name.clone(),
+            ttft(s, LatencyClass::Interactive),
+            ttft(s, LatencyClass::Standard),
+            s.unserved.to_string(),
+            s.cold_start_requests.to_string(),
+            starts(s),
+            format!("{:.0}", s.origin_gb),
+            format!("{:.1}", s.mean_allocated_gpu_pct),
+            s.batch_evictions.to_string(),
+        ]);
+    }
+    for i in 1..9 {
+        if let Some(c) = table.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    format!("{table}\n")
+}
+
+/// Interactive p99 TTFT per stack under each named variant of the costs, with the ranking per row.
+pub fn sensitivity_table(variants: &[(String, ServeResult)], style: Style) -> String {
+    let mut table = new_table(style);
+    let stacks: Vec<String> =
+        variants.first().map(|(_, r)| r.stacks.iter().map(|s| s.name.clone()).collect()).unwrap_or_default();
+    let mut header = vec!["costs".to_owned()];
+    header.extend(stacks.iter().map(|s| format!("{s} p99 s")));
+    header.push("ranking (best first)".to_owned());
+    table.set_header(header);
+    for (name, result) in variants {
+        let p99: Vec<(String, f64)> = result
+            .stacks
+            .iter()
+            .map(|s| (s.name.clone(), s.class(LatencyClass::Interactive).map_or(f64::NAN, |p| p.p99_s)))
+            .collect();
+        let mut row = vec![name.clone()];
+        row.extend(p99.iter().map(|(_, v)| format!("{v:.1}")));
+        let mut ranked = p99.clone();
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+        row.push(ranked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" < "));
+        table.add_row(row);
+    }
+    format!("{table}\n")
+}
+
+/// Allocated GPU % over time, one line per stack.
+pub fn allocation_chart(result: &ServeResult) -> LineChart {
+    over_time(result, "GPU allocation over time", "allocated GPUs (% of cluster)", (0.0, 100.0), |s| {
+        s.allocated_gpu_pct
+    })
+}
+
+/// Free milli on partly used GPUs over time, one line per stack.
+pub fn fragmentation_chart(result: &ServeResult) -> LineChart {
+    let top =
+        result.stacks.iter().flat_map(|s| s.samples.iter().map(|x| x.partial_free_gpu_pct)).fold(1.0, f64::max).ceil();
+    over_time(
+        result,
+        "Free capacity on partly used GPUs over time",
+        "free milli on partly used GPUs (%)",
+        (0.0, top),
+        |s| s.partial_free_gpu_pct,
+    )
+}
+
+/// Replicas waiting for a node over time, one line per stack.
+pub fn pending_chart(result: &ServeResult) -> LineChart {
+    let top = result
+        .stacks
+        .iter()
+        .flat_map(|s| s.samples.iter().map(|x| f64::from(x.pending_replicas)))
+        .fold(1.0, f64::max)
+        .ceil();
+    over_time(result, "Inference replicas waiting for a node", "pending replicas", (0.0, top), |s| {
+        f64::from(s.pending_replicas)
+    })
+}
+
+fn over_time(
+    result: &ServeResult,
+    title: &str,
+    y_label: &str,
+    y_range: (f64, f64),
+    value: fn(&gpuplane_sim::serve::ServeSample) -> f64,
+) -> LineChart {
+    let x_max = result.stacks.iter().flat_map(|s| s.samples.last()).map(|s| s.t_s / 60.0).fold(1.0, f64::max);
+    LineChart {
+        title: title.to_owned(),
+        x_label: "minutes".to_owned(),
+        y_label: y_label.to_owned(),
+        x_range: (0.0, x_max),
+        y_range,
+        series: result
+            .stacks
+            .iter()
+            .map(|s| Series {
+                label: s.name.clone(),
+                points: s.samples.iter().map(|x| (x.t_s / 60.0, value(x))).collect(),
+                reference: false,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,418 @@
+//! Every parameter of the serving simulation, with defaults. `data/serve/default.yaml` is the same
+//! configuration written out with the source of each figure; a file given with `--config` may set any
+//! subset of the fields (the rest keep their defaults).
+
+use std::collections::BTreeMap;
+
+use gpuplane_place::Policy;
+use serde::{Deserialize, Serialize};
+
+use super::ServeError;
+
+/// The serving simulation's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Seconds of the request trace replayed; later requests are dropped.
+    pub horizon_s: f64,
+    /// Seconds after the horizon during which queued requests may still be served.
+    pub drain_s: f64,
+    /// Seconds between two samples of allocation and fragmentation.
+    pub sample_interval_s: f64,
+    /// Seconds from a replica's creation to its bind (the scheduler's queue and API round trips).
+    pub scheduling_latency_s: f64,
+    /// Seconds an inference engine needs after its weights are read (runtime init, CUDA graphs).
+    pub engine_startup_s: f64,
+    /// Weight read rates per tier, GB/s.
+    pub bandwidth_gbps: TierBandwidth,
+    /// Disk each node's model cache may use, GB.
+    pub node_cache_gb: f64,
+    /// GPU memory a replica needs beyond its weights (KV cache, activations), as a factor on the weights.
+    pub memory_headroom: f64,
+    /// Zipf exponent of model popularity: request i goes to service k with probability ∝ 1 / k^s.
+    pub popularity_zipf: f64,
+    /// The autoscaler.
+    pub autoscale: Autoscale,
+    /// Background batch load from the openb trace.
+    pub batch: Batch,
+    /// Per GPU model: speed and memory.
+    pub gpus: BTreeMap<String, GpuSpec>,
+    /// The inference services, most popular first.
+    pub services: Vec<Service>,
+    /// The scheduling stacks compared.
+    pub stacks: Vec<Stack>,
+}
+
+/// Read rates, GB/s, from the fastest tier to the slowest.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierBandwidth {
+    /// Another replica of the model runs on the node: the weights are in its page cache.
+    pub page_cache: f64,
+    /// The node's model cache (NVMe).
+    pub local: f64,
+    /// Another node's model cache, over the cluster network.
+    pub peer: f64,
+    /// The origin (object store or model hub).
+    pub origin: f64,
+}
+
+impl TierBandwidth {
+    /// Multiplies every rate by `factor`.
+    pub fn scaled(self, factor: f64) -> Self {
+        TierBandwidth {
+            page_cache: self.page_cache * factor,
+            local: self.local * factor,
+            peer: self.peer * factor,
+            origin: self.origin * factor,
+        }
+    }
+}
+
+/// The autoscaler: a concurrency target per replica, evaluated on a fixed interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Autoscale {
+    /// Seconds between two evaluations.
+    pub interval_s: f64,
+    /// Requests in flight per replica the autoscaler aims for.
+    pub target_concurrency: f64,
+    /// Requests a replica holds at once (prefill queue plus decoding); more wait in the service queue.
+    pub max_concurrency: u32,
+    /// Seconds demand must stay below the replica count before idle replicas are removed.
+    pub scale_down_delay_s: f64,
+}
+
+/// The background batch load.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Batch {
+    /// GPU demand the openb trace offers on average, as a share of the cluster's GPUs: its creation
+    /// times are compressed by the factor that makes Little's law give this load (durations are kept).
+    pub offered_load: f64,
+    /// Where the serving window starts, as a quantile of the batch trace's creation order, 0–1.
+    pub window_start: f64,
+    /// Priority of batch pods (replicas have their service's priority).
+    pub priority: i32,
+}
+
+/// A GPU model's speed and memory.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// Dense FP16/BF16 TFLOPS achieved in prefill.
+    pub tflops: f64,
+    /// Memory, GB.
+    pub memory_gb: f64,
+    /// Memory bandwidth achieved in decode, GB/s.
+    pub memory_bandwidth_gbps: f64,
+}
+
+/// How a service's requests are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyClass {
+    /// A person waits for the first token.
+    Interactive,
+    /// A program waits; latency matters less.
+    Standard,
+}
+
+impl LatencyClass {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            LatencyClass::Interactive => "interactive",
+            LatencyClass::Standard => "standard",
+        }
+    }
+}
+
+/// An inference service: one model, served by replicas of a fixed shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Service name.
+    pub name: String,
+    /// Model parameters, billions (prefill FLOPs = 2 × parameters × tokens).
+    pub params_b: f64,
+    /// Weight bytes read at start, GB.
+    pub weight_gb: f64,
+    /// GPUs per replica.
+    pub gpus: u8,
+    /// Milli-GPU per GPU: 1000 for whole GPUs, less for a shared GPU (then `gpus` is 1).
+    #[serde(default = "whole_gpu")]
+    pub gpu_milli: u16,
+    /// CPU per replica, milli-cores.
+    pub cpu_milli: u64,
+    /// Memory per replica, GB.
+    pub memory_gb: f64,
+    /// Latency class.
+    pub class: LatencyClass,
+    /// Replicas kept even when idle.
+    #[serde(default)]
+    pub min_replicas: u32,
+    /// Replicas at most.
+    pub max_replicas: u32,
+    /// Scheduling priority (batch pods have `batch.priority`).
+    #[serde(default = "replica_priority")]
+    pub priority: i32,
+}
+
+fn whole_gpu() -> u16 {
+    1000
+}
+
+fn replica_priority() -> i32 {
+    1000
+}
+
+/// A scheduling stack: a placement policy and the platform features around it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    /// Name in tables.
+    pub name: String,
+    /// Placement policy (`kube-default`, `bestfit`, `fgd`, `gpuplane`, …).
+    pub policy: String,
+    /// Nodes keep the models they loaded in a local cache, and peers serve them to each other.
+    #[serde(default)]
+    pub model_cache: bool,
+    /// Weight of the model-locality term in placement, 0–1 (needs `model_cache`).
+    #[serde(default)]
+    pub locality_weight: f64,
+    /// A replica that fits nowhere may evict lower-priority (batch) pods.
+    #[serde(default)]
+    pub preemption: bool,
+}
+
+impl Stack {
+    /// The placement policy.
+    pub fn parsed_policy(&self) -> Result<Policy, ServeError> {
+        self.policy.parse().map_err(|e| ServeError::Config(format!("stacks[{}].policy: {e}", self.name)))
+    }
+}
+
+impl Default for Autoscale {
+    fn default() -> Self {
+        Autoscale { interval_s: 10.0, target_concurrency: 8.0, max_concurrency: 16, scale_down_delay_s: 300.0 }
+    }
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch { offered_load: 1.0, window_start: 0.5, priority: 0 }
+    }
+}
+
+fn gpu(tflops: f64, memory_gb: f64, memory_bandwidth_gbps: f64) -> GpuSpec {
+    GpuSpec { tflops, memory_gb, memory_bandwidth_gbps }
+}
+
+#[allow(clippy::too_many_arguments)] // One row of the default service table.
+fn service(
+    name: &str,
+    params_b: f64,
+    weight_gb: f64,
+    gpus: u8,
+    gpu_milli: u16,
+    class: LatencyClass,
+    min_replicas: u32,
+    max_replicas: u32,
+) -> Service {
+    Service {
+        name: name.to_owned(),
+        params_b,
+        weight_gb,
+        gpus,
+        gpu_milli,
+        cpu_milli: 4_000 * u64::from(gpus),
+        memory_gb: 32.0 * f64::from(gpus),
+        class,
+        min_replicas,
+        max_replicas,
+        priority: replica_priority(),
+    }
+}
+
+fn stack(name: &str, policy: &str, model_cache: bool, locality_weight: f64, preemption: bool) -> Stack {
+    Stack { name: name.to_owned(), policy: policy.to_owned(), model_cache, locality_weight, preemption }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        use LatencyClass::{Interactive, Standard};
+        let gpus = BTreeMap::from([
+            ("A10".to_owned(), gpu(60.0, 24.0, 500.0)),
+            ("G2".to_owned(), gpu(50.0, 32.0, 800.0)),
+            ("G3".to_owned(), gpu(120.0, 40.0, 1300.0)),
+            ("P100".to_owned(), gpu(8.0, 16.0, 600.0)),
+            ("T4".to_owned(), gpu(25.0, 16.0, 250.0)),
+            ("V100M16".to_owned(), gpu(50.0, 16.0, 800.0)),
+            ("V100M32".to_owned(), gpu(50.0, 32.0, 800.0)),
+        ]);
+        ServeConfig {
+            horizon_s: 3600.0,
+            drain_s: 900.0,
+            sample_interval_s: 60.0,
+            scheduling_latency_s: 1.0,
+            engine_startup_s: 20.0,
+            bandwidth_gbps: TierBandwidth { page_cache: 8.0, local: 2.0, peer: 1.25, origin: 0.3 },
+            node_cache_gb: 400.0,
+            memory_headroom: 1.2,
+            popularity_zipf: 1.0,
+            autoscale: Autoscale::default(),
+            batch: Batch::default(),
+            gpus,
+            services: vec![
+                service("chat-8b", 8.0, 16.1, 1, 1000, Interactive, 1, 32),
+                service("code-7b", 7.6, 15.2, 1, 1000, Interactive, 1, 32),
+                service("assist-3b", 3.2, 6.4, 1, 500, Interactive, 0, 32),
+                service("summarize-14b", 14.8, 29.5, 2, 1000, Standard, 0, 16),
+                service("rerank-1b", 1.2, 2.4, 1, 250, Standard, 0, 16),
+                service("chat-70b", 70.6, 141.0, 8, 1000, Interactive, 0, 4),
+                service("vision-11b", 10.6, 21.3, 1, 1000, Standard, 0, 16),
+                service("draft-0.5b", 0.5, 1.0, 1, 200, Interactive, 0, 16),
+            ],
+            stacks: vec![
+                stack("kube-default", "kube-default", false, 0.0, false),
+                stack("binpack", "bestfit", false, 0.0, false),
+                stack("fgd", "fgd", false, 0.0, false),
+                stack("gpuplane", "gpuplane", true, 0.3, true),
+            ],
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Reads a YAML configuration; fields it leaves out keep their defaults.
+    pub fn from_yaml(source_name: &str, text: &str) -> Result<Self, ServeError> {
+        let config: ServeConfig =
+            serde_saphyr::from_str(text).map_err(|e| ServeError::Config(format!("{source_name}: {e}")))?;
+        config.validate().map_err(|e| match e {
+            ServeError::Config(m) => ServeError::Config(format!("{source_name}: {m}")),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks every number is in range, naming the first field that is not.
+    pub fn validate(&self) -> Result<(), ServeError> {
+        let positive = |v: f64, field: &str| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(ServeError::Config(format!("{field} must be a positive number, got {v}")))
+            }
+        };
+        let non_negative = |v: f64, field: &str| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(ServeError::Config(format!("{field} must be zero or more, got {v}")))
+            }
+        };
+        positive(self.horizon_s, "horizon_s")?;
+        non_negative(self.drain_s, "drain_s")?;
+        positive(self.sample_interval_s, "sample_interval_s")?;
+        non_negative(self.scheduling_latency_s, "scheduling_latency_s")?;
+        non_negative(self.engine_startup_s, "engine_startup_s")?;
+        let b = &self.bandwidth_gbps;
+        for (v, f) in [(b.page_cache, "page_cache"), (b.local, "local"), (b.peer, "peer"), (b.origin, "origin")] {
+            positive(v, &format!("bandwidth_gbps.{f}"))?;
+        }
+        non_negative(self.node_cache_gb, "node_cache_gb")?;
+        positive(self.memory_headroom, "memory_headroom")?;
+        non_negative(self.popularity_zipf, "popularity_zipf")?;
+        positive(self.autoscale.interval_s, "autoscale.interval_s")?;
+        positive(self.autoscale.target_concurrency, "autoscale.target_concurrency")?;
+        positive(f64::from(self.autoscale.max_concurrency), "autoscale.max_concurrency")?;
+        non_negative(self.autoscale.scale_down_delay_s, "autoscale.scale_down_delay_s")?;
+        non_negative(self.batch.offered_load, "batch.offered_load")?;
+        if !(0.0..=1.0).contains(&self.batch.window_start) {
+            return Err(ServeError::Config(format!(
+                "batch.window_start must be between 0 and 1, got {}",
+                self.batch.window_start
+            )));
+        }
+        for (name, g) in &self.gpus {
+            positive(g.tflops, &format!("gpus.{name}.tflops"))?;
+            positive(g.memory_gb, &format!("gpus.{name}.memory_gb"))?;
+            positive(g.memory_bandwidth_gbps, &format!("gpus.{name}.memory_bandwidth_gbps"))?;
+        }
+        if self.services.is_empty() {
+            return Err(ServeError::Config("services: at least one service is needed".to_owned()));
+        }
+        for s in &self.services {
+            let at = |f: &str| format!("services[{}].{f}", s.name);
+            positive(s.params_b, &at("params_b"))?;
+            positive(s.weight_gb, &at("weight_gb"))?;
+            positive(s.memory_gb, &at("memory_gb"))?;
+            if !(1..=8).contains(&s.gpus) {
+                return Err(ServeError::Config(format!("{} must be from 1 to 8, got {}", at("gpus"), s.gpus)));
+            }
+            if s.gpu_milli == 0 || s.gpu_milli > 1000 || (s.gpu_milli < 1000 && s.gpus != 1) {
+                return Err(ServeError::Config(format!(
+                    "{} must be 1000, or 1–999 with gpus 1, got {}",
+                    at("gpu_milli"),
+                    s.gpu_milli
+                )));
+            }
+            if s.max_replicas == 0 || s.min_replicas > s.max_replicas {
+                return Err(ServeError::Config(format!(
+                    "{} must be at least 1 and at least min_replicas ({}), got {}",
+                    at("max_replicas"),
+                    s.min_replicas,
+                    s.max_replicas
+                )));
+            }
+        }
+        if self.stacks.is_empty() {
+            return Err(ServeError::Config("stacks: at least one stack is needed".to_owned()));
+        }
+        for s in &self.stacks {
+            s.parsed_policy()?;
+            if !(0.0..=1.0).contains(&s.locality_weight) {
+                return Err(ServeError::Config(format!(
+                    "stacks[{}].locality_weight must be between 0 and 1, got {}",
+                    s.name, s.locality_weight
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_is_the_default_configuration() {
+        let text = include_str!("../../../../data/serve/default.yaml");
+        let parsed = ServeConfig::from_yaml("default.yaml", text).unwrap();
+        assert_eq!(parsed, ServeConfig::default());
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let c = ServeConfig::from_yaml("c.yaml", "horizon_s: 600\nautoscale:\n  interval_s: 5\n").unwrap();
+        assert_eq!(c.horizon_s, 600.0);
+        assert_eq!(c.autoscale.interval_s, 5.0);
+        assert_eq!(c.autoscale.target_concurrency, 8.0);
+        assert_eq!(c.services, ServeConfig::default().services);
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let err = ServeConfig::from_yaml("c.yaml", "batch:\n  window_start: 2\n").unwrap_err().to_string();
+        assert!(err.contains("c.yaml") && err.contains("batch.window_start"), "{err}");
+        let err = ServeConfig::from_yaml("c.yaml", "horizon_s: -1\n").unwrap_err().to_string();
+        assert!(err.contains("horizon_s"), "{err}");
+        let err = ServeConfig::from_yaml("c.yaml", "stacks:\n  - {name: x, policy: magic}\n").unwrap_err().to_string();
+        assert!(err.contains("stacks[x].policy") && err.contains("magic"), "{err}");
+        let err = ServeConfig::from_yaml("c.yaml", "horizon: 5\n").unwrap_err().to_string();
+        assert!(err.contains("horizon"), "{err}");
+    }
+}

@@ -1,0 +1,994 @@
+//! Inference serving over time on a shared GPU cluster: LLM requests from a public trace reach
+//! autoscaled model replicas, whose pods the placement engine places among openb batch pods that come
+//! and go; a replica starts after its weights are read from the fastest tier that holds them. Measures
+//! time-to-first-token per latency class, cold starts, origin bytes and GPU allocation per stack.
+//!
+//! The model (every figure is a field of [`ServeConfig`], documented in `docs/serve-sim.md`):
+//! - requests go to services by a seeded Zipf popularity (the traces carry no model ids);
+//! - a replica holds `max_concurrency` requests; prefill runs one request at a time per replica at the GPU's
+//!   TFLOPS (2 × parameters × prompt tokens), decode at memory bandwidth (weights per output token);
+//! - the autoscaler aims at `target_concurrency` requests per replica and scales from zero on a request;
+//! - a new replica is ready after scheduling, the weight read (page cache, local cache, peer, origin) and
+//!   the engine start; a replica that fits nowhere waits, or evicts batch pods if its stack preempts.
+
+pub mod config;
+pub mod requests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Instant;
+
+use gpuplane_core::openb::TracePod;
+use gpuplane_core::{GpuRequest, Node, Pod};
+use gpuplane_place::defrag::{self, Tenancy};
+use gpuplane_place::{
+    Bandwidth, BindError, Cluster, ClusterError, Decision, Engine, EngineConfig, EngineError, Locality, Placement,
+    PodRequest, Policy, TargetWorkload, TieBreak, Tier, WorkloadError,
+};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+use thiserror::Error;
+
+pub use config::{LatencyClass, ServeConfig, Service, Stack, TierBandwidth};
+pub use requests::{LlmRequest, read_azure, read_mooncake};
+
+const GB: f64 = 1e9;
+/// Pending batch pods tried in a row without success before a retry pass stops.
+const BATCH_RETRY_MISSES: usize = 16;
+
+/// Why a serving simulation could not run.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// A configuration value is out of range or unknown.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A trace file could not be read.
+    #[error("trace: {0}")]
+    Trace(String),
+    /// The request trace has no request inside the horizon.
+    #[error("the request trace has no request in the first {0} s")]
+    NoRequests(f64),
+    /// The cluster could not be built.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The target workload could not be built.
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    /// The cluster refused a placement or release the simulation made: a bug, reported rather than hidden.
+    #[error("{what}: {source}")]
+    Bind {
+        /// What was being done.
+        what: String,
+        /// Why it was refused.
+        source: BindError,
+    },
+}
+
+/// Everything a run reads.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Parameters.
+    pub config: ServeConfig,
+    /// The cluster's nodes.
+    pub nodes: Vec<Node>,
+    /// The openb batch trace (creation and deletion times are required).
+    pub batch: Vec<TracePod>,
+    /// The LLM requests.
+    pub requests: Vec<LlmRequest>,
+}
+
+/// TTFT percentiles of one latency class, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Requests.
+    pub count: usize,
+    /// Median.
+    pub p50_s: f64,
+    /// 95th percentile.
+    pub p95_s: f64,
+    /// 99th percentile.
+    pub p99_s: f64,
+    /// Largest.
+    pub max_s: f64,
+}
+
+impl Percentiles {
+    fn of(values: &mut [f64]) -> Percentiles {
+        values.sort_unstable_by(f64::total_cmp);
+        let at = |q: f64| {
+            if values.is_empty() {
+                0.0
+            } else {
+                values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1]
+            }
+        };
+        Percentiles { count: values.len(), p50_s: at(0.50), p95_s: at(0.95), p99_s: at(0.99), max_s: at(1.0) }
+    }
+}
+
+/// The cluster at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ServeSample {
+    /// Seconds from the start.
+    pub t_s: f64,
+    /// Allocated GPU milli, % of the cluster's.
+    pub allocated_gpu_pct: f64,
+    /// Of which inference replicas, %.
+    pub inference_gpu_pct: f64,
+    /// Free milli on partly used GPUs, % of the cluster's GPU milli: capacity only a small task can use.
+    pub partial_free_gpu_pct: f64,
+    /// Replicas serving.
+    pub ready_replicas: u32,
+    /// Replicas waiting for a node.
+    pub pending_replicas: u32,
+    /// Batch pods waiting for a node.
+    pub pending_batch: u32,
+}
+
+/// One stack's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackResult {
+    /// Stack name.
+    pub name: String,
+    /// Placement policy.
+    pub policy: String,
+    /// TTFT per latency class, seconds; requests still waiting at the end count with the time they waited.
+    pub ttft: BTreeMap<String, Percentiles>,
+    /// Requests replayed.
+    pub requests: usize,
+    /// Requests never served by the end (horizon plus drain).
+    pub unserved: usize,
+    /// Requests that arrived while their service had no ready replica.
+    pub cold_start_requests: usize,
+    /// Replica starts, per tier the weights were read from.
+    pub replica_starts: BTreeMap<String, u64>,
+    /// Weight bytes read from the origin, GB.
+    pub origin_gb: f64,
+    /// Mean allocated GPU % over the samples up to the horizon.
+    pub mean_allocated_gpu_pct: f64,
+    /// Mean free milli on partly used GPUs, % of the cluster's, up to the horizon.
+    pub mean_partial_free_gpu_pct: f64,
+    /// Batch pods evicted by replicas.
+    pub batch_evictions: u64,
+    /// GPU-hours of batch work lost to evictions (restarted from scratch).
+    pub batch_gpu_hours_lost: f64,
+    /// Samples over time.
+    pub samples: Vec<ServeSample>,
+    /// Seconds of CPU time the run took.
+    pub wall_s: f64,
+}
+
+impl StackResult {
+    /// TTFT percentiles of a class, if it had requests.
+    pub fn class(&self, class: LatencyClass) -> Option<&Percentiles> {
+        self.ttft.get(class.name()).filter(|p| p.count > 0)
+    }
+}
+
+/// A whole serving simulation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServeResult {
+    /// Seed of the popularity draw.
+    pub seed: u64,
+    /// Requests inside the horizon.
+    pub requests: usize,
+    /// Factor openb's gaps between creations were shortened by to reach the offered load.
+    pub batch_time_compression: f64,
+    /// Batch pods that arrive during the run (including those running at the start).
+    pub batch_pods: usize,
+    /// Per stack.
+    pub stacks: Vec<StackResult>,
+}
+
+/// Runs every stack of the configuration (in parallel) with the given seed.
+pub fn run(setup: &Setup, seed: u64) -> Result<ServeResult, ServeError> {
+    setup.config.validate()?;
+    let prepared = Prepared::new(setup, seed)?;
+    let stacks = setup
+        .config
+        .stacks
+        .par_iter()
+        .map(|stack| World::new(&prepared, stack)?.run())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ServeResult {
+        seed,
+        requests: prepared.requests.len(),
+        batch_time_compression: prepared.compression,
+        batch_pods: prepared.batch.len(),
+        stacks,
+    })
+}
+
+/// The same setup with the load bandwidths, the engine start and the scheduling latency each scaled
+/// by `factor`.
+pub fn scaled_costs(config: &ServeConfig, bandwidth: f64, startup: f64) -> ServeConfig {
+    let mut c = config.clone();
+    c.bandwidth_gbps = c.bandwidth_gbps.scaled(bandwidth);
+    c.engine_startup_s *= startup;
+    c.scheduling_latency_s *= startup;
+    c
+}
+
+/// A batch pod of the window: when it arrives and how long it runs.
+#[derive(Debug, Clone)]
+struct BatchPod {
+    arrive_s: f64,
+    duration_s: f64,
+    request: PodRequest,
+}
+
+/// A service with what its replicas need, per GPU model of the cluster.
+#[derive(Debug, Clone)]
+struct ServiceModel {
+    config: Service,
+    request: PodRequest,
+    bytes: f64,
+    /// Per cluster model index: prefill seconds per prompt token, decode seconds per output token.
+    speed: Vec<Option<(f64, f64)>>,
+}
+
+/// What every stack shares: the cluster, the batch window, the requests and their services.
+struct Prepared<'a> {
+    config: &'a ServeConfig,
+    cluster: Cluster,
+    batch: Vec<BatchPod>,
+    compression: f64,
+    requests: Vec<LlmRequest>,
+    assignment: Vec<u16>,
+    services: Vec<ServiceModel>,
+    target: TargetWorkload,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(setup: &'a Setup, seed: u64) -> Result<Self, ServeError> {
+        let config = &setup.config;
+        let cluster = Cluster::new(&setup.nodes)?;
+        let requests: Vec<LlmRequest> = setup.requests.iter().copied().filter(|r| r.at_s < config.horizon_s).collect();
+        if requests.is_empty() {
+            return Err(ServeError::NoRequests(config.horizon_s));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (batch, compression) = batch_window(config, &cluster, &setup.batch, &mut rng)?;
+        let services =
+            config.services.iter().map(|s| service_model(config, &cluster, s)).collect::<Result<Vec<_>, _>>()?;
+        // Zipf popularity, drawn once so that every stack serves the same requests.
+        let weights: Vec<f64> = (1..=services.len()).map(|k| 1.0 / (k as f64).powf(config.popularity_zipf)).collect();
+        let total: f64 = weights.iter().sum();
+        let assignment = requests
+            .iter()
+            .map(|_| {
+                let mut x = rng.random::<f64>() * total;
+                let mut k = 0;
+                while k + 1 < weights.len() && x >= weights[k] {
+                    x -= weights[k];
+                    k += 1;
+                }
+                k as u16
+            })
+            .collect();
+        let shapes: Vec<&PodRequest> =
+            batch.iter().map(|b| &b.request).chain(services.iter().map(|s| &s.request)).collect();
+        let target = TargetWorkload::from_requests(shapes, crate::TARGET_COVERAGE)?;
+        Ok(Prepared { config, cluster, batch, compression, requests, assignment, services, target })
+    }
+}
+
+/// The batch pods of the serving window, an M/G/∞ replay of the openb trace at `offered_load`.
+///
+/// Each pod keeps its duration (deletion − creation) and arrives in openb's creation order, starting at
+/// the `window_start` quantile; the gaps between creations are openb's own (its burstiness), scaled so
+/// that the arrival rate λ gives a GPU demand of `offered_load` of the cluster by Little's law
+/// (λ = load / mean GPU-seconds per pod). Gaps come from the dense part of the trace (between the 5th and
+/// 95th percentile creation times; openb's creations are bunched in the last fifth of its span), which
+/// the replay cycles through. The cluster starts in the steady state: λ·E[duration] pods running, drawn
+/// in proportion to their durations, each with a uniformly drawn part of its run left.
+fn batch_window(
+    config: &ServeConfig,
+    cluster: &Cluster,
+    trace: &[TracePod],
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<BatchPod>, f64), ServeError> {
+    if config.batch.offered_load == 0.0 || trace.is_empty() {
+        return Ok((Vec::new(), 0.0));
+    }
+    let mut timed = Vec::with_capacity(trace.len());
+    for t in trace {
+        let (Some(created), Some(deleted)) = (t.creation_time, t.deletion_time) else {
+            return Err(ServeError::Trace(format!(
+                "batch pod {}: creation_time and deletion_time are needed to replay it over time",
+                t.pod.name
+            )));
+        };
+        timed.push((created as f64, deleted.saturating_sub(created).max(1) as f64, cluster.request(&t.pod)));
+    }
+    timed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = timed.len();
+    let gpu_seconds: f64 = timed.iter().map(|t| f64::from(t.2.gpu.total_milli()) * t.1).sum();
+    if gpu_seconds == 0.0 {
+        return Ok((Vec::new(), 0.0));
+    }
+    let rate = config.batch.offered_load * cluster.total_gpu_milli() as f64 / (gpu_seconds / n as f64);
+    let (lo, hi) = (((n - 1) as f64 * 0.05) as usize, ((n - 1) as f64 * 0.95) as usize);
+    let dense_gap = (timed[hi].0 - timed[lo].0) / (hi - lo).max(1) as f64;
+    let compression = if dense_gap > 0.0 { dense_gap * rate } else { 1.0 };
+
+    // Steady state at 0: length-biased draws with a uniform remainder.
+    let mean_duration = timed.iter().map(|t| t.1).sum::<f64>() / n as f64;
+    let running = (rate * mean_duration).round() as usize;
+    let total_duration = mean_duration * n as f64;
+    let mut pods = Vec::new();
+    for _ in 0..running {
+        let mut x = rng.random::<f64>() * total_duration;
+        let pick = timed.iter().position(|t| {
+            x -= t.1;
+            x < 0.0
+        });
+        let t = &timed[pick.unwrap_or(n - 1)];
+        pods.push(BatchPod { arrive_s: 0.0, duration_s: t.1 * rng.random::<f64>().max(1e-9), request: t.2.clone() });
+    }
+    // Arrivals: openb's order and gaps from the start quantile, cycling through the dense part.
+    let end = config.horizon_s + config.drain_s;
+    let mut i = (((n - 1) as f64 * config.batch.window_start) as usize).clamp(lo, hi);
+    let mut at = 0.0;
+    while at < end {
+        let next = if i >= hi { lo } else { i + 1 };
+        let gap = if next > i { (timed[next].0 - timed[i].0).max(0.0) } else { dense_gap };
+        at += gap / compression;
+        i = next;
+        if at < end {
+            pods.push(BatchPod { arrive_s: at, duration_s: timed[i].1, request: timed[i].2.clone() });
+        }
+    }
+    Ok((pods, compression))
+}
+
+fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result<ServiceModel, ServeError> {
+    let share = f64::from(s.gpu_milli) / 1000.0;
+    let per_gpu_gb = s.weight_gb / f64::from(s.gpus) * config.memory_headroom;
+    let mut accepted = Vec::new();
+    let speed: Vec<Option<(f64, f64)>> = cluster
+        .models()
+        .iter()
+        .map(|model| {
+            let spec = config.gpus.get(model)?;
+            if spec.memory_gb * share < per_gpu_gb {
+                return None;
+            }
+            accepted.push(model.clone());
+            let flops = spec.tflops * 1e12 * f64::from(s.gpus) * share;
+            let prefill = 2.0 * s.params_b * 1e9 / flops;
+            let decode = s.weight_gb * GB / (spec.memory_bandwidth_gbps * GB * f64::from(s.gpus) * share);
+            Some((prefill, decode))
+        })
+        .collect();
+    if accepted.is_empty() {
+        return Err(ServeError::Config(format!(
+            "services[{}]: no GPU model of the cluster has {per_gpu_gb:.1} GB for it per GPU (weights × memory_headroom)",
+            s.name
+        )));
+    }
+    let mut pod = Pod::with_requests(
+        s.name.clone(),
+        s.cpu_milli,
+        (s.memory_gb * GB) as u64,
+        GpuRequest { count: s.gpus, milli_per_gpu: s.gpu_milli },
+    );
+    pod.gpu_models = accepted;
+    pod.priority = s.priority;
+    Ok(ServiceModel { config: s.clone(), request: cluster.request(&pod), bytes: s.weight_gb * GB, speed })
+}
+
+/// Where a replica read its weights from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum LoadTier {
+    PageCache,
+    Local,
+    Peer,
+    Origin,
+}
+
+impl LoadTier {
+    fn name(self) -> &'static str {
+        match self {
+            LoadTier::PageCache => "page-cache",
+            LoadTier::Local => "local",
+            LoadTier::Peer => "peer",
+            LoadTier::Origin => "origin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplicaState {
+    Pending,
+    Starting,
+    Ready,
+    Gone,
+}
+
+#[derive(Debug, Clone)]
+struct Replica {
+    service: usize,
+    state: ReplicaState,
+    placement: Option<Placement>,
+    in_flight: u32,
+    prefill_free_at: f64,
+    /// Per-token costs on the node it runs on.
+    speed: (f64, f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    /// Order at equal times: departures free room before arrivals ask for it.
+    BatchDepart {
+        pod: u32,
+        generation: u32,
+    },
+    RequestDone {
+        replica: u32,
+    },
+    ReplicaReady {
+        replica: u32,
+    },
+    BatchArrive {
+        pod: u32,
+    },
+    Request {
+        index: u32,
+    },
+    Autoscale,
+    Sample,
+}
+
+#[derive(Debug, Clone, Default)]
+struct ServiceState {
+    queue: VecDeque<u32>,
+    replicas: Vec<u32>,
+    below_since: Option<f64>,
+}
+
+/// One stack's simulation.
+struct World<'p> {
+    p: &'p Prepared<'p>,
+    stack: &'p Stack,
+    cluster: Cluster,
+    engine: Engine,
+    tenancy: Tenancy,
+    now: f64,
+    events: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    batch_generation: Vec<u32>,
+    batch_started: Vec<f64>,
+    pending_batch: VecDeque<u32>,
+    services: Vec<ServiceState>,
+    replicas: Vec<Replica>,
+    /// Per node: cached services with their last use, and bytes held.
+    node_cache: Vec<Vec<(usize, f64)>>,
+    node_cache_bytes: Vec<f64>,
+    holders: Vec<u32>,
+    ttft: BTreeMap<LatencyClass, Vec<f64>>,
+    cold_start_requests: usize,
+    starts: BTreeMap<LoadTier, u64>,
+    origin_bytes: f64,
+    evictions: u64,
+    gpu_seconds_lost: f64,
+    samples: Vec<ServeSample>,
+    inference_milli: u64,
+}
+
+fn micros(t: f64) -> u64 {
+    (t.max(0.0) * 1e6).round() as u64
+}
+
+impl<'p> World<'p> {
+    fn new(p: &'p Prepared<'p>, stack: &'p Stack) -> Result<Self, ServeError> {
+        let policy = stack.parsed_policy()?;
+        let target = (policy != Policy::Gpuplane).then(|| std::sync::Arc::new(p.target.clone()));
+        let engine = Engine::new(EngineConfig { policy, target, seed: 0, tie_break: TieBreak::LowestName })?;
+        let cluster = p.cluster.clone();
+        let nodes = cluster.len();
+        Ok(World {
+            p,
+            stack,
+            tenancy: Tenancy::new(nodes),
+            cluster,
+            engine,
+            now: 0.0,
+            events: BinaryHeap::new(),
+            seq: 0,
+            batch_generation: vec![0; p.batch.len()],
+            batch_started: vec![0.0; p.batch.len()],
+            pending_batch: VecDeque::new(),
+            services: vec![ServiceState::default(); p.services.len()],
+            replicas: Vec::new(),
+            node_cache: vec![Vec::new(); nodes],
+            node_cache_bytes: vec![0.0; nodes],
+            holders: vec![0; p.services.len()],
+            ttft: BTreeMap::new(),
+            cold_start_requests: 0,
+            starts: BTreeMap::new(),
+            origin_bytes: 0.0,
+            evictions: 0,
+            gpu_seconds_lost: 0.0,
+            samples: Vec::new(),
+            inference_milli: 0,
+        })
+    }
+
+    fn at(&mut self, t: f64, event: Event) {
+        self.seq += 1;
+        self.events.push(Reverse((micros(t), self.seq, event)));
+    }
+
+    fn run(mut self) -> Result<StackResult, ServeError> {
+        let clock = Instant::now();
+        let config = self.p.config;
+        let end = config.horizon_s + config.drain_s;
+        for (i, b) in self.p.batch.iter().enumerate() {
+            self.at(b.arrive_s, Event::BatchArrive { pod: i as u32 });
+        }
+        for (i, r) in self.p.requests.iter().enumerate() {
+            self.at(r.at_s, Event::Request { index: i as u32 });
+        }
+        // Services with a floor start with it, placed before the first request like a deployment would be.
+        for s in 0..self.p.services.len() {
+            for _ in 0..self.p.services[s].config.min_replicas {
+                self.add_replica(s)?;
+            }
+        }
+        self.at(config.autoscale.interval_s, Event::Autoscale);
+        self.at(0.0, Event::Sample);
+        while let Some(Reverse((t, _, event))) = self.events.pop() {
+            let t = t as f64 / 1e6;
+            if t > end {
+                break;
+            }
+            self.now = t;
+            match event {
+                Event::BatchArrive { pod } => self.batch_arrive(pod)?,
+                Event::BatchDepart { pod, generation } => self.batch_depart(pod, generation)?,
+                Event::Request { index } => self.request(index)?,
+                Event::RequestDone { replica } => {
+                    let r = &mut self.replicas[replica as usize];
+                    r.in_flight = r.in_flight.saturating_sub(1);
+                    let service = r.service;
+                    self.dispatch(service);
+                }
+                Event::ReplicaReady { replica } => {
+                    let r = &mut self.replicas[replica as usize];
+                    if r.state == ReplicaState::Starting {
+                        r.state = ReplicaState::Ready;
+                        let service = r.service;
+                        self.dispatch(service);
+                    }
+                }
+                Event::Autoscale => {
+                    self.autoscale()?;
+                    self.at(t + config.autoscale.interval_s, Event::Autoscale);
+                }
+                Event::Sample => {
+                    self.sample();
+                    self.at(t + config.sample_interval_s, Event::Sample);
+                }
+            }
+        }
+        Ok(self.finish(end, clock))
+    }
+
+    fn finish(mut self, end: f64, clock: Instant) -> StackResult {
+        let mut unserved = 0;
+        for (s, state) in self.services.iter().enumerate() {
+            let class = self.p.services[s].config.class;
+            for &i in &state.queue {
+                unserved += 1;
+                self.ttft.entry(class).or_default().push(end - self.p.requests[i as usize].at_s);
+            }
+        }
+        let horizon = self.p.config.horizon_s;
+        let within: Vec<&ServeSample> = self.samples.iter().filter(|s| s.t_s <= horizon).collect();
+        let mean = |f: fn(&ServeSample) -> f64| {
+            if within.is_empty() { 0.0 } else { within.iter().map(|s| f(s)).sum::<f64>() / within.len() as f64 }
+        };
+        StackResult {
+            name: self.stack.name.clone(),
+            policy: self.stack.policy.clone(),
+            ttft: self.ttft.iter_mut().map(|(c, v)| (c.name().to_owned(), Percentiles::of(v))).collect(),
+            requests: self.p.requests.len(),
+            unserved,
+            cold_start_requests: self.cold_start_requests,
+            replica_starts: self.starts.iter().map(|(t, n)| (t.name().to_owned(), *n)).collect(),
+            origin_gb: self.origin_bytes / GB,
+            mean_allocated_gpu_pct: mean(|s| s.allocated_gpu_pct),
+            mean_partial_free_gpu_pct: mean(|s| s.partial_free_gpu_pct),
+            batch_evictions: self.evictions,
+            batch_gpu_hours_lost: self.gpu_seconds_lost / 3600.0,
+            samples: self.samples,
+            wall_s: clock.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn sample(&mut self) {
+        let total = self.cluster.total_gpu_milli() as f64;
+        let partial: u64 = self
+            .cluster
+            .nodes()
+            .iter()
+            .flat_map(|n| n.gpus().iter())
+            .filter(|&&g| g > 0 && g < 1000)
+            .map(|&g| u64::from(g))
+            .sum();
+        let count = |state: ReplicaState| self.replicas.iter().filter(|r| r.state == state).count() as u32;
+        self.samples.push(ServeSample {
+            t_s: self.now,
+            allocated_gpu_pct: 100.0 * self.cluster.allocated_gpu_milli() as f64 / total,
+            inference_gpu_pct: 100.0 * self.inference_milli as f64 / total,
+            partial_free_gpu_pct: 100.0 * partial as f64 / total,
+            ready_replicas: count(ReplicaState::Ready),
+            pending_replicas: count(ReplicaState::Pending),
+            pending_batch: self.pending_batch.len() as u32,
+        });
+    }
+
+    // ----- batch pods -----
+
+    fn batch_arrive(&mut self, pod: u32) -> Result<(), ServeError> {
+        let request = &self.p.batch[pod as usize].request;
+        self.engine.observe(request);
+        if !self.try_place_batch(pod)? {
+            self.pending_batch.push_back(pod);
+        }
+        Ok(())
+    }
+
+    fn try_place_batch(&mut self, pod: u32) -> Result<bool, ServeError> {
+        let request = &self.p.batch[pod as usize].request;
+        let Decision::Place(placement) = self.engine.decide(&self.cluster, request) else {
+            return Ok(false);
+        };
+        self.bind(request, &placement, "batch pod")?;
+        self.tenancy.add(pod as usize, request.clone(), placement);
+        self.batch_started[pod as usize] = self.now;
+        let generation = self.batch_generation[pod as usize];
+        let duration = self.p.batch[pod as usize].duration_s;
+        self.at(self.now + duration, Event::BatchDepart { pod, generation });
+        Ok(true)
+    }
+
+    fn batch_depart(&mut self, pod: u32, generation: u32) -> Result<(), ServeError> {
+        if self.batch_generation[pod as usize] != generation {
+            return Ok(()); // Evicted since; its restart has its own departure.
+        }
+        if let Some((request, placement)) = self.tenancy.remove(pod as usize) {
+            self.release(&request, &placement, "batch pod")?;
+        }
+        self.room_freed()
+    }
+
+    /// Pods waiting for room get another try, replicas first (they have the higher priority).
+    fn room_freed(&mut self) -> Result<(), ServeError> {
+        for r in 0..self.replicas.len() {
+            if self.replicas[r].state == ReplicaState::Pending {
+                self.try_place_replica(r)?;
+            }
+        }
+        let mut misses = 0;
+        let mut i = 0;
+        while i < self.pending_batch.len() && misses < BATCH_RETRY_MISSES {
+            let pod = self.pending_batch[i];
+            if self.try_place_batch(pod)? {
+                self.pending_batch.remove(i);
+                misses = 0;
+            } else {
+                i += 1;
+                misses += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, request: &PodRequest, placement: &Placement, what: &str) -> Result<(), ServeError> {
+        self.cluster
+            .bind(request, placement)
+            .map_err(|source| ServeError::Bind { what: format!("bind {what}"), source })
+    }
+
+    fn release(&mut self, request: &PodRequest, placement: &Placement, what: &str) -> Result<(), ServeError> {
+        self.cluster
+            .release(request, placement)
+            .map_err(|source| ServeError::Bind { what: format!("release {what}"), source })
+    }
+
+    // ----- requests -----
+
+    fn request(&mut self, index: u32) -> Result<(), ServeError> {
+        let service = usize::from(self.p.assignment[index as usize]);
+        let state = &self.services[service];
+        let ready = state.replicas.iter().any(|&r| self.replicas[r as usize].state == ReplicaState::Ready);
+        let active = state.replicas.iter().any(|&r| self.replicas[r as usize].state != ReplicaState::Gone);
+        if !ready {
+            self.cold_start_requests += 1;
+        }
+        self.services[service].queue.push_back(index);
+        if !active {
+            // Scale from zero at once: the request is held until a replica is up.
+            self.add_replica(service)?;
+        }
+        self.dispatch(service);
+        Ok(())
+    }
+
+    /// Hands queued requests to ready replicas with room, the one whose prefill frees up first.
+    fn dispatch(&mut self, service: usize) {
+        let max = self.p.config.autoscale.max_concurrency;
+        while let Some(&index) = self.services[service].queue.front() {
+            let best = self.services[service]
+                .replicas
+                .iter()
+                .copied()
+                .filter(|&r| {
+                    let r = &self.replicas[r as usize];
+                    r.state == ReplicaState::Ready && r.in_flight < max
+                })
+                .min_by(|&a, &b| {
+                    let (ra, rb) = (&self.replicas[a as usize], &self.replicas[b as usize]);
+                    ra.prefill_free_at.total_cmp(&rb.prefill_free_at).then(a.cmp(&b))
+                });
+            let Some(replica) = best else { return };
+            self.services[service].queue.pop_front();
+            let request = self.p.requests[index as usize];
+            let r = &mut self.replicas[replica as usize];
+            let start = r.prefill_free_at.max(self.now);
+            let first_token = start + f64::from(request.context_tokens) * r.speed.0;
+            r.prefill_free_at = first_token;
+            r.in_flight += 1;
+            let done = first_token + f64::from(request.generated_tokens) * r.speed.1;
+            let class = self.p.services[service].config.class;
+            self.ttft.entry(class).or_default().push(first_token - request.at_s);
+            self.at(done, Event::RequestDone { replica });
+        }
+    }
+
+    // ----- replicas -----
+
+    fn autoscale(&mut self) -> Result<(), ServeError> {
+        let scale = self.p.config.autoscale;
+        for s in 0..self.services.len() {
+            let svc = &self.p.services[s].config;
+            let state = &self.services[s];
+            let in_flight: u32 = state.replicas.iter().map(|&r| self.replicas[r as usize].in_flight).sum();
+            let demand = f64::from(in_flight) + state.queue.len() as f64;
+            let mut desired =
+                ((demand / scale.target_concurrency).ceil() as u32).clamp(svc.min_replicas, svc.max_replicas);
+            if !state.queue.is_empty() {
+                desired = desired.max(1);
+            }
+            let active =
+                state.replicas.iter().filter(|&&r| self.replicas[r as usize].state != ReplicaState::Gone).count()
+                    as u32;
+            if desired > active {
+                self.services[s].below_since = None;
+                for _ in active..desired {
+                    self.add_replica(s)?;
+                }
+            } else if desired < active {
+                let since = *self.services[s].below_since.get_or_insert(self.now);
+                if self.now - since >= scale.scale_down_delay_s {
+                    self.scale_down(s, active - desired)?;
+                }
+            } else {
+                self.services[s].below_since = None;
+            }
+        }
+        // Pending replicas also retry on the autoscaler's beat.
+        for r in 0..self.replicas.len() {
+            if self.replicas[r].state == ReplicaState::Pending {
+                self.try_place_replica(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes up to `count` replicas: pending ones first, then idle ready ones.
+    fn scale_down(&mut self, service: usize, count: u32) -> Result<(), ServeError> {
+        let mut left = count;
+        for wanted in [ReplicaState::Pending, ReplicaState::Ready] {
+            let ids: Vec<u32> = self.services[service].replicas.clone();
+            for r in ids.into_iter().rev() {
+                if left == 0 {
+                    return Ok(());
+                }
+                let replica = &self.replicas[r as usize];
+                if replica.state == wanted && replica.in_flight == 0 {
+                    self.remove_replica(r as usize)?;
+                    left -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_replica(&mut self, r: usize) -> Result<(), ServeError> {
+        let was_running = self.replicas[r].state != ReplicaState::Pending;
+        self.replicas[r].state = ReplicaState::Gone;
+        let service = self.replicas[r].service;
+        self.services[service].replicas.retain(|&x| x as usize != r);
+        if was_running && let Some(placement) = self.replicas[r].placement.take() {
+            let request = self.p.services[service].request.clone();
+            self.tenancy.remove(self.pod_id(r));
+            self.release(&request, &placement, "replica")?;
+            self.inference_milli -= u64::from(request.gpu.total_milli());
+            self.room_freed()?;
+        }
+        Ok(())
+    }
+
+    fn pod_id(&self, replica: usize) -> usize {
+        self.p.batch.len() + replica
+    }
+
+    fn add_replica(&mut self, service: usize) -> Result<(), ServeError> {
+        let id = self.replicas.len();
+        self.replicas.push(Replica {
+            service,
+            state: ReplicaState::Pending,
+            placement: None,
+            in_flight: 0,
+            prefill_free_at: 0.0,
+            speed: (0.0, 0.0),
+        });
+        self.services[service].replicas.push(id as u32);
+        self.services[service].below_since = None;
+        let request = self.p.services[service].request.clone();
+        self.engine.observe(&request);
+        self.try_place_replica(id)
+    }
+
+    /// Places a pending replica, evicting batch pods if the stack preempts and nothing fits.
+    fn try_place_replica(&mut self, r: usize) -> Result<(), ServeError> {
+        let service = self.replicas[r].service;
+        let p = self.p;
+        let model = &p.services[service];
+        let request = &model.request;
+        let decision = if self.stack.model_cache && self.stack.locality_weight > 0.0 {
+            let locality = self.locality(service);
+            self.engine.decide_with_locality(&self.cluster, request, &locality, self.stack.locality_weight).0
+        } else {
+            self.engine.decide(&self.cluster, request)
+        };
+        let placement = match decision {
+            Decision::Place(p) => p,
+            Decision::Unschedulable(_) if self.stack.preemption => {
+                let batch = self.p.batch.len();
+                let Some((node, victims)) = defrag::preemption(&self.cluster, &self.tenancy, request, &|id| id < batch)
+                else {
+                    return Ok(());
+                };
+                for v in victims {
+                    self.evict_batch(v)?;
+                }
+                match self.engine.place_on(&self.cluster, request, node) {
+                    Ok(p) => p,
+                    Err(_) => return Ok(()),
+                }
+            }
+            Decision::Unschedulable(_) => return Ok(()),
+        };
+        self.bind(request, &placement, "replica")?;
+        self.tenancy.add(self.pod_id(r), request.clone(), placement.clone());
+        self.inference_milli += u64::from(request.gpu.total_milli());
+        let node = placement.node;
+        let tier = self.load_tier(service, node);
+        let rate = self.p.config.bandwidth_gbps;
+        let gbps = match tier {
+            LoadTier::PageCache => rate.page_cache,
+            LoadTier::Local => rate.local,
+            LoadTier::Peer => rate.peer,
+            LoadTier::Origin => rate.origin,
+        };
+        if tier == LoadTier::Origin {
+            self.origin_bytes += model.bytes;
+        }
+        *self.starts.entry(tier).or_default() += 1;
+        let model_index = self.cluster.nodes()[node].model.map(usize::from);
+        let speed = model_index.and_then(|m| model.speed.get(m).copied().flatten()).unwrap_or((0.0, 0.0));
+        let ready =
+            self.now + self.p.config.scheduling_latency_s + model.bytes / (gbps * GB) + self.p.config.engine_startup_s;
+        let replica = &mut self.replicas[r];
+        replica.state = ReplicaState::Starting;
+        replica.placement = Some(placement);
+        replica.speed = speed;
+        replica.prefill_free_at = ready;
+        if self.stack.model_cache {
+            self.cache_insert(node, service);
+        }
+        self.at(ready, Event::ReplicaReady { replica: r as u32 });
+        Ok(())
+    }
+
+    fn evict_batch(&mut self, pod: usize) -> Result<(), ServeError> {
+        let Some((request, placement)) = self.tenancy.remove(pod) else { return Ok(()) };
+        self.release(&request, &placement, "evicted batch pod")?;
+        self.batch_generation[pod] += 1;
+        self.evictions += 1;
+        self.gpu_seconds_lost += f64::from(request.gpu.total_milli()) / 1000.0 * (self.now - self.batch_started[pod]);
+        // Its controller recreates it; it starts over when room frees up.
+        self.pending_batch.push_back(pod as u32);
+        Ok(())
+    }
+
+    fn load_tier(&self, service: usize, node: usize) -> LoadTier {
+        if !self.stack.model_cache {
+            return LoadTier::Origin;
+        }
+        let running_here = self.services[service].replicas.iter().any(|&r| {
+            let r = &self.replicas[r as usize];
+            matches!(r.state, ReplicaState::Starting | ReplicaState::Ready)
+                && r.placement.as_ref().is_some_and(|p| p.node == node)
+        });
+        if running_here {
+            LoadTier::PageCache
+        } else if self.node_cache[node].iter().any(|&(s, _)| s == service) {
+            LoadTier::Local
+        } else if self.holders[service] > 0 {
+            LoadTier::Peer
+        } else {
+            LoadTier::Origin
+        }
+    }
+
+    fn locality(&self, service: usize) -> Locality {
+        let rate = self.p.config.bandwidth_gbps;
+        let tiers = (0..self.cluster.len())
+            .map(|n| match self.load_tier(service, n) {
+                LoadTier::PageCache | LoadTier::Local => Tier::Local,
+                LoadTier::Peer => Tier::Peer,
+                LoadTier::Origin => Tier::Origin,
+            })
+            .collect();
+        Locality {
+            model_bytes: self.p.services[service].bytes as u64,
+            tiers,
+            bandwidth: Bandwidth { local: rate.local * GB, peer: rate.peer * GB, origin: rate.origin * GB },
+        }
+    }
+
+    /// Records that `node` holds the service's model, evicting the least recently used models no
+    /// running replica there needs when the cache is over its size.
+    fn cache_insert(&mut self, node: usize, service: usize) {
+        let bytes = self.p.services[service].bytes;
+        let capacity = self.p.config.node_cache_gb * GB;
+        if bytes > capacity {
+            return;
+        }
+        if let Some(entry) = self.node_cache[node].iter_mut().find(|(s, _)| *s == service) {
+            entry.1 = self.now;
+            return;
+        }
+        while self.node_cache_bytes[node] + bytes > capacity {
+            let in_use = |s: usize| {
+                self.services[s].replicas.iter().any(|&r| {
+                    let r = &self.replicas[r as usize];
+                    r.state != ReplicaState::Gone && r.placement.as_ref().is_some_and(|p| p.node == node)
+                })
+            };
+            let victim = self.node_cache[node]
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _))| !in_use(*s))
+                .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+                .map(|(i, _)| i);
+            let Some(i) = victim else { return };
+            let (s, _) = self.node_cache[node].remove(i);
+            self.node_cache_bytes[node] -= self.p.services[s].bytes;
+            self.holders[s] -= 1;
+        }
+        self.node_cache[node].push((service, self.now));
+        self.node_cache_bytes[node] += bytes;
+        self.holders[service] += 1;
+    }
+}
