@@ -74,3 +74,41 @@ fn a_service_no_gpu_can_hold_is_named() {
     let err = run(&setup(config), 1).unwrap_err().to_string();
     assert!(err.contains("services[chat-8b]") && err.contains("GB"), "{err}");
 }
+
+#[test]
+fn interactive_replicas_prefer_fast_gpu_models_only_when_the_stack_says_so() {
+    use gpuplane_core::Node;
+    use gpuplane_sim::serve::{LlmRequest, Stack};
+    let node = |name: &str, model: &str| Node {
+        name: name.into(),
+        cpu_milli: 64_000,
+        memory_bytes: 512 << 30,
+        gpu_count: 8,
+        gpu_model: Some(model.into()),
+        labels: Default::default(),
+        taints: vec![],
+    };
+    let mut config = ServeConfig { horizon_s: 120.0, drain_s: 60.0, ..ServeConfig::default() };
+    // Only the 3B assistant (interactive, half a GPU): it fits a P100 half (8 GB) and a G3 half (20 GB).
+    config.services.retain(|s| s.name == "assist-3b");
+    config.services[0].min_replicas = 2;
+    let stack = |name: &str, fast_gpus: bool| Stack {
+        name: name.into(),
+        policy: "bestfit".into(),
+        model_cache: false,
+        locality_weight: 0.0,
+        preemption: false,
+        fast_gpus,
+    };
+    config.stacks = vec![stack("any", false), stack("fast", true)];
+    let requests =
+        (0..50).map(|i| LlmRequest { at_s: f64::from(i), context_tokens: 500, generated_tokens: 20 }).collect();
+    // "a-p100" sorts first, so a policy blind to speed starts there.
+    let setup = Setup { config, nodes: vec![node("a-p100", "P100"), node("b-g3", "G3")], batch: vec![], requests };
+    let result = run(&setup, 3).unwrap();
+    let starts = |stack: usize| result.stacks[stack].services[0].replica_starts_by_gpu.clone();
+    assert_eq!(starts(0).keys().collect::<Vec<_>>(), ["P100"], "{:?}", starts(0));
+    assert_eq!(starts(1).keys().collect::<Vec<_>>(), ["G3"], "{:?}", starts(1));
+    let p99 = |stack: usize| result.stacks[stack].class(LatencyClass::Interactive).unwrap().p99_s;
+    assert!(p99(1) < p99(0), "fast {} s, any {} s", p99(1), p99(0));
+}

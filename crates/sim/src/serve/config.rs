@@ -184,6 +184,10 @@ pub struct Stack {
     /// A replica that fits nowhere may evict lower-priority (batch) pods.
     #[serde(default)]
     pub preemption: bool,
+    /// Interactive replicas prefer GPU models at least half as fast (prefill TFLOPS) as the fastest they
+    /// accept, and take a slower one only when no fast one can be had.
+    #[serde(default)]
+    pub fast_gpus: bool,
 }
 
 impl Stack {
@@ -235,8 +239,15 @@ fn service(
     }
 }
 
-fn stack(name: &str, policy: &str, model_cache: bool, locality_weight: f64, preemption: bool) -> Stack {
-    Stack { name: name.to_owned(), policy: policy.to_owned(), model_cache, locality_weight, preemption }
+fn stack(name: &str, policy: &str, platform: bool) -> Stack {
+    Stack {
+        name: name.to_owned(),
+        policy: policy.to_owned(),
+        model_cache: platform,
+        locality_weight: if platform { 0.3 } else { 0.0 },
+        preemption: platform,
+        fast_gpus: platform,
+    }
 }
 
 impl Default for ServeConfig {
@@ -275,10 +286,10 @@ impl Default for ServeConfig {
                 service("draft-0.5b", 0.5, 1.0, 1, 200, Interactive, 0, 16),
             ],
             stacks: vec![
-                stack("kube-default", "kube-default", false, 0.0, false),
-                stack("binpack", "bestfit", false, 0.0, false),
-                stack("fgd", "fgd", false, 0.0, false),
-                stack("gpuplane", "gpuplane", true, 0.3, true),
+                stack("kube-default", "kube-default", false),
+                stack("binpack", "bestfit", false),
+                stack("fgd", "fgd", false),
+                stack("gpuplane", "gpuplane", true),
             ],
         }
     }

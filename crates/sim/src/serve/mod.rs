@@ -130,6 +130,21 @@ pub struct ServeSample {
     pub pending_batch: u32,
 }
 
+/// One service's figures under one stack.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceResult {
+    /// Service name.
+    pub name: String,
+    /// Its latency class.
+    pub class: LatencyClass,
+    /// TTFT of its requests, seconds.
+    pub ttft: Percentiles,
+    /// Its requests that arrived with no ready replica.
+    pub cold_start_requests: usize,
+    /// Replica starts per GPU model they landed on.
+    pub replica_starts_by_gpu: BTreeMap<String, u64>,
+}
+
 /// One stack's result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StackResult {
@@ -157,6 +172,8 @@ pub struct StackResult {
     pub batch_evictions: u64,
     /// GPU-hours of batch work lost to evictions (restarted from scratch).
     pub batch_gpu_hours_lost: f64,
+    /// Per service, in configuration order.
+    pub services: Vec<ServiceResult>,
     /// Samples over time.
     pub samples: Vec<ServeSample>,
     /// Seconds of CPU time the run took.
@@ -227,6 +244,9 @@ struct BatchPod {
 struct ServiceModel {
     config: Service,
     request: PodRequest,
+    /// The same replica restricted to the GPU models at least half as fast as the fastest it accepts,
+    /// when that excludes some.
+    fast_request: Option<PodRequest>,
     bytes: f64,
     /// Per cluster model index: prefill seconds per prompt token, decode seconds per output token.
     speed: Vec<Option<(f64, f64)>>,
@@ -378,9 +398,17 @@ fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result
         (s.memory_gb * GB) as u64,
         GpuRequest { count: s.gpus, milli_per_gpu: s.gpu_milli },
     );
-    pod.gpu_models = accepted;
     pod.priority = s.priority;
-    Ok(ServiceModel { config: s.clone(), request: cluster.request(&pod), bytes: s.weight_gb * GB, speed })
+    let tflops = |m: &String| config.gpus.get(m).map_or(0.0, |g| g.tflops);
+    let fastest = accepted.iter().map(tflops).fold(0.0, f64::max);
+    let fast: Vec<String> = accepted.iter().filter(|m| tflops(m) >= fastest / 2.0).cloned().collect();
+    let fast_request = (fast.len() < accepted.len()).then(|| {
+        let mut fast_pod = pod.clone();
+        fast_pod.gpu_models = fast;
+        cluster.request(&fast_pod)
+    });
+    pod.gpu_models = accepted;
+    Ok(ServiceModel { config: s.clone(), request: cluster.request(&pod), fast_request, bytes: s.weight_gb * GB, speed })
 }
 
 /// Where a replica read its weights from.
@@ -450,6 +478,9 @@ struct ServiceState {
     queue: VecDeque<u32>,
     replicas: Vec<u32>,
     below_since: Option<f64>,
+    ttft: Vec<f64>,
+    cold_start_requests: usize,
+    starts_by_gpu: BTreeMap<String, u64>,
 }
 
 /// One stack's simulation.
@@ -589,6 +620,22 @@ impl<'p> World<'p> {
                 self.ttft.entry(class).or_default().push(end - self.p.requests[i as usize].at_s);
             }
         }
+        for state in &mut self.services {
+            let waited: Vec<f64> = state.queue.iter().map(|&i| end - self.p.requests[i as usize].at_s).collect();
+            state.ttft.extend(waited);
+        }
+        let services = self
+            .services
+            .iter_mut()
+            .zip(&self.p.services)
+            .map(|(state, model)| ServiceResult {
+                name: model.config.name.clone(),
+                class: model.config.class,
+                ttft: Percentiles::of(&mut state.ttft),
+                cold_start_requests: state.cold_start_requests,
+                replica_starts_by_gpu: std::mem::take(&mut state.starts_by_gpu),
+            })
+            .collect();
         let horizon = self.p.config.horizon_s;
         let within: Vec<&ServeSample> = self.samples.iter().filter(|s| s.t_s <= horizon).collect();
         let mean = |f: fn(&ServeSample) -> f64| {
@@ -607,6 +654,7 @@ impl<'p> World<'p> {
             mean_partial_free_gpu_pct: mean(|s| s.partial_free_gpu_pct),
             batch_evictions: self.evictions,
             batch_gpu_hours_lost: self.gpu_seconds_lost / 3600.0,
+            services,
             samples: self.samples,
             wall_s: clock.elapsed().as_secs_f64(),
         }
@@ -712,6 +760,7 @@ impl<'p> World<'p> {
         let active = state.replicas.iter().any(|&r| self.replicas[r as usize].state != ReplicaState::Gone);
         if !ready {
             self.cold_start_requests += 1;
+            self.services[service].cold_start_requests += 1;
         }
         self.services[service].queue.push_back(index);
         if !active {
@@ -749,6 +798,7 @@ impl<'p> World<'p> {
             let done = first_token + f64::from(request.generated_tokens) * r.speed.1;
             let class = self.p.services[service].config.class;
             self.ttft.entry(class).or_default().push(first_token - request.at_s);
+            self.services[service].ttft.push(first_token - request.at_s);
             self.at(done, Event::RequestDone { replica });
         }
     }
@@ -854,30 +904,19 @@ impl<'p> World<'p> {
         let p = self.p;
         let model = &p.services[service];
         let request = &model.request;
-        let decision = if self.stack.model_cache && self.stack.locality_weight > 0.0 {
-            let locality = self.locality(service);
-            self.engine.decide_with_locality(&self.cluster, request, &locality, self.stack.locality_weight).0
-        } else {
-            self.engine.decide(&self.cluster, request)
-        };
-        let placement = match decision {
-            Decision::Place(p) => p,
-            Decision::Unschedulable(_) if self.stack.preemption => {
-                let batch = self.p.batch.len();
-                let Some((node, victims)) = defrag::preemption(&self.cluster, &self.tenancy, request, &|id| id < batch)
-                else {
-                    return Ok(());
-                };
-                for v in victims {
-                    self.evict_batch(v)?;
-                }
-                match self.engine.place_on(&self.cluster, request, node) {
-                    Ok(p) => p,
-                    Err(_) => return Ok(()),
-                }
+        // Interactive replicas first ask for the fast GPU models (a preferred affinity), then for any.
+        let fast = model
+            .fast_request
+            .as_ref()
+            .filter(|_| self.stack.fast_gpus && model.config.class == LatencyClass::Interactive);
+        let mut placement = None;
+        for asked in fast.into_iter().chain([request]) {
+            placement = self.find_room(service, asked)?;
+            if placement.is_some() {
+                break;
             }
-            Decision::Unschedulable(_) => return Ok(()),
-        };
+        }
+        let Some(placement) = placement else { return Ok(()) };
         self.bind(request, &placement, "replica")?;
         self.tenancy.add(self.pod_id(r), request.clone(), placement.clone());
         self.inference_milli += u64::from(request.gpu.total_milli());
@@ -895,6 +934,8 @@ impl<'p> World<'p> {
         }
         *self.starts.entry(tier).or_default() += 1;
         let model_index = self.cluster.nodes()[node].model.map(usize::from);
+        let gpu_name = model_index.and_then(|m| self.cluster.models().get(m)).cloned().unwrap_or_default();
+        *self.services[service].starts_by_gpu.entry(gpu_name).or_default() += 1;
         let speed = model_index.and_then(|m| model.speed.get(m).copied().flatten()).unwrap_or((0.0, 0.0));
         let ready =
             self.now + self.p.config.scheduling_latency_s + model.bytes / (gbps * GB) + self.p.config.engine_startup_s;
@@ -908,6 +949,32 @@ impl<'p> World<'p> {
         }
         self.at(ready, Event::ReplicaReady { replica: r as u32 });
         Ok(())
+    }
+
+    /// A placement for a replica asking `request`: the policy's choice (with the locality term when the
+    /// stack has one), else, if the stack preempts, a node where evicting batch pods makes room (evicted).
+    fn find_room(&mut self, service: usize, request: &PodRequest) -> Result<Option<Placement>, ServeError> {
+        let decision = if self.stack.model_cache && self.stack.locality_weight > 0.0 {
+            let locality = self.locality(service);
+            self.engine.decide_with_locality(&self.cluster, request, &locality, self.stack.locality_weight).0
+        } else {
+            self.engine.decide(&self.cluster, request)
+        };
+        match decision {
+            Decision::Place(p) => Ok(Some(p)),
+            Decision::Unschedulable(_) if self.stack.preemption => {
+                let batch = self.p.batch.len();
+                let Some((node, victims)) = defrag::preemption(&self.cluster, &self.tenancy, request, &|id| id < batch)
+                else {
+                    return Ok(None);
+                };
+                for v in victims {
+                    self.evict_batch(v)?;
+                }
+                Ok(self.engine.place_on(&self.cluster, request, node).ok())
+            }
+            Decision::Unschedulable(_) => Ok(None),
+        }
     }
 
     fn evict_batch(&mut self, pod: usize) -> Result<(), ServeError> {
