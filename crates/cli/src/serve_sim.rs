@@ -33,9 +33,13 @@ pub struct ServeSimArgs {
     /// Cluster: openb node CSV or Kubernetes Node YAML [default: bundled openb GPU nodes]
     #[arg(long, value_name = "FILE")]
     nodes: Option<PathBuf>,
-    /// Seed of the model-popularity draw
+    /// Seed of the model-popularity draw and the batch steady state
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Also run these seeds (a list and/or ranges, such as 42-51) and print each stack's interactive p99,
+    /// origin GB and allocation per seed with the median
+    #[arg(long, value_name = "LIST")]
+    seeds: Option<String>,
     /// Also run with load bandwidths and startup costs at 50 % and 150 % and print whether the ranking holds
     #[arg(long)]
     sensitivity: bool,
@@ -104,6 +108,12 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
     let setup = Setup { config, nodes, batch, requests };
     let result = run(&setup, args.seed)?;
 
+    let mut per_seed: Vec<ServeResult> = Vec::new();
+    if let Some(list) = &args.seeds {
+        for seed in crate::sim::parse_seeds(list)? {
+            per_seed.push(if seed == args.seed { result.clone() } else { run(&setup, seed)? });
+        }
+    }
     let mut variants: Vec<(String, ServeResult)> = Vec::new();
     if args.sensitivity {
         variants.push(("as configured".to_owned(), result.clone()));
@@ -126,6 +136,7 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
         "config": setup.config,
         "config_source": args.config.as_ref().map_or(DEFAULT_CONFIG.to_owned(), |p| p.display().to_string()),
         "result": result,
+        "seeds": per_seed,
         "sensitivity": variants.iter().map(|(name, r)| serde_json::json!({"costs": name, "result": r})).collect::<Vec<_>>(),
     });
     write_outputs(&args.out, &result, &json)?;
@@ -137,6 +148,9 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
         OutputFormat::Table | OutputFormat::Markdown => {
             let style = if matches!(args.format, OutputFormat::Table) { Style::Terminal } else { Style::Markdown };
             print!("{header}{}", serve::table(&result, style));
+            if !per_seed.is_empty() {
+                print!("Per seed:\n{}", serve::seeds_table(&per_seed, style));
+            }
             if !variants.is_empty() {
                 print!("Interactive p99 TTFT when costs change:\n{}", serve::sensitivity_table(&variants, style));
             }

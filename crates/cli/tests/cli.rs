@@ -442,10 +442,12 @@ fn a_fetch_killed_with_sigkill_resumes_and_verifies() {
 fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), "short.yaml", "horizon_s: 300\ndrain_s: 60\n");
-    let out = gpuplane(&["serve-sim", "--config", &config, "--trace", "code", "--out", "s"], dir.path());
+    let out =
+        gpuplane(&["serve-sim", "--config", &config, "--trace", "code", "--seeds", "1-2", "--out", "s"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("kube-default") && stdout.contains("gpuplane"), "{stdout}");
+    assert!(stdout.contains("Per seed") && stdout.contains("median"), "{stdout}");
     for f in ["serve.json", "allocation.svg", "fragmentation.svg", "pending.svg"] {
         assert!(dir.path().join("s").join(f).is_file(), "{f} missing");
     }
@@ -454,6 +456,7 @@ fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
     assert_eq!(json["schema"], "gpuplane.serve-sim/v1");
     assert_eq!(json["result"]["stacks"].as_array().unwrap().len(), 4);
     assert_eq!(json["config"]["horizon_s"], 300.0);
+    assert_eq!(json["seeds"].as_array().unwrap().len(), 2);
 
     let bad = write(dir.path(), "bad.yaml", "autoscale:\n  target_concurrency: 0\n");
     assert_fails(&gpuplane(&["serve-sim", "--config", &bad], dir.path()), "autoscale.target_concurrency");

@@ -150,3 +150,45 @@ fn over_time(
             .collect(),
     }
 }
+
+/// Interactive p99 TTFT, origin GB and allocated GPU % per stack and seed, with the median over seeds.
+pub fn seeds_table(results: &[ServeResult], style: Style) -> String {
+    let mut table = new_table(style);
+    let stacks: Vec<String> =
+        results.first().map(|r| r.stacks.iter().map(|s| s.name.clone()).collect()).unwrap_or_default();
+    let mut header = vec!["seed".to_owned()];
+    header.extend(stacks.iter().map(|s| format!("{s}: p99 s / origin GB / GPU %")));
+    table.set_header(header);
+    let cell = |s: &StackResult| {
+        let p99 = s.class(LatencyClass::Interactive).map_or(f64::NAN, |p| p.p99_s);
+        (p99, s.origin_gb, s.mean_allocated_gpu_pct)
+    };
+    for r in results {
+        let mut row = vec![r.seed.to_string()];
+        row.extend(r.stacks.iter().map(|s| {
+            let (p99, gb, pct) = cell(s);
+            format!("{p99:.1} / {gb:.0} / {pct:.1}")
+        }));
+        table.add_row(row);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let mut row = vec!["median".to_owned()];
+    for i in 0..stacks.len() {
+        let cells: Vec<(f64, f64, f64)> = results.iter().filter_map(|r| r.stacks.get(i)).map(cell).collect();
+        row.push(format!(
+            "{:.1} / {:.0} / {:.1}",
+            median(cells.iter().map(|c| c.0).collect()),
+            median(cells.iter().map(|c| c.1).collect()),
+            median(cells.iter().map(|c| c.2).collect())
+        ));
+    }
+    table.add_row(row);
+    format!("{table}\n")
+}
