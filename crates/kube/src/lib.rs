@@ -4,7 +4,7 @@
 //! scheduler for clusters that run gpuplane beside it, and the admission webhook.
 #![forbid(unsafe_code)]
 
-pub mod assignment;
+pub use gpuplane_place::assignment;
 pub mod client;
 pub mod extender;
 pub mod inventory;

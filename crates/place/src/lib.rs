@@ -28,6 +28,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod assignment;
 pub mod cluster;
 pub mod defrag;
 pub mod engine;

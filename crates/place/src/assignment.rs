@@ -5,7 +5,7 @@
 //! `gpuplane.io/gpu-assignment-uuids`, such as `GPU-5f3c…:250`, for device plugins that address GPUs so.
 
 use gpuplane_core::{MAX_GPUS_PER_NODE, MILLI_PER_GPU};
-use gpuplane_place::GpuShare;
+use crate::cluster::GpuShare;
 use thiserror::Error;
 
 /// The annotation key.
