@@ -6,6 +6,7 @@ mod bench;
 mod cache;
 mod extender;
 mod input;
+mod node;
 mod scheduler;
 mod serve_sim;
 mod service;
@@ -36,6 +37,8 @@ enum Command {
     Extender(extender::ExtenderArgs),
     /// Serve the admission webhook (mutating and validating) over TLS for a live cluster.
     Webhook(webhook::WebhookArgs),
+    /// Device plugin on a GPU node: hand each container exactly the GPUs the scheduler assigned.
+    Node(node::NodeArgs),
     /// Node-local model cache: fetch a model, list a store, measure fetch throughput.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Scheduler(args) => scheduler::run(args),
         Command::Webhook(args) => webhook::run(args),
         Command::Cache(command) => cache::run(command),
+        Command::Node(args) => node::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

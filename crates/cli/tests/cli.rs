@@ -463,3 +463,11 @@ fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
     let trace = write(dir.path(), "t.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:00:00,ten,1\n");
     assert_fails(&gpuplane(&["serve-sim", "--trace", &trace], dir.path()), "t.csv:2");
 }
+
+#[test]
+fn node_agent_names_a_bad_inventory_before_touching_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails(&gpuplane(&["node", "--node-name", "n1", "--inventory", "missing.yaml"], dir.path()), "missing.yaml");
+    let bad = write(dir.path(), "gpus.yaml", "gpus:\n  - {index: 2, uuid: GPU-a, model: T4, memory_mib: 15360}\n");
+    assert_fails(&gpuplane(&["node", "--node-name", "n1", "--inventory", &bad], dir.path()), "gpus[0].index");
+}

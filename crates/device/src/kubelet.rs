@@ -62,24 +62,31 @@ pub async fn register(dir: &Path) -> Result<(), DeviceError> {
 
 /// Serves the plugin in `dir` until `stop` resolves: bind the socket, register (retrying while the
 /// kubelet is away), and when the socket disappears (the kubelet restarted) do it all again.
-pub async fn run(plugin: GpuPlugin, dir: PathBuf, stop: impl std::future::Future<Output = ()>) -> Result<(), DeviceError> {
+pub async fn run(
+    plugin: GpuPlugin,
+    dir: PathBuf,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), DeviceError> {
     tokio::pin!(stop);
     loop {
         let socket = dir.join(PLUGIN_SOCKET);
         match std::fs::remove_file(&socket) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(DeviceError::Kubelet(format!("{}: cannot remove the old socket: {e}", socket.display()))),
+            Err(e) => {
+                return Err(DeviceError::Kubelet(format!("{}: cannot remove the old socket: {e}", socket.display())));
+            }
         }
-        let listener =
-            UnixListener::bind(&socket).map_err(|e| DeviceError::Kubelet(format!("{}: cannot listen: {e}", socket.display())))?;
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| DeviceError::Kubelet(format!("{}: cannot listen: {e}", socket.display())))?;
         let (shutdown, on_shutdown) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
-            Server::builder()
-                .add_service(DevicePluginServer::new(plugin.clone()))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            Server::builder().add_service(DevicePluginServer::new(plugin.clone())).serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                async {
                     let _ = on_shutdown.await;
-                }),
+                },
+            ),
         );
         // Register, retrying while the kubelet's socket is missing or refuses connections.
         loop {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use gpuplane_place::assignment;
 use tokio::sync::watch;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::device_plugin_server::DevicePlugin;
@@ -29,6 +29,11 @@ pub const RESOURCE_NAME: &str = "gpuplane.io/gpu-milli";
 pub const HEALTHY: &str = "Healthy";
 /// Device health values of the API.
 pub const UNHEALTHY: &str = "Unhealthy";
+
+const NO_POD: &str = "no pod on this node";
+/// Tries of Allocate while the pod list catches up with a bind.
+const ALLOCATE_RETRIES: u32 = 10;
+const ALLOCATE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A pod on this node that the scheduler gave GPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,15 +112,15 @@ impl GpuPlugin {
     /// What one container asking for `milli` devices gets: the oldest unserved pod that asked for
     /// exactly that much, with its assigned GPUs.
     pub fn allocate_container(&self, milli: u64) -> Result<ContainerAllocateResponse, Status> {
-        let pods = self.pods.assigned_pods().map_err(|e| Status::unavailable(format!("listing this node's pods: {e}")))?;
+        let pods =
+            self.pods.assigned_pods().map_err(|e| Status::unavailable(format!("listing this node's pods: {e}")))?;
         let mut served = self.served.lock().map_err(|_| Status::internal("allocation state poisoned"))?;
         let pod = pods
             .into_iter()
             .find(|p| !p.allocated && p.requested_milli == milli && !served.contains(&p.key))
             .ok_or_else(|| {
                 Status::failed_precondition(format!(
-                    "no pod on this node waits for {milli} {RESOURCE_NAME} with a {} annotation; \
-                     was it scheduled by gpuplane?",
+                    "{NO_POD} waits for {milli} {RESOURCE_NAME} with a {} annotation; was it scheduled by gpuplane?",
                     assignment::ASSIGNMENT_ANNOTATION
                 ))
             })?;
@@ -178,16 +183,32 @@ impl DevicePlugin for GpuPlugin {
         _: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
         // Not advertised in the options: any devices will do, the assignment decides the GPUs.
-        Ok(Response::new(PreferredAllocationResponse { container_responses: Vec::<ContainerPreferredAllocationResponse>::new() }))
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses: Vec::<ContainerPreferredAllocationResponse>::new(),
+        }))
     }
 
     async fn allocate(&self, request: Request<AllocateRequest>) -> Result<Response<AllocateResponse>, Status> {
-        let container_responses = request
-            .into_inner()
-            .container_requests
-            .iter()
-            .map(|c| self.allocate_container(c.devices_ids.len() as u64))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut container_responses = Vec::new();
+        for container in &request.into_inner().container_requests {
+            let milli = container.devices_ids.len() as u64;
+            // The pod list may lag the bind that made the kubelet call: look again for a moment.
+            let mut tries = 0;
+            let response = loop {
+                match self.allocate_container(milli) {
+                    Err(e)
+                        if e.code() == tonic::Code::FailedPrecondition
+                            && tries < ALLOCATE_RETRIES
+                            && e.message().starts_with(NO_POD) =>
+                    {
+                        tries += 1;
+                        tokio::time::sleep(ALLOCATE_RETRY_DELAY).await;
+                    }
+                    other => break other?,
+                }
+            };
+            container_responses.push(response);
+        }
         Ok(Response::new(AllocateResponse { container_responses }))
     }
 

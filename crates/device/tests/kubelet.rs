@@ -119,11 +119,8 @@ async fn registers_lists_allocates_and_re_registers_after_a_kubelet_restart() {
     within("the recovered list", stream.message()).await.unwrap().unwrap();
 
     // A sharing pod: exactly its GPU by UUID, MPS sized from 250 milli of 40 GiB.
-    let response = client
-        .allocate(AllocateRequest { container_requests: vec![devices(250)] })
-        .await
-        .unwrap()
-        .into_inner();
+    let response =
+        client.allocate(AllocateRequest { container_requests: vec![devices(250)] }).await.unwrap().into_inner();
     let envs = &response.container_responses[0].envs;
     assert_eq!(envs["NVIDIA_VISIBLE_DEVICES"], "GPU-00000001-aaaa");
     assert_eq!(envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
@@ -131,11 +128,8 @@ async fn registers_lists_allocates_and_re_registers_after_a_kubelet_restart() {
     assert_eq!(envs["GPUPLANE_GPU_ASSIGNMENT"], "1:250");
 
     // A two-GPU pod: both UUIDs, no MPS limits for whole GPUs.
-    let response = client
-        .allocate(AllocateRequest { container_requests: vec![devices(2000)] })
-        .await
-        .unwrap()
-        .into_inner();
+    let response =
+        client.allocate(AllocateRequest { container_requests: vec![devices(2000)] }).await.unwrap().into_inner();
     let envs = &response.container_responses[0].envs;
     assert_eq!(envs["NVIDIA_VISIBLE_DEVICES"], "GPU-00000000-aaaa,GPU-00000001-aaaa");
     assert!(!envs.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"));

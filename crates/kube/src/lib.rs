@@ -9,6 +9,7 @@ pub mod client;
 pub mod extender;
 pub mod inventory;
 pub mod metrics;
+pub mod node_pods;
 pub mod objects;
 pub mod scheduler;
 pub mod serve;

@@ -4,8 +4,8 @@
 //! (annotation `gpuplane.io/gpu-uuids`, in index order), the same shares are also written by UUID in
 //! `gpuplane.io/gpu-assignment-uuids`, such as `GPU-5f3c…:250`, for device plugins that address GPUs so.
 
-use gpuplane_core::{MAX_GPUS_PER_NODE, MILLI_PER_GPU};
 use crate::cluster::GpuShare;
+use gpuplane_core::{MAX_GPUS_PER_NODE, MILLI_PER_GPU};
 use thiserror::Error;
 
 /// The annotation key.
