@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use gpuplane_device::inventory::read_inventory;
-use gpuplane_device::kubelet;
 use gpuplane_device::plugin::{AssignedPod, GpuPlugin, PodSource, Sharing};
+use gpuplane_device::{kubelet, nvml};
 use gpuplane_kube::node_pods;
 use gpuplane_kube::serve::{ServeError, shutdown_signal};
 use k8s_openapi::api::core::v1 as api;
@@ -23,9 +23,10 @@ pub struct NodeArgs {
     /// This node's name (in a DaemonSet: --node-name=$(NODE_NAME) from the downward API)
     #[arg(long)]
     node_name: String,
-    /// GPU inventory file: the node's GPUs in assignment-index order with UUID, model and memory
-    #[arg(long, default_value = "/etc/gpuplane/gpus.yaml", value_name = "FILE")]
-    inventory: PathBuf,
+    /// GPU inventory file: the node's GPUs in assignment-index order with UUID, model and memory; when
+    /// not given, the GPUs are discovered through NVML
+    #[arg(long, value_name = "FILE")]
+    inventory: Option<PathBuf>,
     /// The kubelet's device plugin folder
     #[arg(long, default_value = "/var/lib/kubelet/device-plugins", value_name = "DIR")]
     plugin_dir: PathBuf,
@@ -77,16 +78,26 @@ impl PodSource for ClusterPods {
 
 /// Runs `gpuplane node`.
 pub fn run(args: NodeArgs) -> Result<()> {
-    let shown = args.inventory.display().to_string();
-    let text = std::fs::read_to_string(&args.inventory).with_context(|| format!("cannot read {shown}"))?;
-    let gpus = read_inventory(&shown, &text)?;
+    let gpus = match &args.inventory {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+            read_inventory(&shown, &text)?
+        }
+        None => nvml::discover().context("no --inventory given and NVML discovery failed")?,
+    };
     service::init_logging(&args.log_format);
+    let uuids: Vec<String> = gpus.iter().map(|g| g.uuid.clone()).collect();
+    let models: Vec<String> = gpus.iter().map(|g| g.model.clone()).collect();
     let sharing = match args.sharing {
         SharingArg::TimeSlicing => Sharing::TimeSlicing,
         SharingArg::Mps => Sharing::Mps,
     };
     service::runtime()?.block_on(async move {
         let client = kube::Client::try_default().await.map_err(ServeError::Client)?;
+        if let Err(e) = node_pods::publish_gpus(client.clone(), &args.node_name, &uuids, &models).await {
+            tracing::warn!(node = %args.node_name, error = %e, "could not publish the GPU UUIDs and model on the node");
+        }
         let store = node_pods::watch_node(client.clone(), &args.node_name);
         let plugin = GpuPlugin::new(gpus, Arc::new(ClusterPods { store, client }), sharing);
         kubelet::run(plugin, args.plugin_dir, shutdown_signal()).await?;

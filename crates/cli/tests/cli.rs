@@ -470,4 +470,8 @@ fn node_agent_names_a_bad_inventory_before_touching_the_cluster() {
     assert_fails(&gpuplane(&["node", "--node-name", "n1", "--inventory", "missing.yaml"], dir.path()), "missing.yaml");
     let bad = write(dir.path(), "gpus.yaml", "gpus:\n  - {index: 2, uuid: GPU-a, model: T4, memory_mib: 15360}\n");
     assert_fails(&gpuplane(&["node", "--node-name", "n1", "--inventory", &bad], dir.path()), "gpus[0].index");
+    if !Path::new("/dev/nvidiactl").exists() {
+        // No inventory and no driver: NVML discovery says it failed.
+        assert_fails(&gpuplane(&["node", "--node-name", "n1"], dir.path()), "NVML");
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod inventory;
 pub mod kubelet;
+pub mod nvml;
 pub mod plugin;
 
 /// The kubelet device plugin API, v1beta1, generated from `proto/v1beta1/api.proto`.

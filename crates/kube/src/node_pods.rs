@@ -12,7 +12,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::assignment::ASSIGNMENT_ANNOTATION;
+use gpuplane_core::manifest::NODE_GPU_MODEL_LABELS;
+
+use crate::assignment::{ASSIGNMENT_ANNOTATION, NODE_GPU_UUIDS_ANNOTATION};
 
 /// The annotation the device plugin writes when it hands a pod its GPUs.
 pub const ALLOCATED_ANNOTATION: &str = "gpuplane.io/gpu-allocated";
@@ -90,6 +92,24 @@ pub fn watch_node(client: Client, node: &str) -> Store<api::Pod> {
     store
 }
 
+/// The merge patch that publishes a node's GPUs: UUIDs in index order (the annotation the scheduler
+/// writes UUID assignments from) and, when every GPU is the same model, the model label it filters on.
+pub fn gpu_node_patch(uuids: &[String], models: &[String]) -> serde_json::Value {
+    let mut patch = serde_json::json!({"metadata": {"annotations": {NODE_GPU_UUIDS_ANNOTATION: uuids.join(",")}}});
+    if let Some(first) = models.first().filter(|m| models.iter().all(|x| x == *m)) {
+        patch["metadata"]["labels"] = serde_json::json!({NODE_GPU_MODEL_LABELS[0]: first});
+    }
+    patch
+}
+
+/// Publishes the node's GPUs on its Node object (see [`gpu_node_patch`]).
+pub async fn publish_gpus(client: Client, node: &str, uuids: &[String], models: &[String]) -> Result<(), kube::Error> {
+    Api::<api::Node>::all(client)
+        .patch(node, &PatchParams::default(), &Patch::Merge(&gpu_node_patch(uuids, models)))
+        .await
+        .map(|_| ())
+}
+
 /// Writes the allocated annotation on a pod.
 pub async fn mark_allocated(client: Client, key: &str) -> Result<(), kube::Error> {
     let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
@@ -107,6 +127,18 @@ mod tests {
 
     fn pod(yaml: &str) -> Arc<api::Pod> {
         Arc::new(serde_saphyr::from_str(yaml).unwrap())
+    }
+
+    #[test]
+    fn the_node_patch_names_uuids_in_order_and_one_model() {
+        let uuids = vec!["GPU-a".to_owned(), "GPU-b".to_owned()];
+        let same = gpu_node_patch(&uuids, &["A100".to_owned(), "A100".to_owned()]);
+        assert_eq!(same["metadata"]["annotations"]["gpuplane.io/gpu-uuids"], "GPU-a,GPU-b");
+        assert_eq!(same["metadata"]["labels"]["gpuplane.io/gpu-model"], "A100");
+        let mixed = gpu_node_patch(&uuids, &["A100".to_owned(), "T4".to_owned()]);
+        assert!(mixed["metadata"].get("labels").is_none());
+        // The scheduler reads the annotation back as this node's UUIDs.
+        assert_eq!(crate::assignment::parse_uuids("GPU-a,GPU-b", 2), Some(uuids));
     }
 
     #[test]

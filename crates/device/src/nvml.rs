@@ -1,0 +1,63 @@
+//! GPU discovery through NVML: the node's GPUs with UUID, model and memory, read from the driver when
+//! it is there. NVML is loaded at run time (`libnvidia-ml.so`), so the same binary runs on nodes and
+//! machines without NVIDIA GPUs, where discovery says why it failed and the inventory file is used.
+
+use nvml_wrapper::Nvml;
+
+use crate::DeviceError;
+use crate::inventory::Gpu;
+
+/// The node's GPUs in NVML index order, or why NVML could not list them.
+pub fn discover() -> Result<Vec<Gpu>, DeviceError> {
+    let fail = |what: &str, e: nvml_wrapper::error::NvmlError| DeviceError::Inventory(format!("NVML {what}: {e}"));
+    let nvml = Nvml::init().map_err(|e| fail("init", e))?;
+    let count = nvml.device_count().map_err(|e| fail("device count", e))?;
+    if count == 0 || count > 8 {
+        return Err(DeviceError::Inventory(format!("NVML reports {count} GPUs; expected 1 to 8")));
+    }
+    (0..count)
+        .map(|i| {
+            let device = nvml.device_by_index(i).map_err(|e| fail("device", e))?;
+            Ok(Gpu {
+                index: u8::try_from(i).unwrap_or(u8::MAX),
+                uuid: device.uuid().map_err(|e| fail("uuid", e))?,
+                model: label_value(&device.name().map_err(|e| fail("name", e))?),
+                memory_mib: device.memory_info().map_err(|e| fail("memory", e))?.total >> 20,
+            })
+        })
+        .collect()
+}
+
+/// A GPU product name as a label value: letters, digits, `-`, `_` and `.`, at most 63 characters,
+/// without the vendor prefix ("NVIDIA A100-SXM4-40GB" → "A100-SXM4-40GB").
+pub fn label_value(name: &str) -> String {
+    let trimmed = name.trim().trim_start_matches("NVIDIA").trim();
+    let mut value: String = trimmed
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .collect();
+    value.truncate(63);
+    value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn product_names_become_label_values() {
+        assert_eq!(label_value("NVIDIA A100-SXM4-40GB"), "A100-SXM4-40GB");
+        assert_eq!(label_value("Tesla T4"), "Tesla-T4");
+        assert_eq!(label_value("NVIDIA H100 80GB HBM3"), "H100-80GB-HBM3");
+        assert_eq!(label_value(&"x".repeat(80)).len(), 63);
+    }
+
+    #[test]
+    fn without_a_driver_discovery_says_nvml_failed() {
+        if std::path::Path::new("/dev/nvidiactl").exists() {
+            return; // A machine with a driver: discovery may succeed.
+        }
+        let err = discover().unwrap_err().to_string();
+        assert!(err.contains("NVML"), "{err}");
+    }
+}
