@@ -22,6 +22,9 @@ pub enum DeviceError {
     /// The inventory file is malformed.
     #[error("GPU inventory: {0}")]
     Inventory(String),
+    /// NVML could not list the GPUs.
+    #[error("NVML {0}")]
+    Nvml(String),
     /// The kubelet could not be reached, refused the plugin, or a socket could not be served.
     #[error("kubelet: {0}")]
     Kubelet(String),

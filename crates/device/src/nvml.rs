@@ -9,11 +9,11 @@ use crate::inventory::Gpu;
 
 /// The node's GPUs in NVML index order, or why NVML could not list them.
 pub fn discover() -> Result<Vec<Gpu>, DeviceError> {
-    let fail = |what: &str, e: nvml_wrapper::error::NvmlError| DeviceError::Inventory(format!("NVML {what}: {e}"));
+    let fail = |what: &str, e: nvml_wrapper::error::NvmlError| DeviceError::Nvml(format!("{what}: {e}"));
     let nvml = Nvml::init().map_err(|e| fail("init", e))?;
     let count = nvml.device_count().map_err(|e| fail("device count", e))?;
     if count == 0 || count > 8 {
-        return Err(DeviceError::Inventory(format!("NVML reports {count} GPUs; expected 1 to 8")));
+        return Err(DeviceError::Nvml(format!("reports {count} GPUs; expected 1 to 8")));
     }
     (0..count)
         .map(|i| {
