@@ -18,6 +18,9 @@ use crate::resources::{
 
 /// Extended resources that give a node's GPU count, in the order they are looked up.
 pub const NODE_GPU_RESOURCES: &[&str] = &["gpuplane.io/gpu", "nvidia.com/gpu", "alibabacloud.com/gpu-count"];
+/// The milli-GPU resource gpuplane's device plugin advertises (1,000 per GPU); a node with none of
+/// [`NODE_GPU_RESOURCES`] has this many thousandths of GPUs.
+pub const NODE_GPU_MILLI_RESOURCE: &str = "gpuplane.io/gpu-milli";
 /// Node labels that give the GPU model, in the order they are looked up.
 pub const NODE_GPU_MODEL_LABELS: &[&str] =
     &["gpuplane.io/gpu-model", "nvidia.com/gpu.product", "alibabacloud.com/gpu-card-model"];
@@ -166,6 +169,13 @@ impl ObjectReader<'_> {
                 return Err(self.field_error(q.referenced, key, &q.value.0, "a GPU count from 0 to 8"));
             }
             gpu_count = count as u8;
+        } else if let Some(q) = lookup(NODE_GPU_MILLI_RESOURCE) {
+            let milli = self.quantity(&format!("status.allocatable.{NODE_GPU_MILLI_RESOURCE}"), q)?.value();
+            if milli % 1000 != 0 || milli > 1000 * MAX_GPUS_PER_NODE as i64 {
+                let expected = "milli-GPUs, 1000 per GPU, up to 8000";
+                return Err(self.field_error(q.referenced, NODE_GPU_MILLI_RESOURCE, &q.value.0, expected));
+            }
+            gpu_count = (milli / 1000) as u8;
         }
         let gpu_model = NODE_GPU_MODEL_LABELS.iter().find_map(|l| object.metadata.labels.get(*l)).cloned();
         if gpu_count > 0 && gpu_model.is_none() {
@@ -512,6 +522,16 @@ items:
         assert_eq!(llm.priority, 1000);
         assert!(crate::resources::tolerates_all(&llm.tolerations, &node.taints));
         assert_eq!(m.pods[1].pod.gpu, GpuRequest { count: 2, milli_per_gpu: 1000 });
+    }
+
+    #[test]
+    fn a_node_advertising_milli_gpus_has_that_many_thousandths() {
+        let node = "kind: Node\nmetadata: {name: n, labels: {gpuplane.io/gpu-model: A100}}\n\
+                    status: {allocatable: {cpu: '8', memory: 1Gi, gpuplane.io/gpu-milli: '4000'}}\n";
+        assert_eq!(read_manifests("n.yaml", node).unwrap().nodes[0].gpu_count, 4);
+        let odd = node.replace("'4000'", "'4500'");
+        let msg = read_manifests("n.yaml", &odd).unwrap_err().to_string();
+        assert!(msg.contains("gpuplane.io/gpu-milli") && msg.contains("1000 per GPU"), "{msg}");
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use gpuplane_core::manifest::{
-    NODE_GPU_MODEL_LABELS, NODE_GPU_RESOURCES, POD_GPU_COUNT_ANNOTATIONS, POD_GPU_MILLI_ANNOTATIONS,
-    POD_GPU_MODEL_ANNOTATIONS,
+    NODE_GPU_MILLI_RESOURCE, NODE_GPU_MODEL_LABELS, NODE_GPU_RESOURCES, POD_GPU_COUNT_ANNOTATIONS,
+    POD_GPU_MILLI_ANNOTATIONS, POD_GPU_MODEL_ANNOTATIONS,
 };
 use gpuplane_core::{
     GpuRequest, MAX_GPUS_PER_NODE, MILLI_PER_GPU, Node, Pod, Quantity, Taint, TaintEffect, Toleration,
@@ -81,6 +81,13 @@ pub fn node(n: &api::Node) -> Result<Node, ObjectError> {
             return Err(err(&format!("status.allocatable.{key}"), &q.0, "a GPU count from 0 to 8"));
         }
         gpu_count = count as u8;
+    } else if let Some(q) = lookup(NODE_GPU_MILLI_RESOURCE) {
+        let field = format!("status.allocatable.{NODE_GPU_MILLI_RESOURCE}");
+        let milli = quantity("Node", &name, &field, q)?.value();
+        if milli % 1000 != 0 || milli > 1000 * MAX_GPUS_PER_NODE as i64 {
+            return Err(err(&field, &q.0, "milli-GPUs, 1000 per GPU, up to 8000"));
+        }
+        gpu_count = (milli / 1000) as u8;
     }
     let labels: BTreeMap<String, String> = n.metadata.labels.clone().unwrap_or_default();
     let gpu_model = NODE_GPU_MODEL_LABELS.iter().find_map(|l| labels.get(*l)).cloned();
@@ -295,5 +302,27 @@ mod tests {
         let mut back = node(&api_node(&n)).unwrap();
         back.labels.remove(NODE_GPU_MODEL_LABELS[0]);
         assert_eq!(back, n);
+    }
+
+    #[test]
+    fn a_node_with_only_the_device_plugin_counts_its_milli_gpus() {
+        let n = Node {
+            name: "g".into(),
+            cpu_milli: 64_000,
+            memory_bytes: 256 << 30,
+            gpu_count: 2,
+            gpu_model: Some("A100".into()),
+            labels: BTreeMap::new(),
+            taints: vec![],
+        };
+        let mut api = api_node(&n);
+        let allocatable = api.status.as_mut().unwrap().allocatable.as_mut().unwrap();
+        allocatable.remove(NODE_GPU_RESOURCES[0]);
+        allocatable.insert(NODE_GPU_MILLI_RESOURCE.to_owned(), ApiQuantity("2000".into()));
+        assert_eq!(node(&api).unwrap().gpu_count, 2);
+        let allocatable = api.status.as_mut().unwrap().allocatable.as_mut().unwrap();
+        allocatable.insert(NODE_GPU_MILLI_RESOURCE.to_owned(), ApiQuantity("1500".into()));
+        let err = node(&api).unwrap_err().to_string();
+        assert!(err.contains("gpuplane.io/gpu-milli") && err.contains("1000 per GPU"), "{err}");
     }
 }
