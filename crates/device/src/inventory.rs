@@ -5,6 +5,8 @@
 //! gpus:
 //!   - {index: 0, uuid: GPU-5f3c0b55-0c1e-4b3a-9d63-0a0c2a1e7f10, model: A100, memory_mib: 40960}
 //! ```
+//!
+//! `mig_enabled: true` marks a GPU in MIG mode.
 
 use serde::Deserialize;
 
@@ -22,6 +24,10 @@ pub struct Gpu {
     pub model: String,
     /// Memory, MiB.
     pub memory_mib: u64,
+    /// MIG mode is on: the GPU is split into MIG instances, which milli-GPU shares cannot address; the
+    /// plugin reports it unhealthy so that nothing is allocated on it.
+    #[serde(default)]
+    pub mig_enabled: bool,
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,9 @@ use nvml_wrapper::Nvml;
 use crate::DeviceError;
 use crate::inventory::Gpu;
 
+/// NVML_DEVICE_MIG_ENABLE.
+const MIG_ENABLED: u32 = 1;
+
 /// The node's GPUs in NVML index order, or why NVML could not list them.
 pub fn discover() -> Result<Vec<Gpu>, DeviceError> {
     let fail = |what: &str, e: nvml_wrapper::error::NvmlError| DeviceError::Nvml(format!("{what}: {e}"));
@@ -23,6 +26,8 @@ pub fn discover() -> Result<Vec<Gpu>, DeviceError> {
                 uuid: device.uuid().map_err(|e| fail("uuid", e))?,
                 model: label_value(&device.name().map_err(|e| fail("name", e))?),
                 memory_mib: device.memory_info().map_err(|e| fail("memory", e))?.total >> 20,
+                // GPUs before Ampere answer NotSupported: no MIG.
+                mig_enabled: device.mig_mode().is_ok_and(|m| m.current == MIG_ENABLED),
             })
         })
         .collect()

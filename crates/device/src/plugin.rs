@@ -77,9 +77,13 @@ pub struct GpuPlugin {
 }
 
 impl GpuPlugin {
-    /// A plugin for these GPUs, all healthy.
+    /// A plugin for these GPUs, healthy except those in MIG mode (milli shares cannot address MIG
+    /// instances, so nothing is allocated on them).
     pub fn new(gpus: Vec<Gpu>, pods: Arc<dyn PodSource>, sharing: Sharing) -> Self {
-        let (health, _) = watch::channel(vec![true; gpus.len()]);
+        for gpu in gpus.iter().filter(|g| g.mig_enabled) {
+            tracing::warn!(gpu = gpu.index, uuid = %gpu.uuid, "MIG mode is on; the GPU is reported unhealthy");
+        }
+        let (health, _) = watch::channel(gpus.iter().map(|g| !g.mig_enabled).collect());
         GpuPlugin { gpus: Arc::new(gpus), health, pods, sharing, served: Arc::default() }
     }
 

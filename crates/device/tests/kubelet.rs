@@ -67,7 +67,13 @@ fn pod(key: &str, assignment: &str, requested_milli: u64) -> AssignedPod {
 
 fn gpus() -> Vec<Gpu> {
     (0..2)
-        .map(|i| Gpu { index: i, uuid: format!("GPU-0000000{i}-aaaa"), model: "A100".into(), memory_mib: 40_960 })
+        .map(|i| Gpu {
+            index: i,
+            uuid: format!("GPU-0000000{i}-aaaa"),
+            model: "A100".into(),
+            memory_mib: 40_960,
+            mig_enabled: false,
+        })
         .collect()
 }
 
@@ -158,6 +164,18 @@ async fn registers_lists_allocates_and_re_registers_after_a_kubelet_restart() {
 
     stop.send(()).unwrap();
     within("the plugin to stop", running).await.unwrap().unwrap();
+}
+
+#[test]
+fn a_gpu_in_mig_mode_is_never_allocated() {
+    let mut gpus = gpus();
+    gpus[1].mig_enabled = true;
+    let pods = Arc::new(Pods { pods: Mutex::new(vec![pod("ml/share", "1:250", 250)]) });
+    let plugin = GpuPlugin::new(gpus, pods, Sharing::TimeSlicing);
+    let list = plugin.devices(&[true, false]);
+    assert_eq!(list.iter().filter(|d| d.health == UNHEALTHY).count(), 1000);
+    let err = plugin.allocate_container(250).unwrap_err();
+    assert!(err.message().contains("unhealthy"), "{}", err.message());
 }
 
 #[tokio::test]
