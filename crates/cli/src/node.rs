@@ -17,6 +17,9 @@ use kube::runtime::reflector::Store;
 
 use crate::service;
 
+/// How often NVML is asked whether each GPU still answers.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Arguments of `gpuplane node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
@@ -99,7 +102,21 @@ pub fn run(args: NodeArgs) -> Result<()> {
             tracing::warn!(node = %args.node_name, error = %e, "could not publish the GPU UUIDs and model on the node");
         }
         let store = node_pods::watch_node(client.clone(), &args.node_name);
+        let count = gpus.len();
+        let mig: Vec<bool> = gpus.iter().map(|g| g.mig_enabled).collect();
         let plugin = GpuPlugin::new(gpus, Arc::new(ClusterPods { store, client }), sharing);
+        // With NVML, a GPU that stops answering turns unhealthy (and back when it answers again).
+        if let Ok(probe) = nvml::HealthProbe::open() {
+            let plugin = plugin.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEALTH_INTERVAL).await;
+                    for (i, ok) in probe.check(count).into_iter().enumerate() {
+                        plugin.set_health(i, ok && !mig[i]);
+                    }
+                }
+            });
+        }
         kubelet::run(plugin, args.plugin_dir, shutdown_signal()).await?;
         anyhow::Ok(())
     })

@@ -33,6 +33,31 @@ pub fn discover() -> Result<Vec<Gpu>, DeviceError> {
         .collect()
 }
 
+/// Health of the node's GPUs as NVML sees them: a GPU whose memory cannot be read (fallen off the bus,
+/// lost, in an error state) is unhealthy. Polled; the plugin's ListAndWatch stream carries changes.
+pub struct HealthProbe {
+    nvml: Nvml,
+}
+
+impl HealthProbe {
+    /// Opens NVML, or says why it could not.
+    pub fn open() -> Result<Self, DeviceError> {
+        Ok(HealthProbe { nvml: Nvml::init().map_err(|e| DeviceError::Nvml(format!("init: {e}")))? })
+    }
+
+    /// Whether each of the first `count` GPUs answers.
+    pub fn check(&self, count: usize) -> Vec<bool> {
+        (0..count)
+            .map(|i| {
+                u32::try_from(i)
+                    .ok()
+                    .and_then(|i| self.nvml.device_by_index(i).ok())
+                    .is_some_and(|d| d.memory_info().is_ok())
+            })
+            .collect()
+    }
+}
+
 /// A GPU product name as a label value: letters, digits, `-`, `_` and `.`, at most 63 characters,
 /// without the vendor prefix ("NVIDIA A100-SXM4-40GB" → "A100-SXM4-40GB").
 pub fn label_value(name: &str) -> String {
