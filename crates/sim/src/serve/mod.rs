@@ -502,8 +502,6 @@ struct World<'p> {
     node_cache: Vec<Vec<(usize, f64)>>,
     node_cache_bytes: Vec<f64>,
     holders: Vec<u32>,
-    ttft: BTreeMap<LatencyClass, Vec<f64>>,
-    cold_start_requests: usize,
     starts: BTreeMap<LoadTier, u64>,
     origin_bytes: f64,
     evictions: u64,
@@ -540,8 +538,6 @@ impl<'p> World<'p> {
             node_cache: vec![Vec::new(); nodes],
             node_cache_bytes: vec![0.0; nodes],
             holders: vec![0; p.services.len()],
-            ttft: BTreeMap::new(),
-            cold_start_requests: 0,
             starts: BTreeMap::new(),
             origin_bytes: 0.0,
             evictions: 0,
@@ -612,19 +608,17 @@ impl<'p> World<'p> {
     }
 
     fn finish(mut self, end: f64, clock: Instant) -> StackResult {
+        // Requests still queued count with the time they waited; per-class figures pool the services'.
         let mut unserved = 0;
-        for (s, state) in self.services.iter().enumerate() {
-            let class = self.p.services[s].config.class;
-            for &i in &state.queue {
-                unserved += 1;
-                self.ttft.entry(class).or_default().push(end - self.p.requests[i as usize].at_s);
+        let mut by_class: BTreeMap<LatencyClass, Vec<f64>> = BTreeMap::new();
+        for (state, model) in self.services.iter_mut().zip(&self.p.services) {
+            unserved += state.queue.len();
+            state.ttft.extend(state.queue.iter().map(|&i| end - self.p.requests[i as usize].at_s));
+            if !state.ttft.is_empty() {
+                by_class.entry(model.config.class).or_default().extend_from_slice(&state.ttft);
             }
         }
-        for state in &mut self.services {
-            let waited: Vec<f64> = state.queue.iter().map(|&i| end - self.p.requests[i as usize].at_s).collect();
-            state.ttft.extend(waited);
-        }
-        let services = self
+        let services: Vec<ServiceResult> = self
             .services
             .iter_mut()
             .zip(&self.p.services)
@@ -644,10 +638,10 @@ impl<'p> World<'p> {
         StackResult {
             name: self.stack.name.clone(),
             policy: self.stack.policy.clone(),
-            ttft: self.ttft.iter_mut().map(|(c, v)| (c.name().to_owned(), Percentiles::of(v))).collect(),
+            ttft: by_class.iter_mut().map(|(c, v)| (c.name().to_owned(), Percentiles::of(v))).collect(),
             requests: self.p.requests.len(),
             unserved,
-            cold_start_requests: self.cold_start_requests,
+            cold_start_requests: services.iter().map(|s| s.cold_start_requests).sum(),
             replica_starts: self.starts.iter().map(|(t, n)| (t.name().to_owned(), *n)).collect(),
             origin_gb: self.origin_bytes / GB,
             mean_allocated_gpu_pct: mean(|s| s.allocated_gpu_pct),
@@ -717,13 +711,19 @@ impl<'p> World<'p> {
         self.room_freed()
     }
 
-    /// Pods waiting for room get another try, replicas first (they have the higher priority).
-    fn room_freed(&mut self) -> Result<(), ServeError> {
+    /// Replicas waiting for a node get another try.
+    fn retry_pending_replicas(&mut self) -> Result<(), ServeError> {
         for r in 0..self.replicas.len() {
             if self.replicas[r].state == ReplicaState::Pending {
                 self.try_place_replica(r)?;
             }
         }
+        Ok(())
+    }
+
+    /// Pods waiting for room get another try, replicas first (they have the higher priority).
+    fn room_freed(&mut self) -> Result<(), ServeError> {
+        self.retry_pending_replicas()?;
         let mut misses = 0;
         let mut i = 0;
         while i < self.pending_batch.len() && misses < BATCH_RETRY_MISSES {
@@ -759,7 +759,6 @@ impl<'p> World<'p> {
         let ready = state.replicas.iter().any(|&r| self.replicas[r as usize].state == ReplicaState::Ready);
         let active = state.replicas.iter().any(|&r| self.replicas[r as usize].state != ReplicaState::Gone);
         if !ready {
-            self.cold_start_requests += 1;
             self.services[service].cold_start_requests += 1;
         }
         self.services[service].queue.push_back(index);
@@ -796,8 +795,6 @@ impl<'p> World<'p> {
             r.prefill_free_at = first_token;
             r.in_flight += 1;
             let done = first_token + f64::from(request.generated_tokens) * r.speed.1;
-            let class = self.p.services[service].config.class;
-            self.ttft.entry(class).or_default().push(first_token - request.at_s);
             self.services[service].ttft.push(first_token - request.at_s);
             self.at(done, Event::RequestDone { replica });
         }
@@ -835,12 +832,7 @@ impl<'p> World<'p> {
             }
         }
         // Pending replicas also retry on the autoscaler's beat.
-        for r in 0..self.replicas.len() {
-            if self.replicas[r].state == ReplicaState::Pending {
-                self.try_place_replica(r)?;
-            }
-        }
-        Ok(())
+        self.retry_pending_replicas()
     }
 
     /// Removes up to `count` replicas: pending ones first, then idle ready ones.
