@@ -2,6 +2,7 @@
 //! ordinary applications. Subcommands parse their arguments, call the library crates, and print.
 #![forbid(unsafe_code)]
 
+mod assess;
 mod bench;
 mod cache;
 mod extender;
@@ -42,6 +43,8 @@ enum Command {
     /// Node-local model cache: fetch a model, list a store, measure fetch throughput.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// Assess platform-engineering maturity from repositories, manifests and a survey; plan the next level.
+    Assess(assess::AssessArgs),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::ServeSim(args) => serve_sim::run_command(args),
+        Command::Assess(args) => assess::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Extender(args) => extender::run(args),
         Command::Scheduler(args) => scheduler::run(args),

@@ -475,3 +475,54 @@ fn node_agent_names_a_bad_inventory_before_touching_the_cluster() {
         assert_fails(&gpuplane(&["node", "--node-name", "n1"], dir.path()), "NVML");
     }
 }
+
+#[test]
+fn assess_reads_this_repository_and_writes_every_report() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().display().to_string();
+    let args = ["assess", ".", "--manifests", "deploy", "--as-of", "2026-11-28", "--out", &out_dir, "--format", "json"];
+    let run = gpuplane(&args, &repo);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(json["schema"], "gpuplane.assess/v1");
+    assert_eq!(json["areas"].as_array().unwrap().len(), 8);
+    // The device plugin DaemonSet in deploy/ is the GPU area's level-2 evidence.
+    let checks = json["checks"].as_array().unwrap();
+    let plugin = checks.iter().find(|c| c["id"] == "gpu.device-plugin").unwrap();
+    assert_eq!(plugin["status"], "pass");
+    assert!(plugin["evidence"][0].as_str().unwrap().starts_with("deploy/node/daemonset.yaml:"));
+    for file in ["assessment.json", "assessment.md", "assessment.html"] {
+        assert!(out.path().join(file).exists(), "{file}");
+    }
+    let html = std::fs::read_to_string(out.path().join("assessment.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("GPU capacity &amp; isolation"));
+
+    // The JSON is a baseline for the next run: the trend is printed.
+    let baseline = out.path().join("assessment.json").display().to_string();
+    let args =
+        ["assess", ".", "--manifests", "deploy", "--as-of", "2026-11-28", "--out", &out_dir, "--baseline", &baseline];
+    let run = gpuplane(&args, &repo);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let table = String::from_utf8(run.stdout).unwrap();
+    assert!(table.contains("since baseline") && table.contains("no check changed"), "{table}");
+}
+
+#[test]
+fn assess_names_the_place_of_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").display().to_string();
+    let survey = write(dir.path(), "survey.yaml", "answers:\n  platform_team: 1\n  satisfaction_survey: 7\n");
+    let out = gpuplane(&["assess", &repo, "--survey", &survey, "--out", "out"], dir.path());
+    assert_fails(&out, "survey.yaml: line 3: answers.satisfaction_survey: expected an answer from 0 to 3, found 7");
+    let model = write(dir.path(), "model.yaml", "extends: builtin\nweights: {checks: {gpu.nope: 2}}\n");
+    let out = gpuplane(&["assess", &repo, "--model", &model, "--out", "out"], dir.path());
+    assert_fails(&out, "model.yaml: weights.checks.gpu.nope: expected the id of a check of the model");
+    std::fs::create_dir_all(dir.path().join("plain")).unwrap();
+    let out = gpuplane(&["assess", "plain", "--out", "out"], dir.path());
+    assert_fails(&out, "plain: git rev-parse --show-toplevel failed: fatal: not a git repository");
+    let out = gpuplane(&["assess", &repo, "--as-of", "2026-13-01", "--out", "out"], dir.path());
+    assert_fails(&out, "--as-of 2026-13-01: expected a date such as 2026-11-28");
+    let out = gpuplane(&["assess", &repo, "--platform", "nope", "--out", "out"], dir.path());
+    assert_fails(&out, "--platform: nope: expected the name of an assessed repository");
+}

@@ -1,7 +1,8 @@
-//! The output side of gpuplane: terminal tables, CSV, JSON and self-contained SVG charts of
-//! simulation results. Renders result values; computes nothing about placement.
+//! The output side of gpuplane: terminal tables, CSV, JSON, Markdown and self-contained SVG and HTML
+//! of simulation results and maturity assessments. Renders result values; computes nothing itself.
 #![forbid(unsafe_code)]
 
+pub mod assess;
 pub mod csv;
 pub mod serve;
 pub mod svg;
