@@ -186,14 +186,13 @@ pub fn checks_table(assessment: &Assessment, style: Style) -> String {
 
 fn headline(assessment: &Assessment) -> String {
     let active = assessment.repositories.iter().filter(|r| r.active).count();
+    let repositories = match assessment.repositories.len() {
+        1 => "1 repository".to_owned(),
+        n => format!("{n} repositories"),
+    };
     let mut line = format!(
-        "Model {}, as of {}: {} repositories ({} active in the last {} days), {} Kubernetes objects",
-        assessment.model_version,
-        assessment.as_of,
-        assessment.repositories.len(),
-        active,
-        assessment.active_days,
-        assessment.objects
+        "Model {}, as of {}: {repositories} ({} active in the last {} days), {} Kubernetes objects",
+        assessment.model_version, assessment.as_of, active, assessment.active_days, assessment.objects
     );
     match &assessment.survey {
         Some(survey) => line.push_str(&format!(", survey {survey} (attested)")),
