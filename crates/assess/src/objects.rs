@@ -79,7 +79,9 @@ pub fn read_objects(source_name: &str, text: &str) -> Result<Vec<KubeObject>, As
         }
         let value: Value =
             serde_saphyr::from_str(document).map_err(|e| AssessError::yaml_at(source_name, &e, start - 1))?;
-        push_objects(source_name, start, value, &mut objects);
+        // The object's line is its first line of content, after any comments heading the document.
+        let skipped = document.lines().take_while(|l| l.trim().is_empty() || l.trim_start().starts_with('#')).count();
+        push_objects(source_name, start + skipped, value, &mut objects);
     }
     Ok(objects)
 }
@@ -320,6 +322,9 @@ not: a kubernetes object
         let objects = read_objects("m.yaml", DEPLOYMENT).unwrap();
         assert_eq!(objects.len(), 2);
         assert_eq!(objects[0].describe(), "m.yaml:3 Namespace/team-a");
+        let commented =
+            read_objects("c.yaml", "# header\n\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n").unwrap();
+        assert_eq!(commented[0].line, 3);
         assert_eq!(objects[1].describe(), "m.yaml:10 Deployment/team-a/llm");
         assert!(objects[1].pod_spec().is_some());
         assert!(objects[0].pod_spec().is_none());

@@ -7,7 +7,9 @@ mod bench;
 mod cache;
 mod extender;
 mod input;
+mod lint;
 mod node;
+mod posture;
 mod scheduler;
 mod serve_sim;
 mod service;
@@ -45,6 +47,11 @@ enum Command {
     Cache(cache::CacheCommand),
     /// Assess platform-engineering maturity from repositories, manifests and a survey; plan the next level.
     Assess(assess::AssessArgs),
+    /// Security posture of AI-assisted development: attribution, SARIF findings, cohort rates, CI gate.
+    #[command(subcommand)]
+    Posture(posture::PostureCommand),
+    /// Check Kubernetes manifests against GPU workload rules; print a table or SARIF.
+    Lint(lint::LintArgs),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -56,6 +63,8 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim::run(args),
         Command::ServeSim(args) => serve_sim::run_command(args),
         Command::Assess(args) => assess::run(args),
+        Command::Posture(command) => posture::run(command),
+        Command::Lint(args) => lint::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Extender(args) => extender::run(args),
         Command::Scheduler(args) => scheduler::run(args),
@@ -66,6 +75,10 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A failed gate or lint has already printed its findings: exit 1 without an error line.
+            if err.downcast_ref::<posture::GateFailed>().is_some() {
+                return ExitCode::FAILURE;
+            }
             if err.chain().any(|e| {
                 e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) {

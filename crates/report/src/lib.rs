@@ -4,6 +4,7 @@
 
 pub mod assess;
 pub mod csv;
+pub mod posture;
 pub mod serve;
 pub mod svg;
 pub mod table;

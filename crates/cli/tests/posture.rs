@@ -1,0 +1,246 @@
+//! `gpuplane posture` end to end with real scanners: a repository whose AI-marked and unmarked commits
+//! introduce known weaknesses, scanned by Bandit and Semgrep (a local rules file, no network), ingested
+//! as SARIF; checks cohort rates, fingerprints across a line move, baseline states, triage figures and
+//! the gate's exit code.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn gpuplane(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuplane")).args(args).current_dir(dir).output().expect("run gpuplane")
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["-c", "user.name=Ada", "-c", "user.email=ada@example.com", "-c", "commit.gpgsign=false"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> String {
+    for (path, text) in files {
+        let path = repo.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+const SEMGREP_RULES: &str = r#"rules:
+  - id: python-eval
+    pattern: eval(...)
+    message: eval() runs arbitrary code
+    languages: [python]
+    severity: ERROR
+    metadata:
+      cwe: ["CWE-95: Improper Neutralization of Directives in Dynamically Evaluated Code ('Eval Injection')"]
+  - id: python-shell-true
+    pattern: subprocess.call(..., shell=True)
+    message: a shell runs the command line
+    languages: [python]
+    severity: WARNING
+    metadata:
+      cwe: ["CWE-78: Improper Neutralization of Special Elements used in an OS Command ('OS Command Injection')"]
+"#;
+
+/// Runs Bandit and Semgrep on `app/`, writing `<tag>-bandit.sarif` and `<tag>-semgrep.sarif` beside the repo.
+fn scan_with_real_scanners(repo: &Path, work: &Path, tag: &str) -> (String, String) {
+    let bandit = work.join(format!("{tag}-bandit.sarif"));
+    let out = Command::new("bandit")
+        .args(["-q", "-r", "app", "-f", "sarif", "-o"])
+        .arg(&bandit)
+        .current_dir(repo)
+        .output()
+        .expect("bandit is installed by scripts/test (pip install bandit[sarif])");
+    assert!(bandit.exists(), "bandit wrote no SARIF: {}", String::from_utf8_lossy(&out.stderr));
+    let semgrep = work.join(format!("{tag}-semgrep.sarif"));
+    // Semgrep prefixes rule ids with the rules file's folder relative to the working directory: keep
+    // the file in the repository (untracked) so the ids stay plain and stable.
+    let rules = repo.join("rules.yml");
+    std::fs::write(&rules, SEMGREP_RULES).unwrap();
+    let _ = work;
+    let out = Command::new("semgrep")
+        .args(["scan", "--metrics=off", "--disable-version-check", "--sarif", "--config"])
+        .arg("rules.yml")
+        .arg("--output")
+        .arg(&semgrep)
+        .arg("app")
+        .current_dir(repo)
+        .output()
+        .expect("semgrep is installed by scripts/test (pip install semgrep)");
+    assert!(out.status.success(), "semgrep: {}", String::from_utf8_lossy(&out.stderr));
+    (bandit.display().to_string(), semgrep.display().to_string())
+}
+
+fn scan_json(repo: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["posture", "scan", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = gpuplane(&all, repo);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn rules_of(scan: &serde_json::Value, state: &str) -> Vec<String> {
+    let mut rules: Vec<String> = scan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["state"] == state)
+        .map(|f| f["rule"].as_str().unwrap().to_owned())
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[test]
+fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join(".git/info/exclude"), "rules.yml\n").unwrap();
+    let base = commit(&repo, &[("app/util.py", "def add(a, b):\n    return a + b\n")], "Add util");
+    let run_py = "import subprocess\n\n\ndef run(cmd):\n    subprocess.call(cmd, shell=True)\n\n\ndef calc(expr):\n    return eval(expr)\n";
+    commit(&repo, &[("app/run.py", run_py)], "Add runner\n\nCo-authored-by: Claude <noreply@anthropic.com>");
+    commit(
+        &repo,
+        &[("app/hash.py", "import hashlib\n\n\ndef digest(data):\n    return hashlib.md5(data).hexdigest()\n")],
+        "Add digest",
+    );
+    let out1 = work.path().join("out1").display().to_string();
+    let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "1");
+    let first = scan_json(&repo, &["--sarif", &bandit, &semgrep, "--out", &out1]);
+
+    // Attribution: one AI-assisted commit, by its co-author trailer.
+    let commits = first["commits"].as_array().unwrap();
+    let ai: Vec<_> = commits.iter().filter(|c| c["attribution"]["ai"] == true).collect();
+    assert_eq!(ai.len(), 1);
+    assert_eq!(ai[0]["attribution"]["tool"], "Claude Code");
+
+    // Bandit B602 and Semgrep's shell rule flag the same line with CWE-78: merged into one finding.
+    let findings = first["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 5, "{findings:#?}");
+    let b602 = findings.iter().find(|f| f["rule"] == "B602").unwrap();
+    assert_eq!(b602["also_reported_by"][0], "Semgrep OSS:python-shell-true");
+    assert_eq!(
+        (b602["path"].as_str(), b602["line"].as_u64(), b602["ai"].as_bool()),
+        (Some("app/run.py"), Some(5), Some(true))
+    );
+
+    // Cohorts: the AI commit added 9 lines and 4 findings (B404, B602, B307, python-eval); the two other
+    // commits added 7 lines and 1 finding (B324, MD5).
+    let cohort =
+        |name: &str| first["cohorts"].as_array().unwrap().iter().find(|c| c["cohort"] == name).unwrap().clone();
+    let ai = cohort("ai-assisted");
+    let other = cohort("other");
+    assert_eq!(
+        (ai["commits"].as_u64(), ai["added_lines"].as_u64(), ai["findings"].as_u64()),
+        (Some(1), Some(9), Some(4))
+    );
+    assert!((ai["per_kloc"].as_f64().unwrap() - 4000.0 / 9.0).abs() < 1e-6);
+    assert_eq!(ai["per_100_commits"].as_f64(), Some(400.0));
+    assert_eq!(
+        (other["commits"].as_u64(), other["added_lines"].as_u64(), other["findings"].as_u64()),
+        (Some(2), Some(7), Some(1))
+    );
+    assert_eq!(other["per_100_commits"].as_f64(), Some(50.0));
+
+    // A line move (a comment above everything) keeps every fingerprint: nothing new, nothing gone.
+    let moved = format!("# Runs commands for the scheduler.\n{run_py}");
+    let move_commit = commit(&repo, &[("app/run.py", &moved)], "Document the runner");
+    let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "2");
+    let baseline1 = format!("{out1}/findings.sarif");
+    let out2 = work.path().join("out2").display().to_string();
+    let second = scan_json(&repo, &["--sarif", &bandit, &semgrep, "--baseline", &baseline1, "--out", &out2]);
+    assert_eq!(rules_of(&second, "unchanged").len(), 5);
+    assert!(rules_of(&second, "new").is_empty());
+    assert!(second["gone"].as_array().unwrap().is_empty());
+    let b602_moved = second["findings"].as_array().unwrap().iter().find(|f| f["rule"] == "B602").unwrap().clone();
+    assert_eq!(b602_moved["line"].as_u64(), Some(6));
+    assert_eq!(b602_moved["fingerprint"], b602["fingerprint"]);
+
+    // Fixing eval removes two findings (absent); triage marks B404 a false positive.
+    let fixed = moved
+        .replace("import subprocess", "import ast\nimport subprocess")
+        .replace("eval(expr)", "ast.literal_eval(expr)");
+    commit(&repo, &[("app/run.py", &fixed)], "Parse literals only");
+    let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "3");
+    let triage = work.path().join("triage.yaml");
+    std::fs::write(&triage, "triage:\n  - rule: B404\n    path: app/run.py\n    decision: false_positive\n    justification: importing subprocess is not a risk by itself\n").unwrap();
+    let baseline2 = format!("{out2}/findings.sarif");
+    let out3 = work.path().join("out3").display().to_string();
+    let triage_arg = triage.display().to_string();
+    let third = scan_json(
+        &repo,
+        &["--sarif", &bandit, &semgrep, "--baseline", &baseline2, "--triage", &triage_arg, "--out", &out3],
+    );
+    let mut gone: Vec<&str> = third["gone"].as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap()).collect();
+    gone.sort();
+    assert_eq!(gone, ["B307", "python-eval"]);
+    assert!(rules_of(&third, "new").is_empty(), "{:?}", rules_of(&third, "new"));
+    let b404 = third["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "B404").unwrap();
+    assert_eq!((b404["triaged"].as_u64(), b404["false_positive_rate"].as_f64()), (Some(1), Some(1.0)));
+    let eval = third["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "python-eval").unwrap();
+    assert_eq!((eval["precision"].as_f64(), eval["fixed_share"].as_f64()), (Some(1.0), Some(1.0)));
+    assert_eq!(third["engagement"]["fixed"].as_u64(), Some(2));
+    assert_eq!(third["engagement"]["dismissed_with_justification"].as_u64(), Some(1));
+
+    // The gate over the AI-assisted change fails (exit 1) under the stricter profile; the comment-only
+    // change passes.
+    let sarif1 = [work.path().join("1-bandit.sarif"), work.path().join("1-semgrep.sarif")];
+    let (s1, s2) = (sarif1[0].display().to_string(), sarif1[1].display().to_string());
+    let head3 = git(&repo, &["rev-parse", "HEAD~2"]);
+    let gate = gpuplane(&["posture", "gate", "--sarif", &s1, &s2, "--base", &base, "--head", &head3], &repo);
+    let text = String::from_utf8_lossy(&gate.stdout);
+    assert_eq!(gate.status.code(), Some(1), "{text}");
+    assert!(text.contains("profile ai (1 AI-assisted commits): 5 findings on changed lines, 4 blocking"), "{text}");
+    assert!(text.contains("human review required"), "{text}");
+    let sarif2 = [
+        work.path().join("2-bandit.sarif").display().to_string(),
+        work.path().join("2-semgrep.sarif").display().to_string(),
+    ];
+    let gate = gpuplane(
+        &["posture", "gate", "--sarif", &sarif2[0], &sarif2[1], "--base", &head3, "--head", &move_commit],
+        &repo,
+    );
+    let text = String::from_utf8_lossy(&gate.stdout);
+    assert_eq!(gate.status.code(), Some(0), "{text}");
+    assert!(text.contains("profile default: 0 findings on changed lines"), "{text}");
+}
+
+#[test]
+fn posture_errors_name_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.sarif");
+    std::fs::write(&bad, "{\"version\": \"2.1.0\", \"runs\": [ {\"tool\": {}} ]}").unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bad_arg = bad.display().to_string();
+    let out = gpuplane(&["posture", "scan", "--sarif", &bad_arg, "--out", "out"], &repo);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.sarif: line 1 column") && stderr.contains("driver"), "{stderr}");
+
+    std::fs::write(&bad, "{\"version\": \"2.0.0\", \"runs\": []}").unwrap();
+    let out = gpuplane(&["posture", "scan", "--sarif", &bad_arg], &repo);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.sarif: version: expected 2.1.0, found 2.0.0"));
+
+    let markers = dir.path().join("markers.yaml");
+    std::fs::write(&markers, "format: 7\n").unwrap();
+    let markers_arg = markers.display().to_string();
+    let out = gpuplane(&["posture", "attribute", "--markers", &markers_arg], &repo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("markers.yaml: line 1"), "{stderr}");
+
+    let plain = dir.path().display().to_string();
+    let out = gpuplane(&["posture", "attribute", "--repo", &plain], &repo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("not a git repository"), "{stderr}");
+}

@@ -1,0 +1,158 @@
+//! Git history for posture metrics: commits of a range with their identities, message and changed
+//! line counts, the lines a diff changed, and `git blame` of a file's lines to commits.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use crate::PostureError;
+
+/// One commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// Full hash.
+    pub id: String,
+    /// Author name.
+    pub author_name: String,
+    /// Author address.
+    pub author_email: String,
+    /// Committer name.
+    pub committer_name: String,
+    /// Committer address.
+    pub committer_email: String,
+    /// Committer time, Unix seconds.
+    pub time: i64,
+    /// Whole message.
+    pub message: String,
+    /// Lines added (text files).
+    pub added: u64,
+    /// Lines deleted (text files).
+    pub deleted: u64,
+}
+
+pub(crate) fn git(repo: &Path, args: &[&str]) -> Result<String, PostureError> {
+    let failed = |message: String| PostureError::Git { repo: repo.display().to_string(), message };
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .map_err(|e| failed(format!("cannot run git: {e}")))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(failed(format!("git {} failed: {}", args.join(" "), stderr.trim())));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Checks that `repo` is a git working tree and returns its root.
+pub fn root(repo: &Path) -> Result<std::path::PathBuf, PostureError> {
+    if !repo.is_dir() {
+        return Err(PostureError::Git {
+            repo: repo.display().to_string(),
+            message: "not a folder (expected a git working tree)".into(),
+        });
+    }
+    Ok(std::path::PathBuf::from(git(repo, &["rev-parse", "--show-toplevel"])?.trim()))
+}
+
+/// The commits of `range` (such as `main..HEAD`, or `HEAD` for all history), newest first.
+pub fn commits(repo: &Path, range: &str) -> Result<Vec<Commit>, PostureError> {
+    let log = git(repo, &["log", "-z", "--format=%H%x1f%an%x1f%ae%x1f%cn%x1f%ce%x1f%ct%x1f%B", range, "--"])?;
+    let mut commits: Vec<Commit> = log
+        .split('\0')
+        .filter_map(|record| {
+            let mut f = record.trim_start_matches('\n').splitn(7, '\x1f');
+            Some(Commit {
+                id: f.next().filter(|id| !id.is_empty())?.to_owned(),
+                author_name: f.next()?.to_owned(),
+                author_email: f.next()?.to_owned(),
+                committer_name: f.next()?.to_owned(),
+                committer_email: f.next()?.to_owned(),
+                time: f.next()?.parse().ok()?,
+                message: f.next().unwrap_or_default().trim_end().to_owned(),
+                added: 0,
+                deleted: 0,
+            })
+        })
+        .collect();
+    let numstat = git(repo, &["log", "--format=%x00%H", "--numstat", range, "--"])?;
+    let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
+    for block in numstat.split('\0').filter(|b| !b.trim().is_empty()) {
+        let mut lines = block.lines();
+        let Some(id) = lines.next() else { continue };
+        let entry = counts.entry(id.trim()).or_default();
+        for line in lines {
+            let mut parts = line.split('\t');
+            // Binary files show "-": they have no line counts.
+            if let (Some(Ok(a)), Some(Ok(d))) =
+                (parts.next().map(str::parse::<u64>), parts.next().map(str::parse::<u64>))
+            {
+                entry.0 += a;
+                entry.1 += d;
+            }
+        }
+    }
+    for commit in &mut commits {
+        if let Some(&(added, deleted)) = counts.get(commit.id.as_str()) {
+            commit.added = added;
+            commit.deleted = deleted;
+        }
+    }
+    Ok(commits)
+}
+
+/// The commit that last changed each line of `path` at `rev` (index 0 is line 1).
+pub fn blame(repo: &Path, rev: &str, path: &str) -> Result<Vec<String>, PostureError> {
+    let porcelain = git(repo, &["blame", "--porcelain", rev, "--", path])?;
+    let mut lines = Vec::new();
+    let mut expect_header = true;
+    for line in porcelain.lines() {
+        if line.starts_with('\t') {
+            expect_header = true;
+            continue;
+        }
+        if expect_header {
+            let mut fields = line.split(' ');
+            if let (Some(id), Some(_), Some(final_line)) = (fields.next(), fields.next(), fields.next())
+                && id.len() >= 40
+                && let Ok(n) = final_line.parse::<usize>()
+            {
+                if lines.len() < n {
+                    lines.resize(n, String::new());
+                }
+                lines[n - 1] = id.to_owned();
+                expect_header = false;
+            }
+        }
+    }
+    Ok(lines)
+}
+
+/// Lines added or changed by `base..head`, per path (new-file line numbers).
+pub fn changed_lines(
+    repo: &Path,
+    base: &str,
+    head: &str,
+) -> Result<HashMap<String, Vec<(usize, usize)>>, PostureError> {
+    let diff = git(repo, &["diff", "--unified=0", "--no-color", "--no-ext-diff", &format!("{base}..{head}")])?;
+    let mut out: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in diff.lines() {
+        if let Some(path) = line.strip_prefix("+++ ") {
+            current = path.strip_prefix("b/").map(str::to_owned);
+        } else if let Some(hunk) = line.strip_prefix("@@ ")
+            && let Some(path) = &current
+        {
+            // @@ -a,b +c,d @@: lines c .. c+d-1 of the new file (d defaults to 1; 0 means a deletion).
+            let Some(new) = hunk.split(' ').find(|p| p.starts_with('+')) else { continue };
+            let mut parts = new[1..].split(',');
+            let start: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let count: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+            if count > 0 {
+                out.entry(path.clone()).or_default().push((start, start + count - 1));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,269 @@
+//! `gpuplane lint`: workload rules for GPU pools that mainstream scanners do not have (a container
+//! reaching GPUs through `NVIDIA_VISIBLE_DEVICES` without a GPU limit, GPU requests without limits,
+//! privileged GPU containers, NVIDIA device and runtime-socket host paths, GPU namespaces without a GPU
+//! quota, GPU tolerations without GPU requests) and the common baseline, as findings with stable ids.
+
+use std::collections::HashSet;
+
+use gpuplane_assess::objects::KubeObject;
+use serde_json::Value;
+
+use crate::finding::{Finding, Level, Severity};
+
+/// A rule: id, short description, help (why it matters and how to fix it), level.
+pub struct Rule {
+    /// Stable id.
+    pub id: &'static str,
+    /// One line.
+    pub short: &'static str,
+    /// Why, and how to fix.
+    pub help: &'static str,
+    /// SARIF level.
+    pub level: Level,
+}
+
+/// Every rule.
+pub const RULES: [Rule; 11] = [
+    Rule {
+        id: "GPU001",
+        short: "NVIDIA_VISIBLE_DEVICES set on a container without a GPU limit",
+        help: "CUDA images and pod specs that set NVIDIA_VISIBLE_DEVICES (often to `all`) let the NVIDIA runtime expose GPUs the kubelet never allocated to the container: it can use every GPU of the node while the scheduler counts none. Remove the variable and request GPUs through resources.limits (nvidia.com/gpu); on the nodes, run the device plugin with DEVICE_LIST_STRATEGY=volume-mounts and set accept-nvidia-visible-devices-envvar-when-unprivileged = false in the NVIDIA Container Toolkit.",
+        level: Level::Error,
+    },
+    Rule {
+        id: "GPU002",
+        short: "GPU requested without an equal limit",
+        help: "Extended resources such as nvidia.com/gpu are allocated from limits; a request without the same limit is rejected by the API server or, in templates, silently lost. Set resources.limits to the GPU count and leave the request out or equal to it.",
+        level: Level::Error,
+    },
+    Rule {
+        id: "GPU003",
+        short: "Privileged GPU container",
+        help: "A privileged container sees every device of the node, so its GPU limit no longer confines it, and it can reach the driver and other tenants' memory. Drop privileged: true; GPU workloads need only their GPU limit.",
+        level: Level::Error,
+    },
+    Rule {
+        id: "GPU004",
+        short: "hostPath to NVIDIA device files",
+        help: "Mounting /dev/nvidia* from the host bypasses the device plugin: the pod reaches GPUs that are allocated to others. Request GPUs through resources.limits instead.",
+        level: Level::Error,
+    },
+    Rule {
+        id: "GPU005",
+        short: "hostPath to a container runtime socket",
+        help: "A pod with the containerd, CRI-O or Docker socket can start privileged containers on the node, GPUs included: it owns the node. Remove the mount; use the Kubernetes API for what it was for.",
+        level: Level::Error,
+    },
+    Rule {
+        id: "GPU006",
+        short: "Namespace runs GPU workloads without a GPU ResourceQuota",
+        help: "Without a quota on requests.nvidia.com/gpu one tenant can take every GPU of a shared pool. Add a ResourceQuota with hard: {requests.nvidia.com/gpu: N} to each namespace that runs GPU workloads.",
+        level: Level::Warning,
+    },
+    Rule {
+        id: "GPU007",
+        short: "Tolerates the GPU taint without requesting a GPU",
+        help: "GPU nodes are tainted so that only GPU pods land there; a pod that tolerates the taint without a GPU request takes CPU and memory from GPU nodes and strands their GPUs. Remove the toleration, or request a GPU.",
+        level: Level::Warning,
+    },
+    Rule {
+        id: "K8S001",
+        short: "Privileged container",
+        help: "Privileged containers run with every capability and every host device. Remove privileged: true (Pod Security baseline forbids it).",
+        level: Level::Error,
+    },
+    Rule {
+        id: "K8S002",
+        short: "Host namespaces shared",
+        help: "hostNetwork, hostPID or hostIPC share the node's namespaces with the pod. Remove them (Pod Security baseline forbids them).",
+        level: Level::Error,
+    },
+    Rule {
+        id: "K8S003",
+        short: "Capabilities added beyond NET_BIND_SERVICE",
+        help: "Added capabilities such as SYS_ADMIN or NET_RAW widen what a compromised container can do. Drop ALL and add only NET_BIND_SERVICE when a low port is needed (Pod Security restricted).",
+        level: Level::Warning,
+    },
+    Rule {
+        id: "K8S004",
+        short: "Container without CPU and memory limits",
+        help: "Without limits one container can starve its neighbours on a shared node. Set resources.limits.cpu and resources.limits.memory.",
+        level: Level::Warning,
+    },
+];
+
+fn rule(id: &str) -> &'static Rule {
+    RULES.iter().find(|r| r.id == id).unwrap_or(&RULES[0])
+}
+
+const GPU_RESOURCES: [&str; 2] = ["nvidia.com/gpu", "gpuplane.io/gpu-milli"];
+
+fn has_gpu(resources: Option<&Value>) -> bool {
+    resources
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.keys().any(|k| GPU_RESOURCES.contains(&k.as_str()) || k.starts_with("nvidia.com/mig-")))
+}
+
+fn containers(spec: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|key| spec.get(*key).and_then(Value::as_array))
+        .flatten()
+        .collect()
+}
+
+fn container_gpu(c: &Value) -> bool {
+    has_gpu(c.pointer("/resources/limits")) || has_gpu(c.pointer("/resources/requests"))
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    v.and_then(Value::as_bool).unwrap_or(false)
+}
+
+struct Linter<'o> {
+    object: &'o KubeObject,
+    out: Vec<Finding>,
+}
+
+impl Linter<'_> {
+    fn report(&mut self, id: &str, container: Option<&str>, detail: String) {
+        let r = rule(id);
+        let object = self.object;
+        let place = match container {
+            Some(c) => {
+                format!("{} {}/{} container {c}", object.kind(), object.namespace().unwrap_or("default"), object.name())
+            }
+            None => format!("{} {}/{}", object.kind(), object.namespace().unwrap_or("default"), object.name()),
+        };
+        self.out.push(Finding {
+            tool: "gpuplane-lint".into(),
+            rule: id.into(),
+            level: r.level,
+            severity: Severity::from_level(r.level),
+            path: object.source.clone(),
+            line: object.line,
+            message: format!("{place}: {detail}"),
+            cwe: Vec::new(),
+            // The object and container identify the finding wherever the document moves in the file.
+            fingerprint: format!("{id}:{place}"),
+            suppression: None,
+            also_reported_by: Vec::new(),
+            state: None,
+            commit: None,
+            ai: None,
+        });
+    }
+}
+
+/// Lints objects; namespace-level rules look at all of them together.
+pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let quota_namespaces: HashSet<&str> = objects
+        .iter()
+        .filter(|o| o.kind() == "ResourceQuota" && has_gpu_quota(&o.value))
+        .filter_map(|o| o.namespace())
+        .collect();
+    let mut reported_namespaces = HashSet::new();
+    for object in objects {
+        let Some(spec) = object.pod_spec() else { continue };
+        let mut l = Linter { object, out: Vec::new() };
+        let pod_gpu = containers(spec).iter().any(|c| container_gpu(c));
+        for flag in ["hostNetwork", "hostPID", "hostIPC"] {
+            if truthy(spec.get(flag)) {
+                l.report("K8S002", None, format!("{flag}: true"));
+            }
+        }
+        for volume in spec.get("volumes").and_then(Value::as_array).into_iter().flatten() {
+            let Some(path) = volume.pointer("/hostPath/path").and_then(Value::as_str) else { continue };
+            if path.starts_with("/dev/nvidia") {
+                l.report("GPU004", None, format!("hostPath {path}"));
+            }
+            let sockets = ["containerd.sock", "docker.sock", "crio.sock", "/run/containerd", "/var/run/docker"];
+            if sockets.iter().any(|s| path.contains(s)) {
+                l.report("GPU005", None, format!("hostPath {path}"));
+            }
+        }
+        let tolerates_gpu = spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().any(|t| {
+            t.get("key")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.contains("nvidia.com/gpu") || k.contains("gpuplane.io/gpu"))
+        });
+        if tolerates_gpu && !pod_gpu {
+            l.report("GPU007", None, "tolerates the GPU taint but requests no GPU".into());
+        }
+        for c in containers(spec) {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            let gpu = container_gpu(c);
+            let visible = c.get("env").and_then(Value::as_array).into_iter().flatten().find_map(|e| {
+                (e.get("name").and_then(Value::as_str) == Some("NVIDIA_VISIBLE_DEVICES"))
+                    .then(|| e.get("value").and_then(Value::as_str).unwrap_or(""))
+            });
+            if let Some(value) = visible
+                && !has_gpu(c.pointer("/resources/limits"))
+                && !matches!(value, "void" | "none" | "")
+            {
+                l.report("GPU001", Some(name), format!("NVIDIA_VISIBLE_DEVICES={value} without a GPU limit"));
+            }
+            for key in GPU_RESOURCES {
+                let request = c.pointer("/resources/requests").and_then(|r| r.get(key));
+                let limit = c.pointer("/resources/limits").and_then(|r| r.get(key));
+                if let Some(request) = request
+                    && limit.is_none_or(|l| l.to_string().trim_matches('"') != request.to_string().trim_matches('"'))
+                {
+                    l.report(
+                        "GPU002",
+                        Some(name),
+                        format!(
+                            "requests {key}: {request} with limit {}",
+                            limit.map_or("none".into(), Value::to_string)
+                        ),
+                    );
+                }
+            }
+            let privileged = truthy(c.pointer("/securityContext/privileged"));
+            if privileged {
+                l.report("K8S001", Some(name), "securityContext.privileged: true".into());
+                if gpu || visible.is_some() {
+                    l.report("GPU003", Some(name), "privileged container with GPU access".into());
+                }
+            }
+            let added: Vec<&str> = c
+                .pointer("/securityContext/capabilities/add")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .filter(|cap| *cap != "NET_BIND_SERVICE")
+                .collect();
+            if !added.is_empty() {
+                l.report("K8S003", Some(name), format!("capabilities added: {}", added.join(", ")));
+            }
+            let limits = c.pointer("/resources/limits");
+            let missing: Vec<&str> =
+                ["cpu", "memory"].into_iter().filter(|k| limits.and_then(|l| l.get(*k)).is_none()).collect();
+            if !missing.is_empty() {
+                l.report("K8S004", Some(name), format!("no {} limit", missing.join(" or ")));
+            }
+        }
+        let namespace = object.namespace().unwrap_or("default");
+        if pod_gpu && !quota_namespaces.contains(namespace) && reported_namespaces.insert(namespace.to_owned()) {
+            l.report("GPU006", None, format!("namespace {namespace} has no ResourceQuota on GPUs"));
+        }
+        findings.extend(l.out);
+    }
+    findings
+}
+
+fn has_gpu_quota(quota: &Value) -> bool {
+    quota.pointer("/spec/hard").and_then(Value::as_object).is_some_and(|hard| {
+        hard.keys().any(|k| {
+            let k = k.strip_prefix("requests.").or_else(|| k.strip_prefix("limits.")).unwrap_or(k);
+            GPU_RESOURCES.contains(&k)
+        })
+    })
+}
+
+/// The rules as (id, short description, help) for SARIF.
+pub fn sarif_rules() -> Vec<(String, String, String)> {
+    RULES.iter().map(|r| (r.id.to_owned(), r.short.to_owned(), r.help.to_owned())).collect()
+}

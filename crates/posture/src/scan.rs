@@ -1,0 +1,170 @@
+//! One posture scan of a repository: attribute the range's commits, ingest the scanners' SARIF,
+//! fingerprint and merge the findings, compare with a baseline, blame them to commits, and compute the
+//! cohort rates, per-rule triage figures and engagement.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::PostureError;
+use crate::attribution::{Attribution, Markers};
+use crate::cohort::{CohortStats, blame_findings, cohorts};
+use crate::finding::{Finding, compare_baseline, fingerprint, merge_duplicates};
+use crate::history::{self, Commit};
+use crate::sarif;
+use crate::triage::{Decision, RuleStats, Triage, rule_stats};
+
+/// Version tag of the JSON written by `gpuplane posture scan`.
+pub const POSTURE_JSON_SCHEMA: &str = "gpuplane.posture/v1";
+
+/// What to scan.
+#[derive(Debug)]
+pub struct ScanInput {
+    /// The repository (any folder inside its working tree).
+    pub repo: PathBuf,
+    /// Commits to attribute and rate, such as `HEAD` (all history) or `v1.0..HEAD`.
+    pub range: String,
+    /// SARIF files, with their names for errors.
+    pub sarif: Vec<(String, String)>,
+    /// Findings of a previous scan (its findings.sarif), for baseline states.
+    pub baseline: Option<Vec<Finding>>,
+    /// Triage decisions.
+    pub triage: Triage,
+    /// Attribution markers.
+    pub markers: Markers,
+}
+
+/// A commit as reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitReport {
+    /// Hash.
+    pub id: String,
+    /// First line of the message.
+    pub subject: String,
+    /// Lines added.
+    pub added: u64,
+    /// Attribution.
+    pub attribution: Attribution,
+}
+
+/// How people act on findings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Engagement {
+    /// Findings now and gone since the baseline.
+    pub findings: usize,
+    /// Gone since the baseline, or triaged fixed.
+    pub fixed: usize,
+    /// False positive or won't fix (triage or suppression).
+    pub dismissed: usize,
+    /// Dismissals with a justification.
+    pub dismissed_with_justification: usize,
+    /// Suppressions written in the source.
+    pub suppressed_in_source: usize,
+    /// Suppressions kept outside the source.
+    pub suppressed_externally: usize,
+}
+
+/// The result (the JSON document `gpuplane.posture/v1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scan {
+    /// [`POSTURE_JSON_SCHEMA`].
+    pub schema: String,
+    /// Commit range.
+    pub range: String,
+    /// The range's commits, newest first.
+    pub commits: Vec<CommitReport>,
+    /// Current findings.
+    pub findings: Vec<Finding>,
+    /// Findings of the baseline that are gone.
+    pub gone: Vec<Finding>,
+    /// AI-assisted and other cohorts.
+    pub cohorts: Vec<CohortStats>,
+    /// Per rule and tool.
+    pub rules: Vec<RuleStats>,
+    /// Engagement.
+    pub engagement: Engagement,
+}
+
+/// Reads the findings of a previous scan's `findings.sarif`.
+pub fn read_baseline(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, PostureError> {
+    let findings = sarif::read(source_name, text, root)?;
+    if let Some(n) = findings.iter().position(|f| f.fingerprint.is_empty()) {
+        return Err(PostureError::invalid(
+            source_name,
+            &format!("runs[0].results[{n}].partialFingerprints"),
+            &format!("a {} fingerprint (a findings.sarif written by gpuplane posture scan)", sarif::FINGERPRINT_KEY),
+        ));
+    }
+    Ok(findings)
+}
+
+/// Runs the scan.
+pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
+    let root = history::root(&input.repo)?;
+    let commits: Vec<Commit> = history::commits(&root, &input.range)?;
+    let attributions: HashMap<String, Attribution> =
+        commits.iter().map(|c| (c.id.clone(), input.markers.attribute(c))).collect();
+
+    let mut findings = Vec::new();
+    for (name, text) in &input.sarif {
+        findings.extend(sarif::read(name, text, &root)?);
+    }
+    // Scanner-provided fingerprints are not trusted to be stable: compute ours for every finding.
+    for f in &mut findings {
+        f.fingerprint.clear();
+    }
+    fingerprint(&mut findings, &root);
+    let mut findings = merge_duplicates(findings);
+    let gone = match &input.baseline {
+        Some(previous) => compare_baseline(&mut findings, previous),
+        None => Vec::new(),
+    };
+    let head = input.range.rsplit("..").next().filter(|h| !h.is_empty()).unwrap_or("HEAD");
+    blame_findings(&root, head, &mut findings, &attributions)?;
+
+    let cohorts = cohorts(&commits, &attributions, &findings);
+    let rules = rule_stats(&findings, &gone, &input.triage);
+    let mut engagement = Engagement {
+        findings: findings.len() + gone.len(),
+        fixed: 0,
+        dismissed: 0,
+        dismissed_with_justification: 0,
+        suppressed_in_source: 0,
+        suppressed_externally: 0,
+    };
+    for f in findings.iter().chain(&gone) {
+        match input.triage.decision(f) {
+            Some((Decision::Fixed, _)) => engagement.fixed += 1,
+            Some((Decision::FalsePositive | Decision::WontFix, justification)) => {
+                engagement.dismissed += 1;
+                engagement.dismissed_with_justification += usize::from(justification.is_some());
+            }
+            _ => {}
+        }
+        match f.suppression.as_ref().map(|s| s.kind.as_str()) {
+            Some("inSource") => engagement.suppressed_in_source += 1,
+            Some(_) => engagement.suppressed_externally += 1,
+            None => {}
+        }
+    }
+    let commits = commits
+        .iter()
+        .map(|c| CommitReport {
+            id: c.id.clone(),
+            subject: c.message.lines().next().unwrap_or_default().to_owned(),
+            added: c.added,
+            attribution: attributions.get(&c.id).cloned().unwrap_or_else(|| input.markers.attribute(c)),
+        })
+        .collect();
+    Ok(Scan {
+        schema: POSTURE_JSON_SCHEMA.to_owned(),
+        range: input.range.clone(),
+        commits,
+        findings,
+        gone,
+        cohorts,
+        rules,
+        engagement,
+    })
+}

@@ -1,0 +1,161 @@
+//! Output of a posture scan: cohort rates (AI-assisted against other commits), per-rule triage
+//! figures, engagement, and the findings with their baseline state and attribution; and the lint table.
+
+use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
+use comfy_table::{CellAlignment, Table};
+use gpuplane_posture::finding::Finding;
+use gpuplane_posture::gate::Verdict;
+use gpuplane_posture::scan::Scan;
+
+use crate::table::Style;
+
+fn new_table(style: Style) -> Table {
+    let mut table = Table::new();
+    table.load_style(match style {
+        Style::Terminal => UTF8_FULL_CONDENSED,
+        Style::Markdown => ASCII_MARKDOWN,
+    });
+    table
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn pct(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".to_owned(), |v| format!("{:.0} %", v * 100.0))
+}
+
+/// Findings introduced per cohort.
+pub fn cohorts_table(scan: &Scan, style: Style) -> String {
+    let mut table = new_table(style);
+    table.set_header(vec![
+        "cohort",
+        "commits",
+        "added lines",
+        "findings",
+        "per KLOC",
+        "per 100 commits",
+        "by severity",
+    ]);
+    for c in &scan.cohorts {
+        let severity: Vec<String> = c.by_severity.iter().rev().map(|(s, n)| format!("{} {n}", s.as_str())).collect();
+        table.add_row(vec![
+            c.cohort.clone(),
+            c.commits.to_string(),
+            c.added_lines.to_string(),
+            c.findings.to_string(),
+            opt(c.per_kloc, 2),
+            opt(c.per_100_commits, 1),
+            if severity.is_empty() { "–".to_owned() } else { severity.join(", ") },
+        ]);
+    }
+    for column in 1..6 {
+        if let Some(c) = table.column_mut(column) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table.to_string()
+}
+
+/// Triage figures per rule.
+pub fn rules_table(scan: &Scan, style: Style) -> String {
+    let mut table = new_table(style);
+    table.set_header(vec![
+        "tool",
+        "rule",
+        "findings",
+        "triaged",
+        "precision",
+        "false positives",
+        "effective FP",
+        "fixed",
+    ]);
+    for r in &scan.rules {
+        table.add_row(vec![
+            r.tool.clone(),
+            r.rule.clone(),
+            r.findings.to_string(),
+            r.triaged.to_string(),
+            pct(r.precision),
+            pct(r.false_positive_rate),
+            pct(r.effective_false_positive_rate),
+            format!("{:.0} %", r.fixed_share * 100.0),
+        ]);
+    }
+    table.to_string()
+}
+
+/// Findings with state, severity, place and attribution.
+pub fn findings_table(findings: &[Finding], style: Style) -> String {
+    let mut table = new_table(style);
+    table.set_header(vec!["state", "severity", "tool:rule", "place", "commit", "AI", "message"]);
+    for f in findings {
+        let message: String = f.message.lines().next().unwrap_or_default().chars().take(70).collect();
+        table.add_row(vec![
+            f.state.map_or("–", |s| s.as_str()).to_owned(),
+            f.severity.as_str().to_owned(),
+            format!("{}:{}", f.tool, f.rule),
+            format!("{}:{}", f.path, f.line),
+            f.commit.as_deref().map_or("–".to_owned(), |c| c.chars().take(8).collect()),
+            f.ai.map_or("–", |ai| if ai { "yes" } else { "no" }).to_owned(),
+            message,
+        ]);
+    }
+    table.to_string()
+}
+
+/// The whole scan: attribution summary, cohorts, rules, engagement, findings.
+pub fn report(scan: &Scan, style: Style) -> String {
+    let ai = scan.commits.iter().filter(|c| c.attribution.ai).count();
+    let e = &scan.engagement;
+    let heading = |text: &str| match style {
+        Style::Markdown => format!("## {text}\n\n"),
+        Style::Terminal => format!("{text}\n\n"),
+    };
+    let mut out = format!(
+        "{} commits in {}: {ai} AI-assisted (by their markers; a lower bound), {} findings now, {} gone since the baseline.\n\n",
+        scan.commits.len(),
+        scan.range,
+        scan.findings.len(),
+        scan.gone.len()
+    );
+    out.push_str(&heading("Findings introduced per cohort"));
+    out.push_str(&cohorts_table(scan, style));
+    out.push_str("\n\n");
+    out.push_str(&heading("Per rule"));
+    out.push_str(&rules_table(scan, style));
+    out.push_str("\n\n");
+    out.push_str(&format!(
+        "Engagement: {} of {} findings fixed, {} dismissed ({} with a justification), suppressions {} in source and {} external.\n\n",
+        e.fixed, e.findings, e.dismissed, e.dismissed_with_justification, e.suppressed_in_source, e.suppressed_externally
+    ));
+    out.push_str(&heading("Findings"));
+    out.push_str(&findings_table(&scan.findings, style));
+    out.push('\n');
+    out
+}
+
+/// The gate's verdict as text.
+pub fn verdict(verdict: &Verdict) -> String {
+    let mut out = format!(
+        "profile {}{}: {} findings on changed lines, {} blocking\n",
+        verdict.profile,
+        if verdict.ai_commits.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} AI-assisted commits)", verdict.ai_commits.len())
+        },
+        verdict.in_change,
+        verdict.blocking.len()
+    );
+    if !verdict.blocking.is_empty() {
+        out.push_str(&findings_table(&verdict.blocking, Style::Terminal));
+        out.push('\n');
+    }
+    if verdict.review_required {
+        out.push_str("human review required before merge\n");
+    }
+    out.push_str(if verdict.passed { "gate: pass\n" } else { "gate: fail\n" });
+    out
+}
