@@ -9,7 +9,7 @@ use gpuplane_assess::assess::read_manifest_dir;
 use gpuplane_posture::finding::Level;
 use gpuplane_posture::lint::{lint, sarif_rules};
 use gpuplane_posture::sarif;
-use gpuplane_report::posture::findings_table;
+use gpuplane_report::posture::lint_table;
 use gpuplane_report::table::Style;
 
 use crate::posture::GateFailed;
@@ -56,7 +56,7 @@ pub fn run(args: LintArgs) -> Result<()> {
             if findings.is_empty() {
                 println!("{} objects, no findings", objects.len());
             } else {
-                println!("{}", findings_table(&findings, Style::Terminal));
+                println!("{}", lint_table(&findings, Style::Terminal));
                 let errors = findings.iter().filter(|f| f.level == Level::Error).count();
                 println!("{} objects: {} findings, {errors} errors", objects.len(), findings.len());
             }

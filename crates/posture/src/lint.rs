@@ -63,7 +63,7 @@ pub const RULES: [Rule; 11] = [
     Rule {
         id: "GPU007",
         short: "Tolerates the GPU taint without requesting a GPU",
-        help: "GPU nodes are tainted so that only GPU pods land there; a pod that tolerates the taint without a GPU request takes CPU and memory from GPU nodes and strands their GPUs. Remove the toleration, or request a GPU.",
+        help: "GPU nodes are tainted so that only GPU pods land there; a pod that tolerates the taint without a GPU request takes CPU and memory from GPU nodes and strands their GPUs. Remove the toleration, or request a GPU (a limit, or gpuplane's gpuplane.io/gpu-milli annotation). DaemonSets are exempt: node agents run on GPU nodes by design.",
         level: Level::Warning,
     },
     Rule {
@@ -167,7 +167,9 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
     for object in objects {
         let Some(spec) = object.pod_spec() else { continue };
         let mut l = Linter { object, out: Vec::new() };
-        let pod_gpu = containers(spec).iter().any(|c| container_gpu(c));
+        // gpuplane's scheduler also takes fractional GPUs from the pod annotation gpuplane.io/gpu-milli.
+        let annotated = pod_annotations(object).is_some_and(|a| a.get("gpuplane.io/gpu-milli").is_some());
+        let pod_gpu = annotated || containers(spec).iter().any(|c| container_gpu(c));
         for flag in ["hostNetwork", "hostPID", "hostIPC"] {
             if truthy(spec.get(flag)) {
                 l.report("K8S002", None, format!("{flag}: true"));
@@ -188,7 +190,8 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
                 .and_then(Value::as_str)
                 .is_some_and(|k| k.contains("nvidia.com/gpu") || k.contains("gpuplane.io/gpu"))
         });
-        if tolerates_gpu && !pod_gpu {
+        // Node agents (device plugins, exporters, caches) run as DaemonSets on GPU nodes by design.
+        if tolerates_gpu && !pod_gpu && object.kind() != "DaemonSet" {
             l.report("GPU007", None, "tolerates the GPU taint but requests no GPU".into());
         }
         for c in containers(spec) {
@@ -252,6 +255,15 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
         findings.extend(l.out);
     }
     findings
+}
+
+fn pod_annotations(object: &KubeObject) -> Option<&Value> {
+    let pointer = match object.kind() {
+        "Pod" => "/metadata/annotations",
+        "CronJob" => "/spec/jobTemplate/spec/template/metadata/annotations",
+        _ => "/spec/template/metadata/annotations",
+    };
+    object.value.pointer(pointer)
 }
 
 fn has_gpu_quota(quota: &Value) -> bool {

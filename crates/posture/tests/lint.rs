@@ -102,6 +102,18 @@ fn every_rule_fires_on_its_bad_case() {
 }
 
 #[test]
+fn node_agents_and_annotated_fractional_gpu_pods_may_tolerate_the_gpu_taint() {
+    let agent = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: plugin, namespace: ml}\nspec:\n  template:\n    spec:\n      tolerations: [{key: nvidia.com/gpu, operator: Exists}]\n      containers: [{name: p, image: p:1, resources: {limits: {cpu: '1', memory: 1Gi}}}]\n";
+    assert!(rules_fired(agent).is_empty(), "{:?}", rules_fired(agent));
+    let fractional = deployment("ml", "      tolerations: [{key: nvidia.com/gpu, operator: Exists}]\n", LIMITS)
+        .replace(
+            "    spec:\n      tolerations",
+            "    metadata: {annotations: {gpuplane.io/gpu-milli: '500'}}\n    spec:\n      tolerations",
+        );
+    assert!(rules_fired(&fractional).is_empty(), "{:?}\n{fractional}", rules_fired(&fractional));
+}
+
+#[test]
 fn findings_become_sarif_with_a_help_text_per_rule_and_fingerprints_that_survive_moves() {
     let bad = deployment("ml", "", &format!("          env: [{{name: NVIDIA_VISIBLE_DEVICES, value: all}}]\n{LIMITS}"));
     let objects = read_objects("bad.yaml", &bad).unwrap();

@@ -159,3 +159,18 @@ pub fn verdict(verdict: &Verdict) -> String {
     out.push_str(if verdict.passed { "gate: pass\n" } else { "gate: fail\n" });
     out
 }
+
+/// Lint findings: rule, level, place and what is wrong.
+pub fn lint_table(findings: &[Finding], style: Style) -> String {
+    let mut table = new_table(style);
+    table.set_header(vec!["rule", "level", "place", "finding"]);
+    for f in findings {
+        table.add_row(vec![
+            f.rule.clone(),
+            f.level.as_str().to_owned(),
+            format!("{}:{}", f.path, f.line),
+            f.message.clone(),
+        ]);
+    }
+    table.to_string()
+}
