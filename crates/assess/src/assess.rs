@@ -514,6 +514,23 @@ impl Context<'_> {
         })
     }
 
+    /// Judges a per-repository check from what passed and what did not.
+    fn repo_outcome(
+        &self,
+        scope: Scope,
+        coverage: Option<f64>,
+        total: usize,
+        evidence: Vec<String>,
+        missing: Vec<String>,
+    ) -> Outcome {
+        let what = match scope {
+            Scope::Services => "active repositories",
+            Scope::Platform => "platform repositories",
+        };
+        let (status, coverage, reason) = judged(evidence.len(), total, coverage.unwrap_or(self.model.threshold), what);
+        Outcome { status, attested: false, coverage: Some(coverage), evidence, missing, reason }
+    }
+
     fn per_repo(&self, scope: Scope, coverage: Option<f64>, passes: impl Fn(&Repository) -> Option<String>) -> Outcome {
         let repos = match self.repos(scope) {
             Ok(repos) => repos,
@@ -527,13 +544,7 @@ impl Context<'_> {
                 None => missing.push(repo.name.clone()),
             }
         }
-        let what = match scope {
-            Scope::Services => "active repositories",
-            Scope::Platform => "platform repositories",
-        };
-        let (status, coverage, reason) =
-            judged(evidence.len(), repos.len(), coverage.unwrap_or(self.model.threshold), what);
-        Outcome { status, attested: false, coverage: Some(coverage), evidence, missing, reason }
+        self.repo_outcome(scope, coverage, repos.len(), evidence, missing)
     }
 
     fn objects(
@@ -648,13 +659,7 @@ impl Context<'_> {
             let reason = format!("no deployment tags matching `{}` in the window", self.model.dora.deploy_tags);
             return Outcome { missing, ..Outcome::new(Status::NotMeasurable, reason) };
         }
-        let what = match scope {
-            Scope::Services => "active repositories",
-            Scope::Platform => "platform repositories",
-        };
-        let (status, coverage, reason) =
-            judged(evidence.len(), repos.len(), coverage.unwrap_or(self.model.threshold), what);
-        Outcome { status, attested: false, coverage: Some(coverage), evidence, missing, reason }
+        self.repo_outcome(scope, coverage, repos.len(), evidence, missing)
     }
 
     fn namespaces(

@@ -47,19 +47,19 @@ pub struct Repository {
     pub tags: Vec<Tag>,
 }
 
-fn git(repo: &Path, args: &[&str]) -> Result<String, AssessError> {
-    let failed = |message: String| AssessError::Git { repo: repo.display().to_string(), message };
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .map_err(|e| failed(format!("cannot run git: {e}")))?;
+/// Runs git in `repo` and returns what it printed, or a message saying why it failed.
+pub fn run_git(repo: &Path, args: &[&str]) -> Result<String, String> {
+    let output =
+        Command::new("git").arg("-C").arg(repo).args(args).output().map_err(|e| format!("cannot run git: {e}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(failed(format!("git {} failed: {}", args.join(" "), stderr.trim())));
+        return Err(format!("git {} failed: {}", args.join(" "), stderr.trim()));
     }
-    String::from_utf8(output.stdout).map_err(|_| failed(format!("git {} printed non-UTF-8 text", args.join(" "))))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn git(repo: &Path, args: &[&str]) -> Result<String, AssessError> {
+    run_git(repo, args).map_err(|message| AssessError::Git { repo: repo.display().to_string(), message })
 }
 
 impl Repository {

@@ -239,6 +239,27 @@ pub fn compare_baseline(findings: &mut [Finding], previous: &[Finding]) -> Vec<F
         .collect()
 }
 
+/// A finding with the given rule and place and nothing else, for tests.
+#[cfg(test)]
+pub(crate) fn test_finding(rule: &str, path: &str, line: usize, severity: Severity) -> Finding {
+    Finding {
+        tool: "bandit".into(),
+        rule: rule.into(),
+        level: Level::Warning,
+        severity,
+        path: path.into(),
+        line,
+        message: "m".into(),
+        cwe: Vec::new(),
+        fingerprint: String::new(),
+        suppression: None,
+        also_reported_by: Vec::new(),
+        state: None,
+        commit: None,
+        ai: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -247,19 +268,8 @@ mod tests {
     fn finding(tool: &str, rule: &str, path: &str, line: usize, cwe: &[&str], severity: Severity) -> Finding {
         Finding {
             tool: tool.into(),
-            rule: rule.into(),
-            level: Level::Warning,
-            severity,
-            path: path.into(),
-            line,
-            message: "m".into(),
             cwe: cwe.iter().map(|c| c.to_string()).collect(),
-            fingerprint: String::new(),
-            suppression: None,
-            also_reported_by: vec![],
-            state: None,
-            commit: None,
-            ai: None,
+            ..test_finding(rule, path, line, severity)
         }
     }
 

@@ -165,25 +165,9 @@ pub fn line_diff(old: &str, new: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::finding::Level;
 
     fn finding(rule: &str, line: usize, severity: Severity) -> Finding {
-        Finding {
-            tool: "bandit".into(),
-            rule: rule.into(),
-            level: Level::Warning,
-            severity,
-            path: "app.py".into(),
-            line,
-            message: String::new(),
-            cwe: vec![],
-            fingerprint: format!("{rule}{line}"),
-            suppression: None,
-            also_reported_by: vec![],
-            state: None,
-            commit: None,
-            ai: None,
-        }
+        Finding { fingerprint: format!("{rule}{line}"), ..crate::finding::test_finding(rule, "app.py", line, severity) }
     }
 
     #[test]

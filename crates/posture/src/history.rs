@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use crate::PostureError;
 
@@ -31,18 +30,8 @@ pub struct Commit {
 }
 
 pub(crate) fn git(repo: &Path, args: &[&str]) -> Result<String, PostureError> {
-    let failed = |message: String| PostureError::Git { repo: repo.display().to_string(), message };
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .map_err(|e| failed(format!("cannot run git: {e}")))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(failed(format!("git {} failed: {}", args.join(" "), stderr.trim())));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    gpuplane_assess::repo::run_git(repo, args)
+        .map_err(|message| PostureError::Git { repo: repo.display().to_string(), message })
 }
 
 /// Checks that `repo` is a git working tree and returns its root.

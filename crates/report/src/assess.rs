@@ -5,22 +5,12 @@
 use std::f64::consts::PI;
 use std::fmt::Write;
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
-use comfy_table::{CellAlignment, ContentArrangement, Table};
+use comfy_table::{CellAlignment, ContentArrangement};
 use gpuplane_assess::Assessment;
 use gpuplane_assess::assess::{CheckResult, Source, level_label};
 use gpuplane_assess::model::level_name;
 
-use crate::table::Style;
-
-fn new_table(style: Style) -> Table {
-    let mut table = Table::new();
-    table.load_style(match style {
-        Style::Terminal => UTF8_FULL_CONDENSED,
-        Style::Markdown => ASCII_MARKDOWN,
-    });
-    table
-}
+use crate::table::{Style, new_table};
 
 fn score(value: Option<f64>) -> String {
     value.map_or_else(|| "–".to_owned(), |s| format!("{s:.0}"))

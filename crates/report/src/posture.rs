@@ -1,22 +1,12 @@
 //! Output of a posture scan: cohort rates (AI-assisted against other commits), per-rule triage
 //! figures, engagement, and the findings with their baseline state and attribution; and the lint table.
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
-use comfy_table::{CellAlignment, Table};
+use comfy_table::CellAlignment;
 use gpuplane_posture::finding::Finding;
 use gpuplane_posture::gate::Verdict;
 use gpuplane_posture::scan::Scan;
 
-use crate::table::Style;
-
-fn new_table(style: Style) -> Table {
-    let mut table = Table::new();
-    table.load_style(match style {
-        Style::Terminal => UTF8_FULL_CONDENSED,
-        Style::Markdown => ASCII_MARKDOWN,
-    });
-    table
-}
+use crate::table::{Style, new_table};
 
 fn opt(value: Option<f64>, digits: usize) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))

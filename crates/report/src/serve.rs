@@ -1,24 +1,14 @@
 //! Output of a serving simulation: the per-stack table (TTFT per latency class, cold starts, origin
 //! bytes, allocation), the sensitivity table, and SVG charts of allocation and waiting replicas over time.
 
-use comfy_table::presets::{ASCII_MARKDOWN, UTF8_FULL_CONDENSED};
-use comfy_table::{CellAlignment, Table};
+use comfy_table::CellAlignment;
 use gpuplane_sim::serve::{LatencyClass, ServeResult, StackResult};
 
 use crate::svg::{LineChart, Series};
-use crate::table::Style;
+use crate::table::{Style, new_table};
 
 /// Version tag of the JSON written by `gpuplane serve-sim`.
 pub const SERVE_JSON_SCHEMA: &str = "gpuplane.serve-sim/v1";
-
-fn new_table(style: Style) -> Table {
-    let mut table = Table::new();
-    table.load_style(match style {
-        Style::Terminal => UTF8_FULL_CONDENSED,
-        Style::Markdown => ASCII_MARKDOWN,
-    });
-    table
-}
 
 fn ttft(stack: &StackResult, class: LatencyClass) -> String {
     match stack.class(class) {

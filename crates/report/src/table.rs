@@ -33,13 +33,19 @@ pub enum Style {
     Markdown,
 }
 
-/// The summary table.
-pub fn summary(result: &ExperimentResult, style: Style) -> String {
+/// An empty table in the style.
+pub fn new_table(style: Style) -> Table {
     let mut table = Table::new();
     table.load_style(match style {
         Style::Terminal => UTF8_FULL_CONDENSED,
         Style::Markdown => ASCII_MARKDOWN,
     });
+    table
+}
+
+/// The summary table.
+pub fn summary(result: &ExperimentResult, style: Style) -> String {
+    let mut table = new_table(style);
     let mut header = vec!["policy".to_owned()];
     header.extend(CHECKPOINTS.iter().map(|c| format!("{c} %")));
     let defrag = result.policies.iter().any(|p| p.defrag > 0);
