@@ -19,7 +19,7 @@ use gpuplane_report::table::Style;
 /// `gpuplane posture` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PostureCommand {
-    /// Ingest SARIF, attribute commits, rate findings per cohort; write posture.json, findings.sarif, posture.md.
+    /// Ingest SARIF, attribute commits, rate findings per cohort; write JSON, SARIF, Markdown and HTML.
     Scan(ScanArgs),
     /// Fail a change (exit 1) on findings in its changed lines; stricter for AI-assisted changes.
     Gate(GateArgs),
@@ -56,7 +56,7 @@ pub struct ScanArgs {
     /// Triage decisions (YAML): false positives, won't fix, confirmed, fixed
     #[arg(long, value_name = "FILE")]
     triage: Option<PathBuf>,
-    /// Folder for posture.json, findings.sarif and posture.md
+    /// Folder for posture.json, findings.sarif, posture.md and posture.html
     #[arg(long, default_value = "out/posture", value_name = "DIR")]
     out: PathBuf,
     /// What to print on standard output
@@ -200,15 +200,18 @@ fn run_scan(args: ScanArgs) -> Result<()> {
     let rules: Vec<(String, String, String)> = Vec::new();
     let sarif_out = serde_json::to_string_pretty(&sarif::write(&all, &rules))?;
     let markdown = format!("# Security posture\n\n{}", report::report(&result, Style::Markdown));
+    let html = report::html(&result);
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    for (name, text) in [("posture.json", &json), ("findings.sarif", &sarif_out), ("posture.md", &markdown)] {
+    for (name, text) in
+        [("posture.json", &json), ("findings.sarif", &sarif_out), ("posture.md", &markdown), ("posture.html", &html)]
+    {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     match args.format {
         Format::Table => {
             print!("{}", report::report(&result, Style::Terminal));
-            println!("Wrote {}/{{posture.json,findings.sarif,posture.md}}", args.out.display());
+            println!("Wrote {}/{{posture.json,findings.sarif,posture.md,posture.html}}", args.out.display());
         }
         Format::Markdown => print!("{markdown}"),
         Format::Json => println!("{json}"),

@@ -12,7 +12,15 @@ fn gpuplane(args: &[&str], dir: &Path) -> Output {
 }
 
 fn git(repo: &Path, args: &[&str]) -> String {
+    git_at(repo, args, 0)
+}
+
+/// Runs git with author and committer dates `day` days after 2026-01-01.
+fn git_at(repo: &Path, args: &[&str], day: i64) -> String {
+    let date = format!("@{} +0000", 1_767_225_600 + day * 86_400);
     let out = Command::new("git")
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
         .arg("-C")
         .arg(repo)
         .args(["-c", "user.name=Ada", "-c", "user.email=ada@example.com", "-c", "commit.gpgsign=false"])
@@ -23,14 +31,14 @@ fn git(repo: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> String {
+fn commit(repo: &Path, files: &[(&str, &str)], message: &str, day: i64) -> String {
     for (path, text) in files {
         let path = repo.join(path);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
     git(repo, &["add", "-A"]);
-    git(repo, &["commit", "-q", "-m", message]);
+    git_at(repo, &["commit", "-q", "-m", message], day);
     git(repo, &["rev-parse", "HEAD"])
 }
 
@@ -107,13 +115,14 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
     std::fs::write(repo.join(".git/info/exclude"), "rules.yml\n").unwrap();
-    let base = commit(&repo, &[("app/util.py", "def add(a, b):\n    return a + b\n")], "Add util");
+    let base = commit(&repo, &[("app/util.py", "def add(a, b):\n    return a + b\n")], "Add util", 0);
     let run_py = "import subprocess\n\n\ndef run(cmd):\n    subprocess.call(cmd, shell=True)\n\n\ndef calc(expr):\n    return eval(expr)\n";
-    commit(&repo, &[("app/run.py", run_py)], "Add runner\n\nCo-authored-by: Claude <noreply@anthropic.com>");
+    commit(&repo, &[("app/run.py", run_py)], "Add runner\n\nCo-authored-by: Claude <noreply@anthropic.com>", 1);
     commit(
         &repo,
         &[("app/hash.py", "import hashlib\n\n\ndef digest(data):\n    return hashlib.md5(data).hexdigest()\n")],
         "Add digest",
+        2,
     );
     let out1 = work.path().join("out1").display().to_string();
     let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "1");
@@ -155,7 +164,7 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
 
     // A line move (a comment above everything) keeps every fingerprint: nothing new, nothing gone.
     let moved = format!("# Runs commands for the scheduler.\n{run_py}");
-    let move_commit = commit(&repo, &[("app/run.py", &moved)], "Document the runner");
+    let move_commit = commit(&repo, &[("app/run.py", &moved)], "Document the runner", 10);
     let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "2");
     let baseline1 = format!("{out1}/findings.sarif");
     let out2 = work.path().join("out2").display().to_string();
@@ -171,10 +180,10 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
     let fixed = moved
         .replace("import subprocess", "import ast\nimport subprocess")
         .replace("eval(expr)", "ast.literal_eval(expr)");
-    commit(&repo, &[("app/run.py", &fixed)], "Parse literals only");
+    commit(&repo, &[("app/run.py", &fixed)], "Parse literals only", 15);
     let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "3");
     let triage = work.path().join("triage.yaml");
-    std::fs::write(&triage, "triage:\n  - rule: B404\n    path: app/run.py\n    decision: false_positive\n    justification: importing subprocess is not a risk by itself\n").unwrap();
+    std::fs::write(&triage, "triage:\n  - rule: B404\n    path: app/run.py\n    decision: false_positive\n    justification: importing subprocess is not a risk by itself\n    date: 2026-01-31\n").unwrap();
     let baseline2 = format!("{out2}/findings.sarif");
     let out3 = work.path().join("out3").display().to_string();
     let triage_arg = triage.display().to_string();
@@ -192,6 +201,13 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
     assert_eq!((eval["precision"].as_f64(), eval["fixed_share"].as_f64()), (Some(1.0), Some(1.0)));
     assert_eq!(third["engagement"]["fixed"].as_u64(), Some(2));
     assert_eq!(third["engagement"]["dismissed_with_justification"].as_u64(), Some(1));
+    // Introduced on day 1, gone at the head's commit on day 15; dismissed at the end of 31 January.
+    assert_eq!(third["engagement"]["median_days_to_fix"].as_f64(), Some(14.0));
+    let dismiss = third["engagement"]["median_days_to_dismiss"].as_f64().unwrap();
+    assert!((dismiss - 30.0).abs() < 0.001, "{dismiss}");
+    let page = std::fs::read_to_string(format!("{out3}/posture.html")).unwrap();
+    assert!(page.contains("<svg") && page.contains("Effective false-positive rate per triaged rule"));
+    assert!(!page.contains("<script"));
 
     // The gate over the AI-assisted change fails (exit 1) under the stricter profile; the comment-only
     // change passes.
@@ -243,4 +259,115 @@ fn posture_errors_name_the_place() {
     let out = gpuplane(&["posture", "attribute", "--repo", &plain], &repo);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("not a git repository"), "{stderr}");
+}
+
+fn run(program: &str, args: &[&str], dir: &Path, installed_by: &str) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}; scripts/test installs it ({installed_by})"))
+}
+
+const INFERENCE_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: llm, namespace: ml}
+spec:
+  selector: {matchLabels: {app: llm}}
+  template:
+    metadata: {labels: {app: llm}}
+    spec:
+      hostIPC: true
+      containers:
+        - name: server
+          image: vllm/vllm-openai:latest
+          securityContext: {privileged: true}
+          resources: {limits: {nvidia.com/gpu: 1}}
+";
+
+const WORKFLOW: &str = "on: pull_request_target
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+        with: {ref: \"${{ github.event.pull_request.head.sha }}\"}
+      - run: echo \"${{ github.event.pull_request.title }}\"
+";
+
+#[test]
+fn sarif_from_checkov_zizmor_and_clippy_is_read_with_normalised_paths_and_levels() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join(".git/info/exclude"), "target/\nout/\n*.sarif\n").unwrap();
+    commit(
+        &repo,
+        &[
+            ("k8s/inference.yaml", INFERENCE_DEPLOYMENT),
+            (".github/workflows/ci.yml", WORKFLOW),
+            ("Cargo.toml", "[package]\nname = \"demo\"\nversion = \"0.1.0\"\nedition = \"2021\"\n"),
+            (
+                "src/main.rs",
+                "fn main() {\n    let v = vec![1];\n    if v.len() == 0 {\n        println!(\"empty\");\n    }\n}\n",
+            ),
+        ],
+        "Add a service",
+        0,
+    );
+
+    // Checkov writes out/results_sarif.sarif; its exit code is non-zero when it finds anything.
+    run(
+        "checkov",
+        &["-d", "k8s", "--framework", "kubernetes", "-o", "sarif", "--output-file-path", "out", "--quiet"],
+        &repo,
+        "pip install checkov",
+    );
+    let zizmor = run("zizmor", &["--offline", "--format", "sarif", ".github/workflows"], &repo, "pip install zizmor");
+    std::fs::write(repo.join("zizmor.sarif"), &zizmor.stdout).unwrap();
+    let clippy = Command::new("cargo")
+        .args(["clippy", "--quiet", "--offline", "--message-format=json"])
+        .env("CARGO_TARGET_DIR", repo.join("target"))
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    let mut sarif = Command::new("clippy-sarif")
+        .current_dir(&repo)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("clippy-sarif: scripts/test installs it (cargo install clippy-sarif)");
+    std::io::Write::write_all(&mut sarif.stdin.take().unwrap(), &clippy.stdout).unwrap();
+    let sarif = sarif.wait_with_output().unwrap();
+    std::fs::write(repo.join("clippy.sarif"), &sarif.stdout).unwrap();
+
+    let scan = scan_json(
+        &repo,
+        &["--sarif", "out/results_sarif.sarif", "zizmor.sarif", "clippy.sarif", "--out", "out/posture"],
+    );
+    let findings = scan["findings"].as_array().unwrap();
+    let by_tool = |tool: &str| findings.iter().filter(|f| f["tool"] == tool).collect::<Vec<_>>();
+    // Checkov prints the scanned folder twice (k8s/k8s/…): the path is the repository's.
+    let checkov = by_tool("Checkov");
+    assert!(checkov.len() >= 10, "{checkov:?}");
+    assert!(checkov.iter().all(|f| f["path"] == "k8s/inference.yaml"), "{checkov:?}");
+    assert!(checkov.iter().any(|f| f["rule"] == "CKV_K8S_16"), "privileged container");
+    let fingerprints: std::collections::HashSet<&str> =
+        findings.iter().map(|f| f["fingerprint"].as_str().unwrap()).collect();
+    assert_eq!(fingerprints.len(), findings.len(), "fingerprints are unique");
+
+    let zizmor = by_tool("zizmor");
+    let trigger = zizmor.iter().find(|f| f["rule"] == "zizmor/dangerous-triggers").unwrap();
+    assert_eq!(
+        (trigger["path"].as_str(), trigger["line"].as_u64(), trigger["severity"].as_str()),
+        (Some(".github/workflows/ci.yml"), Some(1), Some("high"))
+    );
+    assert!(zizmor.iter().any(|f| f["rule"] == "zizmor/template-injection"));
+
+    let clippy = by_tool("clippy");
+    let len_zero = clippy.iter().find(|f| f["rule"] == "clippy::len_zero").unwrap_or_else(|| panic!("{clippy:?}"));
+    assert_eq!((len_zero["path"].as_str(), len_zero["line"].as_u64()), (Some("src/main.rs"), Some(3)));
+    // Every finding is blamed to the one commit, which no marker attributes to an AI assistant.
+    assert!(findings.iter().all(|f| f["ai"] == false), "{findings:?}");
 }

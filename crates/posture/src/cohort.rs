@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::PostureError;
 use crate::attribution::Attribution;
 use crate::finding::{Finding, Severity};
-use crate::history::{Commit, blame};
+use crate::history::{BlameLine, Commit, blame};
 
 /// The figures of one cohort.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ pub fn blame_findings(
 ) -> Result<(), PostureError> {
     let tracked: std::collections::HashSet<String> =
         crate::history::git(repo, &["ls-files", "-z"])?.split('\0').map(str::to_owned).collect();
-    let mut blames: HashMap<String, Vec<String>> = HashMap::new();
+    let mut blames: HashMap<String, Vec<BlameLine>> = HashMap::new();
     for f in findings.iter_mut() {
         if f.line == 0 || !tracked.contains(&f.path) {
             continue;
@@ -49,9 +49,10 @@ pub fn blame_findings(
         if !blames.contains_key(&f.path) {
             blames.insert(f.path.clone(), blame(repo, rev, &f.path)?);
         }
-        let commit = blames.get(&f.path).and_then(|lines| lines.get(f.line - 1)).filter(|c| !c.is_empty());
-        f.commit = commit.cloned();
-        f.ai = commit.and_then(|c| attributions.get(c)).map(|a| a.ai);
+        let blamed = blames.get(&f.path).and_then(|lines| lines.get(f.line - 1)).filter(|b| !b.commit.is_empty());
+        f.commit = blamed.map(|b| b.commit.clone());
+        f.introduced = blamed.map(|b| b.time);
+        f.ai = blamed.and_then(|b| attributions.get(&b.commit)).map(|a| a.ai);
     }
     Ok(())
 }

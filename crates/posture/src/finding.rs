@@ -151,6 +151,8 @@ pub struct Finding {
     pub commit: Option<String>,
     /// Whether that commit is AI-assisted.
     pub ai: Option<bool>,
+    /// When that commit was made (Unix seconds): when the finding was introduced.
+    pub introduced: Option<i64>,
 }
 
 /// FNV-1a, 64 bits: a small, stable, dependency-free hash for fingerprints.
@@ -257,6 +259,7 @@ pub(crate) fn test_finding(rule: &str, path: &str, line: usize, severity: Severi
         state: None,
         commit: None,
         ai: None,
+        introduced: None,
     }
 }
 

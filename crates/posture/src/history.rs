@@ -91,27 +91,47 @@ pub fn commits(repo: &Path, range: &str) -> Result<Vec<Commit>, PostureError> {
     Ok(commits)
 }
 
+/// The commit that last changed a line, and its committer time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlameLine {
+    /// Commit hash.
+    pub commit: String,
+    /// Committer time, Unix seconds.
+    pub time: i64,
+}
+
 /// The commit that last changed each line of `path` at `rev` (index 0 is line 1).
-pub fn blame(repo: &Path, rev: &str, path: &str) -> Result<Vec<String>, PostureError> {
+pub fn blame(repo: &Path, rev: &str, path: &str) -> Result<Vec<BlameLine>, PostureError> {
     let porcelain = git(repo, &["blame", "--porcelain", rev, "--", path])?;
-    let mut lines = Vec::new();
-    let mut expect_header = true;
+    let mut lines: Vec<BlameLine> = Vec::new();
+    let mut times: HashMap<String, i64> = HashMap::new();
+    let mut current: Option<(String, usize)> = None;
     for line in porcelain.lines() {
         if line.starts_with('\t') {
-            expect_header = true;
+            // The line's content ends its entry: record it with the commit's time (given once per commit).
+            if let Some((commit, n)) = current.take() {
+                if lines.len() < n {
+                    lines.resize(n, BlameLine::default());
+                }
+                let time = times.get(&commit).copied().unwrap_or_default();
+                lines[n - 1] = BlameLine { commit, time };
+            }
             continue;
         }
-        if expect_header {
+        if let Some(time) = line.strip_prefix("committer-time ") {
+            if let (Some((commit, _)), Ok(time)) = (&current, time.parse()) {
+                times.insert(commit.clone(), time);
+            }
+            continue;
+        }
+        if current.is_none() {
             let mut fields = line.split(' ');
             if let (Some(id), Some(_), Some(final_line)) = (fields.next(), fields.next(), fields.next())
                 && id.len() >= 40
                 && let Ok(n) = final_line.parse::<usize>()
+                && n > 0
             {
-                if lines.len() < n {
-                    lines.resize(n, String::new());
-                }
-                lines[n - 1] = id.to_owned();
-                expect_header = false;
+                current = Some((id.to_owned(), n));
             }
         }
     }

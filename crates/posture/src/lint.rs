@@ -151,6 +151,7 @@ impl Linter<'_> {
             state: None,
             commit: None,
             ai: None,
+            introduced: None,
         });
     }
 }

@@ -68,6 +68,8 @@ struct SarifResult {
     suppressions: Vec<SarifSuppression>,
     #[serde(default, rename = "partialFingerprints")]
     partial_fingerprints: Option<Value>,
+    #[serde(default)]
+    properties: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,6 +221,8 @@ pub fn read(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, 
                 state: None,
                 commit: None,
                 ai: None,
+                // gpuplane's own findings.sarif keeps when each finding was introduced.
+                introduced: result.properties.as_ref().and_then(|p| p.get("introduced")).and_then(Value::as_i64),
             });
         }
     }
@@ -239,7 +243,7 @@ pub fn write(findings: &[Finding], rules: &[(String, String, String)]) -> Value 
                     "region": {"startLine": f.line.max(1)}
                 }}],
                 "partialFingerprints": {FINGERPRINT_KEY: f.fingerprint},
-                "properties": {"tool": f.tool, "severity": f.severity.as_str(), "cwe": f.cwe},
+                "properties": {"tool": f.tool, "severity": f.severity.as_str(), "cwe": f.cwe, "commit": f.commit, "ai": f.ai, "introduced": f.introduced},
             });
             if let Some(state) = f.state {
                 result["baselineState"] = json!(state.as_str());

@@ -63,6 +63,20 @@ pub struct Engagement {
     pub suppressed_in_source: usize,
     /// Suppressions kept outside the source.
     pub suppressed_externally: usize,
+    /// Median days from a finding's introduction to its fix (gone since the baseline, at the head's
+    /// commit time; or triaged fixed with a date).
+    pub median_days_to_fix: Option<f64>,
+    /// Median days from a finding's introduction to its dismissal (triaged with a date).
+    pub median_days_to_dismiss: Option<f64>,
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
 }
 
 /// The result (the JSON document `gpuplane.posture/v1`).
@@ -132,13 +146,31 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
         dismissed_with_justification: 0,
         suppressed_in_source: 0,
         suppressed_externally: 0,
+        median_days_to_fix: None,
+        median_days_to_dismiss: None,
     };
+    let head_time = commits.first().map(|c| c.time);
+    let days = |from: Option<i64>, to: Option<i64>| match (from, to) {
+        (Some(from), Some(to)) if to >= from => Some((to - from) as f64 / 86_400.0),
+        _ => None,
+    };
+    let (mut to_fix, mut to_dismiss) = (Vec::new(), Vec::new());
     for f in findings.iter().chain(&gone) {
+        let decided = input.triage.decided(f);
         match input.triage.decision(f) {
-            Some((Decision::Fixed, _)) => engagement.fixed += 1,
+            Some((Decision::Fixed, _)) => {
+                engagement.fixed += 1;
+                let fixed_at = if f.state == Some(crate::finding::BaselineState::Absent) {
+                    decided.or(head_time)
+                } else {
+                    decided
+                };
+                to_fix.extend(days(f.introduced, fixed_at));
+            }
             Some((Decision::FalsePositive | Decision::WontFix, justification)) => {
                 engagement.dismissed += 1;
                 engagement.dismissed_with_justification += usize::from(justification.is_some());
+                to_dismiss.extend(days(f.introduced, decided));
             }
             _ => {}
         }
@@ -148,6 +180,8 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
             None => {}
         }
     }
+    engagement.median_days_to_fix = median(to_fix);
+    engagement.median_days_to_dismiss = median(to_dismiss);
     let commits = commits
         .iter()
         .map(|c| CommitReport {

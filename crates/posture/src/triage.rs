@@ -44,6 +44,11 @@ struct Entry {
     decision: Decision,
     #[serde(default)]
     justification: Option<String>,
+    /// When the decision was taken (`YYYY-MM-DD`), for time to fix or dismiss.
+    #[serde(default)]
+    date: Option<String>,
+    #[serde(skip)]
+    decided: Option<i64>,
 }
 
 /// The triage decisions of a file, matched to findings.
@@ -68,24 +73,37 @@ impl Triage {
                 ));
             }
             e.justification = e.justification.filter(|j| !j.trim().is_empty());
+            if let Some(date) = &e.date {
+                e.decided = Some(gpuplane_assess::assess::parse_date(date).ok_or_else(|| {
+                    PostureError::invalid(source_name, &format!("line {line}: date"), "a date such as 2026-11-28")
+                })?);
+            }
             entries.push(e);
         }
         Ok(Triage { entries })
     }
 
-    /// The decision about a finding and its justification: the triage file first, then the SARIF
-    /// suppression (an accepted suppression is a dismissal: won't fix), then fixed when the baseline
-    /// says the finding is gone.
-    pub fn decision(&self, f: &Finding) -> Option<(Decision, Option<String>)> {
-        let entry = self.entries.iter().find(|e| match &e.fingerprint {
+    /// When the triage file says the decision about a finding was taken (end of that day, Unix seconds).
+    pub fn decided(&self, f: &Finding) -> Option<i64> {
+        self.entry(f).and_then(|e| e.decided)
+    }
+
+    fn entry(&self, f: &Finding) -> Option<&Entry> {
+        self.entries.iter().find(|e| match &e.fingerprint {
             Some(fp) => fp == &f.fingerprint,
             None => {
                 e.rule.as_deref() == Some(f.rule.as_str())
                     && e.path.as_deref() == Some(f.path.as_str())
                     && e.line.is_none_or(|l| l == f.line)
             }
-        });
-        if let Some(e) = entry {
+        })
+    }
+
+    /// The decision about a finding and its justification: the triage file first, then the SARIF
+    /// suppression (an accepted suppression is a dismissal: won't fix), then fixed when the baseline
+    /// says the finding is gone.
+    pub fn decision(&self, f: &Finding) -> Option<(Decision, Option<String>)> {
+        if let Some(e) = self.entry(f) {
             return Some((e.decision, e.justification.clone()));
         }
         if let Some(s) = f.suppression.as_ref().filter(|s| s.status == "accepted") {

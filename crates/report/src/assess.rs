@@ -10,6 +10,7 @@ use gpuplane_assess::Assessment;
 use gpuplane_assess::assess::{CheckResult, Source, level_label};
 use gpuplane_assess::model::level_name;
 
+use crate::html::{self, escape};
 use crate::table::{Style, new_table};
 
 fn score(value: Option<f64>) -> String {
@@ -252,10 +253,6 @@ pub fn markdown(assessment: &Assessment) -> String {
     out
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
 /// A radar chart of the areas' levels (1–5): the current polygon, and the baseline's dashed.
 pub fn radar_svg(assessment: &Assessment) -> String {
     let (size, center, radius) = (460.0, 230.0, 150.0);
@@ -336,23 +333,6 @@ pub fn radar_svg(assessment: &Assessment) -> String {
     svg
 }
 
-fn html_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut out = String::from("<table><thead><tr>");
-    for h in header {
-        let _ = write!(out, "<th>{}</th>", escape(h));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for cell in row {
-            let _ = write!(out, "<td>{cell}</td>");
-        }
-        out.push_str("</tr>");
-    }
-    out.push_str("</tbody></table>");
-    out
-}
-
 /// A self-contained HTML page (no scripts, no external assets).
 pub fn html(assessment: &Assessment) -> String {
     let mut body = format!("<h1>Platform maturity</h1><p>{}</p>", escape(&headline(assessment)));
@@ -377,7 +357,7 @@ pub fn html(assessment: &Assessment) -> String {
     if assessment.trend.is_some() {
         header.push("since baseline");
     }
-    body.push_str(&html_table(&header, areas));
+    body.push_str(&html::table(&header, areas));
     if let Some(changes) = changes_text(assessment) {
         let _ = write!(body, "<h2>Since the baseline</h2><pre>{}</pre>", escape(&changes));
     }
@@ -396,7 +376,7 @@ pub fn html(assessment: &Assessment) -> String {
             ]
         })
         .collect();
-    body.push_str(&html_table(&["area", "levels", "milestone", "check", "now"], plan));
+    body.push_str(&html::table(&["area", "levels", "milestone", "check", "now"], plan));
     body.push_str("<h2>Delivery (DORA, from git tags)</h2>");
     let dora = assessment
         .repositories
@@ -413,7 +393,7 @@ pub fn html(assessment: &Assessment) -> String {
             ]
         })
         .collect();
-    body.push_str(&html_table(
+    body.push_str(&html::table(
         &["repository", "active", "deployments", "per week", "lead time", "change failure rate", "recovery"],
         dora,
     ));
@@ -442,20 +422,8 @@ pub fn html(assessment: &Assessment) -> String {
             ]
         })
         .collect();
-    body.push_str(&html_table(&["check", "level", "status", "source", "coverage", "evidence"], checks));
-    format!(
-        r#"<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Platform maturity {}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2rem; max-width: 72rem; color: #222; }}
-table {{ border-collapse: collapse; margin: 1rem 0; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3rem 0.5rem; text-align: left; vertical-align: top; font-size: 0.9rem; }}
-th {{ background: #f3f3f3; }}
-.pass {{ color: #00734a; }} .fail {{ color: #b00020; }} .not-measurable {{ color: #8a5a00; }} .na {{ color: #777; }}
-</style></head><body>{body}</body></html>
-"#,
-        escape(&assessment.as_of)
-    )
+    body.push_str(&html::table(&["check", "level", "status", "source", "coverage", "evidence"], checks));
+    html::page(&format!("Platform maturity {}", assessment.as_of), &body)
 }
 
 #[cfg(test)]

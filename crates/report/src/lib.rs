@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 pub mod assess;
+pub mod bars;
 pub mod csv;
+pub mod html;
 pub mod posture;
 pub mod serve;
 pub mod svg;

@@ -2,10 +2,12 @@
 //! figures, engagement, and the findings with their baseline state and attribution; and the lint table.
 
 use comfy_table::CellAlignment;
-use gpuplane_posture::finding::Finding;
+use gpuplane_posture::finding::{Finding, Severity};
 use gpuplane_posture::gate::Verdict;
 use gpuplane_posture::scan::Scan;
 
+use crate::bars::BarChart;
+use crate::html::{self, escape};
 use crate::table::{Style, new_table};
 
 fn opt(value: Option<f64>, digits: usize) -> String {
@@ -117,8 +119,15 @@ pub fn report(scan: &Scan, style: Style) -> String {
     out.push_str(&rules_table(scan, style));
     out.push_str("\n\n");
     out.push_str(&format!(
-        "Engagement: {} of {} findings fixed, {} dismissed ({} with a justification), suppressions {} in source and {} external.\n\n",
-        e.fixed, e.findings, e.dismissed, e.dismissed_with_justification, e.suppressed_in_source, e.suppressed_externally
+        "Engagement: {} of {} findings fixed (median {} days after they were introduced), {} dismissed ({} with a justification; median {} days), suppressions {} in source and {} external.\n\n",
+        e.fixed,
+        e.findings,
+        opt(e.median_days_to_fix, 1),
+        e.dismissed,
+        e.dismissed_with_justification,
+        opt(e.median_days_to_dismiss, 1),
+        e.suppressed_in_source,
+        e.suppressed_externally
     ));
     out.push_str(&heading("Findings"));
     out.push_str(&findings_table(&scan.findings, style));
@@ -163,4 +172,136 @@ pub fn lint_table(findings: &[Finding], style: Style) -> String {
         ]);
     }
     table.to_string()
+}
+
+/// Findings per 1,000 added lines for each cohort, stacked by severity.
+pub fn cohort_chart(scan: &Scan) -> BarChart {
+    let severities = [Severity::Critical, Severity::High, Severity::Medium, Severity::Low];
+    BarChart {
+        title: "Findings introduced per 1,000 added lines".to_owned(),
+        unit: "findings per KLOC".to_owned(),
+        segments: severities.iter().map(|s| s.as_str().to_owned()).collect(),
+        bars: scan
+            .cohorts
+            .iter()
+            .map(|c| {
+                let values = severities
+                    .iter()
+                    .map(|s| {
+                        let n = c.by_severity.get(s).copied().unwrap_or(0) as f64;
+                        if c.added_lines > 0 { n * 1000.0 / c.added_lines as f64 } else { 0.0 }
+                    })
+                    .collect();
+                (c.cohort.clone(), values)
+            })
+            .collect(),
+    }
+}
+
+/// Effective false-positive rate of each triaged rule, split into false positives and won't fix.
+pub fn false_positive_chart(scan: &Scan) -> Option<BarChart> {
+    let bars: Vec<(String, Vec<f64>)> = scan
+        .rules
+        .iter()
+        .filter(|r| r.triaged > 0)
+        .map(|r| {
+            let share = |n: usize| 100.0 * n as f64 / r.triaged as f64;
+            (format!("{}:{}", r.tool, r.rule), vec![share(r.false_positives), share(r.wont_fix)])
+        })
+        .collect();
+    (!bars.is_empty()).then(|| BarChart {
+        title: "Effective false-positive rate per triaged rule".to_owned(),
+        unit: "% of triaged findings".to_owned(),
+        segments: vec!["false positive".to_owned(), "won't fix".to_owned()],
+        bars,
+    })
+}
+
+/// The scan as a self-contained HTML page with its charts.
+pub fn html(scan: &Scan) -> String {
+    let ai = scan.commits.iter().filter(|c| c.attribution.ai).count();
+    let mut body = format!(
+        "<h1>Security posture</h1><p>{}</p>",
+        escape(&format!(
+            "{} commits in {}: {ai} AI-assisted by their markers (a lower bound); {} findings now, {} gone since the baseline.",
+            scan.commits.len(),
+            scan.range,
+            scan.findings.len(),
+            scan.gone.len()
+        ))
+    );
+    body.push_str(&format!("<figure>{}</figure>", cohort_chart(scan).render(720.0)));
+    let cohorts = scan
+        .cohorts
+        .iter()
+        .map(|c| {
+            vec![
+                escape(&c.cohort),
+                c.commits.to_string(),
+                c.added_lines.to_string(),
+                c.findings.to_string(),
+                opt(c.per_kloc, 2),
+                opt(c.per_100_commits, 1),
+            ]
+        })
+        .collect();
+    body.push_str(&html::table(
+        &["cohort", "commits", "added lines", "findings", "per KLOC", "per 100 commits"],
+        cohorts,
+    ));
+    body.push_str("<h2>Rules</h2>");
+    if let Some(chart) = false_positive_chart(scan) {
+        body.push_str(&format!("<figure>{}</figure>", chart.render(720.0)));
+    }
+    let rules = scan
+        .rules
+        .iter()
+        .map(|r| {
+            vec![
+                escape(&r.tool),
+                escape(&r.rule),
+                r.findings.to_string(),
+                r.triaged.to_string(),
+                pct(r.precision),
+                pct(r.false_positive_rate),
+                pct(r.effective_false_positive_rate),
+            ]
+        })
+        .collect();
+    body.push_str(&html::table(
+        &["tool", "rule", "findings", "triaged", "precision", "false positives", "effective FP"],
+        rules,
+    ));
+    let e = &scan.engagement;
+    body.push_str(&format!(
+        "<p>{}</p>",
+        escape(&format!(
+            "Engagement: {} of {} findings fixed (median {} days), {} dismissed ({} with a justification; median {} days).",
+            e.fixed,
+            e.findings,
+            opt(e.median_days_to_fix, 1),
+            e.dismissed,
+            e.dismissed_with_justification,
+            opt(e.median_days_to_dismiss, 1)
+        ))
+    ));
+    body.push_str("<h2>Findings</h2>");
+    let findings = scan
+        .findings
+        .iter()
+        .chain(&scan.gone)
+        .map(|f| {
+            vec![
+                f.state.map_or("–", |s| s.as_str()).to_owned(),
+                f.severity.as_str().to_owned(),
+                escape(&format!("{}:{}", f.tool, f.rule)),
+                escape(&format!("{}:{}", f.path, f.line)),
+                f.commit.as_deref().map_or("–".to_owned(), |c| c.chars().take(10).collect()),
+                f.ai.map_or("–", |ai| if ai { "yes" } else { "no" }).to_owned(),
+                escape(&f.message),
+            ]
+        })
+        .collect();
+    body.push_str(&html::table(&["state", "severity", "tool:rule", "place", "commit", "AI", "message"], findings));
+    html::page("Security posture", &body)
 }
