@@ -97,6 +97,23 @@ pub fn findings_table(findings: &[Finding], style: Style) -> String {
     table.to_string()
 }
 
+/// One sentence on how findings were acted on.
+pub fn engagement_text(e: &gpuplane_posture::scan::Engagement) -> String {
+    let median =
+        |days: Option<f64>| days.map_or_else(String::new, |d| format!(", median {d:.1} days after introduction"));
+    format!(
+        "Engagement: {} of {} findings fixed{}; {} dismissed, {} with a justification{}; suppressions {} in source, {} external.",
+        e.fixed,
+        e.findings,
+        median(e.median_days_to_fix),
+        e.dismissed,
+        e.dismissed_with_justification,
+        median(e.median_days_to_dismiss),
+        e.suppressed_in_source,
+        e.suppressed_externally
+    )
+}
+
 /// The whole scan: attribution summary, cohorts, rules, engagement, findings.
 pub fn report(scan: &Scan, style: Style) -> String {
     let ai = scan.commits.iter().filter(|c| c.attribution.ai).count();
@@ -118,17 +135,8 @@ pub fn report(scan: &Scan, style: Style) -> String {
     out.push_str(&heading("Per rule"));
     out.push_str(&rules_table(scan, style));
     out.push_str("\n\n");
-    out.push_str(&format!(
-        "Engagement: {} of {} findings fixed (median {} days after they were introduced), {} dismissed ({} with a justification; median {} days), suppressions {} in source and {} external.\n\n",
-        e.fixed,
-        e.findings,
-        opt(e.median_days_to_fix, 1),
-        e.dismissed,
-        e.dismissed_with_justification,
-        opt(e.median_days_to_dismiss, 1),
-        e.suppressed_in_source,
-        e.suppressed_externally
-    ));
+    out.push_str(&engagement_text(e));
+    out.push_str("\n\n");
     out.push_str(&heading("Findings"));
     out.push_str(&findings_table(&scan.findings, style));
     out.push('\n');
@@ -273,18 +281,7 @@ pub fn html(scan: &Scan) -> String {
         rules,
     ));
     let e = &scan.engagement;
-    body.push_str(&format!(
-        "<p>{}</p>",
-        escape(&format!(
-            "Engagement: {} of {} findings fixed (median {} days), {} dismissed ({} with a justification; median {} days).",
-            e.fixed,
-            e.findings,
-            opt(e.median_days_to_fix, 1),
-            e.dismissed,
-            e.dismissed_with_justification,
-            opt(e.median_days_to_dismiss, 1)
-        ))
-    ));
+    body.push_str(&format!("<p>{}</p>", escape(&engagement_text(e))));
     body.push_str("<h2>Findings</h2>");
     let findings = scan
         .findings
