@@ -4,6 +4,7 @@
 
 mod assess;
 mod bench;
+mod board;
 mod cache;
 mod extender;
 mod input;
@@ -52,6 +53,8 @@ enum Command {
     Posture(posture::PostureCommand),
     /// Check Kubernetes manifests against GPU workload rules; print a table or SARIF.
     Lint(lint::LintArgs),
+    /// The board report: inference efficiency, platform maturity and AI-development security on one page.
+    Board(board::BoardArgs),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Assess(args) => assess::run(args),
         Command::Posture(command) => posture::run(command),
         Command::Lint(args) => lint::run(args),
+        Command::Board(args) => board::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Extender(args) => extender::run(args),
         Command::Scheduler(args) => scheduler::run(args),

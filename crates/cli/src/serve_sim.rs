@@ -61,7 +61,7 @@ enum OutputFormat {
     Json,
 }
 
-fn requests(trace: &str) -> Result<(String, Vec<LlmRequest>)> {
+pub(crate) fn requests(trace: &str) -> Result<(String, Vec<LlmRequest>)> {
     let (name, parsed) = match trace {
         "conv" => {
             ("data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv".to_owned(), read_azure("conv", CONV.as_bytes()))

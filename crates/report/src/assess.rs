@@ -255,14 +255,15 @@ pub fn markdown(assessment: &Assessment) -> String {
 
 /// A radar chart of the areas' levels (1–5): the current polygon, and the baseline's dashed.
 pub fn radar_svg(assessment: &Assessment) -> String {
-    let (size, center, radius) = (460.0, 230.0, 150.0);
+    // Wide enough for the longest area name beside the plot on either side.
+    let (width, height, cx, cy, radius) = (720.0, 420.0, 360.0, 210.0, 150.0);
     let n = assessment.areas.len().max(3) as f64;
     let point = |i: usize, level: f64| {
         let angle = -PI / 2.0 + 2.0 * PI * i as f64 / n;
-        (center + radius * level / 5.0 * angle.cos(), center + radius * level / 5.0 * angle.sin())
+        (cx + radius * level / 5.0 * angle.cos(), cy + radius * level / 5.0 * angle.sin())
     };
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {size} {size}" width="{size}" height="{size}" font-family="sans-serif" font-size="12" role="img" aria-label="Maturity level per area">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="sans-serif" font-size="12" role="img" aria-label="Maturity level per area">"#
     );
     for ring in 1..=5 {
         let points: Vec<String> = (0..assessment.areas.len())
@@ -278,11 +279,11 @@ pub fn radar_svg(assessment: &Assessment) -> String {
     }
     for (i, area) in assessment.areas.iter().enumerate() {
         let (x, y) = point(i, 5.0);
-        let _ = write!(svg, r##"<line x1="{center}" y1="{center}" x2="{x:.1}" y2="{y:.1}" stroke="#ccc"/>"##);
-        let (lx, ly) = point(i, 5.9);
-        let anchor = if (lx - center).abs() < 1.0 {
+        let _ = write!(svg, r##"<line x1="{cx}" y1="{cy}" x2="{x:.1}" y2="{y:.1}" stroke="#ccc"/>"##);
+        let (lx, ly) = point(i, 5.6);
+        let anchor = if (lx - cx).abs() < 1.0 {
             "middle"
-        } else if lx > center {
+        } else if lx > cx {
             "start"
         } else {
             "end"

@@ -4,6 +4,7 @@
 
 pub mod assess;
 pub mod bars;
+pub mod board;
 pub mod csv;
 pub mod html;
 pub mod posture;

@@ -1,0 +1,201 @@
+//! `gpuplane board`: the board report. Computes what it is not given — the placement simulation and
+//! the serving simulation on the bundled data, the maturity assessment and the commit attribution and
+//! GPU workload lint of the repository it runs in — or reads the JSON each command writes.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use gpuplane_assess::assess::{format_date, parse_date, read_manifest_dir};
+use gpuplane_assess::repo::discover;
+use gpuplane_assess::{Assessment, Inputs, Model, assess};
+use gpuplane_core::openb::read_pods;
+use gpuplane_place::{Policy, TieBreak};
+use gpuplane_posture::attribution::Markers;
+use gpuplane_posture::history;
+use gpuplane_posture::lint::lint;
+use gpuplane_posture::scan::Scan;
+use gpuplane_report::board::{self, Board, Inference, Security};
+use gpuplane_report::sim_json;
+use gpuplane_sim::serve::{ServeConfig, Setup};
+use gpuplane_sim::{Experiment, run_experiment};
+
+use crate::input;
+
+/// Arguments of `gpuplane board`.
+#[derive(Debug, Args)]
+pub struct BoardArgs {
+    /// A `gpuplane sim` result (sim.json) [default: kube-default, bestfit, fgd and gpuplane on the bundled trace, seeds 42–51]
+    #[arg(long, value_name = "FILE")]
+    sim: Option<PathBuf>,
+    /// A `gpuplane serve-sim` result (serve.json) [default: the bundled conv trace, default configuration, seed 42]
+    #[arg(long, value_name = "FILE")]
+    serve: Option<PathBuf>,
+    /// A `gpuplane assess` result (assessment.json) [default: assess --repo with --manifests]
+    #[arg(long, value_name = "FILE")]
+    assessment: Option<PathBuf>,
+    /// A `gpuplane posture scan` result (posture.json), for findings per cohort [default: attribution only]
+    #[arg(long, value_name = "FILE")]
+    posture: Option<PathBuf>,
+    /// The repository to assess and attribute
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    repo: PathBuf,
+    /// Kubernetes manifests of the platform [default: the repository's deploy/ folder, when there is one]
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// Report date, and the end of the assessment's window [default: today]
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    as_of: Option<String>,
+    /// Folder for board.html and board.md
+    #[arg(long, default_value = "out/board", value_name = "DIR")]
+    out: PathBuf,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+fn schema(value: &serde_json::Value, path: &Path, expected: &str) -> Result<()> {
+    match value.get("schema").and_then(serde_json::Value::as_str) {
+        Some(s) if s == expected => Ok(()),
+        found => bail!("{}: schema: expected {expected}, found {found:?}", path.display()),
+    }
+}
+
+fn inference(args: &BoardArgs) -> Result<Inference> {
+    let (sim, sim_source) = match &args.sim {
+        Some(path) => {
+            let value = read_json(path)?;
+            schema(&value, path, gpuplane_report::SIM_JSON_SCHEMA)?;
+            (value, path.display().to_string())
+        }
+        None => {
+            let (nodes_name, nodes) = input::nodes(None)?;
+            let (trace_name, trace) = input::trace(None)?;
+            let policies = vec![Policy::LeastAllocated, Policy::BestFit, Policy::Fgd, Policy::Gpuplane];
+            let experiment = Experiment {
+                nodes,
+                trace,
+                policies,
+                seeds: (42..=51).collect(),
+                tune: 1.3,
+                tie_break: TieBreak::LowestName,
+                defrag: 0,
+            };
+            let result = run_experiment(&experiment, &|_| {})?;
+            (sim_json(&result, &trace_name, &nodes_name), format!("gpuplane sim on {trace_name}, seeds 42–51"))
+        }
+    };
+    let (serve, serve_source) = match &args.serve {
+        Some(path) => {
+            let value = read_json(path)?;
+            schema(&value, path, gpuplane_report::serve::SERVE_JSON_SCHEMA)?;
+            let result = value
+                .get("result")
+                .cloned()
+                .with_context(|| format!("{}: result: expected the run", path.display()))?;
+            (result, path.display().to_string())
+        }
+        None => {
+            let (trace_name, requests) = crate::serve_sim::requests("conv")?;
+            let (_, nodes) = input::nodes(None)?;
+            let batch = read_pods(input::BUNDLED_TRACE_NAME, input::BUNDLED_TRACE.as_bytes())?;
+            let setup = Setup { config: ServeConfig::default(), nodes, batch, requests };
+            let result = gpuplane_sim::serve::run(&setup, 42)?;
+            (serde_json::to_value(&result)?, format!("gpuplane serve-sim on {trace_name}, seed 42"))
+        }
+    };
+    Inference::from_json(&sim, &sim_source, &serve, &serve_source).map_err(anyhow::Error::msg)
+}
+
+fn manifests(args: &BoardArgs) -> Option<PathBuf> {
+    args.manifests.clone().or_else(|| Some(args.repo.join("deploy")).filter(|p| p.is_dir()))
+}
+
+fn maturity(args: &BoardArgs, as_of: i64) -> Result<Assessment> {
+    if let Some(path) = &args.assessment {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(gpuplane_assess::baseline::read_baseline(&path.display().to_string(), &text)?);
+    }
+    let mut warnings = Vec::new();
+    let objects = match manifests(args) {
+        Some(dir) => read_manifest_dir(&dir, &mut warnings)?,
+        None => Vec::new(),
+    };
+    let inputs = Inputs {
+        repos: discover(&args.repo)?,
+        platform: Vec::new(),
+        manifests: objects,
+        survey: None,
+        as_of,
+        warnings,
+    };
+    Ok(assess(&Model::builtin()?, &inputs)?)
+}
+
+fn security(args: &BoardArgs) -> Result<Security> {
+    let mut warnings = Vec::new();
+    let objects = match manifests(args) {
+        Some(dir) => read_manifest_dir(&dir, &mut warnings)?,
+        None => Vec::new(),
+    };
+    let (attributions, cohorts, source) = match &args.posture {
+        Some(path) => {
+            let value = read_json(path)?;
+            schema(&value, path, gpuplane_posture::scan::POSTURE_JSON_SCHEMA)?;
+            let scan: Scan =
+                serde_json::from_value(value).with_context(|| format!("{}: not a posture scan", path.display()))?;
+            let attributions: Vec<_> = scan.commits.iter().map(|c| c.attribution.clone()).collect();
+            (attributions, Some(scan.cohorts), format!("gpuplane posture scan ({})", path.display()))
+        }
+        None => {
+            let root = history::root(&args.repo)?;
+            let markers = Markers::builtin()?;
+            let attributions = history::commits(&root, "HEAD")?.iter().map(|c| markers.attribute(c)).collect();
+            (attributions, None, "commit markers of the repository's history (no scanner SARIF given)".to_owned())
+        }
+    };
+    let mut tools: Vec<(String, usize)> = Vec::new();
+    for tool in attributions.iter().filter_map(|a| a.tool.as_deref()) {
+        match tools.iter_mut().find(|(t, _)| t == tool) {
+            Some((_, n)) => *n += 1,
+            None => tools.push((tool.to_owned(), 1)),
+        }
+    }
+    Ok(Security {
+        commits: attributions.len(),
+        ai_commits: attributions.iter().filter(|a| a.ai).count(),
+        tools,
+        cohorts,
+        lint: lint(&objects),
+        sources: format!("{source}; gpuplane lint of the platform's manifests"),
+    })
+}
+
+/// Runs `gpuplane board`.
+pub fn run(args: BoardArgs) -> Result<()> {
+    let as_of = match &args.as_of {
+        Some(text) => {
+            parse_date(text).with_context(|| format!("--as-of {text}: expected a date such as 2026-11-28"))?
+        }
+        None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
+    };
+    let board = Board {
+        date: format_date(as_of),
+        inference: inference(&args)?,
+        maturity: maturity(&args, as_of)?,
+        security: security(&args)?,
+    };
+    let html = board::html(&board);
+    let markdown = board::markdown(&board);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    for (name, text) in [("board.html", &html), ("board.md", &markdown)] {
+        let path = args.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    print!("{markdown}");
+    println!("\nWrote {}/board.{{html,md}}", args.out.display());
+    Ok(())
+}
