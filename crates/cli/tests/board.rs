@@ -73,7 +73,8 @@ fn the_board_report_renders_in_chromium_with_every_section_and_the_markdown_agre
     let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE") || l.contains("Uncaught")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
 
-    let screenshot = out.path().join("board.png");
+    // Kept after the test, in the build's scratch folder (target/tmp/board.png), for a look.
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("board.png");
     let shot = chromium(
         &[&format!("--screenshot={}", screenshot.display()), "--window-size=1240,1754", "--hide-scrollbars", &page],
         profile.path(),
