@@ -25,7 +25,8 @@ pub struct Dora {
     pub recovery_hours: Option<f64>,
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+/// The median (mean of the middle two for an even count), or `None` for no values.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
     if values.is_empty() {
         return None;
     }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use gpuplane_assess::dora::median;
+
 use crate::PostureError;
 use crate::attribution::{Attribution, Markers};
 use crate::cohort::{CohortStats, blame_findings, cohorts};
@@ -68,15 +70,6 @@ pub struct Engagement {
     pub median_days_to_fix: Option<f64>,
     /// Median days from a finding's introduction to its dismissal (triaged with a date).
     pub median_days_to_dismiss: Option<f64>,
-}
-
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
 }
 
 /// The result (the JSON document `gpuplane.posture/v1`).
