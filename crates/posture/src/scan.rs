@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use gpuplane_assess::dora::median;
+use serde::{Deserialize, Serialize};
 
 use crate::PostureError;
 use crate::attribution::{Attribution, Markers};
