@@ -15,7 +15,7 @@ use crate::AssessError;
 pub struct KubeObject {
     /// The file, as given or relative to its repository (`repo:path`).
     pub source: String,
-    /// 1-based line where the object's document starts.
+    /// 1-based line where the object's document starts (0: read from a cluster, no file).
     pub line: usize,
     /// The object.
     pub value: Value,
@@ -48,11 +48,12 @@ impl KubeObject {
         (group.to_owned(), self.kind().to_owned(), namespace.to_owned(), self.name().to_owned())
     }
 
-    /// `file:line Kind/namespace/name`, for evidence.
+    /// `file:line Kind/namespace/name` for evidence (`source Kind/…` for objects read from a cluster).
     pub fn describe(&self) -> String {
+        let place = if self.line == 0 { self.source.clone() } else { format!("{}:{}", self.source, self.line) };
         match self.value.pointer("/metadata/namespace").and_then(Value::as_str) {
-            Some(ns) => format!("{}:{} {}/{ns}/{}", self.source, self.line, self.kind(), self.name()),
-            None => format!("{}:{} {}/{}", self.source, self.line, self.kind(), self.name()),
+            Some(ns) => format!("{place} {}/{ns}/{}", self.kind(), self.name()),
+            None => format!("{place} {}/{}", self.kind(), self.name()),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct AssessArgs {
     /// Folder (or file) of Kubernetes YAML: namespaces, quotas, workloads, policies; repeatable
     #[arg(long, value_name = "DIR")]
     manifests: Vec<PathBuf>,
+    /// Also read the objects of the cluster of the current kubeconfig context (read-only, all namespaces)
+    #[arg(long)]
+    cluster: bool,
     /// Attested answers to the model's survey questions (YAML `answers:`)
     #[arg(long, value_name = "FILE")]
     survey: Option<PathBuf>,
@@ -95,6 +98,17 @@ pub fn run(args: AssessArgs) -> Result<()> {
     let mut manifests = Vec::new();
     for dir in &args.manifests {
         manifests.extend(read_manifest_dir(dir, &mut warnings)?);
+    }
+    if args.cluster {
+        let evidence = crate::service::runtime()?.block_on(async {
+            let client =
+                kube::Client::try_default().await.context("--cluster: cannot reach the cluster of the kubeconfig")?;
+            anyhow::Ok(gpuplane_kube::evidence::read_cluster(&client, "cluster").await?)
+        })?;
+        if !evidence.skipped.is_empty() {
+            warnings.push(format!("cluster: not installed, so not read: {}", evidence.skipped.join(", ")));
+        }
+        manifests.extend(evidence.objects);
     }
     let survey = match &args.survey {
         Some(path) => Some(Survey::parse(&path.display().to_string(), &read(path)?, &model)?),

@@ -209,6 +209,10 @@ fn cluster_commands_without_a_cluster_fail_cleanly() {
     // The webhook checks its certificate before it looks for a cluster.
     assert_fails(&without_cluster(&["webhook", "--tls-cert", "missing.crt"], dir.path()), "cannot read missing.crt");
     assert_fails(&gpuplane(&["webhook", "--priority-class", "interactive"], dir.path()), "CLASS=NAME:VALUE");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").display().to_string();
+    let out_dir = dir.path().join("out").display().to_string();
+    let assess = without_cluster(&["assess", &repo, "--cluster", "--out", &out_dir], dir.path());
+    assert_fails(&assess, "--cluster: cannot reach the cluster of the kubeconfig");
 }
 
 #[test]

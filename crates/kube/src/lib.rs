@@ -6,6 +6,7 @@
 
 pub use gpuplane_place::assignment;
 pub mod client;
+pub mod evidence;
 pub mod extender;
 pub mod inventory;
 pub mod metrics;
