@@ -150,12 +150,13 @@ pub fn line_diff(old: &str, new: &str) -> String {
             out.push_str(&format!(" {}\n", a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push_str(&format!("+{}\n", b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
+            // Removals before additions, as diff prints them.
             out.push_str(&format!("-{}\n", a[i]));
             i += 1;
+        } else {
+            out.push_str(&format!("+{}\n", b[j]));
+            j += 1;
         }
     }
     out
@@ -200,6 +201,9 @@ mod tests {
         let diff = line_diff(&config.to_yaml(), &new.to_yaml());
         assert!(diff.lines().any(|l| l.starts_with('+') && l.contains("bandit:B602")), "{diff}");
         assert!(diff.lines().any(|l| l.starts_with('+') && l.contains("semgrep:noisy")), "{diff}");
+        let removed = diff.lines().position(|l| l == "-non_blocking_rules: []").unwrap();
+        let added = diff.lines().position(|l| l == "+non_blocking_rules:").unwrap();
+        assert!(removed < added, "{diff}");
         assert_eq!(GateConfig::parse("g.yaml", &new.to_yaml()).unwrap(), new);
     }
 }
