@@ -22,6 +22,8 @@ pub struct PolicyFigure {
     pub policy: String,
     /// Median unallocated GPU share over seeds, percent.
     pub unallocated_pct: f64,
+    /// Median fragmented GPU share (idle capacity the workload's pods cannot use), percent.
+    pub fragmented_pct: f64,
 }
 
 /// One serving stack's figures.
@@ -77,7 +79,8 @@ impl Inference {
                     format!("{sim_source}: /result/policies/{i}/curve: expected a point at 100 % arrived")
                 })?;
             let unallocated_pct = number(at_full, "/unallocated_gpu_pct/median", sim_source)?;
-            policies.push(PolicyFigure { policy: name, unallocated_pct });
+            let fragmented_pct = number(at_full, "/frag_amount_pct/median", sim_source)?;
+            policies.push(PolicyFigure { policy: name, unallocated_pct, fragmented_pct });
         }
         let mut stacks = Vec::new();
         for (i, s) in field(serve, "/stacks", serve_source)?.as_array().into_iter().flatten().enumerate() {
@@ -173,12 +176,14 @@ fn story(board: &Board) -> Story {
     let (inference_position, inference_gap, recovered) = match (default, ours) {
         (Some(d), Some(o)) => (
             format!(
-                "With the default scheduler's placement, {} of the {:.0} GPUs ({:.0} GPUs) stay unallocated when the openb workload reaches the cluster's capacity; gpuplane's policy leaves {} ({:.0} GPUs){}.",
+                "With the default scheduler's placement, {} of the {:.0} GPUs ({:.0} GPUs) stay unallocated when the openb workload reaches the cluster's capacity, and {} of all GPUs are fragmented (idle capacity the workload's pods cannot use); gpuplane's policy leaves {} unallocated ({:.0} GPUs; {} fragmented){}.",
                 fmt_pct(d.unallocated_pct),
                 inf.gpus,
                 stranded(d),
+                fmt_pct(d.fragmented_pct),
                 fmt_pct(o.unallocated_pct),
                 stranded(o),
+                fmt_pct(o.fragmented_pct),
                 best_other
                     .filter(|b| b.policy != "kube-default")
                     .map(|b| format!(", the best other policy ({}) {}", b.policy, fmt_pct(b.unallocated_pct)))
@@ -333,8 +338,15 @@ pub fn policy_chart(inference: &Inference) -> BarChart {
     BarChart {
         title: "GPUs left unallocated at full workload (openb trace)".to_owned(),
         unit: "% of GPUs unallocated (median over seeds)".to_owned(),
-        segments: vec!["unallocated".to_owned()],
-        bars: inference.policies.iter().map(|p| (p.policy.clone(), vec![p.unallocated_pct])).collect(),
+        segments: vec!["fragmented".to_owned(), "free and usable".to_owned()],
+        bars: inference
+            .policies
+            .iter()
+            .map(|p| {
+                let fragmented = p.fragmented_pct.min(p.unallocated_pct);
+                (p.policy.clone(), vec![fragmented, p.unallocated_pct - fragmented])
+            })
+            .collect(),
     }
 }
 
@@ -441,9 +453,9 @@ pub fn markdown(board: &Board) -> String {
         "\n## 1. Inference efficiency\n\n**Position.** {}\n\n**Gap.** {}\n\n",
         s.inference_position, s.inference_gap
     );
-    out.push_str("| policy | unallocated GPUs at full workload |\n|---|---|\n");
+    out.push_str("| policy | unallocated GPUs at full workload | of which fragmented |\n|---|---|---|\n");
     for p in &board.inference.policies {
-        let _ = writeln!(out, "| {} | {} |", p.policy, fmt_pct(p.unallocated_pct));
+        let _ = writeln!(out, "| {} | {} | {} |", p.policy, fmt_pct(p.unallocated_pct), fmt_pct(p.fragmented_pct));
     }
     out.push_str("\n| stack | interactive p99 TTFT | origin GB | GPUs allocated |\n|---|---|---|---|\n");
     for st in &board.inference.stacks {
@@ -491,8 +503,8 @@ mod tests {
 
     fn sim() -> Value {
         json!({"result": {"cluster": {"gpus": 100.0}, "policies": [
-            {"policy": "kube-default", "defrag": 0, "curve": [{"arrived_pct": 100, "unallocated_gpu_pct": {"median": 8.0}}]},
-            {"policy": "gpuplane", "defrag": 0, "curve": [{"arrived_pct": 100, "unallocated_gpu_pct": {"median": 4.0}}]}
+            {"policy": "kube-default", "defrag": 0, "curve": [{"arrived_pct": 100, "unallocated_gpu_pct": {"median": 8.0}, "frag_amount_pct": {"median": 7.5}}]},
+            {"policy": "gpuplane", "defrag": 0, "curve": [{"arrived_pct": 100, "unallocated_gpu_pct": {"median": 4.0}, "frag_amount_pct": {"median": 3.0}}]}
         ]}})
     }
 
@@ -507,6 +519,7 @@ mod tests {
     fn figures_come_from_the_documented_json_and_a_missing_field_is_named() {
         let inference = Inference::from_json(&sim(), "sim.json", &serve(), "serve.json").unwrap();
         assert_eq!(inference.policies[1].unallocated_pct, 4.0);
+        assert_eq!(inference.policies[0].fragmented_pct, 7.5);
         assert_eq!(inference.stacks[0].interactive_p99_s, 120.0);
         let mut broken = serve();
         broken["stacks"][1]["origin_gb"] = Value::Null;
@@ -534,6 +547,7 @@ mod tests {
         };
         let md = markdown(&board);
         assert!(md.contains("**Gap.** 4 GPUs"), "{md}");
+        assert!(md.contains("| kube-default | 8.00 % | 7.50 % |"), "{md}");
         assert!(md.contains("2 of 10 commits (20 %) carry an AI assistant's marker (Claude Code 2)"), "{md}");
         let page = html(&board);
         assert!(page.contains("@page { size: A4"));
