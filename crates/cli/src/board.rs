@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use gpuplane_assess::assess::{format_date, parse_date, read_manifest_dir};
+use gpuplane_assess::objects::KubeObject;
 use gpuplane_assess::repo::discover;
 use gpuplane_assess::{Assessment, Inputs, Model, assess};
 use gpuplane_core::openb::read_pods;
@@ -110,20 +111,22 @@ fn inference(args: &BoardArgs) -> Result<Inference> {
     Inference::from_json(&sim, &sim_source, &serve, &serve_source).map_err(anyhow::Error::msg)
 }
 
-fn manifests(args: &BoardArgs) -> Option<PathBuf> {
-    args.manifests.clone().or_else(|| Some(args.repo.join("deploy")).filter(|p| p.is_dir()))
+/// The platform's manifests, read once for the assessment and the lint.
+fn manifests(args: &BoardArgs) -> Result<(Vec<KubeObject>, Vec<String>)> {
+    let mut warnings = Vec::new();
+    let dir = args.manifests.clone().or_else(|| Some(args.repo.join("deploy")).filter(|p| p.is_dir()));
+    let objects = match dir {
+        Some(dir) => read_manifest_dir(&dir, &mut warnings)?,
+        None => Vec::new(),
+    };
+    Ok((objects, warnings))
 }
 
-fn maturity(args: &BoardArgs, as_of: i64) -> Result<Assessment> {
+fn maturity(args: &BoardArgs, as_of: i64, objects: Vec<KubeObject>, warnings: Vec<String>) -> Result<Assessment> {
     if let Some(path) = &args.assessment {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         return Ok(gpuplane_assess::baseline::read_baseline(&path.display().to_string(), &text)?);
     }
-    let mut warnings = Vec::new();
-    let objects = match manifests(args) {
-        Some(dir) => read_manifest_dir(&dir, &mut warnings)?,
-        None => Vec::new(),
-    };
     let inputs = Inputs {
         repos: discover(&args.repo)?,
         platform: Vec::new(),
@@ -135,12 +138,7 @@ fn maturity(args: &BoardArgs, as_of: i64) -> Result<Assessment> {
     Ok(assess(&Model::builtin()?, &inputs)?)
 }
 
-fn security(args: &BoardArgs) -> Result<Security> {
-    let mut warnings = Vec::new();
-    let objects = match manifests(args) {
-        Some(dir) => read_manifest_dir(&dir, &mut warnings)?,
-        None => Vec::new(),
-    };
+fn security(args: &BoardArgs, objects: &[KubeObject]) -> Result<Security> {
     let (attributions, cohorts, source) = match &args.posture {
         Some(path) => {
             let value = read_json(path)?;
@@ -169,7 +167,7 @@ fn security(args: &BoardArgs) -> Result<Security> {
         ai_commits: attributions.iter().filter(|a| a.ai).count(),
         tools,
         cohorts,
-        lint: lint(&objects),
+        lint: lint(objects),
         sources: format!("{source}; gpuplane lint of the platform's manifests"),
     })
 }
@@ -182,11 +180,13 @@ pub fn run(args: BoardArgs) -> Result<()> {
         }
         None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
     };
+    let (objects, warnings) = manifests(&args)?;
+    let security = security(&args, &objects)?;
     let board = Board {
         date: format_date(as_of),
         inference: inference(&args)?,
-        maturity: maturity(&args, as_of)?,
-        security: security(&args)?,
+        maturity: maturity(&args, as_of, objects, warnings)?,
+        security,
     };
     let html = board::html(&board);
     let markdown = board::markdown(&board);

@@ -241,26 +241,41 @@ pub fn compare_baseline(findings: &mut [Finding], previous: &[Finding]) -> Vec<F
         .collect()
 }
 
+impl Finding {
+    /// A finding as a scanner reports it: no CWE, fingerprint, suppression, baseline state or blame yet.
+    pub fn new(
+        tool: &str,
+        rule: &str,
+        level: Level,
+        severity: Severity,
+        path: &str,
+        line: usize,
+        message: String,
+    ) -> Finding {
+        Finding {
+            tool: tool.to_owned(),
+            rule: rule.to_owned(),
+            level,
+            severity,
+            path: path.to_owned(),
+            line,
+            message,
+            cwe: Vec::new(),
+            fingerprint: String::new(),
+            suppression: None,
+            also_reported_by: Vec::new(),
+            state: None,
+            commit: None,
+            ai: None,
+            introduced: None,
+        }
+    }
+}
+
 /// A finding with the given rule and place and nothing else, for tests.
 #[cfg(test)]
 pub(crate) fn test_finding(rule: &str, path: &str, line: usize, severity: Severity) -> Finding {
-    Finding {
-        tool: "bandit".into(),
-        rule: rule.into(),
-        level: Level::Warning,
-        severity,
-        path: path.into(),
-        line,
-        message: "m".into(),
-        cwe: Vec::new(),
-        fingerprint: String::new(),
-        suppression: None,
-        also_reported_by: Vec::new(),
-        state: None,
-        commit: None,
-        ai: None,
-        introduced: None,
-    }
+    Finding::new("bandit", rule, Level::Warning, severity, path, line, "m".into())
 }
 
 #[cfg(test)]

@@ -135,24 +135,18 @@ impl Linter<'_> {
             }
             None => format!("{} {}/{}", object.kind(), object.namespace().unwrap_or("default"), object.name()),
         };
-        self.out.push(Finding {
-            tool: "gpuplane-lint".into(),
-            rule: id.into(),
-            level: r.level,
-            severity: Severity::from_level(r.level),
-            path: object.source.clone(),
-            line: object.line,
-            message: format!("{place}: {detail}"),
-            cwe: Vec::new(),
-            // The object and container identify the finding wherever the document moves in the file.
-            fingerprint: format!("{id}:{place}"),
-            suppression: None,
-            also_reported_by: Vec::new(),
-            state: None,
-            commit: None,
-            ai: None,
-            introduced: None,
-        });
+        let message = format!("{place}: {detail}");
+        let finding = Finding::new(
+            "gpuplane-lint",
+            id,
+            r.level,
+            Severity::from_level(r.level),
+            &object.source,
+            object.line,
+            message,
+        );
+        // The object and container identify the finding wherever the document moves in the file.
+        self.out.push(Finding { fingerprint: format!("{id}:{place}"), ..finding });
     }
 }
 

@@ -206,23 +206,15 @@ pub fn read(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, 
                 .and_then(|p| p.get(FINGERPRINT_KEY))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
+            let severity = security_severity.map_or_else(|| Severity::from_level(level), Severity::from_score);
+            let message = result.message.text.unwrap_or_default();
             findings.push(Finding {
-                tool: tool.clone(),
-                rule: rule_id,
-                level,
-                severity: security_severity.map_or_else(|| Severity::from_level(level), Severity::from_score),
-                path,
-                line,
-                message: result.message.text.unwrap_or_default(),
                 cwe: cwes,
                 fingerprint: fingerprint.unwrap_or_default(),
                 suppression,
-                also_reported_by: Vec::new(),
-                state: None,
-                commit: None,
-                ai: None,
                 // gpuplane's own findings.sarif keeps when each finding was introduced.
                 introduced: result.properties.as_ref().and_then(|p| p.get("introduced")).and_then(Value::as_i64),
+                ..Finding::new(&tool, &rule_id, level, severity, &path, line, message)
             });
         }
     }

@@ -440,6 +440,11 @@ pub fn html(board: &Board) -> String {
     )
 }
 
+/// A Markdown section heading with its position and gap.
+fn markdown_section(out: &mut String, title: &str, position: &str, gap: &str) {
+    let _ = write!(out, "\n## {title}\n\n**Position.** {position}\n\n**Gap.** {gap}\n\n");
+}
+
 /// The board report as Markdown, with the same figures.
 pub fn markdown(board: &Board) -> String {
     let s = story(board);
@@ -448,11 +453,7 @@ pub fn markdown(board: &Board) -> String {
     let mut out = format!("# GPU platform, maturity and AI-development security\n\nBoard report, {}.\n\n", board.date);
     out.push_str("## The connected story\n\n");
     out.push_str(&list(&s.connected));
-    let _ = write!(
-        out,
-        "\n## 1. Inference efficiency\n\n**Position.** {}\n\n**Gap.** {}\n\n",
-        s.inference_position, s.inference_gap
-    );
+    markdown_section(&mut out, "1. Inference efficiency", &s.inference_position, &s.inference_gap);
     out.push_str("| policy | unallocated GPUs at full workload | of which fragmented |\n|---|---|---|\n");
     for p in &board.inference.policies {
         let _ = writeln!(out, "| {} | {} | {} |", p.policy, fmt_pct(p.unallocated_pct), fmt_pct(p.fragmented_pct));
@@ -469,11 +470,7 @@ pub fn markdown(board: &Board) -> String {
         );
     }
     let _ = write!(out, "\n**Next investment.**\n\n{}\nSource: {}\n", list(&s.inference_next), board.inference.sources);
-    let _ = write!(
-        out,
-        "\n## 2. Platform maturity\n\n**Position.** {}\n\n**Gap.** {}\n\n",
-        s.maturity_position, s.maturity_gap
-    );
+    markdown_section(&mut out, "2. Platform maturity", &s.maturity_position, &s.maturity_gap);
     out.push_str("| area | level | score |\n|---|---|---|\n");
     for a in &board.maturity.areas {
         let _ = writeln!(
@@ -485,11 +482,7 @@ pub fn markdown(board: &Board) -> String {
         );
     }
     let _ = write!(out, "\n**Next investment.**\n\n{}\n", list(&s.maturity_next));
-    let _ = write!(
-        out,
-        "\n## 3. Security of AI-assisted development\n\n**Position.** {}\n\n**Gap.** {}\n\n",
-        s.security_position, s.security_gap
-    );
+    markdown_section(&mut out, "3. Security of AI-assisted development", &s.security_position, &s.security_gap);
     let _ = write!(out, "**Next investment.**\n\n{}\nSource: {}\n", list(&s.security_next), board.security.sources);
     out
 }
