@@ -1,7 +1,8 @@
 //! Where the unallocated GPUs are when the arrived workload reaches 100 % of the cluster: partly used
 //! GPUs by how much they have free, whole free GPUs, and free milli on nodes whose CPU is used up; and
-//! the failed pods by kind; and a bound no placement can beat: first-fit decreasing of the arrived
-//! GPU-sharing pods, knowing them all in advance. `docs/placement-policy.md` quotes it.
+//! the failed pods by kind; and two yardsticks for the GPU-sharing pods alone, on a relaxed problem (one
+//! pool of 1,000-milli GPUs, no nodes, no CPU): first-fit decreasing, knowing them all in advance, and
+//! online best fit in arrival order. `docs/placement-policy.md` quotes both.
 //!
 //! `cargo run --release -p gpuplane-sim --example waste -- [fgd|gpuplane|…] [trace.csv] [seed]`
 #![allow(clippy::expect_used)] // A command-line study: a bad argument or file ends it with the message.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use gpuplane_core::openb::{read_nodes, read_pods};
 use gpuplane_place::{Cluster, Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
-use gpuplane_sim::{TARGET_COVERAGE, workload};
+use gpuplane_sim::{TARGET_COVERAGE, workload, yardstick};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -80,13 +81,20 @@ fn main() {
     let mut by_waste: Vec<(u64, u16, u32)> =
         partial.iter().map(|(&f, &c)| (u64::from(f) * u64::from(c), f, c)).collect();
     by_waste.sort_unstable_by(|a, b| b.cmp(a));
-    let offline = offline_sharing_waste(&mut shares);
+    let online = yardstick::online_best_fit_waste(&shares);
+    let offline = yardstick::first_fit_decreasing_waste(&shares);
     println!(
-        "offline bound: first-fit decreasing packs the {} arrived sharing pods on whole GPUs leaving {:.1} GPUs' \
+        "offline yardstick: first-fit decreasing packs the {} arrived sharing pods on whole GPUs leaving {:.1} GPUs' \
          worth free ({:.2} % of the cluster)",
         shares.len(),
         offline as f64 / 1000.0,
         100.0 * offline as f64 / total as f64
+    );
+    println!(
+        "online yardstick: best fit in arrival order, same pods and relaxation, leaves {:.1} GPUs' worth free \
+         ({:.2} % of the cluster)",
+        online as f64 / 1000.0,
+        100.0 * online as f64 / total as f64
     );
     println!("partly used GPUs, by free milli (tens), largest waste first:");
     for (milli, free, count) in by_waste.iter().take(10) {
@@ -100,18 +108,4 @@ fn main() {
     for (kind, (count, milli)) in failed {
         println!("  {kind}: {count} pods, {:.0} GPUs", milli as f64 / 1000.0);
     }
-}
-
-/// The free milli first-fit decreasing leaves when it packs GPU-sharing pods onto GPUs of 1000 milli,
-/// ignoring CPU and nodes: a near-optimal offline packing, so a floor for any online policy's waste.
-fn offline_sharing_waste(shares: &mut [u16]) -> u64 {
-    shares.sort_unstable_by(|a, b| b.cmp(a));
-    let mut gpus: Vec<u16> = Vec::new();
-    for &m in shares.iter() {
-        match gpus.iter_mut().find(|free| **free >= m) {
-            Some(free) => *free -= m,
-            None => gpus.push(1000 - m),
-        }
-    }
-    gpus.iter().map(|&free| u64::from(free)).sum()
 }

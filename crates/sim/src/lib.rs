@@ -6,6 +6,7 @@
 pub mod run;
 pub mod serve;
 pub mod workload;
+pub mod yardstick;
 
 use std::sync::Arc;
 use std::time::Instant;
