@@ -1,15 +1,18 @@
 //! The cache agent's HTTP API, one per GPU node: prefetch a model, list the inventory (what the
 //! scheduler reads for its locality score), pin and unpin models for pods, serve blobs to peer agents
-//! with Range requests, health and metrics. Concurrent prefetches of one model run one fetch.
+//! with Range requests (also while they are still being fetched here), health and metrics. Every
+//! call but `/healthz` is authenticated and authorised ([`crate::auth`]); sources come only from the
+//! configured origins; sizes, streams, memory per stream and idle clients are bounded.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::encoding::text::encode;
@@ -17,27 +20,79 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
+use crate::auth::{Action, Authenticator, Caller, Policy};
 use crate::error::CacheError;
-use crate::fetch::{FetchReport, Fetcher};
-use crate::manifest::Manifest;
-use crate::store::Store;
+use crate::fetch::{Available, BLOB_STATE_HEADER, FETCH_KEY_HEADER, FetchReport, Fetcher};
+use crate::manifest::{Limits, Manifest, Source};
+use crate::store::{GcReport, Stamp, Store, hash_blob, open_nofollow};
 
-/// Largest blob range served in one response.
-const MAX_RANGE: u64 = 256 << 20;
+/// What the agent accepts and how much it spends.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Who may do what.
+    pub policy: Policy,
+    /// Origins a manifest may name: URL prefixes (`https://huggingface.co/`, `s3://bucket/prefix`).
+    pub origins: Vec<String>,
+    /// Environment variables a manifest's `token_env` may name.
+    pub token_envs: Vec<String>,
+    /// Size limits of a manifest.
+    pub limits: Limits,
+    /// Largest request body (a manifest).
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// Blob streams served at once; more are answered 503.
+    pub max_streams: usize,
+    /// Bytes read from disk per piece of a blob stream: with one piece buffered, the memory one stream holds.
+    pub piece_bytes: usize,
+    /// How long a blob stream waits for its reader to take a piece before it is dropped.
+    pub send_timeout: Duration,
+    /// How long a range request waits for bytes a fetch under way has not received yet.
+    pub follow_wait: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            policy: Policy::default(),
+            origins: Vec::new(),
+            token_envs: Vec::new(),
+            limits: Limits::default(),
+            max_body_bytes: 4 << 20,
+            body_timeout: Duration::from_secs(30),
+            max_streams: 32,
+            piece_bytes: 256 << 10,
+            send_timeout: Duration::from_secs(60),
+            follow_wait: Duration::from_secs(20),
+        }
+    }
+}
 
 /// The agent's state.
 pub struct Agent {
     store: Arc<Mutex<Store>>,
     fetcher: Fetcher,
+    config: AgentConfig,
+    auth: Box<dyn Authenticator>,
+    streams: Arc<Semaphore>,
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     registry: Registry,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Metrics {
     fetched: Counter,
     peer: Counter,
     reused: Counter,
     failures: Counter,
     served: Counter,
+    denied: Counter,
+    corrupt: Counter,
     used: Gauge,
+    stray: Gauge,
 }
 
 impl std::fmt::Debug for Agent {
@@ -66,46 +121,115 @@ pub struct InventoryModel {
 pub struct Inventory {
     /// Bytes stored (shared files once).
     pub used_bytes: u64,
+    /// Bytes of blobs and partial downloads no model refers to (failed fetches), until collected.
+    pub stray_bytes: u64,
     /// The disk budget.
     pub budget_bytes: u64,
-    /// The models.
+    /// The models ready to use.
     pub models: Vec<InventoryModel>,
 }
 
+/// A request refused before it reached the store: status and message.
+#[derive(Debug)]
+pub struct Refusal(pub StatusCode, pub String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
 impl Agent {
-    /// An agent over a store and a fetcher.
-    pub fn new(store: Store, fetcher: Fetcher) -> Arc<Agent> {
+    /// An agent over a store and a fetcher, checking callers with `auth`.
+    pub fn new(store: Store, fetcher: Fetcher, config: AgentConfig, auth: Box<dyn Authenticator>) -> Arc<Agent> {
         let mut registry = Registry::with_prefix("gpuplane_cache");
-        let (fetched, peer, reused, failures, served, used) = (
-            Counter::default(),
-            Counter::default(),
-            Counter::default(),
-            Counter::default(),
-            Counter::default(),
-            Gauge::default(),
+        let metrics = Metrics::default();
+        registry.register("fetched_bytes", "Bytes read from origins and peers", metrics.fetched.clone());
+        registry.register("peer_bytes", "Of the fetched bytes, those read from peer agents", metrics.peer.clone());
+        registry.register("reused_bytes", "Bytes a prefetch found already stored", metrics.reused.clone());
+        registry.register("fetch_failures", "Prefetches that failed", metrics.failures.clone());
+        registry.register("served_bytes", "Blob bytes served to peer agents", metrics.served.clone());
+        registry.register(
+            "denied_requests",
+            "Requests refused for their token or their rights",
+            metrics.denied.clone(),
         );
-        registry.register("fetched_bytes", "Bytes read from origins and peers", fetched.clone());
-        registry.register("peer_bytes", "Of the fetched bytes, those read from peer agents", peer.clone());
-        registry.register("reused_bytes", "Bytes a prefetch found already stored", reused.clone());
-        registry.register("fetch_failures", "Prefetches that failed", failures.clone());
-        registry.register("served_bytes", "Blob bytes served to peer agents", served.clone());
-        registry.register("used_bytes", "Bytes stored", used.clone());
+        registry.register("corrupt_blobs", "Stored blobs found not to match their digest", metrics.corrupt.clone());
+        registry.register("used_bytes", "Bytes stored", metrics.used.clone());
+        registry.register("stray_bytes", "Bytes of blobs and partials no model refers to", metrics.stray.clone());
+        let streams = Arc::new(Semaphore::new(config.max_streams.max(1)));
         Arc::new(Agent {
             store: Arc::new(Mutex::new(store)),
             fetcher,
+            config,
+            auth,
+            streams,
             fetching: Mutex::default(),
             registry,
-            fetched,
-            peer,
-            reused,
-            failures,
-            served,
-            used,
+            metrics,
         })
+    }
+
+    /// The fetcher (its peer list can be changed through it).
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks a manifest against the agent's limits and origins; the refusal names the field.
+    pub fn admit(&self, manifest: &Manifest) -> Result<(), Refusal> {
+        let bad = |code: StatusCode, m: String| Err(Refusal(code, m));
+        if let Err(e) = manifest.check_within(&self.config.limits, "request body") {
+            return bad(StatusCode::BAD_REQUEST, e.to_string());
+        }
+        match &manifest.source {
+            Source::Local { .. } => bad(
+                StatusCode::FORBIDDEN,
+                "request body: field `source.kind` is \"local\"; the API accepts only http and s3 sources (local directories are for `gpuplane cache fetch` on the node)".to_owned(),
+            ),
+            Source::Http { base_url, token_env } => {
+                if !self.origin_allowed(base_url) {
+                    return bad(
+                        StatusCode::FORBIDDEN,
+                        format!("request body: field `source.base_url` is {base_url:?}, not under an allowed origin (--allow-origin)"),
+                    );
+                }
+                if let Some(env) = token_env
+                    && !self.config.token_envs.iter().any(|e| e == env)
+                {
+                    return bad(
+                        StatusCode::FORBIDDEN,
+                        format!("request body: field `source.token_env` is {env:?}, not one the agent may send (--allow-token-env)"),
+                    );
+                }
+                Ok(())
+            }
+            Source::S3 { bucket, prefix, endpoint, .. } => {
+                let url = format!("s3://{bucket}/{prefix}");
+                if !self.origin_allowed(&url) {
+                    return bad(
+                        StatusCode::FORBIDDEN,
+                        format!("request body: fields `source.bucket` and `source.prefix` make {url:?}, not under an allowed origin (--allow-origin)"),
+                    );
+                }
+                if let Some(e) = endpoint
+                    && !self.origin_allowed(e)
+                {
+                    return bad(
+                        StatusCode::FORBIDDEN,
+                        format!("request body: field `source.endpoint` is {e:?}, not an allowed origin (--allow-origin)"),
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn origin_allowed(&self, url: &str) -> bool {
+        self.config.origins.iter().any(|allowed| origin_matches(allowed, url))
     }
 
     /// Fetches a model; a second call for the same model waits for the first and then finds it stored.
@@ -118,27 +242,38 @@ impl Agent {
         let result = self.fetcher.fetch_model(&self.store, manifest).await;
         match &result {
             Ok(r) => {
-                self.fetched.inc_by(r.fetched_bytes);
-                self.peer.inc_by(r.peer_bytes);
-                self.reused.inc_by(r.reused_bytes);
+                self.metrics.fetched.inc_by(r.fetched_bytes);
+                self.metrics.peer.inc_by(r.peer_bytes);
+                self.metrics.reused.inc_by(r.reused_bytes);
             }
             Err(_) => {
-                self.failures.inc();
+                self.metrics.failures.inc();
             }
         }
-        self.used.set(i64::try_from(self.store().used_bytes()).unwrap_or(i64::MAX));
+        self.update_gauges();
         result
     }
 
-    /// The models held.
-    pub fn inventory(&self) -> Inventory {
+    fn update_gauges(&self) {
         let store = self.store();
+        self.metrics.used.set(i64::try_from(store.used_bytes()).unwrap_or(i64::MAX));
+        self.metrics.stray.set(i64::try_from(store.stray_bytes()).unwrap_or(i64::MAX));
+    }
+
+    /// The models ready to use.
+    pub fn inventory(&self) -> Inventory {
+        let mut store = self.store();
+        if let Err(e) = store.refresh() {
+            tracing::warn!(error = %e, "Could not re-read the model index.");
+        }
         Inventory {
             used_bytes: store.used_bytes(),
+            stray_bytes: store.stray_bytes(),
             budget_bytes: store.budget(),
             models: store
                 .models()
                 .iter()
+                .filter(|(_, m)| m.is_ready())
                 .map(|(name, m)| InventoryModel {
                     model: name.clone(),
                     bytes: m.bytes(),
@@ -149,22 +284,150 @@ impl Agent {
                 .collect(),
         }
     }
+
+    /// Removes strays and stale staging (see [`Store::collect_garbage`]).
+    pub fn collect_garbage(&self, stale_after: Duration) -> Result<GcReport, CacheError> {
+        let active = self.fetcher.active_models();
+        let report = self.store().collect_garbage(stale_after, &active)?;
+        self.update_gauges();
+        Ok(report)
+    }
+
+    /// Hashes every verified blob again, one at a time; a blob that no longer matches is removed (its
+    /// models fetch it again when next asked). Returns the digests removed.
+    pub async fn rehash(&self) -> Vec<String> {
+        let blobs = self.store().verified_blobs();
+        let mut removed = Vec::new();
+        for (digest, _) in blobs {
+            if self.fetcher.in_flight(&digest).is_some() {
+                continue;
+            }
+            if self.sound_blob(&digest).await.is_none() && self.store().verified_stamp(&digest).is_none() {
+                removed.push(digest);
+            }
+        }
+        removed
+    }
+
+    /// Runs garbage collection every `gc_every` and a re-hash of all blobs every `rehash_every`.
+    pub async fn maintain(self: Arc<Self>, gc_every: Duration, stale_after: Duration, rehash_every: Duration) {
+        let mut gc = tokio::time::interval(gc_every);
+        let mut rehash = tokio::time::interval(rehash_every);
+        rehash.tick().await;
+        loop {
+            tokio::select! {
+                _ = gc.tick() => match self.collect_garbage(stale_after) {
+                    Ok(r) if r != GcReport::default() => tracing::info!(blobs = r.blobs, partials = r.partials,
+                        dirs = r.dirs, stale_fetches = r.stale_fetches, bytes = r.bytes, "Collected garbage."),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Garbage collection failed."),
+                },
+                _ = rehash.tick() => {
+                    let removed = self.rehash().await;
+                    if !removed.is_empty() {
+                        tracing::warn!(blobs = ?removed, "Re-hash found corrupt blobs; removed.");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a published blob that is sound: no symlink, a regular file, unchanged since it was last
+    /// verified — or hashed again now when it changed. A blob that fails is removed.
+    async fn sound_blob(&self, digest: &str) -> Option<(std::fs::File, u64)> {
+        let path = self.store().blob_path(digest);
+        let file = open_nofollow(&path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() {
+            let _ = self.store().discard_blob(digest);
+            return None;
+        }
+        let stamp = self.store().verified_stamp(digest);
+        if stamp.is_some_and(|s| s == Stamp::of(&meta)) {
+            return Some((file, meta.len()));
+        }
+        let p = path.clone();
+        let hashed = tokio::task::spawn_blocking(move || hash_blob(&p)).await.ok()?.ok()?;
+        match hashed {
+            Some((actual, stamp)) if actual == digest => {
+                let _ = self.store().mark_verified(digest, stamp);
+                Some((file, meta.len()))
+            }
+            _ => {
+                tracing::warn!(blob = %path.display(), "Blob does not match its digest; removed, not served.");
+                self.metrics.corrupt.inc();
+                let _ = self.store().discard_blob(digest);
+                None
+            }
+        }
+    }
+
+    async fn caller(&self, headers: &HeaderMap, action: &Action<'_>) -> Result<Caller, Refusal> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 16 << 10);
+        let Some(token) = token else {
+            self.metrics.denied.inc();
+            return Err(Refusal(StatusCode::UNAUTHORIZED, "a bearer token is required".to_owned()));
+        };
+        match self.auth.authenticate(token).await {
+            Ok(Some(caller)) if self.config.policy.allows(&caller, action) => Ok(caller),
+            Ok(Some(caller)) => {
+                self.metrics.denied.inc();
+                tracing::info!(user = %caller.user, ?action, "Request refused: not allowed.");
+                Err(Refusal(StatusCode::FORBIDDEN, format!("{} may not do this", caller.user)))
+            }
+            Ok(None) => {
+                self.metrics.denied.inc();
+                Err(Refusal(StatusCode::UNAUTHORIZED, "the token is not valid".to_owned()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Token review failed; refusing.");
+                Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "cannot check the token now".to_owned()))
+            }
+        }
+    }
+}
+
+/// Whether `url` lies under the allowed origin prefix `allowed`: same scheme, host and port, and a
+/// path that is the prefix's path or continues it after a `/`.
+pub fn origin_matches(allowed: &str, url: &str) -> bool {
+    let (Ok(a), Ok(u)) = (reqwest::Url::parse(allowed), reqwest::Url::parse(url)) else { return false };
+    if a.scheme() != u.scheme()
+        || a.host_str() != u.host_str()
+        || a.port_or_known_default() != u.port_or_known_default()
+        || !u.username().is_empty()
+        || u.password().is_some()
+    {
+        return false;
+    }
+    // Dot segments are resolved by the parser; encoded ones (`%2e%2e`) are refused outright.
+    if u.path().to_ascii_lowercase().contains("%2e") || u.path().contains("%2f") || u.path().contains("%2F") {
+        return false;
+    }
+    let prefix = a.path().trim_end_matches('/');
+    let path = u.path();
+    path == prefix || path.starts_with(&format!("{prefix}/")) || prefix.is_empty()
 }
 
 fn error_response(e: &CacheError) -> Response {
     let status = match e {
         CacheError::Manifest(_) => StatusCode::BAD_REQUEST,
         CacheError::Budget { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        CacheError::HashMismatch { .. } | CacheError::Safetensors { .. } | CacheError::Origin { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
+        CacheError::HashMismatch { .. }
+        | CacheError::Safetensors { .. }
+        | CacheError::Origin { .. }
+        | CacheError::RangeIgnored { .. } => StatusCode::BAD_GATEWAY,
         CacheError::Io { .. } | CacheError::Index { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, format!("{e}\n")).into_response()
 }
 
 /// The routes: `POST /models` (a manifest), `GET /models`, `PUT`/`DELETE /models/{model}/pins/{pod}`,
-/// `GET /blobs/sha256/{digest}` (Range), `GET /healthz`, `GET /metrics`.
+/// `GET`/`HEAD /blobs/sha256/{digest}` (Range), `GET /healthz`, `GET /metrics`.
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/models", post(prefetch).get(list))
@@ -172,19 +435,35 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/blobs/sha256/{digest}", get(blob))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(16 << 20))
         .with_state(agent)
 }
 
-async fn prefetch(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
-    let text = match std::str::from_utf8(&body) {
-        Ok(t) => t,
-        Err(_) => return (StatusCode::BAD_REQUEST, "the manifest is not UTF-8\n").into_response(),
+async fn prefetch(State(agent): State<Arc<Agent>>, request: Request) -> Response {
+    if let Err(r) = agent.caller(request.headers(), &Action::Prefetch).await {
+        return r.into_response();
+    }
+    let limit = agent.config.max_body_bytes;
+    let read = tokio::time::timeout(agent.config.body_timeout, axum::body::to_bytes(request.into_body(), limit));
+    let body = match read.await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return Refusal(StatusCode::PAYLOAD_TOO_LARGE, format!("the manifest is over {limit} bytes"))
+                .into_response();
+        }
+        Err(_) => {
+            return Refusal(StatusCode::REQUEST_TIMEOUT, "the request body came too slowly".to_owned()).into_response();
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return Refusal(StatusCode::BAD_REQUEST, "the manifest is not UTF-8".to_owned()).into_response();
     };
     let manifest = match Manifest::from_json(text, "request body") {
         Ok(m) => m,
         Err(e) => return error_response(&e.into()),
     };
+    if let Err(r) = agent.admit(&manifest) {
+        return r.into_response();
+    }
     match agent.prefetch(&manifest).await {
         Ok(r) => axum::Json(serde_json::json!({
             "model": manifest.model, "files": r.files, "fetched_bytes": r.fetched_bytes, "peer_bytes": r.peer_bytes,
@@ -198,20 +477,37 @@ async fn prefetch(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
     }
 }
 
-async fn list(State(agent): State<Arc<Agent>>) -> Response {
+async fn list(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    if let Err(r) = agent.caller(&headers, &Action::Inventory).await {
+        return r.into_response();
+    }
     axum::Json(agent.inventory()).into_response()
 }
 
-async fn pin(State(agent): State<Arc<Agent>>, Path((model, pod)): Path<(String, String)>) -> Response {
+async fn pin(
+    State(agent): State<Arc<Agent>>,
+    Path((model, pod)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = agent.caller(&headers, &Action::Pin(&pod)).await {
+        return r.into_response();
+    }
     let result = agent.store().pin(&model, &pod);
     match result {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => (StatusCode::NOT_FOUND, format!("model {model} is not cached here\n")).into_response(),
+        Ok(false) => Refusal(StatusCode::NOT_FOUND, format!("model {model} is not cached here")).into_response(),
         Err(e) => error_response(&e),
     }
 }
 
-async fn unpin(State(agent): State<Arc<Agent>>, Path((model, pod)): Path<(String, String)>) -> Response {
+async fn unpin(
+    State(agent): State<Arc<Agent>>,
+    Path((model, pod)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = agent.caller(&headers, &Action::Pin(&pod)).await {
+        return r.into_response();
+    }
     let result = agent.store().unpin(&model, &pod);
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
@@ -219,13 +515,16 @@ async fn unpin(State(agent): State<Arc<Agent>>, Path((model, pod)): Path<(String
     }
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    if let Err(r) = agent.caller(&headers, &Action::Metrics).await {
+        return r.into_response();
+    }
     let mut out = String::new();
     let _ = encode(&mut out, &agent.registry);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }
 
-/// Parses `bytes=a-b` against a size.
+/// Parses `bytes=a-b` or `bytes=a-` against a size.
 fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     let Some(value) = headers.get(header::RANGE) else { return Ok(None) };
     let spec = value.to_str().map_err(|_| ())?.strip_prefix("bytes=").ok_or(())?;
@@ -238,46 +537,235 @@ fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
     Ok(Some((start, end)))
 }
 
-async fn blob(State(agent): State<Arc<Agent>>, Path(digest): Path<String>, headers: HeaderMap) -> Response {
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return (StatusCode::BAD_REQUEST, "expected a SHA-256 digest\n").into_response();
+fn state_headers(state: &'static str, key: Option<String>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(BLOB_STATE_HEADER, HeaderValue::from_static(state));
+    if let Some(k) = key.and_then(|k| HeaderValue::from_str(&k).ok()) {
+        h.insert(FETCH_KEY_HEADER, k);
     }
-    let path = agent.store().blob_path(&digest);
-    let Ok(file) = std::fs::File::open(&path) else {
-        return (StatusCode::NOT_FOUND, "not cached here\n").into_response();
-    };
-    let size = match file.metadata() {
-        Ok(m) => m.len(),
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    let (start, end) = match range(&headers, size) {
-        Ok(Some(r)) => r,
-        Ok(None) if size <= MAX_RANGE => (0, size.saturating_sub(1)),
+    h
+}
+
+async fn blob(
+    State(agent): State<Arc<Agent>>,
+    Path(digest): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = agent.caller(&headers, &Action::ReadBlob).await {
+        return r.into_response();
+    }
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Refusal(StatusCode::BAD_REQUEST, "expected a SHA-256 digest".to_owned()).into_response();
+    }
+    // A fetch under way may publish while we wait: look again once it ends.
+    for _ in 0..2 {
+        if let Some((file, size)) = agent.sound_blob(&digest).await {
+            return serve_file(&agent, file, size, &method, &headers, state_headers("complete", None));
+        }
+        let Some(flight) = agent.fetcher.in_flight(&digest) else { break };
+        let size = flight.size;
+        let fetching = state_headers("fetching", Some(flight.key.to_string()));
+        if method == Method::HEAD {
+            let mut response = (fetching, Body::empty()).into_response();
+            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            return response;
+        }
+        let (start, end) = match range(&headers, size) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Refusal(StatusCode::CONFLICT, "being fetched here: ask by Range".to_owned()).into_response();
+            }
+            Err(()) => return not_satisfiable(size),
+        };
+        match flight.wait_for(start, end, agent.config.follow_wait).await {
+            Available::Partial(file) => {
+                let ranged = serve_range(&agent, file, start, end, size, fetching);
+                return ranged;
+            }
+            Available::Ended => continue,
+            Available::NotYet => {
+                let mut response =
+                    Refusal(StatusCode::SERVICE_UNAVAILABLE, "not received yet; ask again".to_owned()).into_response();
+                response.headers_mut().extend(fetching);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        }
+    }
+    Refusal(StatusCode::NOT_FOUND, "not cached here".to_owned()).into_response()
+}
+
+fn not_satisfiable(size: u64) -> Response {
+    (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{size}"))]).into_response()
+}
+
+fn serve_file(
+    agent: &Arc<Agent>,
+    file: std::fs::File,
+    size: u64,
+    method: &Method,
+    headers: &HeaderMap,
+    extra: HeaderMap,
+) -> Response {
+    if method == Method::HEAD {
+        let mut response = (extra, Body::empty()).into_response();
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        return response;
+    }
+    match range(headers, size) {
+        Ok(Some((start, end))) => serve_range(agent, file, start, end, size, extra),
+        Ok(None) if size == 0 => (extra, Body::empty()).into_response(),
         Ok(None) => {
-            return (StatusCode::RANGE_NOT_SATISFIABLE, "blobs this large are served by Range requests only\n")
-                .into_response();
+            let mut response = stream(agent, file, 0, size - 1, extra);
+            *response.status_mut() = StatusCode::OK;
+            response
         }
-        Err(()) => {
-            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{size}"))])
-                .into_response();
-        }
-    };
-    let partial = headers.contains_key(header::RANGE);
-    if end + 1 - start > MAX_RANGE {
-        return (StatusCode::RANGE_NOT_SATISFIABLE, format!("at most {MAX_RANGE} bytes per range\n")).into_response();
+        Err(()) => not_satisfiable(size),
     }
-    let len = if size == 0 { 0 } else { end + 1 - start };
-    let read = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, start).map(|()| buf)
-    })
-    .await;
-    let Ok(Ok(bytes)) = read else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
-    agent.served.inc_by(len);
-    if partial {
-        let content_range = format!("bytes {start}-{end}/{size}");
-        (StatusCode::PARTIAL_CONTENT, [(header::CONTENT_RANGE, content_range)], bytes).into_response()
-    } else {
-        bytes.into_response()
+}
+
+fn serve_range(agent: &Arc<Agent>, file: std::fs::File, start: u64, end: u64, size: u64, extra: HeaderMap) -> Response {
+    let mut response = stream(agent, file, start, end, extra);
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}")) {
+            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    response
+}
+
+/// Streams bytes `start..=end` of a file: pieces read off the async threads into a one-piece channel,
+/// so a stream holds at most two pieces in memory; a reader that takes nothing for `send_timeout` is
+/// dropped. At most `max_streams` run at once; more get 503.
+fn stream(agent: &Arc<Agent>, file: std::fs::File, start: u64, end: u64, extra: HeaderMap) -> Response {
+    let Ok(permit) = Arc::clone(&agent.streams).try_acquire_owned() else {
+        let mut response =
+            Refusal(StatusCode::SERVICE_UNAVAILABLE, "too many blob streams; ask again".to_owned()).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let piece = agent.config.piece_bytes.max(4096) as u64;
+    let send_timeout = agent.config.send_timeout;
+    let served = agent.metrics.served.clone();
+    let file = Arc::new(file);
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut at = start;
+        while at <= end {
+            let len = piece.min(end + 1 - at);
+            let f = Arc::clone(&file);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, at).map(|()| Bytes::from(buf))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let failed = read.is_err();
+            match tokio::time::timeout(send_timeout, tx.send(read)).await {
+                Ok(Ok(())) if !failed => {}
+                _ => return,
+            }
+            served.inc_by(len);
+            at += len;
+        }
+    });
+    let body = Body::from_stream(tokio_stream_of(rx));
+    let mut response = (extra, body).into_response();
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
+    response
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Limits of the agent's HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long an idle keep-alive
+    /// connection is kept.
+    pub header_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits { max_connections: 512, header_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Serves `app` on `listener` over HTTP/1.1 with the limits, until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_by_scheme_host_port_and_whole_path_segments() {
+        let hf = "https://huggingface.co/meta-llama/";
+        assert!(origin_matches(hf, "https://huggingface.co/meta-llama/Llama-3/resolve/main"));
+        assert!(origin_matches(hf, "https://huggingface.co:443/meta-llama/x"));
+        assert!(!origin_matches(hf, "https://huggingface.co/meta-llama-evil/x"));
+        assert!(!origin_matches(hf, "http://huggingface.co/meta-llama/x"));
+        assert!(!origin_matches(hf, "https://huggingface.co.evil.com/meta-llama/x"));
+        assert!(!origin_matches(hf, "https://huggingface.co@169.254.169.254/meta-llama/x"));
+        assert!(!origin_matches(hf, "https://huggingface.co/meta-llama/../../etc"), "dot segments resolve outside");
+        assert!(!origin_matches(hf, "https://huggingface.co/meta-llama/%2e%2e/x"));
+        assert!(origin_matches("https://models.example", "https://models.example/a/b"));
+        assert!(origin_matches("s3://weights/team-a", "s3://weights/team-a/llama"));
+        assert!(!origin_matches("s3://weights/team-a", "s3://weights/team-b/llama"));
+        assert!(!origin_matches("s3://weights/team-a", "not a url"));
     }
 }

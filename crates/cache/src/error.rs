@@ -8,7 +8,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum CacheError {
     /// A local file or directory could not be read or written.
-    #[error("{path}")]
+    #[error("{path}: {source}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -53,21 +53,29 @@ pub enum CacheError {
         /// What is wrong.
         message: String,
     },
-    /// The model does not fit the disk budget even after evicting every unpinned model.
+    /// The model does not fit the store even after evicting every model that may go.
     #[error(
-        "model {model} needs {needed} more bytes; {used} of the {budget}-byte budget are stored or reserved by fetches under way, and the rest is pinned by running pods ({pinned:?})"
+        "model {model} needs {needed} more bytes; {used} bytes are stored or reserved, and the store may hold {capacity} now (budget {budget}, less when the disk has less room); {why}"
     )]
     Budget {
         /// The model.
         model: String,
         /// Bytes it still needs.
         needed: u64,
-        /// Bytes stored, or reserved by other fetches under way.
+        /// Bytes stored, or reserved by fetches under way.
         used: u64,
-        /// The budget.
+        /// What the store may hold now: the budget, or what the file system leaves.
+        capacity: u64,
+        /// The configured budget.
         budget: u64,
-        /// Models that could not be evicted.
-        pinned: Vec<String>,
+        /// What could not be evicted, in words.
+        why: String,
+    },
+    /// The origin answered a Range request with the whole file; read it as one stream instead.
+    #[error("{url}: the origin ignores Range requests")]
+    RangeIgnored {
+        /// The URL.
+        url: String,
     },
     /// The manifest is unusable.
     #[error(transparent)]

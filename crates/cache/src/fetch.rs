@@ -3,23 +3,38 @@
 //! hashed in order as the ranges complete — no second pass over the bytes. Progress is recorded per
 //! range after the data is flushed, so a fetch killed half-way resumes where it stopped. A file is
 //! published only when its SHA-256 matches the manifest (and, for `.safetensors`, its header is sound).
+//! An origin that ignores Range is read as one stream.
+//!
+//! Across a cluster a file is read from its origin once: before reading, a fetch announces itself
+//! (peers see it in `HEAD /blobs/sha256/<d>`) and asks its peers; a peer that holds the file, or that
+//! announced the same fetch earlier, is read instead, range by range as its pieces arrive.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{Context, SHA256};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::error::CacheError;
 use crate::manifest::{FileEntry, Manifest, Source};
 use crate::safetensors;
-use crate::store::Store;
+use crate::store::{BlobCheck, Store, hash_blob, open_nofollow};
+
+/// The response header that tells a peer whether a blob is `complete` here or being `fetching`.
+pub const BLOB_STATE_HEADER: &str = "x-gpuplane-blob";
+/// The response header with an in-flight fetch's announcement key (`<start ms>-<node>`).
+pub const FETCH_KEY_HEADER: &str = "x-gpuplane-fetch-key";
+/// Most ranges one file is split into (the range size grows for larger files).
+const MAX_RANGES: u64 = 1 << 20;
+/// How many times a follower asks again for a range its peer has not received yet.
+const FOLLOW_RETRIES: u32 = 120;
 
 /// How files are read.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +70,128 @@ pub struct FetchReport {
     pub evicted: Vec<String>,
 }
 
+/// A bearer token the fetcher presents to peer agents: fixed, or read from a file (a projected
+/// ServiceAccount token, which the kubelet rotates) at most once a minute.
+#[derive(Debug, Clone)]
+pub enum PeerToken {
+    /// A fixed token.
+    Fixed(String),
+    /// A file holding the token.
+    File(PathBuf),
+}
+
+#[derive(Debug, Default)]
+struct TokenCache {
+    value: Option<String>,
+    read: Option<std::time::Instant>,
+}
+
+/// A file being fetched here, announced to peers: which of its ranges are on disk so far.
+#[derive(Debug)]
+pub struct InFlight {
+    /// Size of the file.
+    pub size: u64,
+    /// The announcement key: earlier fetches lead, later ones follow them.
+    pub key: FetchKey,
+    part: PathBuf,
+    chunk: u64,
+    done: Mutex<Vec<bool>>,
+    progress: watch::Sender<u64>,
+    ended: AtomicBool,
+}
+
+/// Orders announcements of one file across agents: start time in ms, then the agent's node name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FetchKey {
+    /// Milliseconds since the epoch when the fetch was announced.
+    pub started_ms: u64,
+    /// The announcing agent.
+    pub node: String,
+}
+
+impl std::fmt::Display for FetchKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.started_ms, self.node)
+    }
+}
+
+impl std::str::FromStr for FetchKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (ms, node) = s.split_once('-').ok_or(())?;
+        Ok(FetchKey { started_ms: ms.parse().map_err(|_| ())?, node: node.to_owned() })
+    }
+}
+
+/// What [`InFlight::wait_for`] found.
+#[derive(Debug)]
+pub enum Available {
+    /// The range is on disk in the partial file, opened here.
+    Partial(File),
+    /// The fetch ended (published or failed): look for the blob.
+    Ended,
+    /// Still not there when the wait ran out.
+    NotYet,
+}
+
+impl InFlight {
+    fn mark(&self, i: u64) {
+        if let Some(d) = self.done.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i as usize) {
+            *d = true;
+        }
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    fn covers(&self, start: u64, end: u64) -> bool {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        (start / self.chunk..=end / self.chunk).all(|i| done.get(i as usize).copied().unwrap_or(false))
+    }
+
+    /// Waits up to `wait` until bytes `start..=end` are on disk.
+    pub async fn wait_for(&self, start: u64, end: u64, wait: Duration) -> Available {
+        let mut changes = self.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.ended.load(Ordering::Acquire) {
+                return Available::Ended;
+            }
+            if self.covers(start, end) {
+                return match open_nofollow(&self.part) {
+                    Ok(f) => Available::Partial(f),
+                    Err(_) => Available::Ended,
+                };
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Available::Ended,
+                Err(_) => return Available::NotYet,
+            }
+        }
+    }
+}
+
+/// Ends an announcement however the fetch ends.
+struct Announced {
+    registry: Arc<Mutex<HashMap<String, Arc<InFlight>>>>,
+    digest: String,
+    flight: Arc<InFlight>,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.flight.end();
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if registry.get(&self.digest).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+            registry.remove(&self.digest);
+        }
+    }
+}
+
 /// Reads files from origins into a store.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -63,17 +200,34 @@ pub struct Fetcher {
     origin_reads: Arc<Semaphore>,
     blob_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     peers: Arc<std::sync::RwLock<Vec<String>>>,
+    in_flight: Arc<Mutex<HashMap<String, Arc<InFlight>>>>,
+    node: String,
+    peer_token: Option<PeerToken>,
+    token_cache: Arc<Mutex<TokenCache>>,
+    active: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// Ends a fetch's budget reservation however the fetch ends.
-struct Reservation<'a> {
+/// Ends a fetch's record in the store however the fetch ends.
+struct Recorded<'a> {
     store: &'a Mutex<Store>,
     model: &'a str,
+    active: &'a Mutex<HashMap<String, usize>>,
+    succeeded: bool,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Recorded<'_> {
     fn drop(&mut self) {
-        self.store.lock().unwrap_or_else(|p| p.into_inner()).release(self.model);
+        let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = store.finish_fetch(self.model, self.succeeded) {
+            tracing::warn!(model = %self.model, error = %e, "Could not record the end of a fetch.");
+        }
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = active.get_mut(self.model) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(self.model);
+            }
+        }
     }
 }
 
@@ -87,9 +241,12 @@ enum From {
     Local {
         path: PathBuf,
     },
-    /// Another node's cache agent serving the blob (`GET /blobs/sha256/<digest>` with Range).
+    /// Another node's cache agent serving the blob (`GET /blobs/sha256/<digest>` with Range); `following`
+    /// when the peer is still fetching it.
     Peer {
         url: String,
+        token: Option<String>,
+        following: bool,
     },
     /// An object in an S3-compatible store.
     S3 {
@@ -102,7 +259,7 @@ enum From {
 impl std::fmt::Display for From {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            From::Http { url, .. } | From::Peer { url } | From::S3 { display: url, .. } => f.write_str(url),
+            From::Http { url, .. } | From::Peer { url, .. } | From::S3 { display: url, .. } => f.write_str(url),
             From::Local { path } => write!(f, "{}", path.display()),
         }
     }
@@ -116,6 +273,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(
     path: &Path,
@@ -125,6 +286,18 @@ async fn blocking<T: Send + 'static>(
         Ok(r) => r.map_err(io(path)),
         Err(e) => Err(CacheError::Io { path: path.to_owned(), source: std::io::Error::other(e.to_string()) }),
     }
+}
+
+/// The URL of `path` under `base`, each path segment percent-encoded.
+pub fn file_url(base: &str, path: &str) -> Result<String, CacheError> {
+    let bad = |message: String| CacheError::Origin { url: base.to_owned(), message };
+    let mut url = reqwest::Url::parse(base).map_err(|e| bad(format!("not a URL: {e}")))?;
+    {
+        let mut segments = url.path_segments_mut().map_err(|()| bad("not a base URL".to_owned()))?;
+        segments.pop_if_empty();
+        segments.extend(path.split('/'));
+    }
+    Ok(url.to_string())
 }
 
 impl Fetcher {
@@ -146,12 +319,29 @@ impl Fetcher {
             origin_reads: Arc::new(Semaphore::new(origin_limit.max(1))),
             blob_locks: Arc::default(),
             peers: Arc::default(),
+            in_flight: Arc::default(),
+            node: "local".to_owned(),
+            peer_token: None,
+            token_cache: Arc::default(),
+            active: Arc::default(),
         })
     }
 
     /// Asks these peer agents (base URLs such as `http://10.0.0.7:8470`) for a file before its origin.
     pub fn with_peers(self, peers: Vec<String>) -> Self {
         self.set_peers(peers);
+        self
+    }
+
+    /// Names this agent in its announcements (the node name; unique in the cluster).
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = node.into();
+        self
+    }
+
+    /// Presents this bearer token to peer agents.
+    pub fn with_peer_token(mut self, token: PeerToken) -> Self {
+        self.peer_token = Some(token);
         self
     }
 
@@ -166,24 +356,61 @@ impl Fetcher {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The first peer that holds the blob in full, if any: a one-byte range read whose Content-Range
-    /// gives the peer's size of it.
-    async fn peer_with(&self, sha256: &str, size: u64) -> Option<String> {
-        for peer in self.peers() {
-            let url = format!("{peer}/blobs/sha256/{sha256}");
-            let probe = self.http.get(&url).header(reqwest::header::RANGE, "bytes=0-0").timeout(Duration::from_secs(2));
-            let Ok(response) = probe.send().await else { continue };
-            let total = response
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit('/').next())
-                .and_then(|t| t.parse::<u64>().ok());
-            if response.status() == reqwest::StatusCode::PARTIAL_CONTENT && total == Some(size) {
-                return Some(url);
+    /// The fetch of a blob under way here, if any.
+    pub fn in_flight(&self, sha256: &str) -> Option<Arc<InFlight>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).cloned()
+    }
+
+    /// Models with a fetch under way in this process.
+    pub fn active_models(&self) -> HashSet<String> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+    }
+
+    fn token(&self) -> Option<String> {
+        match self.peer_token.as_ref()? {
+            PeerToken::Fixed(t) => Some(t.clone()),
+            PeerToken::File(path) => {
+                let mut cache = self.token_cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.read.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    match std::fs::read_to_string(path) {
+                        Ok(t) => cache.value = Some(t.trim().to_owned()),
+                        Err(e) => tracing::warn!(token = %path.display(), error = %e, "Peer token not readable."),
+                    }
+                    cache.read = Some(std::time::Instant::now());
+                }
+                cache.value.clone()
             }
         }
-        None
+    }
+
+    /// Asks every peer about a blob (`HEAD`): the first that holds it in full, else the earliest
+    /// announced fetch of it that is earlier than `own`.
+    async fn find_peer(&self, sha256: &str, size: u64, own: &FetchKey) -> Option<From> {
+        let token = self.token();
+        let mut earliest: Option<(FetchKey, String)> = None;
+        for peer in self.peers() {
+            let url = format!("{peer}/blobs/sha256/{sha256}");
+            let mut probe = self.http.head(&url).timeout(Duration::from_secs(2));
+            if let Some(t) = &token {
+                probe = probe.bearer_auth(t);
+            }
+            let Ok(response) = probe.send().await else { continue };
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let length = header(reqwest::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+            if response.status() != reqwest::StatusCode::OK || length != Some(size) {
+                continue;
+            }
+            match header(BLOB_STATE_HEADER).as_deref() {
+                Some("fetching") => {
+                    let Some(key) = header(FETCH_KEY_HEADER).and_then(|k| k.parse::<FetchKey>().ok()) else { continue };
+                    if key < *own && earliest.as_ref().is_none_or(|(k, _)| key < *k) {
+                        earliest = Some((key, url));
+                    }
+                }
+                _ => return Some(From::Peer { url, token, following: false }),
+            }
+        }
+        earliest.map(|(_, url)| From::Peer { url, token, following: true })
     }
 
     /// Fetches every file of `manifest` not yet stored, publishes them, and links the model.
@@ -197,15 +424,16 @@ impl Fetcher {
         };
         let mut report = FetchReport { files: manifest.files.len(), ..Default::default() };
         report.evicted = store.lock().unwrap_or_else(|p| p.into_inner()).make_room(manifest)?;
-        let _reservation = Reservation { store, model: &manifest.model };
-        let mut done = std::collections::HashSet::new();
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()).entry(manifest.model.clone()).or_default() += 1;
+        let mut recorded = Recorded { store, model: &manifest.model, active: &self.active, succeeded: false };
+        let mut done = HashSet::new();
         for file in &manifest.files {
             if !done.insert(file.sha256.as_str()) {
                 continue;
             }
             let from = match &manifest.source {
                 Source::Http { base_url, token_env } => From::Http {
-                    url: format!("{}/{}", base_url.trim_end_matches('/'), file.path),
+                    url: file_url(base_url, &file.path)?,
                     token: token_env.as_ref().and_then(|v| std::env::var(v).ok()).filter(|t| !t.is_empty()),
                 },
                 Source::Local { dir } => From::Local { path: Path::new(dir).join(&file.path) },
@@ -223,51 +451,110 @@ impl Fetcher {
                     }
                 }
             };
-            // One fetch per blob at a time, whichever model asks: a second waits and finds it stored.
-            let blob_lock = {
-                let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
-                Arc::clone(locks.entry(file.sha256.clone()).or_default())
-            };
-            let _held = blob_lock.lock().await;
-            let (partial, stored) = {
-                let s = store.lock().unwrap_or_else(|p| p.into_inner());
-                (s.partial_path(&file.sha256), s.has_blob(&file.sha256))
-            };
-            if stored {
-                report.reused_bytes += file.size;
-                continue;
-            }
-            // A peer that holds the blob is read instead of the origin; the digest is checked all the same.
-            // A peer that fails part-way (gone, restarted, wrong bytes) hands over to the origin, which
-            // resumes from the ranges already on disk (or starts again after a digest mismatch).
-            let from_peer = match self.peer_with(&file.sha256, file.size).await {
-                Some(url) => {
-                    match self.fetch_file(&manifest.model, file, &From::Peer { url: url.clone() }, &partial).await {
-                        Ok(done) => Some(done),
-                        Err(e) => {
-                            tracing::warn!(model = %manifest.model, file = %file.path, peer = %url, error = %e,
-                            "Peer read failed; reading the origin.");
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
-            let (fetched, resumed) = match from_peer {
-                Some((fetched, resumed)) => {
-                    report.peer_bytes += fetched;
-                    (fetched, resumed)
-                }
-                None => self.fetch_file(&manifest.model, file, &from, &partial).await?,
-            };
-            report.fetched_bytes += fetched;
-            report.resumed_bytes += resumed;
-            store.lock().unwrap_or_else(|p| p.into_inner()).publish_blob(&part_of(&partial), &file.sha256)?;
-            let chunks = chunks_of(&partial);
-            let _ = std::fs::remove_file(&chunks);
+            self.fetch_blob(store, &manifest.model, file, &from, &mut report).await?;
         }
         store.lock().unwrap_or_else(|p| p.into_inner()).link_model(manifest)?;
+        recorded.succeeded = true;
         Ok(report)
+    }
+
+    /// Makes one blob present and verified: reused when stored and sound, else read from a peer that
+    /// has it (or is fetching it earlier than this agent), else from `from`.
+    async fn fetch_blob(
+        &self,
+        store: &Mutex<Store>,
+        model: &str,
+        file: &FileEntry,
+        from: &From,
+        report: &mut FetchReport,
+    ) -> Result<(), CacheError> {
+        // One fetch per blob at a time, whichever model asks: a second waits and finds it stored. The
+        // lock file extends that to other processes sharing the root.
+        let blob_lock = {
+            let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(locks.entry(file.sha256.clone()).or_default())
+        };
+        let _held = blob_lock.lock().await;
+        let partial = store.lock().unwrap_or_else(|p| p.into_inner()).partial_path(&file.sha256);
+        let lock_path = partial.with_extension("lock");
+        let _file_lock = blocking(&lock_path.clone(), move || BlobFileLock::take(lock_path)).await?;
+        if self.reuse(store, file).await? {
+            report.reused_bytes += file.size;
+            return Ok(());
+        }
+
+        let key = FetchKey { started_ms: now_ms(), node: self.node.clone() };
+        let chunk = self.config.chunk_bytes.max(file.size.div_ceil(MAX_RANGES));
+        let n = file.size.div_ceil(chunk);
+        let (tx, _) = watch::channel(0);
+        let flight = Arc::new(InFlight {
+            size: file.size,
+            key: key.clone(),
+            part: part_of(&partial),
+            chunk,
+            done: Mutex::new(vec![false; n as usize]),
+            progress: tx,
+            ended: AtomicBool::new(false),
+        });
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(file.sha256.clone(), Arc::clone(&flight));
+        let _announced = Announced {
+            registry: Arc::clone(&self.in_flight),
+            digest: file.sha256.clone(),
+            flight: Arc::clone(&flight),
+        };
+
+        // A peer that holds the blob, or fetches it ahead of us, is read instead of the origin; the
+        // digest is checked all the same. A peer that fails part-way hands over to the origin, which
+        // resumes from the ranges already on disk (or starts again after a digest mismatch).
+        let mut read = None;
+        if let Some(peer) = self.find_peer(&file.sha256, file.size, &key).await {
+            match self.fetch_file(model, file, &peer, &partial, &flight).await {
+                Ok((fetched, resumed)) => {
+                    report.peer_bytes += fetched;
+                    read = Some((fetched, resumed));
+                }
+                Err(e) => tracing::warn!(model, file = %file.path, peer = %peer, error = %e,
+                    "Peer read failed; reading the origin."),
+            }
+        }
+        let (fetched, resumed) = match read {
+            Some(r) => r,
+            None => self.fetch_file(model, file, from, &partial, &flight).await?,
+        };
+        report.fetched_bytes += fetched;
+        report.resumed_bytes += resumed;
+        store.lock().unwrap_or_else(|p| p.into_inner()).publish_blob(&part_of(&partial), &file.sha256)?;
+        let _ = std::fs::remove_file(chunks_of(&partial));
+        Ok(())
+    }
+
+    /// Whether the blob is stored and sound: checked for type and size, and hashed again when it
+    /// changed since it was verified. A blob that fails is removed.
+    async fn reuse(&self, store: &Mutex<Store>, file: &FileEntry) -> Result<bool, CacheError> {
+        let (check, path) = {
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            (s.blob_check(&file.sha256, file.size)?, s.blob_path(&file.sha256))
+        };
+        match check {
+            BlobCheck::Absent => Ok(false),
+            BlobCheck::Verified => Ok(true),
+            BlobCheck::Unverified => {
+                let p = path.clone();
+                let hashed = blocking(&path, move || hash_blob(&p)).await?;
+                let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+                match hashed {
+                    Some((digest, stamp)) if digest == file.sha256 => {
+                        s.mark_verified(&file.sha256, stamp)?;
+                        Ok(true)
+                    }
+                    _ => {
+                        tracing::warn!(blob = %path.display(), "Stored blob does not match its digest; fetching it again.");
+                        s.discard_blob(&file.sha256)?;
+                        Ok(false)
+                    }
+                }
+            }
+        }
     }
 
     /// Reads one file into `<partial>.part`, verified; returns the bytes read from the source and
@@ -278,89 +565,35 @@ impl Fetcher {
         file: &FileEntry,
         from: &From,
         partial: &Path,
+        flight: &Arc<InFlight>,
     ) -> Result<(u64, u64), CacheError> {
         let part_path = part_of(partial);
         let chunks_path = chunks_of(partial);
-        let chunk = self.config.chunk_bytes;
+        let chunk = flight.chunk;
         let n = file.size.div_ceil(chunk);
-        let (part, mut progress, done_before) = open_partial(&part_path, &chunks_path, file.size, chunk, n).await?;
+        let (part, progress, done_before) = open_partial(&part_path, &chunks_path, file.size, chunk, n).await?;
         let part = Arc::new(part);
-        let resumed: u64 = (0..n).filter(|&i| done_before[i as usize]).map(|i| range_len(file.size, chunk, i)).sum();
-
-        // Each range runs as its own task, so reads go on while earlier ranges are hashed and flushed;
-        // `buffered` hands them over in order and keeps at most `concurrency` in flight.
-        let ranges = futures::stream::iter(0..n)
-            .map(|i| {
-                let part = Arc::clone(&part);
-                let part_path = part_path.clone();
-                let from = from.clone();
-                let fetcher = self.clone();
-                let was_done = done_before[i as usize];
-                let size = file.size;
-                let task = tokio::spawn(async move {
-                    let (start, len) = (i * chunk, range_len(size, chunk, i));
-                    let bytes = if was_done {
-                        blocking(&part_path, move || {
-                            let mut buf = vec![0u8; len as usize];
-                            part.read_exact_at(&mut buf, start).map(|()| Bytes::from(buf))
-                        })
-                        .await?
-                    } else {
-                        let bytes = fetcher.read_range(&from, start, len, size).await?;
-                        let write = bytes.clone();
-                        blocking(&part_path, move || part.write_all_at(&write, start)).await?;
-                        bytes
-                    };
-                    Ok::<_, CacheError>((i, bytes, !was_done))
-                });
-                let part_path = part_of(partial);
-                async move {
-                    task.await.map_err(|e| CacheError::Io {
-                        path: part_path,
-                        source: std::io::Error::other(format!("range task failed: {e}")),
-                    })?
-                }
-            })
-            .buffered(self.config.concurrency);
-        tokio::pin!(ranges);
-
-        let mut hash = Context::new(&SHA256);
-        let mut unrecorded = Vec::new();
-        let mut fetched = 0u64;
-        while let Some(next) = ranges.next().await {
-            let (i, bytes, fresh) = match next {
-                Ok(range) => range,
-                Err(e) => {
-                    // Keep what arrived: the next attempt (another source, a restart) resumes after it.
-                    // The read's error is the one to report, whether or not this flush succeeds.
-                    let _ = record(&part, &mut progress, &chunks_path, &mut unrecorded).await;
-                    return Err(e);
-                }
-            };
-            if fresh {
-                fetched += bytes.len() as u64;
-                unrecorded.push(i);
+        let result = match self.read_ranges(file, from, &part, progress, &done_before, flight).await {
+            Err(CacheError::RangeIgnored { url }) if matches!(from, From::Http { .. }) => {
+                tracing::info!(%url, "The origin ignores Range requests; reading the file as one stream.");
+                self.read_stream(file, from, &part, &chunks_path, flight).await.map(|(f, h)| (f, 0, h))
             }
-            // Hashing 16 MiB takes milliseconds: off the async threads, in order.
-            hash = tokio::task::spawn_blocking(move || {
-                hash.update(&bytes);
-                hash
-            })
-            .await
-            .map_err(|e| CacheError::Io { path: part_path.clone(), source: std::io::Error::other(e.to_string()) })?;
-            if unrecorded.len() >= 8 {
-                record(&part, &mut progress, &chunks_path, &mut unrecorded).await?;
+            other => other,
+        };
+        let (fetched, resumed, actual) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if let CacheError::Io { source, .. } = &e
+                    && source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+                {
+                    // Nothing to resume on a full disk: give the space back.
+                    discard(&part_path, &chunks_path);
+                }
+                return Err(e);
             }
-        }
-        record(&part, &mut progress, &chunks_path, &mut unrecorded).await?;
-
-        let actual = hex(hash.finish().as_ref());
-        let discard = || {
-            let _ = std::fs::remove_file(&part_path);
-            let _ = std::fs::remove_file(&chunks_path);
         };
         if actual != file.sha256 {
-            discard();
+            discard(&part_path, &chunks_path);
             return Err(CacheError::HashMismatch {
                 model: model.to_owned(),
                 path: file.path.clone(),
@@ -387,21 +620,186 @@ impl Fetcher {
             })
             .await?;
             if let Err(message) = verdict {
-                discard();
+                discard(&part_path, &chunks_path);
                 return Err(CacheError::Safetensors { model: model.to_owned(), path: file.path.clone(), message });
             }
         }
         Ok((fetched, resumed))
     }
 
+    /// Reads the file's missing ranges, many at once, hashing all of them in order; returns bytes
+    /// fetched, bytes resumed and the digest.
+    async fn read_ranges(
+        &self,
+        file: &FileEntry,
+        from: &From,
+        part: &Arc<File>,
+        mut progress: File,
+        done_before: &[bool],
+        flight: &Arc<InFlight>,
+    ) -> Result<(u64, u64, String), CacheError> {
+        let part_path = flight.part.clone();
+        let chunks_path = part_path.with_extension("chunks");
+        let chunk = flight.chunk;
+        let n = file.size.div_ceil(chunk);
+        let resumed: u64 = (0..n).filter(|&i| done_before[i as usize]).map(|i| range_len(file.size, chunk, i)).sum();
+        for i in (0..n).filter(|&i| done_before[i as usize]) {
+            flight.mark(i);
+        }
+
+        // Each range runs as its own task, so reads go on while earlier ranges are hashed and flushed;
+        // `buffered` hands them over in order and keeps at most `concurrency` in flight.
+        let ranges = futures::stream::iter(0..n)
+            .map(|i| {
+                let part = Arc::clone(part);
+                let task_path = part_path.clone();
+                let from = from.clone();
+                let fetcher = self.clone();
+                let flight = Arc::clone(flight);
+                let was_done = done_before[i as usize];
+                let size = file.size;
+                let task = tokio::spawn(async move {
+                    let (start, len) = (i * chunk, range_len(size, chunk, i));
+                    let bytes = if was_done {
+                        blocking(&task_path, move || {
+                            let mut buf = vec![0u8; len as usize];
+                            part.read_exact_at(&mut buf, start).map(|()| Bytes::from(buf))
+                        })
+                        .await?
+                    } else {
+                        let bytes = fetcher.read_range(&from, start, len, size).await?;
+                        let write = bytes.clone();
+                        blocking(&task_path, move || part.write_all_at(&write, start)).await?;
+                        flight.mark(i);
+                        bytes
+                    };
+                    Ok::<_, CacheError>((i, bytes, !was_done))
+                });
+                let part_path = part_path.clone();
+                async move {
+                    task.await.map_err(|e| CacheError::Io {
+                        path: part_path,
+                        source: std::io::Error::other(format!("range task failed: {e}")),
+                    })?
+                }
+            })
+            .buffered(self.config.concurrency);
+        tokio::pin!(ranges);
+
+        let mut hash = Context::new(&SHA256);
+        let mut unrecorded = Vec::new();
+        let mut fetched = 0u64;
+        while let Some(next) = ranges.next().await {
+            let (i, bytes, fresh) = match next {
+                Ok(range) => range,
+                Err(e) => {
+                    // Keep what arrived: the next attempt (another source, a restart) resumes after it.
+                    // The read's error is the one to report, whether or not this flush succeeds.
+                    let _ = record(part, &mut progress, &chunks_path, &mut unrecorded).await;
+                    return Err(e);
+                }
+            };
+            if fresh {
+                fetched += bytes.len() as u64;
+                unrecorded.push(i);
+            }
+            // Hashing 16 MiB takes milliseconds: off the async threads, in order.
+            hash = tokio::task::spawn_blocking(move || {
+                hash.update(&bytes);
+                hash
+            })
+            .await
+            .map_err(|e| CacheError::Io { path: part_path.clone(), source: std::io::Error::other(e.to_string()) })?;
+            if unrecorded.len() >= 8 {
+                record(part, &mut progress, &chunks_path, &mut unrecorded).await?;
+            }
+        }
+        record(part, &mut progress, &chunks_path, &mut unrecorded).await?;
+        Ok((fetched, resumed, hex(hash.finish().as_ref())))
+    }
+
+    /// Reads the whole file as one response body (an origin that ignores Range), written and hashed
+    /// as it arrives; returns the bytes fetched and the digest.
+    async fn read_stream(
+        &self,
+        file: &FileEntry,
+        from: &From,
+        part: &Arc<File>,
+        chunks_path: &Path,
+        flight: &Arc<InFlight>,
+    ) -> Result<(u64, String), CacheError> {
+        let From::Http { url, token } = from else {
+            return Err(CacheError::RangeIgnored { url: from.to_string() });
+        };
+        let origin = |message: String| CacheError::Origin { url: url.clone(), message };
+        let _permit = self.origin_reads.acquire().await.map_err(|e| origin(e.to_string()))?;
+        // Nothing of a range-less download can be resumed: forget earlier progress.
+        let _ = std::fs::remove_file(chunks_path);
+        let mut request = self.http.get(url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let mut response = request.send().await.map_err(|e| origin(e.to_string()))?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(origin(format!("HTTP {} for the whole file", response.status())));
+        }
+        let mut hash = Context::new(&SHA256);
+        let mut offset = 0u64;
+        let mut buffer = BytesMut::with_capacity(8 << 20);
+        loop {
+            let piece = response.chunk().await.map_err(|e| {
+                origin(format!("the body broke off after {} of {} bytes: {e}", offset + buffer.len() as u64, file.size))
+            })?;
+            let last = piece.is_none();
+            if let Some(piece) = piece {
+                if offset + (buffer.len() + piece.len()) as u64 > file.size {
+                    return Err(origin(format!("more than the manifest's {} bytes", file.size)));
+                }
+                buffer.extend_from_slice(&piece);
+            }
+            if buffer.len() >= 8 << 20 || (last && !buffer.is_empty()) {
+                let bytes = buffer.split().freeze();
+                let (p, b, at) = (Arc::clone(part), bytes.clone(), offset);
+                blocking(&flight.part, move || p.write_all_at(&b, at)).await?;
+                hash.update(&bytes);
+                let before = offset;
+                offset += bytes.len() as u64;
+                // Ranges wholly on disk now can be served to followers.
+                for i in before.div_ceil(flight.chunk)..=offset / flight.chunk {
+                    if (i + 1) * flight.chunk <= offset || offset == file.size {
+                        flight.mark(i);
+                    }
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        if offset != file.size {
+            return Err(origin(format!("the body ended after {offset} of {} bytes (truncated)", file.size)));
+        }
+        let p = Arc::clone(part);
+        blocking(&flight.part, move || p.sync_data()).await?;
+        Ok((offset, hex(hash.finish().as_ref())))
+    }
+
     /// Reads `len` bytes at `start`, retrying transient failures.
     async fn read_range(&self, from: &From, start: u64, len: u64, total: u64) -> Result<Bytes, CacheError> {
-        let _permit = self
-            .origin_reads
-            .acquire()
-            .await
-            .map_err(|e| CacheError::Origin { url: from.to_string(), message: e.to_string() })?;
+        let _permit = match from {
+            // A peer is not an origin: its reads do not take the origin's places.
+            From::Peer { .. } => None,
+            _ => Some(
+                self.origin_reads
+                    .acquire()
+                    .await
+                    .map_err(|e| CacheError::Origin { url: from.to_string(), message: e.to_string() })?,
+            ),
+        };
         let mut attempt = 0;
+        let retries = match from {
+            From::Peer { following: true, .. } => FOLLOW_RETRIES,
+            _ => self.config.retries,
+        };
         loop {
             let result = match from {
                 From::Local { path } => {
@@ -415,14 +813,14 @@ impl Fetcher {
                     .map_err(|e| (false, e))
                 }
                 From::Http { url, token } => self.http_range(url, token.as_deref(), start, len, total).await,
-                From::Peer { url } => self.http_range(url, None, start, len, total).await,
+                From::Peer { url, token, .. } => self.http_range(url, token.as_deref(), start, len, total).await,
                 From::S3 { store, path, display } => s3_range(store.as_ref(), path, display, start, len).await,
             };
             match result {
                 Ok(bytes) => return Ok(bytes),
-                Err((retryable, e)) if retryable && attempt < self.config.retries => {
+                Err((retryable, e)) if retryable && attempt < retries => {
                     attempt += 1;
-                    let backoff = Duration::from_millis(200u64 << attempt.min(6));
+                    let backoff = Duration::from_millis(200u64 << attempt.min(4));
                     tracing::debug!(error = %e, attempt, "Range read failed; retrying.");
                     tokio::time::sleep(backoff).await;
                 }
@@ -452,10 +850,13 @@ impl Fetcher {
         let mut response = request.send().await.map_err(|e| (true, origin(e.to_string())))?;
         let status = response.status();
         let whole = status == reqwest::StatusCode::OK && start == 0 && len == total;
+        if status == reqwest::StatusCode::OK && !whole {
+            // Dropping the response closes the connection before the whole body comes.
+            return Err((false, CacheError::RangeIgnored { url: url.to_owned() }));
+        }
         if status != reqwest::StatusCode::PARTIAL_CONTENT && !whole {
             let retry = status.is_server_error() || status == 408 || status == 429;
-            let hint = if status == reqwest::StatusCode::OK { " (the origin ignores Range requests)" } else { "" };
-            return Err((retry, origin(format!("HTTP {status} for bytes {start}-{}{hint}", start + len - 1))));
+            return Err((retry, origin(format!("HTTP {status} for bytes {start}-{}", start + len - 1))));
         }
         if status == reqwest::StatusCode::PARTIAL_CONTENT {
             let range = response.headers().get(reqwest::header::CONTENT_RANGE).and_then(|v| v.to_str().ok());
@@ -465,17 +866,74 @@ impl Fetcher {
             }
         }
         let mut body = BytesMut::with_capacity(len as usize);
-        while let Some(piece) = response.chunk().await.map_err(|e| (true, origin(e.to_string())))? {
+        loop {
+            let piece = response.chunk().await.map_err(|e| {
+                (
+                    true,
+                    origin(format!(
+                        "bytes {start}-{}: the body broke off after {} of {len} bytes: {e}",
+                        start + len - 1,
+                        body.len()
+                    )),
+                )
+            })?;
+            let Some(piece) = piece else { break };
             body.extend_from_slice(&piece);
             if body.len() as u64 > len {
                 return Err((false, origin(format!("more than the {len} bytes asked for"))));
             }
         }
         if body.len() as u64 != len {
-            return Err((true, origin(format!("{} of {len} bytes before the connection closed", body.len()))));
+            return Err((
+                true,
+                origin(format!(
+                    "bytes {start}-{}: the body ended after {} of {len} bytes (truncated)",
+                    start + len - 1,
+                    body.len()
+                )),
+            ));
         }
         Ok(body.freeze())
     }
+}
+
+/// An exclusive `flock` on `partial/<digest>.lock`, so that processes sharing the root fetch a blob
+/// one at a time; the file is removed before the lock is let go, and a taker that finds its file
+/// removed under it takes the new one.
+struct BlobFileLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl BlobFileLock {
+    fn take(path: PathBuf) -> std::io::Result<BlobFileLock> {
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&path)?;
+            file.lock()?;
+            let held = file.metadata()?.ino();
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held) {
+                return Ok(BlobFileLock { path, _file: file });
+            }
+        }
+    }
+}
+
+impl Drop for BlobFileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn discard(part: &Path, chunks: &Path) {
+    let _ = std::fs::remove_file(part);
+    let _ = std::fs::remove_file(chunks);
 }
 
 /// A client for an S3-compatible store, credentials from the environment.
@@ -538,6 +996,23 @@ fn range_len(size: u64, chunk: u64, i: u64) -> u64 {
     chunk.min(size - i * chunk)
 }
 
+/// Opens a partial file without following a symlink; anything but a regular file there is removed
+/// and the file created anew, exclusively.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    let nofollow = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+    match OpenOptions::new().read(true).write(true).custom_flags(nofollow).open(path) {
+        Ok(f) if f.metadata()?.is_file() => return Ok(f),
+        Ok(_) => std::fs::remove_dir_all(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            // ELOOP: a symlink planted where the partial belongs. Remove the link, never its target.
+            tracing::warn!(partial = %path.display(), error = %e, "Unusable partial file replaced.");
+            std::fs::remove_file(path)?;
+        }
+    }
+    OpenOptions::new().read(true).write(true).create_new(true).custom_flags(nofollow).open(path)
+}
+
 /// Opens the partial file and its progress record; a record made with another range size, or for
 /// another size, is started over.
 async fn open_partial(
@@ -550,8 +1025,8 @@ async fn open_partial(
     let (part_path, chunks_path) = (part_path.to_owned(), chunks_path.to_owned());
     let path = part_path.clone();
     blocking(&path, move || {
-        let part = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&part_path)?;
-        let progress = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&chunks_path)?;
+        let part = open_regular(&part_path)?;
+        let progress = open_regular(&chunks_path)?;
         let mut done = vec![false; n as usize];
         let mut head = [0u8; 8];
         let usable = part.metadata()?.len() == size
@@ -599,4 +1074,27 @@ async fn record(
         Ok(())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_encode_each_segment() {
+        let url = file_url("https://h.example/org/model/resolve/main/", "sub dir/a#b?.bin").unwrap();
+        assert_eq!(url, "https://h.example/org/model/resolve/main/sub%20dir/a%23b%3F.bin");
+        assert_eq!(file_url("http://h/x", "w.bin").unwrap(), "http://h/x/w.bin");
+        assert!(file_url("not a url", "w").is_err());
+    }
+
+    #[test]
+    fn fetch_keys_order_by_time_then_node() {
+        let a: FetchKey = "100-node-a".parse().unwrap();
+        let b: FetchKey = "100-node-b".parse().unwrap();
+        let c: FetchKey = "99-node-z".parse().unwrap();
+        assert!(c < a && a < b);
+        assert_eq!(a.to_string(), "100-node-a");
+        assert!("x-1".parse::<FetchKey>().is_err());
+    }
 }

@@ -2,10 +2,12 @@
 //! fetcher reads them from an HTTP(S) origin or a local directory with many ranged reads at once,
 //! hashes while streaming, resumes after a crash, and publishes atomically into a content-addressed
 //! store with a disk budget and LRU eviction that spares models pinned by running pods. Peer agents
-//! serve their blobs to each other, so a cluster reads a file from its origin once.
+//! serve their blobs to each other — also while they are still fetching them — so a cluster reads a
+//! file from its origin once. The agent authenticates every caller and bounds what each may cost.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod auth;
 pub mod error;
 pub mod fetch;
 pub mod manifest;
@@ -13,8 +15,8 @@ pub mod safetensors;
 pub mod store;
 
 pub use error::CacheError;
-pub use fetch::{FetchConfig, FetchReport, Fetcher};
-pub use manifest::{FileEntry, Manifest, Source};
+pub use fetch::{FetchConfig, FetchReport, Fetcher, PeerToken};
+pub use manifest::{FileEntry, Limits, Manifest, Source};
 pub use store::{CachedModel, Store};
 
 /// SHA-256 over bytes given in pieces, as lowercase hex (the digests manifests carry).

@@ -54,6 +54,25 @@ pub struct FileEntry {
     pub sha256: String,
 }
 
+/// Upper bounds on what a manifest may ask for; the agent refuses more with 400, naming the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single file, in bytes.
+    pub max_file_bytes: u64,
+    /// Largest model (all its files), in bytes.
+    pub max_model_bytes: u64,
+    /// Most files in one model.
+    pub max_files: usize,
+}
+
+impl Default for Limits {
+    /// 1 TiB per file, 4 TiB per model, 100,000 files: above any published checkpoint, far below what
+    /// would overflow the byte arithmetic.
+    fn default() -> Self {
+        Limits { max_file_bytes: 1 << 40, max_model_bytes: 4 << 40, max_files: 100_000 }
+    }
+}
+
 /// A model: its name, its source and its files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -99,8 +118,13 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Checks names, paths and digests.
+    /// Checks names, paths, digests and sizes against the default [`Limits`].
     pub fn check(&self, origin: &str) -> Result<(), ManifestError> {
+        self.check_within(&Limits::default(), origin)
+    }
+
+    /// Checks names, paths, digests and sizes against `limits`.
+    pub fn check_within(&self, limits: &Limits, origin: &str) -> Result<(), ManifestError> {
         let bad = |field: String, value: &str, expected: &str| ManifestError::Field {
             origin: origin.to_owned(),
             field,
@@ -111,13 +135,18 @@ impl Manifest {
             return Err(bad(
                 "model".to_owned(),
                 &self.model,
-                "a name of letters, digits, '.', '-', '_' and '@' (not '.' or '..')",
+                "a name of letters, digits, '.', '-', '_' and '@' that does not begin with '.'",
             ));
         }
         if self.files.is_empty() {
             return Err(bad("files".to_owned(), "[]", "at least one file"));
         }
+        if self.files.len() > limits.max_files {
+            let count = self.files.len().to_string();
+            return Err(bad("files".to_owned(), &count, &format!("at most {} files", limits.max_files)));
+        }
         let mut seen = HashSet::new();
+        let mut total: u64 = 0;
         for (i, f) in self.files.iter().enumerate() {
             if !is_safe_relative_path(&f.path) {
                 return Err(bad(
@@ -129,23 +158,45 @@ impl Manifest {
             if !seen.insert(f.path.as_str()) {
                 return Err(bad(format!("files[{i}].path"), &f.path, "each path once"));
             }
+            if f.size > limits.max_file_bytes {
+                let expected = format!("at most {} bytes per file", limits.max_file_bytes);
+                return Err(bad(format!("files[{i}].size"), &f.size.to_string(), &expected));
+            }
+            total = match total.checked_add(f.size) {
+                Some(t) if t <= limits.max_model_bytes => t,
+                _ => {
+                    let expected = format!("files adding up to at most {} bytes per model", limits.max_model_bytes);
+                    return Err(bad(format!("files[{i}].size"), &f.size.to_string(), &expected));
+                }
+            };
             if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
                 return Err(bad(format!("files[{i}].sha256"), &f.sha256, "64 lowercase hex digits"));
+            }
+        }
+        // A file cannot also be another file's directory (`x` and `x/y`).
+        for (i, f) in self.files.iter().enumerate() {
+            let mut dir = f.path.as_str();
+            while let Some((parent, _)) = dir.rsplit_once('/') {
+                if seen.contains(parent) {
+                    let expected = format!("a path whose directories are not files of the model (`{parent}` is one)");
+                    return Err(bad(format!("files[{i}].path"), &f.path, &expected));
+                }
+                dir = parent;
             }
         }
         Ok(())
     }
 
-    /// Total bytes of the model's files.
+    /// Total bytes of the model's files (saturating; [`Self::check`] refuses manifests that overflow).
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files.iter().fold(0u64, |t, f| t.saturating_add(f.size))
     }
 }
 
 fn is_safe_name(name: &str) -> bool {
+    // A leading '.' is refused: the store keeps its own staging entries under such names.
     !name.is_empty()
-        && name != "."
-        && name != ".."
+        && !name.starts_with('.')
         && name.len() <= 200
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
@@ -199,5 +250,38 @@ mod tests {
         assert!(e.to_string().contains("field `model`"), "{e}");
         let e = Manifest::from_json("{", "m.json").unwrap_err();
         assert!(e.to_string().starts_with("m.json: not a model manifest"), "{e}");
+        for name in [".m", ".m.old", "..", "."] {
+            let e = Manifest::from_json(&manifest("a").replace("tiny@v1", name), "m.json").unwrap_err();
+            assert!(e.to_string().contains("does not begin with '.'"), "{name}: {e}");
+        }
+    }
+
+    fn two_files(a: (&str, u64), b: (&str, u64)) -> String {
+        format!(
+            r#"{{"model": "m", "source": {{"kind": "local", "dir": "/x"}}, "files": [
+                {{"path": "{}", "size": {}, "sha256": "{DIGEST}"}}, {{"path": "{}", "size": {}, "sha256": "{DIGEST}"}}]}}"#,
+            a.0, a.1, b.0, b.1
+        )
+    }
+
+    #[test]
+    fn sizes_that_overflow_or_exceed_the_limits_are_refused_by_field() {
+        let e = Manifest::from_json(&two_files(("a", u64::MAX), ("b", 2)), "m.json").unwrap_err();
+        assert!(e.to_string().contains("files[0].size"), "{e}");
+        let huge = 1u64 << 40;
+        let e = Manifest::from_json(&two_files(("a", huge), ("b", huge)), "m.json").unwrap();
+        let limits = Limits { max_file_bytes: huge, max_model_bytes: huge + 1, max_files: 10 };
+        let e = e.check_within(&limits, "req").unwrap_err();
+        assert!(e.to_string().contains("files[1].size") && e.to_string().contains("per model"), "{e}");
+        let limits = Limits { max_files: 1, ..Limits::default() };
+        let m = Manifest::from_json(&two_files(("a", 1), ("b", 1)), "m.json").unwrap();
+        assert!(m.check_within(&limits, "req").unwrap_err().to_string().contains("at most 1 files"));
+    }
+
+    #[test]
+    fn a_file_cannot_be_another_files_directory() {
+        let e = Manifest::from_json(&two_files(("x/y/z", 1), ("x/y", 1)), "m.json").unwrap_err();
+        assert!(e.to_string().contains("files[0].path") && e.to_string().contains("`x/y` is one"), "{e}");
+        Manifest::from_json(&two_files(("x/y", 1), ("x/z", 1)), "m.json").unwrap();
     }
 }

@@ -1,17 +1,23 @@
 //! The node-local store: content-addressed blobs (the same bytes kept once, whatever model names
 //! them), each model a directory of relative symlinks into them, and an index of models with their last
-//! use and the pods pinning them. A disk budget is kept by evicting the least recently used unpinned
-//! models; a pinned model is never evicted.
+//! use, the pods pinning them and the fetches under way. A disk budget — the configured one, or less
+//! when the file system has less room — is kept by evicting the least recently used unpinned models.
 //!
 //! Layout under the root (pods mount it read-only; see docs/model-cache.md):
 //! `blobs/sha256/<digest>` published files, read-only; `models/<model>/<path>` symlinks to them;
-//! `partial/` downloads in progress; `index.json` the model index.
+//! `partial/` downloads in progress; `index.json` the model index; `.lock` the lock every process
+//! sharing the root takes around a change of the index.
+//!
+//! Nothing on disk is trusted blindly: a blob is opened without following symlinks and checked for
+//! type and size before it is reused or served, and its content is hashed again whenever its inode
+//! or change time differs from the ones recorded when it was last verified.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,25 +27,105 @@ use crate::manifest::{FileEntry, Manifest};
 /// A cached model as the index records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedModel {
-    /// Its files.
+    /// Its files, once linked; empty while its first fetch is under way.
     pub files: Vec<FileEntry>,
     /// Last fetch or use, seconds since the Unix epoch.
     pub last_used: u64,
     /// Pods (namespace/name or UID) that use it; a pinned model is never evicted.
     #[serde(default)]
     pub pinned_by: BTreeSet<String>,
+    /// A fetch under way (in this or another process sharing the root): its blobs are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetching: Option<Fetching>,
+}
+
+/// A fetch under way, recorded in the index so that every process sharing the root counts its bytes
+/// and never collects its blobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetching {
+    /// The files being fetched.
+    pub files: Vec<FileEntry>,
+    /// When the newest fetch started, seconds since the Unix epoch.
+    pub since: u64,
+    /// How many fetches of this model are under way.
+    pub holders: u32,
 }
 
 impl CachedModel {
-    /// Total bytes of its files.
+    /// Total bytes of its linked files.
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum()
+        self.files.iter().fold(0u64, |t, f| t.saturating_add(f.size))
+    }
+
+    /// Whether its files are linked and usable (a first fetch may still be under way otherwise).
+    pub fn is_ready(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    fn blobs(&self) -> impl Iterator<Item = &FileEntry> {
+        self.files.iter().chain(self.fetching.iter().flat_map(|f| &f.files))
+    }
+}
+
+/// What identifies a blob's bytes on disk when they were last hashed: a rewrite changes the change time
+/// (which no user-space call can set back), a replacement the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl Stamp {
+    /// The stamp of a file's metadata.
+    pub fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            size: m.len(),
+            ino: m.ino(),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        }
     }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Index {
     models: BTreeMap<String, CachedModel>,
+    /// Blobs whose content matched their digest, with the stamp they had then.
+    #[serde(default)]
+    verified: BTreeMap<String, Stamp>,
+}
+
+/// What [`Store::blob_check`] found.
+#[derive(Debug)]
+pub enum BlobCheck {
+    /// No usable blob (absent, or something that was not a regular file of the right size, now removed).
+    Absent,
+    /// The blob is as it was when last hashed.
+    Verified,
+    /// A regular file of the right size, changed since it was last hashed (or never hashed): hash it
+    /// with [`hash_blob`] before use.
+    Unverified,
+}
+
+/// What [`Store::collect_garbage`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs no model refers to.
+    pub blobs: usize,
+    /// Partial downloads no fetch under way refers to.
+    pub partials: usize,
+    /// Staging or leftover directories under `models/`.
+    pub dirs: usize,
+    /// Fetches recorded by a process that stopped long ago.
+    pub stale_fetches: usize,
+    /// Bytes freed.
+    pub bytes: u64,
 }
 
 /// The store on disk.
@@ -47,10 +133,12 @@ struct Index {
 pub struct Store {
     root: PathBuf,
     budget: u64,
+    /// Bytes always left free on the file system.
+    keep_free: u64,
     index: Index,
-    /// Fetches under way: model → (how many, its blobs and their sizes). Their bytes count against the
-    /// budget before they are stored, and their blobs are never removed from under them.
-    reserved: BTreeMap<String, (usize, HashMap<String, u64>)>,
+    /// The index file as last read or written, to notice another process's change.
+    index_seen: Option<(u64, i128)>,
+    lock: File,
 }
 
 fn now_secs() -> u64 {
@@ -66,22 +154,79 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), CacheError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Opens a file for reading without following a symlink in its last component.
+pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)
+}
+
+/// Removes a file or symlink; absent is fine.
+fn remove_file(path: &Path) -> Result<(), CacheError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(CacheError::Io { path: path.to_owned(), source: e }),
+        _ => Ok(()),
+    }
+}
+
+/// Hashes a blob without following symlinks; its digest and the stamp it had while it was read, or
+/// `None` when it changed during the read.
+pub fn hash_blob(path: &Path) -> std::io::Result<Option<(String, Stamp)>> {
+    let mut file = open_nofollow(path)?;
+    let before = file.metadata()?;
+    if !before.is_file() {
+        return Ok(None);
+    }
+    let mut hash = crate::Sha256::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+    }
+    let after = Stamp::of(&file.metadata()?);
+    Ok((Stamp::of(&before) == after).then(|| (hash.hex(), after)))
+}
+
+/// Bytes the file system lets an unprivileged writer still use at `path`.
+pub fn free_bytes(path: &Path) -> Result<u64, CacheError> {
+    let s = rustix::fs::statvfs(path)
+        .map_err(|e| CacheError::Io { path: path.to_owned(), source: std::io::Error::from(e) })?;
+    Ok(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Bytes a file occupies on disk (a sparse partial file occupies what has been written).
+fn allocated(m: &fs::Metadata) -> u64 {
+    m.blocks().saturating_mul(512)
+}
+
 impl Store {
-    /// Opens (or creates) the store at `root` with a disk budget in bytes.
+    /// Opens (or creates) the store at `root` with a disk budget in bytes. An index that cannot be
+    /// parsed is kept beside as `index.json.corrupt` and rebuilt from `models/` and `blobs/`.
     pub fn open(root: impl Into<PathBuf>, budget: u64) -> Result<Store, CacheError> {
         let root = root.into();
         for dir in ["blobs/sha256", "models", "partial"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(io(&path))?;
         }
-        let index_path = root.join("index.json");
-        let index = match fs::read_to_string(&index_path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| CacheError::Index { path: index_path.clone(), message: e.to_string() })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
-            Err(e) => return Err(CacheError::Io { path: index_path, source: e }),
-        };
-        Ok(Store { root, budget, index, reserved: BTreeMap::new() })
+        let lock_path = root.join(".lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let mut store = Store { root, budget, keep_free: 0, index: Index::default(), index_seen: None, lock };
+        store.locked(|_| Ok(()))?;
+        Ok(store)
+    }
+
+    /// Leaves at least `bytes` free on the file system, whatever the budget.
+    pub fn keep_free(mut self, bytes: u64) -> Self {
+        self.keep_free = bytes;
+        self
     }
 
     /// The root directory.
@@ -89,7 +234,7 @@ impl Store {
         &self.root
     }
 
-    /// The disk budget in bytes.
+    /// The configured disk budget in bytes.
     pub fn budget(&self) -> u64 {
         self.budget
     }
@@ -99,22 +244,134 @@ impl Store {
         self.root.join("blobs/sha256").join(sha256)
     }
 
-    /// Where a download in progress keeps its bytes.
+    /// Where a download in progress keeps its bytes (`.part`, `.chunks` and `.lock` beside).
     pub fn partial_path(&self, sha256: &str) -> PathBuf {
         self.root.join("partial").join(sha256)
     }
 
-    /// Whether a blob is published.
-    pub fn has_blob(&self, sha256: &str) -> bool {
-        self.blob_path(sha256).is_file()
-    }
-
-    /// The cached models.
+    /// The models, including ones whose first fetch is still under way ([`CachedModel::is_ready`]).
     pub fn models(&self) -> &BTreeMap<String, CachedModel> {
         &self.index.models
     }
 
-    /// Bytes of the blobs the index refers to, each counted once.
+    /// Reads the index again if another process changed it.
+    pub fn refresh(&mut self) -> Result<(), CacheError> {
+        if self.index_changed() { self.locked(|_| Ok(())) } else { Ok(()) }
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    fn index_changed(&self) -> bool {
+        let seen = fs::metadata(self.index_path()).ok().map(|m| {
+            let s = Stamp::of(&m);
+            (s.ino, s.mtime_ns)
+        });
+        seen != self.index_seen
+    }
+
+    /// Runs `change` on the index with the root's lock held, the index read again first if another
+    /// process changed it, and saved after.
+    fn locked<T>(&mut self, change: impl FnOnce(&mut Store) -> Result<T, CacheError>) -> Result<T, CacheError> {
+        let lock_path = self.root.join(".lock");
+        self.lock.lock().map_err(io(&lock_path))?;
+        let result = (|| {
+            if self.index_changed() || self.index_seen.is_none() {
+                self.index = self.read_index()?;
+            }
+            let out = change(self)?;
+            self.save_index()?;
+            Ok(out)
+        })();
+        let _ = self.lock.unlock();
+        result
+    }
+
+    fn read_index(&mut self) -> Result<Index, CacheError> {
+        let path = self.index_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => match serde_json::from_str(&text) {
+                Ok(index) => Ok(index),
+                Err(e) => {
+                    let aside = self.root.join("index.json.corrupt");
+                    tracing::warn!(index = %path.display(), error = %e, kept = %aside.display(),
+                        "The model index is corrupt; rebuilding it from models/ and blobs/ (pins are lost).");
+                    fs::rename(&path, &aside).map_err(io(&path))?;
+                    self.rebuild_index()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(CacheError::Io { path, source: e }),
+        }
+    }
+
+    /// An index from what `models/` links to: every model directory whose links all lead to blobs of
+    /// the digest they name. Blobs will be hashed again before use (no stamps survive).
+    fn rebuild_index(&self) -> Result<Index, CacheError> {
+        let models_dir = self.root.join("models");
+        let mut index = Index::default();
+        let entries = fs::read_dir(&models_dir).map_err(io(&models_dir))?;
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let mut files = Vec::new();
+            if self.collect_links(&entry.path(), "", &mut files).is_ok() && !files.is_empty() {
+                files.sort_by(|a: &FileEntry, b| a.path.cmp(&b.path));
+                index
+                    .models
+                    .insert(name, CachedModel { files, last_used: 0, pinned_by: BTreeSet::new(), fetching: None });
+            }
+        }
+        Ok(index)
+    }
+
+    fn collect_links(&self, dir: &Path, prefix: &str, files: &mut Vec<FileEntry>) -> Result<(), ()> {
+        for entry in fs::read_dir(dir).map_err(|_| ())?.flatten() {
+            let name = entry.file_name().into_string().map_err(|_| ())?;
+            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+            let kind = entry.file_type().map_err(|_| ())?;
+            if kind.is_dir() {
+                self.collect_links(&entry.path(), &path, files)?;
+            } else if kind.is_symlink() {
+                let target = fs::read_link(entry.path()).map_err(|_| ())?;
+                let digest = target.file_name().and_then(|d| d.to_str()).ok_or(())?.to_owned();
+                let blob = open_nofollow(&self.blob_path(&digest)).and_then(|f| f.metadata()).map_err(|_| ())?;
+                if digest.len() != 64 || !blob.is_file() {
+                    return Err(());
+                }
+                files.push(FileEntry { path, size: blob.len(), sha256: digest });
+            } else {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
+    fn save_index(&mut self) -> Result<(), CacheError> {
+        let path = self.index_path();
+        let tmp = self.root.join(".index.json.tmp");
+        let text = serde_json::to_vec_pretty(&self.index)
+            .map_err(|e| CacheError::Index { path: path.clone(), message: e.to_string() })?;
+        remove_file(&tmp)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+        f.write_all(&text).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        sync_dir(&self.root)?;
+        let m = fs::metadata(&path).map_err(io(&path))?;
+        let s = Stamp::of(&m);
+        self.index_seen = Some((s.ino, s.mtime_ns));
+        Ok(())
+    }
+
+    /// Digests any model refers to, linked or being fetched.
+    fn referenced(&self) -> HashSet<&str> {
+        self.index.models.values().flat_map(CachedModel::blobs).map(|f| f.sha256.as_str()).collect()
+    }
+
+    /// Bytes of the blobs the ready models link, each counted once.
     pub fn used_bytes(&self) -> u64 {
         let mut seen = HashSet::new();
         self.index
@@ -122,187 +379,428 @@ impl Store {
             .values()
             .flat_map(|m| &m.files)
             .filter(|f| seen.insert(f.sha256.as_str()))
-            .map(|f| f.size)
-            .sum()
+            .fold(0u64, |t, f| t.saturating_add(f.size))
     }
 
-    /// Bytes the store holds once every fetch under way has finished: the indexed models' blobs and the
-    /// reserved ones, each counted once; `extra` files are counted too.
+    /// Bytes partial downloads occupy on disk: `(all, those of no fetch under way)`.
+    pub fn partial_bytes(&self) -> (u64, u64) {
+        let referenced = self.referenced();
+        let (mut all, mut stray) = (0u64, 0u64);
+        for (digest, m) in self.partials() {
+            let bytes = allocated(&m);
+            all = all.saturating_add(bytes);
+            if !referenced.contains(digest.as_str()) {
+                stray = stray.saturating_add(bytes);
+            }
+        }
+        (all, stray)
+    }
+
+    /// Partial files: (digest, metadata), one row per file (`.part`, `.chunks`, `.lock`).
+    fn partials(&self) -> Vec<(String, fs::Metadata)> {
+        let dir = self.root.join("partial");
+        let Ok(entries) = fs::read_dir(&dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let digest = name.split('.').next()?.to_owned();
+                Some((digest, e.metadata().ok()?))
+            })
+            .collect()
+    }
+
+    /// Bytes the store may hold once every fetch under way has finished: the indexed models' blobs
+    /// (linked or being fetched) and `extra` files, each counted once.
     fn committed_bytes(&self, extra: &[FileEntry]) -> u64 {
-        let indexed = self.index.models.values().flat_map(|m| &m.files).map(|f| (f.sha256.as_str(), f.size));
-        let reserved = self.reserved.values().flat_map(|(_, blobs)| blobs.iter().map(|(d, &s)| (d.as_str(), s)));
-        let extra = extra.iter().map(|f| (f.sha256.as_str(), f.size));
         let mut seen = HashSet::new();
-        indexed.chain(reserved).chain(extra).filter(|(d, _)| seen.insert(*d)).map(|(_, s)| s).sum()
+        self.index
+            .models
+            .values()
+            .flat_map(CachedModel::blobs)
+            .chain(extra)
+            .filter(|f| seen.insert(f.sha256.as_str()))
+            .fold(0u64, |t, f| t.saturating_add(f.size))
     }
 
-    /// Makes room for `manifest` within the budget, counting the fetches under way, and reserves its
-    /// bytes until [`Self::release`]. Evicts least recently used unpinned models (never `manifest`'s
-    /// own) until it fits; returns the evicted names, or an error naming what blocks when even that is
-    /// not enough.
+    /// What the store may grow to now: the budget, or less when the file system is fuller — what the
+    /// store's referenced blobs and partials occupy plus the free space, less `keep_free`.
+    fn capacity(&self) -> Result<u64, CacheError> {
+        let referenced = self.referenced();
+        let mut on_disk = 0u64;
+        for digest in &referenced {
+            if let Ok(m) = fs::symlink_metadata(self.blob_path(digest)) {
+                on_disk = on_disk.saturating_add(m.len());
+            }
+        }
+        for (digest, m) in self.partials() {
+            if referenced.contains(digest.as_str()) {
+                on_disk = on_disk.saturating_add(allocated(&m));
+            }
+        }
+        let disk = on_disk.saturating_add(free_bytes(&self.root)?).saturating_sub(self.keep_free);
+        Ok(disk.min(self.budget))
+    }
+
+    /// Makes room for `manifest` within the budget and the file system's free space, counting the
+    /// fetches under way, and records the fetch in the index until [`Self::finish_fetch`]. Removes
+    /// stray partial downloads first, then evicts least recently used unpinned models (never
+    /// `manifest`'s own, nor one being fetched) until it fits; returns the evicted names, or an error
+    /// saying what blocks when even that is not enough.
     pub fn make_room(&mut self, manifest: &Manifest) -> Result<Vec<String>, CacheError> {
-        let mut evicted = Vec::new();
-        loop {
-            let without = self.committed_bytes(&[]);
-            let with = self.committed_bytes(&manifest.files);
-            if with <= self.budget {
-                let entry = self.reserved.entry(manifest.model.clone()).or_default();
-                entry.0 += 1;
-                entry.1.extend(manifest.files.iter().map(|f| (f.sha256.clone(), f.size)));
-                return Ok(evicted);
+        self.locked(|s| {
+            let mut evicted = Vec::new();
+            let mut strays_removed = false;
+            loop {
+                let without = s.committed_bytes(&[]);
+                let with = s.committed_bytes(&manifest.files);
+                let capacity = s.capacity()?;
+                if with <= capacity {
+                    let now = now_secs();
+                    let entry = s.index.models.entry(manifest.model.clone()).or_insert_with(|| CachedModel {
+                        files: Vec::new(),
+                        last_used: now,
+                        pinned_by: BTreeSet::new(),
+                        fetching: None,
+                    });
+                    let holders = entry.fetching.as_ref().map_or(0, |f| f.holders);
+                    entry.fetching = Some(Fetching { files: manifest.files.clone(), since: now, holders: holders + 1 });
+                    return Ok(evicted);
+                }
+                if !strays_removed {
+                    strays_removed = true;
+                    if s.remove_strays(Duration::ZERO)?.2 > 0 {
+                        continue;
+                    }
+                }
+                let victim = s
+                    .index
+                    .models
+                    .iter()
+                    .filter(|(name, m)| m.pinned_by.is_empty() && m.fetching.is_none() && *name != &manifest.model)
+                    .min_by_key(|(name, m)| (m.last_used, (*name).clone()))
+                    .map(|(name, _)| name.clone());
+                let Some(victim) = victim else {
+                    return Err(s.budget_error(manifest, with - without, without, capacity));
+                };
+                s.drop_model(&victim)?;
+                evicted.push(victim);
             }
-            let (needed, used) = (with - without, without);
-            let victim = self
-                .index
-                .models
-                .iter()
-                .filter(|(name, m)| m.pinned_by.is_empty() && *name != &manifest.model)
-                .min_by_key(|(name, m)| (m.last_used, (*name).clone()))
-                .map(|(name, _)| name.clone());
-            let Some(victim) = victim else {
-                let pinned = self.index.models.iter().filter(|(_, m)| !m.pinned_by.is_empty()).map(|(n, _)| n.clone());
-                return Err(CacheError::Budget {
-                    model: manifest.model.clone(),
-                    needed,
-                    used,
-                    budget: self.budget,
-                    pinned: pinned.collect(),
-                });
-            };
-            self.remove_model(&victim)?;
-            evicted.push(victim);
-        }
+        })
     }
 
-    /// Ends a reservation made by [`Self::make_room`] (the fetch finished or failed).
-    pub fn release(&mut self, model: &str) {
-        if let Some(entry) = self.reserved.get_mut(model) {
-            entry.0 = entry.0.saturating_sub(1);
-            if entry.0 == 0 {
-                self.reserved.remove(model);
-            }
+    fn budget_error(&self, manifest: &Manifest, needed: u64, used: u64, capacity: u64) -> CacheError {
+        let named = |keep: &dyn Fn(&CachedModel) -> bool| -> Vec<String> {
+            self.index.models.iter().filter(|(n, m)| *n != &manifest.model && keep(m)).map(|(n, _)| n.clone()).collect()
+        };
+        let pinned = named(&|m| !m.pinned_by.is_empty());
+        let fetching = named(&|m| m.fetching.is_some());
+        let mut held = Vec::new();
+        if !pinned.is_empty() {
+            held.push(format!("pinned by running pods: {}", pinned.join(", ")));
         }
+        if !fetching.is_empty() {
+            held.push(format!("reserved by fetches under way: {}", fetching.join(", ")));
+        }
+        let why = if held.is_empty() {
+            "nothing else can be evicted".to_owned()
+        } else {
+            format!("what cannot be evicted is {}", held.join("; "))
+        };
+        CacheError::Budget { model: manifest.model.clone(), needed, used, capacity, budget: self.budget, why }
+    }
+
+    /// Ends a fetch recorded by [`Self::make_room`]. After a failure the model's entry is dropped when
+    /// it has no linked files; the blobs and partials it leaves are kept for a retry to reuse, counted
+    /// as strays, and removed when room is needed or by [`Self::collect_garbage`].
+    pub fn finish_fetch(&mut self, model: &str, succeeded: bool) -> Result<(), CacheError> {
+        self.locked(|s| {
+            let Some(m) = s.index.models.get_mut(model) else { return Ok(()) };
+            if succeeded {
+                // Linked: whatever a killed earlier fetch of this model recorded is done with too.
+                m.fetching = None;
+            } else if let Some(f) = &mut m.fetching {
+                f.holders = f.holders.saturating_sub(1);
+                if f.holders == 0 {
+                    m.fetching = None;
+                }
+            }
+            if !succeeded && m.files.is_empty() && m.fetching.is_none() {
+                s.index.models.remove(model);
+            }
+            Ok(())
+        })
     }
 
     /// Removes a model and the blobs no other model (or fetch under way) uses.
     pub fn remove_model(&mut self, name: &str) -> Result<(), CacheError> {
+        self.locked(|s| s.drop_model(name))
+    }
+
+    fn drop_model(&mut self, name: &str) -> Result<(), CacheError> {
         let Some(model) = self.index.models.remove(name) else { return Ok(()) };
-        self.save_index()?;
         let dir = self.root.join("models").join(name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        if fs::symlink_metadata(&dir).is_ok() {
+            remove_path(&dir)?;
         }
-        let indexed = self.index.models.values().flat_map(|m| &m.files).map(|f| f.sha256.as_str());
-        let reserved = self.reserved.values().flat_map(|(_, blobs)| blobs.keys().map(String::as_str));
-        let still_used: HashSet<&str> = indexed.chain(reserved).collect();
-        for f in &model.files {
-            if !still_used.contains(f.sha256.as_str()) {
-                let blob = self.blob_path(&f.sha256);
-                match fs::remove_file(&blob) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(CacheError::Io { path: blob, source: e }),
-                }
-            }
+        let still_used = self.referenced();
+        let gone: Vec<String> =
+            model.blobs().map(|f| f.sha256.clone()).filter(|d| !still_used.contains(d.as_str())).collect();
+        for digest in gone {
+            self.index.verified.remove(&digest);
+            remove_file(&self.blob_path(&digest))?;
         }
         Ok(())
     }
 
-    /// Publishes a fully written and verified file: flushed, made read-only, renamed into `blobs/`.
-    pub fn publish_blob(&self, partial: &Path, sha256: &str) -> Result<PathBuf, CacheError> {
-        let file = File::open(partial).map_err(io(partial))?;
+    /// Checks a published blob without following symlinks: anything at its path that is not a regular
+    /// file of `size` bytes is removed and reported absent.
+    pub fn blob_check(&mut self, sha256: &str, size: u64) -> Result<BlobCheck, CacheError> {
+        let path = self.blob_path(sha256);
+        let meta = match open_nofollow(&path).and_then(|f| f.metadata()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BlobCheck::Absent),
+            Err(e) => {
+                // ELOOP: a symlink planted where a blob belongs.
+                tracing::warn!(blob = %path.display(), error = %e, "Unusable blob removed.");
+                self.discard_blob(sha256)?;
+                return Ok(BlobCheck::Absent);
+            }
+        };
+        if !meta.is_file() || meta.len() != size {
+            tracing::warn!(blob = %path.display(), size = meta.len(), expected = size, "Blob of the wrong type or size removed.");
+            self.discard_blob(sha256)?;
+            return Ok(BlobCheck::Absent);
+        }
+        let stamp = Stamp::of(&meta);
+        Ok(if self.index.verified.get(sha256) == Some(&stamp) { BlobCheck::Verified } else { BlobCheck::Unverified })
+    }
+
+    /// Whether a blob is published, a regular file, and unchanged since it was last hashed.
+    pub fn has_blob(&mut self, sha256: &str, size: u64) -> bool {
+        matches!(self.blob_check(sha256, size), Ok(BlobCheck::Verified))
+    }
+
+    /// The stamp a blob had when it was last hashed.
+    pub fn verified_stamp(&self, sha256: &str) -> Option<Stamp> {
+        self.index.verified.get(sha256).copied()
+    }
+
+    /// Records that a blob's content matched its digest when it had `stamp`.
+    pub fn mark_verified(&mut self, sha256: &str, stamp: Stamp) -> Result<(), CacheError> {
+        let digest = sha256.to_owned();
+        self.locked(move |s| {
+            s.index.verified.insert(digest, stamp);
+            Ok(())
+        })
+    }
+
+    /// Removes a blob whose bytes cannot be trusted; models linking it fetch it again when next asked.
+    pub fn discard_blob(&mut self, sha256: &str) -> Result<(), CacheError> {
+        let path = self.blob_path(sha256);
+        if let Ok(m) = fs::symlink_metadata(&path)
+            && m.is_dir()
+        {
+            fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+        remove_file(&path)?;
+        let digest = sha256.to_owned();
+        self.locked(move |s| {
+            s.index.verified.remove(&digest);
+            Ok(())
+        })
+    }
+
+    /// Verified blobs with their sizes, for a periodic re-hash.
+    pub fn verified_blobs(&self) -> Vec<(String, u64)> {
+        self.index.verified.iter().map(|(d, s)| (d.clone(), s.size)).collect()
+    }
+
+    /// Publishes a fully written and verified file: flushed, made read-only, renamed into `blobs/`,
+    /// its stamp recorded as verified.
+    pub fn publish_blob(&mut self, partial: &Path, sha256: &str) -> Result<PathBuf, CacheError> {
+        let file = open_nofollow(partial).map_err(io(partial))?;
         file.sync_all().map_err(io(partial))?;
         let mut perms = file.metadata().map_err(io(partial))?.permissions();
         perms.set_readonly(true);
-        fs::set_permissions(partial, perms).map_err(io(partial))?;
+        file.set_permissions(perms).map_err(io(partial))?;
         let blob = self.blob_path(sha256);
+        if fs::symlink_metadata(&blob).is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&blob).map_err(io(&blob))?;
+        }
         fs::rename(partial, &blob).map_err(io(&blob))?;
         sync_dir(&self.root.join("blobs/sha256"))?;
+        let stamp = Stamp::of(&file.metadata().map_err(io(&blob))?);
+        self.mark_verified(sha256, stamp)?;
         Ok(blob)
     }
 
     /// Makes `models/<model>/` show the manifest's files (every blob must be published) and records the
-    /// model as just used. The directory is built beside the old one and swapped in.
+    /// model as just used. The directory is built beside the old one and exchanged with it in one
+    /// `renameat2(RENAME_EXCHANGE)`: a reader sees the old files or the new, never neither.
     pub fn link_model(&mut self, manifest: &Manifest) -> Result<(), CacheError> {
         let models = self.root.join("models");
-        let staging = models.join(format!(".{}.staging", manifest.model));
-        if staging.exists() {
-            fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        let staging = models.join(format!(".staging-{}", manifest.model));
+        if fs::symlink_metadata(&staging).is_ok() {
+            remove_path(&staging)?;
         }
-        for f in &manifest.files {
-            let link = staging.join(&f.path);
-            let parent = link.parent().unwrap_or(&staging).to_owned();
-            fs::create_dir_all(&parent).map_err(io(&parent))?;
-            // models/<model>/<a>/<b> → ../../../blobs/sha256/<digest>: one `..` per directory below the root.
-            let depth = f.path.split('/').count() + 1;
-            let target = PathBuf::from("../".repeat(depth)).join("blobs/sha256").join(&f.sha256);
-            symlink(&target, &link)?;
+        let built = (|| {
+            fs::create_dir(&staging).map_err(io(&staging))?;
+            for f in &manifest.files {
+                let link = staging.join(&f.path);
+                let parent = link.parent().unwrap_or(&staging).to_owned();
+                fs::create_dir_all(&parent).map_err(io(&parent))?;
+                // models/<model>/<a>/<b> → ../../../blobs/sha256/<digest>: one `..` per directory below the root.
+                let depth = f.path.split('/').count() + 1;
+                let target = PathBuf::from("../".repeat(depth)).join("blobs/sha256").join(&f.sha256);
+                std::os::unix::fs::symlink(&target, &link).map_err(io(&link))?;
+            }
+            sync_dir(&staging)
+        })();
+        if let Err(e) = built {
+            let _ = remove_path(&staging);
+            return Err(e);
         }
         let live = models.join(&manifest.model);
-        if live.exists() {
-            let old = models.join(format!(".{}.old", manifest.model));
-            if old.exists() {
-                fs::remove_dir_all(&old).map_err(io(&old))?;
-            }
-            fs::rename(&live, &old).map_err(io(&live))?;
-            fs::rename(&staging, &live).map_err(io(&live))?;
-            fs::remove_dir_all(&old).map_err(io(&old))?;
-        } else {
-            fs::rename(&staging, &live).map_err(io(&live))?;
+        let swapped = match fs::symlink_metadata(&live) {
+            Ok(m) if m.is_dir() => rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &staging,
+                rustix::fs::CWD,
+                &live,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(|e| CacheError::Io { path: live.clone(), source: e.into() })
+            .and_then(|()| remove_path(&staging)),
+            Ok(_) => remove_path(&live).and_then(|()| fs::rename(&staging, &live).map_err(io(&live))),
+            Err(_) => fs::rename(&staging, &live).map_err(io(&live)),
+        };
+        if let Err(e) = swapped {
+            let _ = remove_path(&staging);
+            return Err(e);
         }
         sync_dir(&models)?;
-        let pinned_by = self.index.models.get(&manifest.model).map(|m| m.pinned_by.clone()).unwrap_or_default();
-        self.index.models.insert(
-            manifest.model.clone(),
-            CachedModel { files: manifest.files.clone(), last_used: now_secs(), pinned_by },
-        );
-        self.save_index()
+        let model = manifest.model.clone();
+        let files = manifest.files.clone();
+        self.locked(move |s| {
+            let now = now_secs();
+            let entry = s.index.models.entry(model).or_insert_with(|| CachedModel {
+                files: Vec::new(),
+                last_used: now,
+                pinned_by: BTreeSet::new(),
+                fetching: None,
+            });
+            entry.files = files;
+            entry.last_used = now;
+            Ok(())
+        })
     }
 
     /// Marks a model as used now.
     pub fn touch(&mut self, model: &str) -> Result<bool, CacheError> {
-        let Some(m) = self.index.models.get_mut(model) else { return Ok(false) };
-        m.last_used = now_secs();
-        self.save_index().map(|()| true)
+        self.locked(|s| {
+            let Some(m) = s.index.models.get_mut(model) else { return Ok(false) };
+            m.last_used = now_secs();
+            Ok(true)
+        })
     }
 
     /// Pins a model for a pod; `false` if the model is not cached.
     pub fn pin(&mut self, model: &str, pod: &str) -> Result<bool, CacheError> {
-        let Some(m) = self.index.models.get_mut(model) else { return Ok(false) };
-        m.pinned_by.insert(pod.to_owned());
-        m.last_used = now_secs();
-        self.save_index().map(|()| true)
+        self.locked(|s| {
+            let Some(m) = s.index.models.get_mut(model).filter(|m| m.is_ready()) else { return Ok(false) };
+            m.pinned_by.insert(pod.to_owned());
+            m.last_used = now_secs();
+            Ok(true)
+        })
     }
 
-    /// Removes a pod's pin.
+    /// Removes a pod's pin; `false` if it had none.
     pub fn unpin(&mut self, model: &str, pod: &str) -> Result<bool, CacheError> {
-        let Some(m) = self.index.models.get_mut(model) else { return Ok(false) };
-        let removed = m.pinned_by.remove(pod);
-        self.save_index().map(|()| removed)
+        self.locked(|s| Ok(s.index.models.get_mut(model).is_some_and(|m| m.pinned_by.remove(pod))))
     }
 
-    fn save_index(&self) -> Result<(), CacheError> {
-        let path = self.root.join("index.json");
-        let tmp = self.root.join(".index.json.tmp");
-        let text = serde_json::to_vec_pretty(&self.index)
-            .map_err(|e| CacheError::Index { path: path.clone(), message: e.to_string() })?;
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&text).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.root)
+    /// Removes what no model needs: fetches recorded more than `stale_after` ago by a process that is
+    /// gone (`active` names this process's fetches under way), blobs no model refers to, partial
+    /// downloads of no fetch under way that were last written more than `stale_after` ago, and staging
+    /// or unknown directories under `models/`.
+    pub fn collect_garbage(&mut self, stale_after: Duration, active: &HashSet<String>) -> Result<GcReport, CacheError> {
+        self.locked(|s| {
+            let mut report = GcReport::default();
+            let cutoff = now_secs().saturating_sub(stale_after.as_secs());
+            for (name, m) in &mut s.index.models {
+                if m.fetching.as_ref().is_some_and(|f| f.since < cutoff) && !active.contains(name) {
+                    m.fetching = None;
+                    report.stale_fetches += 1;
+                }
+            }
+            s.index.models.retain(|_, m| m.is_ready() || m.fetching.is_some());
+            (report.blobs, report.partials, report.bytes) = s.remove_strays(stale_after)?;
+            let models_dir = s.root.join("models");
+            for entry in fs::read_dir(&models_dir).map_err(io(&models_dir))?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !s.index.models.get(&name).is_some_and(CachedModel::is_ready) {
+                    remove_path(&entry.path())?;
+                    report.dirs += 1;
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    /// Blobs and partial downloads no model refers to, last written more than `age` ago; returns how
+    /// many blobs and partial files were removed, and the bytes freed.
+    fn remove_strays(&mut self, age: Duration) -> Result<(usize, usize, u64), CacheError> {
+        let referenced: HashSet<String> = self.referenced().into_iter().map(str::to_owned).collect();
+        let now = SystemTime::now();
+        let old =
+            |m: &fs::Metadata| m.modified().ok().and_then(|t| now.duration_since(t).ok()).is_none_or(|a| a >= age);
+        let mut counts = [0usize; 2];
+        let mut bytes = 0u64;
+        for (k, sub) in ["blobs/sha256", "partial"].into_iter().enumerate() {
+            let dir = self.root.join(sub);
+            for entry in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let digest = name.split('.').next().unwrap_or_default();
+                let Ok(m) = entry.metadata() else { continue };
+                if !referenced.contains(digest) && old(&m) {
+                    bytes = bytes.saturating_add(allocated(&m));
+                    remove_path(&entry.path())?;
+                    self.index.verified.remove(digest);
+                    counts[k] += 1;
+                }
+            }
+        }
+        let root = self.root.join("blobs/sha256");
+        self.index.verified.retain(|d, _| root.join(d).exists());
+        Ok((counts[0], counts[1], bytes))
+    }
+
+    /// Bytes of blobs and partial downloads no model refers to (left by failed fetches).
+    pub fn stray_bytes(&self) -> u64 {
+        let referenced = self.referenced();
+        let mut bytes = 0u64;
+        for sub in ["blobs/sha256", "partial"] {
+            let Ok(entries) = fs::read_dir(self.root.join(sub)) else { continue };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !referenced.contains(name.split('.').next().unwrap_or_default())
+                    && let Ok(m) = entry.metadata()
+                {
+                    bytes = bytes.saturating_add(allocated(&m));
+                }
+            }
+        }
+        bytes
     }
 }
 
-#[cfg(unix)]
-fn symlink(target: &Path, link: &Path) -> Result<(), CacheError> {
-    std::os::unix::fs::symlink(target, link).map_err(io(link))
-}
-
-#[cfg(not(unix))]
-fn symlink(target: &Path, link: &Path) -> Result<(), CacheError> {
-    let _ = target;
-    Err(CacheError::Io {
-        path: link.to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::Unsupported, "the model cache needs a Unix file system"),
-    })
+/// Removes a file, symlink or directory tree without following symlinks.
+fn remove_path(path: &Path) -> Result<(), CacheError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io(path)),
+        Ok(_) => remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CacheError::Io { path: path.to_owned(), source: e }),
+    }
 }

@@ -6,12 +6,14 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use gpuplane_cache::{FetchConfig, Fetcher, FileEntry, Manifest, Sha256, Source, Store};
+use gpuplane_cache::agent::{Agent, AgentConfig, ServerLimits};
+use gpuplane_cache::auth::{AuthError, AuthFuture, Authenticator, Caller, Policy, StaticTokens};
+use gpuplane_cache::{FetchConfig, Fetcher, FileEntry, Limits, Manifest, PeerToken, Sha256, Source, Store};
 
 use crate::service;
 
@@ -25,21 +27,58 @@ pub enum CacheCommand {
     /// Measure fetch throughput against nginx on 127.0.0.1 with a per-connection rate limit.
     Bench(BenchArgs),
     /// Run the node agent: HTTP API to prefetch, list, pin, and serve blobs to peer agents.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
 }
 
 /// Arguments of `gpuplane cache agent`.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Address to serve the agent API on
+    /// Address to serve the agent API on (in the DaemonSet: the pod's own network, port 8470)
     #[arg(long, default_value = "0.0.0.0:8470")]
     listen: std::net::SocketAddr,
     /// The store's root directory (a hostPath that pods mount read-only)
     #[arg(long, default_value = "/var/lib/gpuplane/cache")]
     root: PathBuf,
-    /// Disk budget of the store, in GiB
+    /// Disk budget of the store, in GiB (the store also stays within the file system's free space)
     #[arg(long, default_value_t = 500)]
     budget_gib: u64,
+    /// GiB always left free on the store's file system
+    #[arg(long, default_value_t = 10)]
+    keep_free_gib: u64,
+    /// This node's name: pods whose tokens were issued on it are local clients (default: $NODE_NAME)
+    #[arg(long)]
+    node_name: Option<String>,
+    /// How callers' bearer tokens are checked: "tokenreview" (the API server, audience
+    /// --audience) or "static" (--static-tokens)
+    #[arg(long, default_value = "tokenreview", value_parser = ["tokenreview", "static"])]
+    auth: String,
+    /// The audience callers' tokens must carry (TokenReview)
+    #[arg(long, default_value = "gpuplane-cache")]
+    audience: String,
+    /// With --auth static: a file of token,user[,node[,namespace/pod]] lines
+    #[arg(long)]
+    static_tokens: Option<PathBuf>,
+    /// Users that are peer agents: they read blobs and the inventory
+    #[arg(long, value_delimiter = ',', default_value = "system:serviceaccount:gpuplane-system:gpuplane-cache")]
+    peer_user: Vec<String>,
+    /// Users that read the inventory and metrics (the scheduler, Prometheus)
+    #[arg(long, value_delimiter = ',', default_value = "system:serviceaccount:gpuplane-system:gpuplane-scheduler")]
+    reader_user: Vec<String>,
+    /// Users that may prefetch any model and pin or unpin for any pod (pods on this node may always
+    /// prefetch, and pin for themselves)
+    #[arg(long, value_delimiter = ',')]
+    writer_user: Vec<String>,
+    /// Origins manifests may name, as URL prefixes (https://huggingface.co/, s3://bucket/prefix);
+    /// repeat or comma-separate. Nothing else is fetched
+    #[arg(long, value_delimiter = ',')]
+    allow_origin: Vec<String>,
+    /// Environment variables a manifest's token_env may name (such as HF_TOKEN)
+    #[arg(long, value_delimiter = ',')]
+    allow_token_env: Vec<String>,
+    /// File holding the bearer token this agent presents to its peers (a projected ServiceAccount
+    /// token with the --audience audience)
+    #[arg(long, default_value = "/var/run/secrets/gpuplane/token")]
+    peer_token_file: PathBuf,
     /// Peer agents to ask before the origin, as base URLs (comma-separated)
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
@@ -52,6 +91,25 @@ pub struct AgentArgs {
     /// Range reads hitting origins at once, across all fetches of this agent
     #[arg(long, default_value_t = 32)]
     origin_limit: usize,
+    /// Largest file a manifest may list, in GiB
+    #[arg(long, default_value_t = 1024)]
+    max_file_gib: u64,
+    /// Largest model a manifest may describe, in GiB
+    #[arg(long, default_value_t = 4096)]
+    max_model_gib: u64,
+    /// Blob streams served at once (each holds at most two 256 KiB pieces in memory)
+    #[arg(long, default_value_t = 32)]
+    max_streams: usize,
+    /// Seconds between garbage collections (strays, staging, stale fetches)
+    #[arg(long, default_value_t = 600)]
+    gc_interval_secs: u64,
+    /// Hours after which a fetch recorded by a stopped process, and the partials and blobs no model
+    /// refers to, are removed (sooner when room is needed)
+    #[arg(long, default_value_t = 6)]
+    stale_after_hours: u64,
+    /// Hours between re-hashes of every stored blob
+    #[arg(long, default_value_t = 24)]
+    rehash_interval_hours: u64,
     #[command(flatten)]
     tuning: FetchTuning,
     /// Log format on standard error: text or json (level from RUST_LOG, default info)
@@ -128,18 +186,109 @@ pub fn run(command: CacheCommand) -> Result<()> {
         CacheCommand::Fetch(args) => fetch(args),
         CacheCommand::Ls(args) => ls(args),
         CacheCommand::Bench(args) => bench(args),
-        CacheCommand::Agent(args) => agent(args),
+        CacheCommand::Agent(args) => agent(*args),
+    }
+}
+
+/// TokenReview answers as the agent's callers.
+struct ReviewedCallers(gpuplane_kube::tokenreview::TokenReviewer);
+
+impl Authenticator for ReviewedCallers {
+    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a> {
+        Box::pin(async move {
+            match self.0.review(token).await {
+                Ok(Some(user)) => Ok(Some(Caller { node: user.node(), pod: user.pod(), user: user.username })),
+                Ok(None) => Ok(None),
+                Err(e) => Err(AuthError(e.to_string())),
+            }
+        })
     }
 }
 
 fn agent(args: AgentArgs) -> Result<()> {
     let config = args.tuning.config()?;
+    let node = args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()).unwrap_or_default();
+    if node.is_empty() {
+        bail!(
+            "--node-name (or $NODE_NAME) is required: it tells local pods from others and names this agent to its peers"
+        );
+    }
+    if args.allow_origin.is_empty() {
+        tracing::warn!("No --allow-origin: the agent will refuse every prefetch.");
+    }
+    for origin in &args.allow_origin {
+        reqwest::Url::parse(origin).with_context(|| format!("--allow-origin {origin:?} is not a URL"))?;
+    }
+    for (flag, hours) in
+        [("--stale-after-hours", args.stale_after_hours), ("--rehash-interval-hours", args.rehash_interval_hours)]
+    {
+        if hours == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
+    if args.gc_interval_secs == 0 {
+        bail!("--gc-interval-secs must be at least 1");
+    }
     service::init_logging(&args.log_format);
-    let store = Store::open(&args.root, args.budget_gib << 30)?;
-    let fetcher = Fetcher::new(config, args.origin_limit)?.with_peers(args.peers.clone());
+    let store = Store::open(&args.root, args.budget_gib << 30)?.keep_free(args.keep_free_gib << 30);
+    let fetcher = Fetcher::new(config, args.origin_limit)?
+        .with_peers(args.peers.clone())
+        .with_node(node.clone())
+        .with_peer_token(PeerToken::File(args.peer_token_file.clone()));
     let own_ip = args.own_ip.clone().or_else(|| std::env::var("POD_IP").ok());
-    let agent = gpuplane_cache::agent::Agent::new(store, fetcher.clone());
+    let agent_config = AgentConfig {
+        policy: Policy {
+            node,
+            peers: args.peer_user.iter().cloned().collect(),
+            readers: args.reader_user.iter().cloned().collect(),
+            writers: args.writer_user.iter().cloned().collect(),
+        },
+        origins: args.allow_origin.clone(),
+        token_envs: args.allow_token_env.clone(),
+        limits: Limits {
+            max_file_bytes: args.max_file_gib << 30,
+            max_model_bytes: args.max_model_gib << 30,
+            ..Limits::default()
+        },
+        max_streams: args.max_streams,
+        ..AgentConfig::default()
+    };
+    let static_tokens = match (args.auth.as_str(), &args.static_tokens) {
+        ("static", Some(path)) => Some(StaticTokens::from_file(path)?),
+        ("static", None) => bail!("--auth static needs --static-tokens FILE"),
+        (_, Some(_)) => bail!("--static-tokens goes with --auth static"),
+        _ => None,
+    };
     service::runtime()?.block_on(async move {
+        let auth: Box<dyn Authenticator> = match static_tokens {
+            Some(tokens) => Box::new(tokens),
+            None => {
+                let client = kube::Client::try_default().await.context(
+                    "--auth tokenreview: cannot reach the Kubernetes API (no kubeconfig or service account)",
+                )?;
+                Box::new(ReviewedCallers(gpuplane_kube::tokenreview::TokenReviewer::new(
+                    client,
+                    vec![args.audience.clone()],
+                )))
+            }
+        };
+        let agent = Agent::new(store, fetcher.clone(), agent_config, auth);
+        match agent.collect_garbage(Duration::from_secs(args.stale_after_hours * 3600)) {
+            Ok(r) => tracing::info!(
+                blobs = r.blobs,
+                partials = r.partials,
+                dirs = r.dirs,
+                stale_fetches = r.stale_fetches,
+                bytes = r.bytes,
+                "Start-up garbage collection."
+            ),
+            Err(e) => tracing::warn!(error = %e, "Start-up garbage collection failed."),
+        }
+        tokio::spawn(Arc::clone(&agent).maintain(
+            Duration::from_secs(args.gc_interval_secs),
+            Duration::from_secs(args.stale_after_hours * 3600),
+            Duration::from_secs(args.rehash_interval_hours * 3600),
+        ));
         if let Some(service) = args.peer_service.clone() {
             let fixed = args.peers.clone();
             tokio::spawn(async move {
@@ -168,10 +317,14 @@ fn agent(args: AgentArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         tracing::info!(listen = %args.listen, root = %args.root.display(), "Model cache agent serving.");
-        axum::serve(listener, gpuplane_cache::agent::router(agent))
-            .with_graceful_shutdown(gpuplane_kube::serve::shutdown_signal())
-            .await
-            .context("serving the agent API")
+        gpuplane_cache::agent::serve(
+            listener,
+            gpuplane_cache::agent::router(agent),
+            ServerLimits::default(),
+            gpuplane_kube::serve::shutdown_signal(),
+        )
+        .await;
+        Ok(())
     })
 }
 
@@ -209,18 +362,27 @@ fn fetch(args: FetchArgs) -> Result<()> {
 fn ls(args: LsArgs) -> Result<()> {
     let store = Store::open(&args.root, u64::MAX)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!("{:<40} {:>7} {:>12} {:>12}  pinned by", "model", "files", "MiB", "last use");
     for (name, m) in store.models() {
         let age = now.saturating_sub(m.last_used);
-        println!(
-            "{name:<40} {:>7} {:>12.1} {:>10} s  {}",
-            m.files.len(),
-            m.bytes() as f64 / (1 << 20) as f64,
-            age,
-            m.pinned_by.iter().cloned().collect::<Vec<_>>().join(", ")
-        );
+        let pins = m.pinned_by.iter().cloned().collect::<Vec<_>>().join(", ");
+        if m.is_ready() {
+            println!("{name:<40} {:>7} {:>12.1} {:>10} s  {pins}", m.files.len(), mib(m.bytes()), age);
+        }
+        if let Some(f) = &m.fetching {
+            let bytes = f.files.iter().fold(0u64, |t, f| t.saturating_add(f.size));
+            let since = now.saturating_sub(f.since);
+            println!("{name:<40} {:>7} {:>12.1}   fetching for {since} s", f.files.len(), mib(bytes));
+        }
     }
-    println!("{:.1} MiB stored (shared files counted once)", store.used_bytes() as f64 / (1 << 20) as f64);
+    let (partial, _) = store.partial_bytes();
+    println!(
+        "{:.1} MiB stored (shared files counted once); {:.1} MiB in partial downloads; {:.1} MiB left by failed fetches (collected by the agent, or when room is needed)",
+        mib(store.used_bytes()),
+        mib(partial),
+        mib(store.stray_bytes())
+    );
     Ok(())
 }
 

@@ -50,6 +50,10 @@ pub struct SchedulerArgs {
     /// The cache agents' port when their pod names no container port "api"
     #[arg(long, default_value_t = 8470)]
     cache_agent_port: u16,
+    /// File holding the bearer token presented to the cache agents (a projected ServiceAccount token
+    /// with audience gpuplane-cache; read again every round)
+    #[arg(long)]
+    cache_agent_token_file: Option<std::path::PathBuf>,
     /// Expected read rates for the locality term, GB/s: local disk, peer, origin
     #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [2.0, 1.25, 0.3])]
     load_gbps: Vec<f64>,
@@ -98,6 +102,7 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
         lease,
         metrics_listen: args.metrics_listen,
         inventory: (args.locality_weight > 0.0).then(|| InventoryPolling {
+            token_file: args.cache_agent_token_file.clone(),
             interval: Duration::from_secs(args.inventory_interval_secs),
             default_port: args.cache_agent_port,
             ..InventoryPolling::default()

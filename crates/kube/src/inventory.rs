@@ -179,8 +179,12 @@ pub fn agents<'a>(pods: impl IntoIterator<Item = &'a api::Pod>, default_port: u1
         .collect()
 }
 
-/// Reads one agent's inventory over HTTP, within `timeout`.
-pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<HashMap<String, u64>, InventoryError> {
+/// Reads one agent's inventory over HTTP, within `timeout`, presenting `token` when given.
+pub async fn fetch(
+    addr: SocketAddr,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<HashMap<String, u64>, InventoryError> {
     let unreachable = |message: String| InventoryError::Unreachable { addr, message };
     let read = async {
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| unreachable(e.to_string()))?;
@@ -188,11 +192,13 @@ pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<HashMap<String
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(connection);
-        let request = hyper::Request::get("/models")
+        let mut request = hyper::Request::get("/models")
             .header(hyper::header::HOST, addr.to_string())
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| unreachable(e.to_string()))?;
+            .header(hyper::header::ACCEPT, "application/json");
+        if let Some(t) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = request.body(Empty::<Bytes>::new()).map_err(|e| unreachable(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
         if status != hyper::StatusCode::OK {
@@ -210,9 +216,13 @@ pub async fn fetch(addr: SocketAddr, timeout: Duration) -> Result<HashMap<String
 
 /// Reads every agent's inventory concurrently. Agents that fail are left out (their nodes count as not
 /// holding anything) and returned with the reason.
-pub async fn fetch_all(agents: &[Agent], timeout: Duration) -> (Inventories, Vec<(Agent, InventoryError)>) {
+pub async fn fetch_all(
+    agents: &[Agent],
+    timeout: Duration,
+    token: Option<&str>,
+) -> (Inventories, Vec<(Agent, InventoryError)>) {
     let results =
-        futures::future::join_all(agents.iter().map(|a| async move { (a, fetch(a.addr, timeout).await) })).await;
+        futures::future::join_all(agents.iter().map(|a| async move { (a, fetch(a.addr, timeout, token).await) })).await;
     let mut inventories = Inventories::default();
     let mut failed = Vec::new();
     for (agent, result) in results {

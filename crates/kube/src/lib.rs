@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod snapshot;
 pub mod tls;
+pub mod tokenreview;
 pub mod webhook;
 
 pub use extender::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, router};

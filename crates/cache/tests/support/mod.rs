@@ -20,9 +20,22 @@ pub struct Origin {
     pub delay_ms: AtomicU64,
     /// When non-zero, ranges that would take `served` past this many bytes are answered 503.
     pub fail_after: AtomicU64,
+    /// Answer Range requests with the whole file (200), as some origins do.
+    pub ignore_range: std::sync::atomic::AtomicBool,
+    /// When non-zero, whole-file answers announce the full length but send only this many bytes.
+    pub truncate_to: AtomicU64,
+    /// Requests received, with their Authorization header.
+    pub requests: Mutex<Vec<(String, Option<String>)>>,
 }
 
-async fn serve(State(o): State<Arc<Origin>>, Path(path): Path<String>, headers: HeaderMap) -> Response {
+async fn serve(
+    State(o): State<Arc<Origin>>,
+    Path(path): Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    o.requests.lock().unwrap().push((path.clone(), auth));
     let delay = o.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -30,8 +43,25 @@ async fn serve(State(o): State<Arc<Origin>>, Path(path): Path<String>, headers: 
     let Some(body) = o.files.lock().unwrap().get(&path).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if method == axum::http::Method::HEAD {
+        return ([(header::CONTENT_LENGTH, body.len().to_string())], axum::body::Body::empty()).into_response();
+    }
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes="));
+    let range = range.filter(|_| !o.ignore_range.load(Ordering::Relaxed));
     let Some((a, b)) = range.and_then(|r| r.split_once('-')) else {
+        let cut = o.truncate_to.load(Ordering::Relaxed);
+        if cut > 0 {
+            // Announce the whole length, send less, and close: a body that breaks off.
+            let len = body.len();
+            let part = body[..cut as usize].to_vec();
+            o.served.fetch_add(cut, Ordering::Relaxed);
+            let stream = futures::stream::iter([
+                Ok::<_, std::io::Error>(axum::body::Bytes::from(part)),
+                Err(std::io::Error::other("cut")),
+            ]);
+            return ([(header::CONTENT_LENGTH, len.to_string())], axum::body::Body::from_stream(stream))
+                .into_response();
+        }
         o.served.fetch_add(body.len() as u64, Ordering::Relaxed);
         return body.into_response();
     };
@@ -96,4 +126,95 @@ pub fn model(o: &Origin, base: &str, name: &str, files: &[(&str, Vec<u8>)]) -> M
         source: Source::Http { base_url: base.to_owned(), token_env: None },
         files: entries,
     }
+}
+
+/// Bearer tokens of the test callers (see [`tokens`]).
+pub const PEER: &str = "peer-token-0123456789";
+pub const SCHEDULER: &str = "scheduler-token-0123456789";
+pub const ADMIN: &str = "admin-token-0123456789";
+pub const POD_A: &str = "pod-a-token-0123456789";
+pub const POD_B: &str = "pod-b-token-0123456789";
+pub const REMOTE_POD: &str = "remote-pod-token-0123456789";
+/// The node the test agents run on (pods A and B run there too).
+pub const NODE: &str = "gpu-a";
+
+/// The callers behind the test tokens: a peer agent, the scheduler, an administrator, two pods on
+/// this node and one on another.
+pub fn tokens() -> gpuplane_cache::auth::StaticTokens {
+    use gpuplane_cache::auth::Caller;
+    let c = |user: &str, node: Option<&str>, pod: Option<&str>| Caller {
+        user: user.to_owned(),
+        node: node.map(str::to_owned),
+        pod: pod.map(str::to_owned),
+    };
+    gpuplane_cache::auth::StaticTokens::new([
+        (
+            PEER.to_owned(),
+            c("system:serviceaccount:gpuplane-system:gpuplane-cache", Some("gpu-b"), Some("gpuplane-system/cache-b")),
+        ),
+        (SCHEDULER.to_owned(), c("system:serviceaccount:gpuplane-system:gpuplane-scheduler", None, None)),
+        (ADMIN.to_owned(), c("admin", None, None)),
+        (POD_A.to_owned(), c("system:serviceaccount:serving:default", Some(NODE), Some("serving/pod-a"))),
+        (POD_B.to_owned(), c("system:serviceaccount:serving:default", Some(NODE), Some("serving/pod-b"))),
+        (REMOTE_POD.to_owned(), c("system:serviceaccount:serving:default", Some("gpu-z"), Some("serving/pod-z"))),
+    ])
+}
+
+/// The agent configuration of the tests: the peers, the scheduler and the admin as above; origins
+/// on `allowed` only.
+pub fn agent_config(node: &str, allowed: &[&str]) -> gpuplane_cache::agent::AgentConfig {
+    gpuplane_cache::agent::AgentConfig {
+        policy: gpuplane_cache::auth::Policy {
+            node: node.to_owned(),
+            peers: ["system:serviceaccount:gpuplane-system:gpuplane-cache".to_owned()].into(),
+            readers: ["system:serviceaccount:gpuplane-system:gpuplane-scheduler".to_owned()].into(),
+            writers: ["admin".to_owned()].into(),
+        },
+        origins: allowed.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// A fetcher with small ranges for tests, presenting the peer token to peers.
+pub fn test_fetcher(peers: Vec<String>, node: &str) -> gpuplane_cache::Fetcher {
+    gpuplane_cache::Fetcher::new(gpuplane_cache::FetchConfig { chunk_bytes: 1 << 20, concurrency: 4, retries: 1 }, 8)
+        .unwrap()
+        .with_peers(peers)
+        .with_node(node)
+        .with_peer_token(gpuplane_cache::PeerToken::Fixed(PEER.to_owned()))
+}
+
+/// Serves an agent on loopback with the real server (header timeout 1 s); its base URL.
+pub async fn serve_agent(agent: Arc<gpuplane_cache::agent::Agent>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = gpuplane_cache::agent::ServerLimits { max_connections: 64, header_timeout: Duration::from_secs(1) };
+    tokio::spawn(gpuplane_cache::agent::serve(
+        listener,
+        gpuplane_cache::agent::router(agent),
+        limits,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+/// An agent over a store at `dir`, its base URL and the agent itself.
+pub async fn agent_at(
+    dir: &std::path::Path,
+    peers: Vec<String>,
+    config: gpuplane_cache::agent::AgentConfig,
+) -> (String, Arc<gpuplane_cache::agent::Agent>) {
+    let node = config.policy.node.clone();
+    let agent = gpuplane_cache::agent::Agent::new(
+        gpuplane_cache::Store::open(dir, 1 << 30).unwrap(),
+        test_fetcher(peers, &node),
+        config,
+        Box::new(tokens()),
+    );
+    (serve_agent(Arc::clone(&agent)).await, agent)
+}
+
+/// The origin's base as an allow-list entry.
+pub fn origin_prefix(base: &str) -> String {
+    base.to_owned()
 }

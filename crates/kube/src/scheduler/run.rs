@@ -50,8 +50,11 @@ pub struct RunConfig {
 }
 
 /// Reading the cache agents' `GET /models`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InventoryPolling {
+    /// A file holding the bearer token presented to the agents (a projected ServiceAccount token with
+    /// the agents' audience), read again every round as the kubelet rotates it.
+    pub token_file: Option<std::path::PathBuf>,
     /// Time between rounds.
     pub interval: Duration,
     /// Time allowed per agent per round.
@@ -62,7 +65,12 @@ pub struct InventoryPolling {
 
 impl Default for InventoryPolling {
     fn default() -> Self {
-        InventoryPolling { interval: Duration::from_secs(10), timeout: Duration::from_secs(2), default_port: 8470 }
+        InventoryPolling {
+            token_file: None,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            default_port: 8470,
+        }
     }
 }
 
@@ -192,7 +200,7 @@ async fn schedule(
             Some(Input::Budgets)
         });
     let _poller =
-        config.inventory.map(|polling| AbortOnDrop(tokio::spawn(poll_inventories(pods.clone(), polling, tx))));
+        config.inventory.clone().map(|polling| AbortOnDrop(tokio::spawn(poll_inventories(pods.clone(), polling, tx))));
     nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
     budgets.wait_until_ready().await.map_err(|_| ServeError::NotReady("PodDisruptionBudget"))?;
@@ -286,7 +294,14 @@ async fn poll_inventories(pods: Store<api::Pod>, polling: InventoryPolling, tx: 
     loop {
         ticks.tick().await;
         let agents = inventory::agents(pods.state().iter().map(|p| p.as_ref()), polling.default_port);
-        let (inventories, failed) = inventory::fetch_all(&agents, polling.timeout).await;
+        let token = polling.token_file.as_ref().and_then(|path| match std::fs::read_to_string(path) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                tracing::warn!(token = %path.display(), error = %e, "Cache agent token not readable.");
+                None
+            }
+        });
+        let (inventories, failed) = inventory::fetch_all(&agents, polling.timeout, token.as_deref()).await;
         for (agent, error) in &failed {
             tracing::debug!(node = %agent.node, %error, "Cache inventory not read; the node counts as holding no model.");
         }
