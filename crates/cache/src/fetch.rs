@@ -627,8 +627,14 @@ impl Fetcher {
         Ok((fetched, resumed))
     }
 
-    /// Reads the file's missing ranges, many at once, hashing all of them in order; returns bytes
-    /// fetched, bytes resumed and the digest.
+    /// Reads the file's missing ranges, many at once and in any order of completion, and hashes the
+    /// whole file in order as its prefix fills; returns bytes fetched, bytes resumed and the digest.
+    ///
+    /// Each range is its own task that writes its bytes in place and drops them, so memory is at most
+    /// `concurrency` ranges however unevenly they finish, and a slow range never holds the others
+    /// back. A second task hashes the file from the start, reading back (from the page cache) each
+    /// range once every range before it is on disk, and records ranges as done — after `fdatasync` —
+    /// every 8 completions, so neither hashing nor flushing stops new ranges from starting.
     async fn read_ranges(
         &self,
         file: &FileEntry,
@@ -641,81 +647,126 @@ impl Fetcher {
         let part_path = flight.part.clone();
         let chunks_path = part_path.with_extension("chunks");
         let chunk = flight.chunk;
-        let n = file.size.div_ceil(chunk);
-        let resumed: u64 = (0..n).filter(|&i| done_before[i as usize]).map(|i| range_len(file.size, chunk, i)).sum();
+        let size = file.size;
+        let n = size.div_ceil(chunk);
+        let resumed: u64 = (0..n).filter(|&i| done_before[i as usize]).map(|i| range_len(size, chunk, i)).sum();
         for i in (0..n).filter(|&i| done_before[i as usize]) {
             flight.mark(i);
         }
 
-        // Each range runs as its own task, so reads go on while earlier ranges are hashed and flushed;
-        // `buffered` hands them over in order and keeps at most `concurrency` in flight.
-        let ranges = futures::stream::iter(0..n)
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let sink_part = Arc::clone(part);
+        let sink_path = part_path.clone();
+        let mut on_disk = done_before.to_vec();
+        let sink = tokio::spawn(async move {
+            let io_error = |e: String| CacheError::Io { path: sink_path.clone(), source: std::io::Error::other(e) };
+            let mut hash = Some(Context::new(&SHA256));
+            let mut buffer = Some(Vec::new());
+            let mut next = 0u64;
+            let mut unrecorded = Vec::new();
+            let mut outcome = Ok(());
+            loop {
+                // Hash every range of the on-disk prefix not hashed yet.
+                while next < n && on_disk[next as usize] {
+                    let (Some(mut h), Some(mut buf)) = (hash.take(), buffer.take()) else { break };
+                    let (p, at, len) = (Arc::clone(&sink_part), next * chunk, range_len(size, chunk, next));
+                    let hashed = tokio::task::spawn_blocking(move || {
+                        buf.resize(len as usize, 0);
+                        p.read_exact_at(&mut buf, at).map(|()| {
+                            h.update(&buf);
+                            (h, buf)
+                        })
+                    })
+                    .await;
+                    match hashed {
+                        Ok(Ok((h, buf))) => (hash, buffer) = (Some(h), Some(buf)),
+                        Ok(Err(e)) => outcome = Err(io_error(e.to_string())),
+                        Err(e) => outcome = Err(io_error(e.to_string())),
+                    }
+                    if outcome.is_err() {
+                        break;
+                    }
+                    next += 1;
+                }
+                if outcome.is_err() {
+                    break;
+                }
+                let Some(i) = done_rx.recv().await else { break };
+                on_disk[i as usize] = true;
+                unrecorded.push(i);
+                if unrecorded.len() >= 8
+                    && let Err(e) = record(&sink_part, &mut progress, &chunks_path, &mut unrecorded).await
+                {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            // What arrived is kept however the reads end: the next attempt resumes after it.
+            while let Ok(i) = done_rx.try_recv() {
+                unrecorded.push(i);
+            }
+            let flushed = record(&sink_part, &mut progress, &chunks_path, &mut unrecorded).await;
+            let digest = (next == n).then(|| hash.map(|h| hex(h.finish().as_ref()))).flatten();
+            outcome.and(flushed).map(|()| digest)
+        });
+
+        let todo: Vec<u64> = (0..n).filter(|&i| !done_before[i as usize]).collect();
+        let mut ranges = futures::stream::iter(todo)
             .map(|i| {
                 let part = Arc::clone(part);
                 let task_path = part_path.clone();
                 let from = from.clone();
                 let fetcher = self.clone();
                 let flight = Arc::clone(flight);
-                let was_done = done_before[i as usize];
-                let size = file.size;
-                let task = tokio::spawn(async move {
+                let mut task = AbortOnDrop(tokio::spawn(async move {
                     let (start, len) = (i * chunk, range_len(size, chunk, i));
-                    let bytes = if was_done {
-                        blocking(&task_path, move || {
-                            let mut buf = vec![0u8; len as usize];
-                            part.read_exact_at(&mut buf, start).map(|()| Bytes::from(buf))
-                        })
-                        .await?
-                    } else {
-                        let bytes = fetcher.read_range(&from, start, len, size).await?;
-                        let write = bytes.clone();
-                        blocking(&task_path, move || part.write_all_at(&write, start)).await?;
-                        flight.mark(i);
-                        bytes
-                    };
-                    Ok::<_, CacheError>((i, bytes, !was_done))
-                });
-                let part_path = part_path.clone();
+                    let bytes = fetcher.read_range(&from, start, len, size).await?;
+                    blocking(&task_path, move || part.write_all_at(&bytes, start)).await?;
+                    flight.mark(i);
+                    Ok::<_, CacheError>((i, len))
+                }));
+                let task_path = part_path.clone();
                 async move {
-                    task.await.map_err(|e| CacheError::Io {
-                        path: part_path,
+                    (&mut task.0).await.map_err(|e| CacheError::Io {
+                        path: task_path,
                         source: std::io::Error::other(format!("range task failed: {e}")),
                     })?
                 }
             })
-            .buffered(self.config.concurrency);
-        tokio::pin!(ranges);
-
-        let mut hash = Context::new(&SHA256);
-        let mut unrecorded = Vec::new();
+            .buffer_unordered(self.config.concurrency);
         let mut fetched = 0u64;
+        let mut failed = None;
         while let Some(next) = ranges.next().await {
-            let (i, bytes, fresh) = match next {
-                Ok(range) => range,
-                Err(e) => {
-                    // Keep what arrived: the next attempt (another source, a restart) resumes after it.
-                    // The read's error is the one to report, whether or not this flush succeeds.
-                    let _ = record(part, &mut progress, &chunks_path, &mut unrecorded).await;
-                    return Err(e);
+            match next {
+                Ok((i, len)) => {
+                    fetched += len;
+                    if done_tx.send(i).is_err() {
+                        break;
+                    }
                 }
-            };
-            if fresh {
-                fetched += bytes.len() as u64;
-                unrecorded.push(i);
-            }
-            // Hashing 16 MiB takes milliseconds: off the async threads, in order.
-            hash = tokio::task::spawn_blocking(move || {
-                hash.update(&bytes);
-                hash
-            })
-            .await
-            .map_err(|e| CacheError::Io { path: part_path.clone(), source: std::io::Error::other(e.to_string()) })?;
-            if unrecorded.len() >= 8 {
-                record(part, &mut progress, &chunks_path, &mut unrecorded).await?;
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        record(part, &mut progress, &chunks_path, &mut unrecorded).await?;
-        Ok((fetched, resumed, hex(hash.finish().as_ref())))
+        // Ranges still running are cancelled with the stream: nothing writes into the file after this.
+        drop(ranges);
+        drop(done_tx);
+        let sunk = sink
+            .await
+            .map_err(|e| CacheError::Io { path: part_path.clone(), source: std::io::Error::other(e.to_string()) })?;
+        // A read's error is the one to report, whether or not the flush after it succeeded.
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match sunk? {
+            Some(digest) => Ok((fetched, resumed, digest)),
+            None => Err(CacheError::Io {
+                path: part_path,
+                source: std::io::Error::other("the file was not hashed to its end"),
+            }),
+        }
     }
 
     /// Reads the whole file as one response body (an origin that ignores Range), written and hashed
@@ -894,6 +945,15 @@ impl Fetcher {
             ));
         }
         Ok(body.freeze())
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -484,6 +484,34 @@ fn curl(url: &str) -> Result<(u64, Duration)> {
     Ok((bytes, Duration::from_secs_f64(secs)))
 }
 
+/// Downloads a URL with aria2c, 16 connections and 16 pieces, verifying the SHA-256 when done (as
+/// the fetcher does while streaming); the wall time.
+fn aria2c(url: &str, dir: &Path, digest: &str) -> Result<Duration> {
+    let started = Instant::now();
+    let out = Command::new("aria2c")
+        .args([
+            "-x16",
+            "-s16",
+            "-k1M",
+            "--file-allocation=none",
+            "--allow-overwrite=true",
+            "--auto-file-renaming=false",
+        ])
+        .args(["--console-log-level=error", "--summary-interval=0", "--download-result=hide"])
+        .arg(format!("--checksum=sha-256={digest}"))
+        .arg("-d")
+        .arg(dir)
+        .args(["-o", "aria2c.bin", url])
+        .output()
+        .context("running aria2c (install Debian's aria2)")?;
+    let elapsed = started.elapsed();
+    if !out.status.success() {
+        bail!("aria2c {url} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::remove_file(dir.join("aria2c.bin")).context("removing aria2c's download")?;
+    Ok(elapsed)
+}
+
 /// Writes `size` bytes of incompressible content; returns its SHA-256.
 fn write_model_file(path: &Path, size: u64) -> Result<String> {
     let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(path)?);
@@ -553,6 +581,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         bail!("curl fetched {curl_bytes} bytes, expected {size}");
     }
     let limited = ours("limited")?;
+    let aria = aria2c(&format!("{base}/limited/model.bin"), dir, &digest)?;
     let ceiling = ours("full")?;
     let (_, curl_full) = curl(&format!("{base}/full/model.bin"))?;
     let server = if nginx.version.is_empty() { "nginx".to_owned() } else { nginx.version.clone() };
@@ -560,6 +589,7 @@ fn bench(args: BenchArgs) -> Result<()> {
 
     let curl_rate = mib_per_s(size, curl_limited);
     let limited_rate = mib_per_s(size, limited);
+    let aria_rate = mib_per_s(size, aria);
     let ceiling_rate = mib_per_s(size, ceiling);
     println!(
         "fetch bench: {} MiB file from {} on 127.0.0.1, limit_rate {} MiB/s per connection",
@@ -578,9 +608,16 @@ fn bench(args: BenchArgs) -> Result<()> {
         100.0 * limited_rate / ceiling_rate
     );
     println!(
+        "  {:<58} {aria_rate:>9.0} {:>8.1}× {:>10.0} %",
+        "aria2c -x16 -s16, SHA-256 checked, rate-limited (on disk)",
+        aria_rate / curl_rate,
+        100.0 * aria_rate / ceiling_rate
+    );
+    println!(
         "  {:<58} {:>9.0} {:>9} {:>11}",
         "gpuplane, same settings, no rate limit (the ceiling)", ceiling_rate, "", "100 %"
     );
+    println!("  gpuplane against aria2c: {:.2}×", limited_rate / aria_rate);
     println!("  {:<58} {:>9.0}", "curl, one stream, no rate limit, to /dev/null (context)", mib_per_s(size, curl_full));
     Ok(())
 }

@@ -222,6 +222,7 @@ fn cache_fetch_bench_runs_against_nginx_and_reports() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("curl, one stream, rate-limited") && stdout.contains("vs ceiling"), "{stdout}");
+    assert!(stdout.contains("aria2c -x16 -s16, SHA-256 checked") && stdout.contains("against aria2c"), "{stdout}");
     assert_fails(&gpuplane(&["cache", "bench", "--size-mib", "0"], dir.path()), "--size-mib");
 }
 

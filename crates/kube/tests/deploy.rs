@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{admissionregistration, apps, batch, core, policy, rbac, scheduling};
+use k8s_openapi::api::{admissionregistration, apps, batch, core, networking, policy, rbac, scheduling};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -64,6 +64,7 @@ fn every_manifest_is_a_valid_object() {
                 "DaemonSet" => round_trip::<apps::v1::DaemonSet>(&doc),
                 "Job" => round_trip::<batch::v1::Job>(&doc),
                 "PriorityClass" => round_trip::<scheduling::v1::PriorityClass>(&doc),
+                "NetworkPolicy" => round_trip::<networking::v1::NetworkPolicy>(&doc),
                 other => panic!("{}: kind {other:?} has no check here", file.display()),
             };
             assert_eq!(
@@ -158,4 +159,28 @@ fn webhook_configurations_point_at_the_webhook_service_paths() {
         let excluded = hook["namespaceSelector"]["matchExpressions"][0]["values"].as_array().unwrap();
         assert!(excluded.iter().any(|v| v == "gpuplane-system"), "the webhook must not gate its own namespace");
     }
+}
+
+#[test]
+fn the_cache_agent_is_reachable_only_as_its_docs_say_and_presents_a_bound_token() {
+    let docs = docs_of("cache/daemonset.yaml");
+    let of = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
+    let policy = of("NetworkPolicy");
+    assert_eq!(policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "gpuplane-cache");
+    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 8470);
+    let sources: Vec<&Value> = policy["spec"]["ingress"][0]["from"].as_array().unwrap().iter().collect();
+    assert_eq!(sources.len(), 3, "peers, the scheduler, model-client namespaces: {sources:?}");
+    let binding = of("ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], "system:auth-delegator", "TokenReview needs it");
+    let pod = &of("DaemonSet")["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][0]["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for flag in ["--listen=0.0.0.0:8470", "--peer-token-file=/var/run/secrets/gpuplane/token", "--allow-origin="] {
+        assert!(args.iter().any(|a| a.starts_with(flag)), "{flag} missing from {args:?}");
+    }
+    let token = &pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "peer-token").unwrap()["projected"];
+    assert_eq!(token["sources"][0]["serviceAccountToken"]["audience"], "gpuplane-cache");
+    // The scheduler presents a token of the same audience when it reads the inventories.
+    let scheduler = &docs_of("scheduler/deployment.yaml")[0]["spec"]["template"]["spec"];
+    let volume = scheduler["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "cache-agent-token").unwrap();
+    assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["audience"], "gpuplane-cache");
 }
