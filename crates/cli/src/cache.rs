@@ -170,8 +170,8 @@ pub struct BenchArgs {
     /// Size of the file nginx serves, in MiB
     #[arg(long, default_value_t = 2048)]
     size_mib: u64,
-    /// nginx `limit_rate` per connection, in MiB/s
-    #[arg(long, default_value_t = 64)]
+    /// nginx `limit_rate` per connection, in MiB/s (48 MiB/s ≈ 50 MB/s, an object store's per-connection pace)
+    #[arg(long, default_value_t = 48)]
     rate_mib: u64,
     /// Where the file and the stores go (default: the system's temporary directory)
     #[arg(long)]
@@ -213,9 +213,6 @@ fn agent(args: AgentArgs) -> Result<()> {
             "--node-name (or $NODE_NAME) is required: it tells local pods from others and names this agent to its peers"
         );
     }
-    if args.allow_origin.is_empty() {
-        tracing::warn!("No --allow-origin: the agent will refuse every prefetch.");
-    }
     for origin in &args.allow_origin {
         reqwest::Url::parse(origin).with_context(|| format!("--allow-origin {origin:?} is not a URL"))?;
     }
@@ -230,6 +227,9 @@ fn agent(args: AgentArgs) -> Result<()> {
         bail!("--gc-interval-secs must be at least 1");
     }
     service::init_logging(&args.log_format);
+    if args.allow_origin.is_empty() {
+        tracing::warn!("No --allow-origin: the agent will refuse every prefetch.");
+    }
     let store = Store::open(&args.root, args.budget_gib << 30)?.keep_free(args.keep_free_gib << 30);
     let fetcher = Fetcher::new(config, args.origin_limit)?
         .with_peers(args.peers.clone())
@@ -378,7 +378,7 @@ fn ls(args: LsArgs) -> Result<()> {
     }
     let (partial, _) = store.partial_bytes();
     println!(
-        "{:.1} MiB stored (shared files counted once); {:.1} MiB in partial downloads; {:.1} MiB left by failed fetches (collected by the agent, or when room is needed)",
+        "{:.1} MiB stored (shared files once), {:.1} MiB in partial downloads, {:.1} MiB stray (left by failed fetches)",
         mib(store.used_bytes()),
         mib(partial),
         mib(store.stray_bytes())
