@@ -768,4 +768,29 @@ mod tests {
         assert!(!origin_matches("s3://weights/team-a", "s3://weights/team-b/llama"));
         assert!(!origin_matches("s3://weights/team-a", "not a url"));
     }
+
+    proptest::proptest! {
+        /// Whatever a client puts in Range, the parser never panics and only answers ranges inside the blob.
+        #[test]
+        fn ranges_stay_inside_the_blob(spec in "(bytes=)?[0-9]{0,21}-?[0-9]{0,21}", size in 0u64..1 << 40) {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(&spec) {
+                headers.insert(header::RANGE, v);
+            }
+            if let Ok(Some((start, end))) = range(&headers, size) {
+                proptest::prop_assert!(start <= end && end < size);
+            }
+        }
+
+        /// An allowed URL always keeps the allowed prefix's scheme and host.
+        #[test]
+        fn allowed_urls_keep_the_prefixs_host(path in "[a-z0-9./%@:-]{0,40}") {
+            let url = format!("https://models.example/org/{path}");
+            if origin_matches("https://models.example/org/", &url) {
+                let parsed = reqwest::Url::parse(&url).unwrap();
+                proptest::prop_assert_eq!(parsed.host_str(), Some("models.example"));
+                proptest::prop_assert!(parsed.path().starts_with("/org"));
+            }
+        }
+    }
 }

@@ -278,6 +278,23 @@ mod tests {
         assert!(m.check_within(&limits, "req").unwrap_err().to_string().contains("at most 1 files"));
     }
 
+    proptest::proptest! {
+        /// Any sizes: the check never panics, and a manifest it accepts adds up within the limits.
+        #[test]
+        fn accepted_manifests_add_up_within_the_limits(sizes in proptest::collection::vec(proptest::num::u64::ANY, 1..6)) {
+            let files: Vec<String> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!(r#"{{"path": "f{i}", "size": {s}, "sha256": "{DIGEST}"}}"#))
+                .collect();
+            let text = format!(r#"{{"model": "m", "source": {{"kind": "local", "dir": "/x"}}, "files": [{}]}}"#, files.join(","));
+            if let Ok(m) = Manifest::from_json(&text, "m.json") {
+                let total = m.files.iter().try_fold(0u64, |t, f| t.checked_add(f.size));
+                proptest::prop_assert!(total.is_some_and(|t| t <= Limits::default().max_model_bytes));
+            }
+        }
+    }
+
     #[test]
     fn a_file_cannot_be_another_files_directory() {
         let e = Manifest::from_json(&two_files(("x/y/z", 1), ("x/y", 1)), "m.json").unwrap_err();
