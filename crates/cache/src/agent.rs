@@ -366,8 +366,9 @@ impl Agent {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty() && t.len() <= 16 << 10);
         let Some(token) = token else {
             self.metrics.denied.inc();
@@ -431,7 +432,7 @@ fn error_response(e: &CacheError) -> Response {
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/models", post(prefetch).get(list))
-        .route("/models/{model}/pins/{pod}", axum::routing::put(pin).delete(unpin))
+        .route("/models/{model}/pins/{pod}", axum::routing::put(pins).delete(pins))
         .route("/blobs/sha256/{digest}", get(blob))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -484,32 +485,22 @@ async fn list(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
     axum::Json(agent.inventory()).into_response()
 }
 
-async fn pin(
+/// `PUT` pins, `DELETE` unpins.
+async fn pins(
     State(agent): State<Arc<Agent>>,
     Path((model, pod)): Path<(String, String)>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
     if let Err(r) = agent.caller(&headers, &Action::Pin(&pod)).await {
         return r.into_response();
     }
-    let result = agent.store().pin(&model, &pod);
+    let pinning = method == Method::PUT;
+    let result = if pinning { agent.store().pin(&model, &pod) } else { agent.store().unpin(&model, &pod) };
     match result {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => Refusal(StatusCode::NOT_FOUND, format!("model {model} is not cached here")).into_response(),
-        Err(e) => error_response(&e),
-    }
-}
-
-async fn unpin(
-    State(agent): State<Arc<Agent>>,
-    Path((model, pod)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(r) = agent.caller(&headers, &Action::Pin(&pod)).await {
-        return r.into_response();
-    }
-    let result = agent.store().unpin(&model, &pod);
-    match result {
+        Ok(false) if pinning => {
+            Refusal(StatusCode::NOT_FOUND, format!("model {model} is not cached here")).into_response()
+        }
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error_response(&e),
     }
