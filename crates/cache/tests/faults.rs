@@ -63,7 +63,7 @@ async fn a_full_disk_refuses_clearly_gives_its_space_back_and_the_store_stays_us
 
     // The disk fills up during a fetch (another writer on the node): the fetch fails naming the
     // cause, and its partial download is removed rather than left to block the next fetch.
-    o.delay_ms.store(50, Ordering::Relaxed);
+    o.delay_ms.store(300, Ordering::Relaxed);
     let fits = model(&o, &base, "fits", &[("w.bin", content(5 << 20, 2))]);
     let filler = fs.0.join("filler");
     let (f, s) = (fetcher(), &store);
