@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::error::CacheError;
 use crate::manifest::{FileEntry, Manifest, Source};
 use crate::safetensors;
-use crate::store::{BlobCheck, Store, hash_blob, open_nofollow};
+use crate::store::{BlobCheck, Store, hash_blob, open_lock_file, open_nofollow};
 
 /// The response header that tells a peer whether a blob is `complete` here or being `fetching`.
 pub const BLOB_STATE_HEADER: &str = "x-gpuplane-blob";
@@ -969,13 +969,7 @@ impl BlobFileLock {
     fn take(path: PathBuf) -> std::io::Result<BlobFileLock> {
         use std::os::unix::fs::MetadataExt;
         loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(&path)?;
+            let file = open_lock_file(&path)?;
             file.lock()?;
             let held = file.metadata()?.ino();
             if std::fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held) {

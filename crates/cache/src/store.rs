@@ -159,6 +159,17 @@ pub(crate) fn open_nofollow(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(path)
 }
 
+/// Opens (or creates) a lock file without following a symlink in its last component.
+pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// Removes a file or symlink; absent is fine.
 fn remove_file(path: &Path) -> Result<(), CacheError> {
     match fs::remove_file(path) {
@@ -210,14 +221,7 @@ impl Store {
             fs::create_dir_all(&path).map_err(io(&path))?;
         }
         let lock_path = root.join(".lock");
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
+        let lock = open_lock_file(&lock_path).map_err(io(&lock_path))?;
         let mut store = Store { root, budget, keep_free: 0, index: Index::default(), index_seen: None, lock };
         store.locked(|_| Ok(()))?;
         Ok(store)
