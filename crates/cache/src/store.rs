@@ -221,9 +221,10 @@ impl Store {
             fs::create_dir_all(&path).map_err(io(&path))?;
         }
         let lock_path = root.join(".lock");
-        let lock = open_lock_file(&lock_path).map_err(io(&lock_path))?;
+        // A store mounted read-only (`ls` in a pod) is read under a shared lock on the existing file.
+        let lock = open_lock_file(&lock_path).or_else(|_| open_nofollow(&lock_path)).map_err(io(&lock_path))?;
         let mut store = Store { root, budget, keep_free: 0, index: Index::default(), index_seen: None, lock };
-        store.locked(|_| Ok(()))?;
+        store.reload()?;
         Ok(store)
     }
 
@@ -260,7 +261,7 @@ impl Store {
 
     /// Reads the index again if another process changed it.
     pub fn refresh(&mut self) -> Result<(), CacheError> {
-        if self.index_changed() { self.locked(|_| Ok(())) } else { Ok(()) }
+        if self.index_changed() { self.reload() } else { Ok(()) }
     }
 
     fn index_path(&self) -> PathBuf {
@@ -290,6 +291,35 @@ impl Store {
         })();
         let _ = self.lock.unlock();
         result
+    }
+
+    /// Reads the index under a shared lock, writing nothing; a corrupt one is rebuilt under the
+    /// exclusive lock.
+    fn reload(&mut self) -> Result<(), CacheError> {
+        let lock_path = self.root.join(".lock");
+        self.lock.lock_shared().map_err(io(&lock_path))?;
+        let path = self.index_path();
+        let read = match fs::read_to_string(&path) {
+            Ok(text) => Ok(serde_json::from_str::<Index>(&text).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Index::default())),
+            Err(e) => Err(CacheError::Io { path: path.clone(), source: e }),
+        };
+        let seen = fs::metadata(&path).ok().map(|m| {
+            let s = Stamp::of(&m);
+            (s.ino, s.mtime_ns)
+        });
+        let _ = self.lock.unlock();
+        match read? {
+            Some(index) => {
+                self.index = index;
+                self.index_seen = seen;
+                Ok(())
+            }
+            None => {
+                self.index_seen = None;
+                self.locked(|_| Ok(()))
+            }
+        }
     }
 
     fn read_index(&mut self) -> Result<Index, CacheError> {

@@ -323,3 +323,18 @@ async fn what_a_failed_fetch_leaves_is_counted_reused_and_collected() {
     assert_eq!((report.blobs, store.lock().unwrap().stray_bytes()), (1, 0), "{report:?}");
     assert!(dir.path().join("models/m/b.bin").exists(), "the good model is untouched");
 }
+
+#[tokio::test]
+async fn listing_a_store_writes_nothing() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(&o, &base, "m", &[("w.bin", content(1000, 60))]);
+    fetcher().fetch_model(&Mutex::new(Store::open(dir.path(), 1 << 30).unwrap()), &m).await.unwrap();
+    let index = dir.path().join("index.json");
+    let before = std::fs::metadata(&index).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut store = Store::open(dir.path(), u64::MAX).unwrap();
+    store.refresh().unwrap();
+    assert_eq!(store.models()["m"].bytes(), 1000);
+    assert_eq!(std::fs::metadata(&index).unwrap().modified().unwrap(), before, "opening and reading saved nothing");
+}
