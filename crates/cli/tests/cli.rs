@@ -227,6 +227,31 @@ fn cache_fetch_bench_runs_against_nginx_and_reports() {
 }
 
 #[test]
+fn cache_agent_refuses_to_start_without_what_its_checks_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = |extra: &[&str]| {
+        let mut args = vec!["cache", "agent", "--listen", "127.0.0.1:0", "--root", "store"];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("NODE_NAME")
+            .env("KUBECONFIG", dir.path().join("missing-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", dir.path())
+            .output()
+            .expect("run gpuplane")
+    };
+    assert_fails(&agent(&[]), "--node-name (or $NODE_NAME) is required");
+    assert_fails(&agent(&["--node-name", "gpu-1", "--auth", "static"]), "--auth static needs --static-tokens");
+    let tokens = write(dir.path(), "tokens.csv", "short,user\n");
+    assert_fails(&agent(&["--node-name", "gpu-1", "--auth", "static", "--static-tokens", &tokens]), "tokens.csv:1");
+    assert_fails(&agent(&["--node-name", "gpu-1", "--allow-origin", "not a url"]), "--allow-origin \"not a url\"");
+    // TokenReview needs the API server: without one the agent says so rather than serving unchecked.
+    assert_fails(&agent(&["--node-name", "gpu-1"]), "--auth tokenreview: cannot reach the Kubernetes API");
+}
+
+#[test]
 fn cache_fetch_ls_and_bad_manifests() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
