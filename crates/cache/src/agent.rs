@@ -26,7 +26,7 @@ use crate::auth::{Action, Authenticator, Caller, Policy};
 use crate::error::CacheError;
 use crate::fetch::{Available, BLOB_STATE_HEADER, FETCH_KEY_HEADER, FetchReport, Fetcher};
 use crate::manifest::{Limits, Manifest, Source};
-use crate::store::{GcReport, Stamp, Store, hash_blob, open_nofollow};
+use crate::store::{GcReport, Sound, Store, sound_blob};
 
 /// What the agent accepts and how much it spends.
 #[derive(Debug, Clone)]
@@ -302,7 +302,7 @@ impl Agent {
             if self.fetcher.in_flight(&digest).is_some() {
                 continue;
             }
-            if self.sound_blob(&digest).await.is_none() && self.store().verified_stamp(&digest).is_none() {
+            if matches!(self.sound_blob(&digest, false).await, Sound::Corrupt) {
                 removed.push(digest);
             }
         }
@@ -332,32 +332,17 @@ impl Agent {
         }
     }
 
-    /// Opens a published blob that is sound: no symlink, a regular file, unchanged since it was last
-    /// verified — or hashed again now when it changed. A blob that fails is removed.
-    async fn sound_blob(&self, digest: &str) -> Option<(std::fs::File, u64)> {
-        let path = self.store().blob_path(digest);
-        let file = open_nofollow(&path).ok()?;
-        let meta = file.metadata().ok()?;
-        if !meta.is_file() {
-            let _ = self.store().discard_blob(digest);
-            return None;
-        }
-        let stamp = self.store().verified_stamp(digest);
-        if stamp.is_some_and(|s| s == Stamp::of(&meta)) {
-            return Some((file, meta.len()));
-        }
-        let p = path.clone();
-        let hashed = tokio::task::spawn_blocking(move || hash_blob(&p)).await.ok()?.ok()?;
-        match hashed {
-            Some((actual, stamp)) if actual == digest => {
-                let _ = self.store().mark_verified(digest, stamp);
-                Some((file, meta.len()))
-            }
-            _ => {
-                tracing::warn!(blob = %path.display(), "Blob does not match its digest; removed, not served.");
+    /// [`sound_blob`], counting corrupt blobs; a store error is logged and counts as absent.
+    async fn sound_blob(&self, digest: &str, rehash: bool) -> Sound {
+        match sound_blob(&self.store, digest, None, rehash).await {
+            Ok(Sound::Corrupt) => {
                 self.metrics.corrupt.inc();
-                let _ = self.store().discard_blob(digest);
-                None
+                Sound::Corrupt
+            }
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(blob = digest, error = %e, "Blob not readable.");
+                Sound::Absent
             }
         }
     }
@@ -551,16 +536,14 @@ async fn blob(
     }
     // A fetch under way may publish while we wait: look again once it ends.
     for _ in 0..2 {
-        if let Some((file, size)) = agent.sound_blob(&digest).await {
+        if let Sound::Blob(file, size) = agent.sound_blob(&digest, false).await {
             return serve_file(&agent, file, size, &method, &headers, state_headers("complete", None));
         }
         let Some(flight) = agent.fetcher.in_flight(&digest) else { break };
         let size = flight.size;
         let fetching = state_headers("fetching", Some(flight.key.to_string()));
         if method == Method::HEAD {
-            let mut response = (fetching, Body::empty()).into_response();
-            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-            return response;
+            return head(fetching, size);
         }
         let (start, end) = match range(&headers, size) {
             Ok(Some(r)) => r,
@@ -570,10 +553,7 @@ async fn blob(
             Err(()) => return not_satisfiable(size),
         };
         match flight.wait_for(start, end, agent.config.follow_wait).await {
-            Available::Partial(file) => {
-                let ranged = serve_range(&agent, file, start, end, size, fetching);
-                return ranged;
-            }
+            Available::Partial(file) => return serve_range(&agent, file, start, end, size, fetching),
             Available::Ended => continue,
             Available::NotYet => {
                 let mut response =
@@ -585,6 +565,13 @@ async fn blob(
         }
     }
     Refusal(StatusCode::NOT_FOUND, "not cached here".to_owned()).into_response()
+}
+
+/// A `HEAD` answer: the headers and the length a `GET` would have.
+fn head(headers: HeaderMap, size: u64) -> Response {
+    let mut response = (headers, Body::empty()).into_response();
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    response
 }
 
 fn not_satisfiable(size: u64) -> Response {
@@ -600,9 +587,7 @@ fn serve_file(
     extra: HeaderMap,
 ) -> Response {
     if method == Method::HEAD {
-        let mut response = (extra, Body::empty()).into_response();
-        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-        return response;
+        return head(extra, size);
     }
     match range(headers, size) {
         Ok(Some((start, end))) => serve_range(agent, file, start, end, size, extra),
@@ -663,16 +648,10 @@ fn stream(agent: &Arc<Agent>, file: std::fs::File, start: u64, end: u64, extra: 
             at += len;
         }
     });
-    let body = Body::from_stream(tokio_stream_of(rx));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let mut response = (extra, body).into_response();
     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(end + 1 - start));
     response
-}
-
-fn tokio_stream_of<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Limits of the agent's HTTP server.

@@ -1,6 +1,6 @@
 //! Fetching a model into the store: each file is read as fixed-size byte ranges, many at once (HTTP
 //! Range requests, or positioned reads of a local file), written in place into a partial file, and
-//! hashed in order as the ranges complete — no second pass over the bytes. Progress is recorded per
+//! hashed in order as its prefix fills, read back from the page cache. Progress is recorded per
 //! range after the data is flushed, so a fetch killed half-way resumes where it stopped. A file is
 //! published only when its SHA-256 matches the manifest (and, for `.safetensors`, its header is sound).
 //! An origin that ignores Range is read as one stream.
@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::error::CacheError;
 use crate::manifest::{FileEntry, Manifest, Source};
 use crate::safetensors;
-use crate::store::{BlobCheck, Store, hash_blob, open_lock_file, open_nofollow};
+use crate::store::{Sound, Store, open_lock_file, open_nofollow, sound_blob};
 
 /// The response header that tells a peer whether a blob is `complete` here or being `fetching`.
 pub const BLOB_STATE_HEADER: &str = "x-gpuplane-blob";
@@ -145,6 +145,10 @@ impl InFlight {
     fn end(&self) {
         self.ended.store(true, Ordering::Release);
         self.progress.send_modify(|v| *v += 1);
+    }
+
+    fn is_done(&self, i: u64) -> bool {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).get(i as usize).copied().unwrap_or(false)
     }
 
     fn covers(&self, start: u64, end: u64) -> bool {
@@ -478,7 +482,7 @@ impl Fetcher {
         let partial = store.lock().unwrap_or_else(|p| p.into_inner()).partial_path(&file.sha256);
         let lock_path = partial.with_extension("lock");
         let _file_lock = blocking(&lock_path.clone(), move || BlobFileLock::take(lock_path)).await?;
-        if self.reuse(store, file).await? {
+        if matches!(sound_blob(store, &file.sha256, Some(file.size), false).await?, Sound::Blob(..)) {
             report.reused_bytes += file.size;
             return Ok(());
         }
@@ -526,35 +530,6 @@ impl Fetcher {
         store.lock().unwrap_or_else(|p| p.into_inner()).publish_blob(&part_of(&partial), &file.sha256)?;
         let _ = std::fs::remove_file(chunks_of(&partial));
         Ok(())
-    }
-
-    /// Whether the blob is stored and sound: checked for type and size, and hashed again when it
-    /// changed since it was verified. A blob that fails is removed.
-    async fn reuse(&self, store: &Mutex<Store>, file: &FileEntry) -> Result<bool, CacheError> {
-        let (check, path) = {
-            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-            (s.blob_check(&file.sha256, file.size)?, s.blob_path(&file.sha256))
-        };
-        match check {
-            BlobCheck::Absent => Ok(false),
-            BlobCheck::Verified => Ok(true),
-            BlobCheck::Unverified => {
-                let p = path.clone();
-                let hashed = blocking(&path, move || hash_blob(&p)).await?;
-                let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
-                match hashed {
-                    Some((digest, stamp)) if digest == file.sha256 => {
-                        s.mark_verified(&file.sha256, stamp)?;
-                        Ok(true)
-                    }
-                    _ => {
-                        tracing::warn!(blob = %path.display(), "Stored blob does not match its digest; fetching it again.");
-                        s.discard_blob(&file.sha256)?;
-                        Ok(false)
-                    }
-                }
-            }
-        }
     }
 
     /// Reads one file into `<partial>.part`, verified; returns the bytes read from the source and
@@ -657,7 +632,7 @@ impl Fetcher {
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let sink_part = Arc::clone(part);
         let sink_path = part_path.clone();
-        let mut on_disk = done_before.to_vec();
+        let sink_flight = Arc::clone(flight);
         let sink = tokio::spawn(async move {
             let io_error = |e: String| CacheError::Io { path: sink_path.clone(), source: std::io::Error::other(e) };
             let mut hash = Some(Context::new(&SHA256));
@@ -667,7 +642,7 @@ impl Fetcher {
             let mut outcome = Ok(());
             loop {
                 // Hash every range of the on-disk prefix not hashed yet.
-                while next < n && on_disk[next as usize] {
+                while next < n && sink_flight.is_done(next) {
                     let (Some(mut h), Some(mut buf)) = (hash.take(), buffer.take()) else { break };
                     let (p, at, len) = (Arc::clone(&sink_part), next * chunk, range_len(size, chunk, next));
                     let hashed = tokio::task::spawn_blocking(move || {
@@ -692,7 +667,6 @@ impl Fetcher {
                     break;
                 }
                 let Some(i) = done_rx.recv().await else { break };
-                on_disk[i as usize] = true;
                 unrecorded.push(i);
                 if unrecorded.len() >= 8
                     && let Err(e) = record(&sink_part, &mut progress, &chunks_path, &mut unrecorded).await

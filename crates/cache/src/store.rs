@@ -25,7 +25,7 @@ use crate::error::CacheError;
 use crate::manifest::{FileEntry, Manifest};
 
 /// A cached model as the index records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CachedModel {
     /// Its files, once linked; empty while its first fetch is under way.
     pub files: Vec<FileEntry>,
@@ -106,11 +106,62 @@ struct Index {
 pub enum BlobCheck {
     /// No usable blob (absent, or something that was not a regular file of the right size, now removed).
     Absent,
-    /// The blob is as it was when last hashed.
-    Verified,
-    /// A regular file of the right size, changed since it was last hashed (or never hashed): hash it
-    /// with [`hash_blob`] before use.
-    Unverified,
+    /// The blob, opened, as it was when last hashed.
+    Verified(File),
+    /// The blob, opened: a regular file of the right size, changed since it was last hashed (or never
+    /// hashed), to be hashed before use.
+    Unverified(File),
+}
+
+/// What [`sound_blob`] found.
+#[derive(Debug)]
+pub enum Sound {
+    /// The blob, opened, with its size: its content matches its digest.
+    Blob(File, u64),
+    /// No blob here (or something unusable in its place, now removed).
+    Absent,
+    /// A blob whose content did not match its digest, now removed.
+    Corrupt,
+}
+
+/// Opens a published blob that is sound: checked by [`Store::blob_check`], and hashed again — off the
+/// async threads, without the store's lock — when it changed since it was last verified, or always
+/// with `rehash`. A blob that fails is removed; its models fetch it again when next asked.
+pub async fn sound_blob(
+    store: &std::sync::Mutex<Store>,
+    sha256: &str,
+    size: Option<u64>,
+    rehash: bool,
+) -> Result<Sound, CacheError> {
+    let lock = || store.lock().unwrap_or_else(|p| p.into_inner());
+    let (check, path) = {
+        let mut s = lock();
+        (s.blob_check(sha256, size)?, s.blob_path(sha256))
+    };
+    let file = match check {
+        BlobCheck::Absent => return Ok(Sound::Absent),
+        BlobCheck::Verified(file) if !rehash => {
+            let len = file.metadata().map_err(io(&path))?.len();
+            return Ok(Sound::Blob(file, len));
+        }
+        BlobCheck::Verified(file) | BlobCheck::Unverified(file) => file,
+    };
+    let p = path.clone();
+    let hashed = tokio::task::spawn_blocking(move || hash_blob(&p))
+        .await
+        .map_err(|e| CacheError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?
+        .map_err(io(&path))?;
+    match hashed {
+        Some((digest, stamp)) if digest == sha256 => {
+            lock().mark_verified(sha256, stamp)?;
+            Ok(Sound::Blob(file, stamp.size))
+        }
+        _ => {
+            tracing::warn!(blob = %path.display(), "Blob does not match its digest; removed.");
+            lock().discard_blob(sha256)?;
+            Ok(Sound::Corrupt)
+        }
+    }
 }
 
 /// What [`Store::collect_garbage`] removed.
@@ -268,12 +319,26 @@ impl Store {
         self.root.join("index.json")
     }
 
-    fn index_changed(&self) -> bool {
-        let seen = fs::metadata(self.index_path()).ok().map(|m| {
+    /// The index file's inode and modification time, if it exists.
+    fn index_on_disk(&self) -> Option<(u64, i128)> {
+        fs::metadata(self.index_path()).ok().map(|m| {
             let s = Stamp::of(&m);
             (s.ino, s.mtime_ns)
-        });
-        seen != self.index_seen
+        })
+    }
+
+    fn index_changed(&self) -> bool {
+        self.index_on_disk() != self.index_seen
+    }
+
+    /// The index on disk: default when there is none, `Err` with the parser's message when corrupt.
+    fn parse_index(&self) -> Result<Result<Index, serde_json::Error>, CacheError> {
+        let path = self.index_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(serde_json::from_str(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ok(Index::default())),
+            Err(e) => Err(CacheError::Io { path, source: e }),
+        }
     }
 
     /// Runs `change` on the index with the root's lock held, the index read again first if another
@@ -298,46 +363,31 @@ impl Store {
     fn reload(&mut self) -> Result<(), CacheError> {
         let lock_path = self.root.join(".lock");
         self.lock.lock_shared().map_err(io(&lock_path))?;
-        let path = self.index_path();
-        let read = match fs::read_to_string(&path) {
-            Ok(text) => Ok(serde_json::from_str::<Index>(&text).ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Some(Index::default())),
-            Err(e) => Err(CacheError::Io { path: path.clone(), source: e }),
-        };
-        let seen = fs::metadata(&path).ok().map(|m| {
-            let s = Stamp::of(&m);
-            (s.ino, s.mtime_ns)
-        });
+        let read = self.parse_index();
+        let seen = self.index_on_disk();
         let _ = self.lock.unlock();
         match read? {
-            Some(index) => {
+            Ok(index) => {
                 self.index = index;
                 self.index_seen = seen;
                 Ok(())
             }
-            None => {
+            Err(_) => {
                 self.index_seen = None;
                 self.locked(|_| Ok(()))
             }
         }
     }
 
+    /// The index on disk; a corrupt one is kept aside and rebuilt (the root's lock is held).
     fn read_index(&mut self) -> Result<Index, CacheError> {
-        let path = self.index_path();
-        match fs::read_to_string(&path) {
-            Ok(text) => match serde_json::from_str(&text) {
-                Ok(index) => Ok(index),
-                Err(e) => {
-                    let aside = self.root.join("index.json.corrupt");
-                    tracing::warn!(index = %path.display(), error = %e, kept = %aside.display(),
-                        "The model index is corrupt; rebuilding it from models/ and blobs/ (pins are lost).");
-                    fs::rename(&path, &aside).map_err(io(&path))?;
-                    self.rebuild_index()
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(CacheError::Io { path, source: e }),
-        }
+        self.parse_index()?.or_else(|e| {
+            let (path, aside) = (self.index_path(), self.root.join("index.json.corrupt"));
+            tracing::warn!(index = %path.display(), error = %e, kept = %aside.display(),
+                "The model index is corrupt; rebuilding it from models/ and blobs/ (pins are lost).");
+            fs::rename(&path, &aside).map_err(io(&path))?;
+            self.rebuild_index()
+        })
     }
 
     /// An index from what `models/` links to: every model directory whose links all lead to blobs of
@@ -354,9 +404,7 @@ impl Store {
             let mut files = Vec::new();
             if self.collect_links(&entry.path(), "", &mut files).is_ok() && !files.is_empty() {
                 files.sort_by(|a: &FileEntry, b| a.path.cmp(&b.path));
-                index
-                    .models
-                    .insert(name, CachedModel { files, last_used: 0, pinned_by: BTreeSet::new(), fetching: None });
+                index.models.insert(name, CachedModel { files, ..CachedModel::default() });
             }
         }
         Ok(index)
@@ -394,9 +442,7 @@ impl Store {
         f.write_all(&text).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
         sync_dir(&self.root)?;
-        let m = fs::metadata(&path).map_err(io(&path))?;
-        let s = Stamp::of(&m);
-        self.index_seen = Some((s.ino, s.mtime_ns));
+        self.index_seen = self.index_on_disk();
         Ok(())
     }
 
@@ -416,18 +462,9 @@ impl Store {
             .fold(0u64, |t, f| t.saturating_add(f.size))
     }
 
-    /// Bytes partial downloads occupy on disk: `(all, those of no fetch under way)`.
-    pub fn partial_bytes(&self) -> (u64, u64) {
-        let referenced = self.referenced();
-        let (mut all, mut stray) = (0u64, 0u64);
-        for (digest, m) in self.partials() {
-            let bytes = allocated(&m);
-            all = all.saturating_add(bytes);
-            if !referenced.contains(digest.as_str()) {
-                stray = stray.saturating_add(bytes);
-            }
-        }
-        (all, stray)
+    /// Bytes partial downloads occupy on disk.
+    pub fn partial_bytes(&self) -> u64 {
+        self.partials().iter().fold(0u64, |t, (_, m)| t.saturating_add(allocated(m)))
     }
 
     /// Partial files: (digest, metadata), one row per file (`.part`, `.chunks`, `.lock`).
@@ -491,12 +528,11 @@ impl Store {
                 let capacity = s.capacity()?;
                 if with <= capacity {
                     let now = now_secs();
-                    let entry = s.index.models.entry(manifest.model.clone()).or_insert_with(|| CachedModel {
-                        files: Vec::new(),
-                        last_used: now,
-                        pinned_by: BTreeSet::new(),
-                        fetching: None,
-                    });
+                    let entry = s
+                        .index
+                        .models
+                        .entry(manifest.model.clone())
+                        .or_insert_with(|| CachedModel { last_used: now, ..CachedModel::default() });
                     let holders = entry.fetching.as_ref().map_or(0, |f| f.holders);
                     entry.fetching = Some(Fetching { files: manifest.files.clone(), since: now, holders: holders + 1 });
                     return Ok(evicted);
@@ -573,10 +609,7 @@ impl Store {
 
     fn drop_model(&mut self, name: &str) -> Result<(), CacheError> {
         let Some(model) = self.index.models.remove(name) else { return Ok(()) };
-        let dir = self.root.join("models").join(name);
-        if fs::symlink_metadata(&dir).is_ok() {
-            remove_path(&dir)?;
-        }
+        remove_path(&self.root.join("models").join(name))?;
         let still_used = self.referenced();
         let gone: Vec<String> =
             model.blobs().map(|f| f.sha256.clone()).filter(|d| !still_used.contains(d.as_str())).collect();
@@ -587,12 +620,12 @@ impl Store {
         Ok(())
     }
 
-    /// Checks a published blob without following symlinks: anything at its path that is not a regular
-    /// file of `size` bytes is removed and reported absent.
-    pub fn blob_check(&mut self, sha256: &str, size: u64) -> Result<BlobCheck, CacheError> {
+    /// Opens a published blob without following symlinks: anything at its path that is not a regular
+    /// file (of `size` bytes, when given) is removed and reported absent.
+    pub fn blob_check(&mut self, sha256: &str, size: Option<u64>) -> Result<BlobCheck, CacheError> {
         let path = self.blob_path(sha256);
-        let meta = match open_nofollow(&path).and_then(|f| f.metadata()) {
-            Ok(m) => m,
+        let (file, meta) = match open_nofollow(&path).and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok(opened) => opened,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BlobCheck::Absent),
             Err(e) => {
                 // ELOOP: a symlink planted where a blob belongs.
@@ -601,23 +634,21 @@ impl Store {
                 return Ok(BlobCheck::Absent);
             }
         };
-        if !meta.is_file() || meta.len() != size {
-            tracing::warn!(blob = %path.display(), size = meta.len(), expected = size, "Blob of the wrong type or size removed.");
+        if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
+            tracing::warn!(blob = %path.display(), size = meta.len(), expected = ?size, "Blob of the wrong type or size removed.");
             self.discard_blob(sha256)?;
             return Ok(BlobCheck::Absent);
         }
-        let stamp = Stamp::of(&meta);
-        Ok(if self.index.verified.get(sha256) == Some(&stamp) { BlobCheck::Verified } else { BlobCheck::Unverified })
+        Ok(if self.index.verified.get(sha256) == Some(&Stamp::of(&meta)) {
+            BlobCheck::Verified(file)
+        } else {
+            BlobCheck::Unverified(file)
+        })
     }
 
     /// Whether a blob is published, a regular file, and unchanged since it was last hashed.
     pub fn has_blob(&mut self, sha256: &str, size: u64) -> bool {
-        matches!(self.blob_check(sha256, size), Ok(BlobCheck::Verified))
-    }
-
-    /// The stamp a blob had when it was last hashed.
-    pub fn verified_stamp(&self, sha256: &str) -> Option<Stamp> {
-        self.index.verified.get(sha256).copied()
+        matches!(self.blob_check(sha256, Some(size)), Ok(BlobCheck::Verified(_)))
     }
 
     /// Records that a blob's content matched its digest when it had `stamp`.
@@ -631,13 +662,7 @@ impl Store {
 
     /// Removes a blob whose bytes cannot be trusted; models linking it fetch it again when next asked.
     pub fn discard_blob(&mut self, sha256: &str) -> Result<(), CacheError> {
-        let path = self.blob_path(sha256);
-        if let Ok(m) = fs::symlink_metadata(&path)
-            && m.is_dir()
-        {
-            fs::remove_dir_all(&path).map_err(io(&path))?;
-        }
-        remove_file(&path)?;
+        remove_path(&self.blob_path(sha256))?;
         let digest = sha256.to_owned();
         self.locked(move |s| {
             s.index.verified.remove(&digest);
@@ -660,7 +685,8 @@ impl Store {
         file.set_permissions(perms).map_err(io(partial))?;
         let blob = self.blob_path(sha256);
         if fs::symlink_metadata(&blob).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&blob).map_err(io(&blob))?;
+            // A rename replaces a file or a symlink, not a directory.
+            remove_path(&blob)?;
         }
         fs::rename(partial, &blob).map_err(io(&blob))?;
         sync_dir(&self.root.join("blobs/sha256"))?;
@@ -675,9 +701,7 @@ impl Store {
     pub fn link_model(&mut self, manifest: &Manifest) -> Result<(), CacheError> {
         let models = self.root.join("models");
         let staging = models.join(format!(".staging-{}", manifest.model));
-        if fs::symlink_metadata(&staging).is_ok() {
-            remove_path(&staging)?;
-        }
+        remove_path(&staging)?;
         let built = (|| {
             fs::create_dir(&staging).map_err(io(&staging))?;
             for f in &manifest.files {
@@ -718,12 +742,7 @@ impl Store {
         let files = manifest.files.clone();
         self.locked(move |s| {
             let now = now_secs();
-            let entry = s.index.models.entry(model).or_insert_with(|| CachedModel {
-                files: Vec::new(),
-                last_used: now,
-                pinned_by: BTreeSet::new(),
-                fetching: None,
-            });
+            let entry = s.index.models.entry(model).or_default();
             entry.files = files;
             entry.last_used = now;
             Ok(())
@@ -782,28 +801,40 @@ impl Store {
         })
     }
 
-    /// Blobs and partial downloads no model refers to, last written more than `age` ago; returns how
-    /// many blobs and partial files were removed, and the bytes freed.
-    fn remove_strays(&mut self, age: Duration) -> Result<(usize, usize, u64), CacheError> {
-        let referenced: HashSet<String> = self.referenced().into_iter().map(str::to_owned).collect();
+    /// Blobs (kind 0) and partial download files (kind 1) no model refers to, last written at least
+    /// `age` ago: `(kind, path, digest, metadata)`.
+    fn strays(&self, age: Duration) -> Vec<(usize, PathBuf, String, fs::Metadata)> {
+        let referenced = self.referenced();
         let now = SystemTime::now();
         let old =
             |m: &fs::Metadata| m.modified().ok().and_then(|t| now.duration_since(t).ok()).is_none_or(|a| a >= age);
-        let mut counts = [0usize; 2];
-        let mut bytes = 0u64;
-        for (k, sub) in ["blobs/sha256", "partial"].into_iter().enumerate() {
-            let dir = self.root.join(sub);
-            for entry in fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+        let mut found = Vec::new();
+        for (kind, sub) in ["blobs/sha256", "partial"].into_iter().enumerate() {
+            let Ok(entries) = fs::read_dir(self.root.join(sub)) else { continue };
+            for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let digest = name.split('.').next().unwrap_or_default();
-                let Ok(m) = entry.metadata() else { continue };
-                if !referenced.contains(digest) && old(&m) {
-                    bytes = bytes.saturating_add(allocated(&m));
-                    remove_path(&entry.path())?;
-                    self.index.verified.remove(digest);
-                    counts[k] += 1;
+                let digest = name.split('.').next().unwrap_or_default().to_owned();
+                if let Ok(m) = entry.metadata()
+                    && !referenced.contains(digest.as_str())
+                    && old(&m)
+                {
+                    found.push((kind, entry.path(), digest, m));
                 }
             }
+        }
+        found
+    }
+
+    /// Removes the [`Self::strays`] of at least `age`; returns how many blobs and partial files were
+    /// removed, and the bytes freed.
+    fn remove_strays(&mut self, age: Duration) -> Result<(usize, usize, u64), CacheError> {
+        let mut counts = [0usize; 2];
+        let mut bytes = 0u64;
+        for (kind, path, digest, m) in self.strays(age) {
+            remove_path(&path)?;
+            self.index.verified.remove(&digest);
+            bytes = bytes.saturating_add(allocated(&m));
+            counts[kind] += 1;
         }
         let root = self.root.join("blobs/sha256");
         self.index.verified.retain(|d, _| root.join(d).exists());
@@ -812,20 +843,7 @@ impl Store {
 
     /// Bytes of blobs and partial downloads no model refers to (left by failed fetches).
     pub fn stray_bytes(&self) -> u64 {
-        let referenced = self.referenced();
-        let mut bytes = 0u64;
-        for sub in ["blobs/sha256", "partial"] {
-            let Ok(entries) = fs::read_dir(self.root.join(sub)) else { continue };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !referenced.contains(name.split('.').next().unwrap_or_default())
-                    && let Ok(m) = entry.metadata()
-                {
-                    bytes = bytes.saturating_add(allocated(&m));
-                }
-            }
-        }
-        bytes
+        self.strays(Duration::ZERO).iter().fold(0u64, |t, (_, _, _, m)| t.saturating_add(allocated(m)))
     }
 }
 

@@ -376,7 +376,7 @@ fn ls(args: LsArgs) -> Result<()> {
             println!("{name:<40} {:>7} {:>12.1}   fetching for {since} s", f.files.len(), mib(bytes));
         }
     }
-    let (partial, _) = store.partial_bytes();
+    let partial = store.partial_bytes();
     println!(
         "{:.1} MiB stored (shared files once), {:.1} MiB in partial downloads, {:.1} MiB stray (left by failed fetches)",
         mib(store.used_bytes()),

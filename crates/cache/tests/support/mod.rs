@@ -213,8 +213,3 @@ pub async fn agent_at(
     );
     (serve_agent(Arc::clone(&agent)).await, agent)
 }
-
-/// The origin's base as an allow-list entry.
-pub fn origin_prefix(base: &str) -> String {
-    base.to_owned()
-}
