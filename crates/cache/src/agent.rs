@@ -296,13 +296,20 @@ impl Agent {
     /// Hashes every verified blob again, one at a time; a blob that no longer matches is removed (its
     /// models fetch it again when next asked). Returns the digests removed.
     pub async fn rehash(&self) -> Vec<String> {
-        let blobs = self.store().verified_blobs();
+        let blobs = {
+            let mut store = self.store();
+            if let Err(e) = store.refresh() {
+                tracing::warn!(error = %e, "Could not re-read the model index.");
+            }
+            store.verified_blobs()
+        };
         let mut removed = Vec::new();
         for (digest, _) in blobs {
             if self.fetcher.in_flight(&digest).is_some() {
                 continue;
             }
-            if matches!(self.sound_blob(&digest, false).await, Sound::Corrupt) {
+            // Hashed whatever its times say: this is for corruption that leaves them unchanged.
+            if matches!(self.sound_blob(&digest, true).await, Sound::Corrupt) {
                 removed.push(digest);
             }
         }
@@ -592,11 +599,7 @@ fn serve_file(
     match range(headers, size) {
         Ok(Some((start, end))) => serve_range(agent, file, start, end, size, extra),
         Ok(None) if size == 0 => (extra, Body::empty()).into_response(),
-        Ok(None) => {
-            let mut response = stream(agent, file, 0, size - 1, extra);
-            *response.status_mut() = StatusCode::OK;
-            response
-        }
+        Ok(None) => stream(agent, file, 0, size - 1, extra),
         Err(()) => not_satisfiable(size),
     }
 }

@@ -770,6 +770,7 @@ impl Fetcher {
         }
         let mut hash = Context::new(&SHA256);
         let mut offset = 0u64;
+        let (n, mut marked) = (file.size.div_ceil(flight.chunk), 0u64);
         let mut buffer = BytesMut::with_capacity(8 << 20);
         loop {
             let piece = response.chunk().await.map_err(|e| {
@@ -787,13 +788,11 @@ impl Fetcher {
                 let (p, b, at) = (Arc::clone(part), bytes.clone(), offset);
                 blocking(&flight.part, move || p.write_all_at(&b, at)).await?;
                 hash.update(&bytes);
-                let before = offset;
                 offset += bytes.len() as u64;
                 // Ranges wholly on disk now can be served to followers.
-                for i in before.div_ceil(flight.chunk)..=offset / flight.chunk {
-                    if (i + 1) * flight.chunk <= offset || offset == file.size {
-                        flight.mark(i);
-                    }
+                while marked < n && ((marked + 1) * flight.chunk <= offset || offset == file.size) {
+                    flight.mark(marked);
+                    marked += 1;
                 }
             }
             if last {

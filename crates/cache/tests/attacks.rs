@@ -200,6 +200,8 @@ async fn blob_streams_are_bounded_in_number_memory_and_time() {
     let ninth = http.get(&url).bearer_auth(PEER).header("Range", "bytes=0-1023").send().await.unwrap();
     assert_eq!(ninth.status(), 503);
     assert!(ninth.headers().contains_key("retry-after"));
+    let whole = http.get(&url).bearer_auth(PEER).send().await.unwrap();
+    assert_eq!(whole.status(), 503, "a whole read is refused the same way");
     // Readers that take nothing for the send timeout lose their stream, and their slots come back.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let again = http.get(&url).bearer_auth(PEER).header("Range", "bytes=0-1023").send().await.unwrap();

@@ -155,8 +155,12 @@ async fn a_flipped_byte_is_found_before_reuse_and_before_serving() {
     assert_eq!(r["fetched_bytes"], twin.bytes(), "{r}");
     assert_eq!(std::fs::read(dir.path().join("models/m/w.bin")).unwrap(), body, "the first model heals too");
 
-    // The periodic re-hash finds corruption that left no trace in the file's times.
+    // The periodic re-hash finds corruption that left no trace in the file's times: here the store
+    // is told the flipped file is the verified one (as bit rot would leave it), through a second
+    // handle on the root.
     flip();
+    let stamp = gpuplane_cache::store::Stamp::of(&std::fs::metadata(&blob).unwrap());
+    Store::open(dir.path(), 1 << 30).unwrap().mark_verified(&m.files[0].sha256, stamp).unwrap();
     let removed = agent.rehash().await;
     assert_eq!(removed, [m.files[0].sha256.clone()]);
     let metrics = http.get(format!("{a}/metrics")).bearer_auth(ADMIN).send().await.unwrap().text().await.unwrap();
