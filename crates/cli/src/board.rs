@@ -12,7 +12,7 @@ use gpuplane_assess::objects::KubeObject;
 use gpuplane_assess::repo::discover;
 use gpuplane_assess::{Assessment, Inputs, Model, assess};
 use gpuplane_core::openb::read_pods;
-use gpuplane_place::{Policy, TieBreak};
+use gpuplane_place::Policy;
 use gpuplane_posture::attribution::Markers;
 use gpuplane_posture::history;
 use gpuplane_posture::lint::lint;
@@ -20,7 +20,7 @@ use gpuplane_posture::scan::Scan;
 use gpuplane_report::board::{self, Board, Inference, Security};
 use gpuplane_report::sim_json;
 use gpuplane_sim::serve::{ServeConfig, Setup};
-use gpuplane_sim::{Experiment, run_experiment};
+use gpuplane_sim::{Experiment, Ties, run_experiment};
 
 use crate::input;
 
@@ -82,7 +82,7 @@ fn inference(args: &BoardArgs) -> Result<Inference> {
                 policies,
                 seeds: (42..=51).collect(),
                 tune: 1.3,
-                tie_break: TieBreak::LowestName,
+                ties: Ties::default(),
                 defrag: 0,
             };
             let result = run_experiment(&experiment, &|_| {})?;

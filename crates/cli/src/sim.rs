@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use gpuplane_place::{Policy, TieBreak};
+use gpuplane_place::Policy;
 use gpuplane_report::table::Style;
 use gpuplane_report::{csv, sim_json, svg, table};
-use gpuplane_sim::{Experiment, run_experiment};
+use gpuplane_sim::{Experiment, Ties, run_experiment};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::input;
@@ -34,8 +34,9 @@ pub struct SimArgs {
     /// Folder for sim.json, curves.csv, samples.csv and unallocated.svg
     #[arg(long, default_value = "out/sim", value_name = "DIR")]
     out: PathBuf,
-    /// Ties between equally scored nodes: lowest-name (as the FGD paper's simulator) or random
-    #[arg(long, value_enum, default_value_t = TieBreakArg::LowestName)]
+    /// Ties between equally scored nodes: shuffled-names (the FGD paper's simulator: smallest name after
+    /// a seeded random prefix, i.e. a random node order per seed), lowest-name, or random per decision
+    #[arg(long, value_enum, default_value_t = TieBreakArg::ShuffledNames)]
     tie_break: TieBreakArg,
     /// Also run every policy in defragmentation mode: a pod that fits nowhere may move up to this many
     /// placed pods (migrations, counted in the table); 0 turns it off
@@ -48,6 +49,8 @@ pub struct SimArgs {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum TieBreakArg {
+    /// A seeded random node order, drawn once per seed.
+    ShuffledNames,
     /// The node with the smallest name.
     LowestName,
     /// A uniformly random tied node, seeded.
@@ -96,11 +99,12 @@ pub fn run(args: SimArgs) -> Result<()> {
     }
     let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;
     let (trace_name, trace) = input::trace(args.trace.as_deref())?;
-    let tie_break = match args.tie_break {
-        TieBreakArg::LowestName => TieBreak::LowestName,
-        TieBreakArg::Random => TieBreak::Random,
+    let ties = match args.tie_break {
+        TieBreakArg::ShuffledNames => Ties::ShuffledNames,
+        TieBreakArg::LowestName => Ties::LowestName,
+        TieBreakArg::Random => Ties::Random,
     };
-    let experiment = Experiment { nodes, trace, policies, seeds, tune: args.tune, tie_break, defrag: args.defrag };
+    let experiment = Experiment { nodes, trace, policies, seeds, tune: args.tune, ties, defrag: args.defrag };
 
     let modes = if args.defrag > 0 { 2 } else { 1 };
     let runs = (modes * experiment.policies.len() * experiment.seeds.len()) as u64;

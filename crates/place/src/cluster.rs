@@ -231,6 +231,12 @@ pub enum ClusterError {
     /// No nodes.
     #[error("the cluster has no nodes")]
     Empty,
+    /// A tie order that is not a permutation of the nodes.
+    #[error("a tie order must rank each of the {nodes} nodes exactly once")]
+    TieRank {
+        /// Nodes in the cluster.
+        nodes: usize,
+    },
 }
 
 impl Cluster {
@@ -321,9 +327,24 @@ impl Cluster {
         &self.info
     }
 
-    /// Each node's position in the lexicographic order of node names (0 = smallest name).
+    /// Each node's position in the order ties are broken by (0 wins): the lexicographic order of node
+    /// names unless [`Cluster::set_tie_rank`] replaced it.
     pub fn name_rank(&self) -> &[u32] {
         &self.name_rank
+    }
+
+    /// Replaces the tie order with `rank` (node id → position, 0 wins ties), which must be a permutation
+    /// of `0..len`. The FGD paper's simulator prefixes every node name with a seeded random permutation
+    /// index before breaking ties by smallest name; a simulator does the same with this.
+    pub fn set_tie_rank(&mut self, rank: Vec<u32>) -> Result<(), ClusterError> {
+        let mut seen = vec![false; self.info.len()];
+        let valid = rank.len() == seen.len()
+            && rank.iter().all(|&r| seen.get_mut(r as usize).is_some_and(|s| !std::mem::replace(s, true)));
+        if !valid {
+            return Err(ClusterError::TieRank { nodes: self.info.len() });
+        }
+        self.name_rank = rank;
+        Ok(())
     }
 
     /// The GPU model names; `NodeState::model` indexes this table.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gpuplane_core::{Node, Pod};
-use gpuplane_place::{BindError, Cluster, ClusterError, EngineError, Policy, TargetWorkload, TieBreak, WorkloadError};
+use gpuplane_place::{BindError, Cluster, ClusterError, EngineError, Policy, TargetWorkload, WorkloadError};
 use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
@@ -55,6 +55,19 @@ pub enum SimError {
     },
 }
 
+/// How ties between equally scored nodes are broken in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ties {
+    /// As the FGD paper's simulator: the smallest node name after every name was prefixed with a
+    /// seeded random permutation index, i.e. a random node order drawn once per seed.
+    #[default]
+    ShuffledNames,
+    /// The smallest node name as given.
+    LowestName,
+    /// A uniformly random tied node at every decision, as stock kube-scheduler.
+    Random,
+}
+
 /// An experiment: every policy × every seed on one trace and one cluster.
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -69,7 +82,7 @@ pub struct Experiment {
     /// Workload inflation: arrived GPU requests reach `tune` × cluster GPU capacity.
     pub tune: f64,
     /// How ties between equally scored nodes are broken.
-    pub tie_break: TieBreak,
+    pub ties: Ties,
     /// When above 0, every policy also runs in defragmentation mode, moving at most this many placed
     /// pods to place one that fits nowhere.
     pub defrag: usize,
@@ -239,7 +252,7 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     let runs: Vec<RunResult> = jobs
         .par_iter()
         .map(|&(policy, defrag, s)| {
-            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], exp.tie_break, defrag)?;
+            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], exp.ties, defrag)?;
             on_run(&result);
             Ok(result)
         })

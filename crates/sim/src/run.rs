@@ -11,7 +11,7 @@ use gpuplane_place::defrag::{Tenancy, place_with_moves};
 use gpuplane_place::{Cluster, Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use serde::Serialize;
 
-use crate::SimError;
+use crate::{SimError, Ties};
 
 /// The state of the cluster sampled at one whole percent of arrived workload.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -72,11 +72,21 @@ pub fn run(
     policy: Policy,
     target: &Arc<TargetWorkload>,
     seed: u64,
-    tie_break: TieBreak,
+    ties: Ties,
     defrag: usize,
 ) -> Result<RunResult, SimError> {
     let started = Instant::now();
     let mut cluster = cluster.clone();
+    let tie_break = match ties {
+        Ties::ShuffledNames => {
+            let names: Vec<&str> = cluster.node_info().iter().map(|n| n.name.as_str()).collect();
+            let rank = crate::workload::shuffled_name_rank(&names, seed);
+            cluster.set_tie_rank(rank)?;
+            TieBreak::LowestName
+        }
+        Ties::LowestName => TieBreak::LowestName,
+        Ties::Random => TieBreak::Random,
+    };
     let mut engine = Engine::new(EngineConfig {
         policy,
         // The gpuplane policy is online: it learns its workload from the arrivals (`observe`), never the

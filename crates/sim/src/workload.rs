@@ -49,6 +49,25 @@ pub fn arrivals(trace: &[Pod], tune: f64, capacity_gpu_milli: u64, seed: u64) ->
     order
 }
 
+/// The order the reference simulator breaks ties in for one seed: it prefixes every node name with
+/// `rand.Perm(n)[i]` (node `i` in name order) and then picks the smallest name. Returns each node's rank
+/// (0 wins), for nodes given in any order; drawn from its own stream so it does not move the arrivals.
+pub fn shuffled_name_rank(names: &[&str], seed: u64) -> Vec<u32> {
+    let mut by_name: Vec<usize> = (0..names.len()).collect();
+    by_name.sort_by(|&a, &b| names[a].cmp(names[b]));
+    let mut perm: Vec<u32> = (0..names.len() as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f_6465_6f72_6472);
+    for i in (1..perm.len()).rev() {
+        let j = rng.random_range(0..=i);
+        perm.swap(i, j);
+    }
+    let mut rank = vec![0u32; names.len()];
+    for (i, &id) in by_name.iter().enumerate() {
+        rank[id] = perm[i];
+    }
+    rank
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +91,21 @@ mod tests {
     fn trims_when_the_trace_is_larger() {
         let a = arrivals(&trace(), 1.0, 40_000, 42);
         assert_eq!(a.len(), 80);
+    }
+
+    #[test]
+    fn shuffled_name_rank_is_a_seeded_permutation() {
+        let names = ["b", "a", "d", "c", "e"];
+        let rank = shuffled_name_rank(&names, 1);
+        let mut sorted = rank.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec![0, 1, 2, 3, 4]);
+        assert_eq!(rank, shuffled_name_rank(&names, 1));
+        assert!((2..20).any(|s| shuffled_name_rank(&names, s) != rank));
+        // The rank follows the name, not the position the node is given in.
+        let swapped = ["a", "b", "d", "c", "e"];
+        let r2 = shuffled_name_rank(&swapped, 1);
+        assert_eq!((r2[0], r2[1]), (rank[1], rank[0]));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use gpuplane_core::openb::{read_nodes, read_pods};
-use gpuplane_place::{Policy, TieBreak};
-use gpuplane_sim::{Experiment, ExperimentResult, run_experiment};
+use gpuplane_place::Policy;
+use gpuplane_sim::{Experiment, ExperimentResult, Ties, run_experiment};
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/openb").join(name)
@@ -31,7 +31,7 @@ fn run_with(policies: &[Policy], seeds: &[u64], defrag: usize) -> ExperimentResu
         policies: policies.to_vec(),
         seeds: seeds.to_vec(),
         tune: 1.3,
-        tie_break: TieBreak::LowestName,
+        ties: Ties::default(),
         defrag,
     };
     run_experiment(&exp, &|_| {}).expect("experiment runs")
