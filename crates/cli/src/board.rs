@@ -83,6 +83,8 @@ fn inference(args: &BoardArgs) -> Result<Inference> {
                 seeds: (42..=51).collect(),
                 tune: 1.3,
                 ties: Ties::default(),
+                replay: false,
+                record_decisions: false,
                 defrag: 0,
             };
             let result = run_experiment(&experiment, &|_| {})?;

@@ -15,6 +15,7 @@ mod scheduler;
 mod serve_sim;
 mod service;
 mod sim;
+mod trace;
 mod webhook;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Replay a pod trace against a cluster with each placement policy and compare unallocated GPUs.
     Sim(sim::SimArgs),
+    /// Arrival sequences for other simulators; openb-style trace variants.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
     /// Simulate inference serving over time (TTFT, cold starts, origin bytes) per scheduling stack.
     ServeSim(serve_sim::ServeSimArgs),
     /// Schedule pods with schedulerName gpuplane in a live cluster (secondary scheduler).
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sim(args) => sim::run(args),
         Command::ServeSim(args) => serve_sim::run_command(args),
+        Command::Trace(command) => trace::run(command),
         Command::Assess(args) => assess::run(args),
         Command::Posture(command) => posture::run(command),
         Command::Lint(args) => lint::run(args),

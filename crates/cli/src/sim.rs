@@ -22,7 +22,8 @@ pub struct SimArgs {
     /// Cluster: openb node CSV or Kubernetes Node YAML [default: bundled openb GPU nodes]
     #[arg(long, value_name = "FILE")]
     nodes: Option<PathBuf>,
-    /// Policies, comma-separated: random, dotprod, clustering, packing, bestfit, fgd, gpuplane, or all
+    /// Policies, comma-separated: random, kube-default, dotprod, clustering, packing, bestfit, fgd,
+    /// gpuplane, or all
     #[arg(long, default_value = "all", value_name = "P,..")]
     policy: String,
     /// Seeds: a list and/or ranges, such as 42-51 or 1,5,7-9
@@ -42,6 +43,16 @@ pub struct SimArgs {
     /// placed pods (migrations, counted in the table); 0 turns it off
     #[arg(long, default_value_t = 0, value_name = "N")]
     defrag: usize,
+    /// Replay the trace in file order: no shuffle, no inflation (for `gpuplane trace arrivals` output)
+    #[arg(long)]
+    replay: bool,
+    /// Break ties by this node order instead (one node name per line, first wins), to replay another
+    /// simulator's run exactly
+    #[arg(long, value_name = "FILE", conflicts_with = "tie_break")]
+    tie_order: Option<PathBuf>,
+    /// Also write every decision to decisions.csv in --out (policy, seed, pod, node, GPU indices)
+    #[arg(long)]
+    decisions: bool,
     /// What to print on standard output
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     format: OutputFormat,
@@ -94,17 +105,28 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
 pub fn run(args: SimArgs) -> Result<()> {
     let policies = Policy::parse_list(&args.policy).context("--policy")?;
     let seeds = parse_seeds(&args.seeds)?;
-    if !(args.tune.is_finite() && args.tune > 0.0) {
-        bail!("--tune must be a positive number, got {}", args.tune);
+    if !args.replay && !(args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE) {
+        bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
     }
     let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;
     let (trace_name, trace) = input::trace(args.trace.as_deref())?;
-    let ties = match args.tie_break {
-        TieBreakArg::ShuffledNames => Ties::ShuffledNames,
-        TieBreakArg::LowestName => Ties::LowestName,
-        TieBreakArg::Random => Ties::Random,
+    let ties = match (&args.tie_order, args.tie_break) {
+        (Some(path), _) => Ties::Order(read_tie_order(path)?),
+        (None, TieBreakArg::ShuffledNames) => Ties::ShuffledNames,
+        (None, TieBreakArg::LowestName) => Ties::LowestName,
+        (None, TieBreakArg::Random) => Ties::Random,
     };
-    let experiment = Experiment { nodes, trace, policies, seeds, tune: args.tune, ties, defrag: args.defrag };
+    let experiment = Experiment {
+        nodes,
+        trace,
+        policies,
+        seeds,
+        tune: args.tune,
+        ties,
+        replay: args.replay,
+        record_decisions: args.decisions,
+        defrag: args.defrag,
+    };
 
     let modes = if args.defrag > 0 { 2 } else { 1 };
     let runs = (modes * experiment.policies.len() * experiment.seeds.len()) as u64;
@@ -143,7 +165,37 @@ fn write_outputs(dir: &Path, result: &gpuplane_sim::ExperimentResult, json: &ser
     write("curves.csv", csv::curves(result))?;
     write("samples.csv", csv::samples(result))?;
     write("unallocated.svg", svg::unallocated_chart(result).render(900.0, 520.0))?;
+    if result.runs.iter().any(|r| !r.decisions.is_empty()) {
+        write("decisions.csv", decisions_csv(result))?;
+    }
     Ok(())
+}
+
+/// One row per arrival: `policy,seed,index,pod,node,gpus` (GPU indices joined by `-`, empty node = failed).
+fn decisions_csv(result: &gpuplane_sim::ExperimentResult) -> String {
+    let mut out = String::from("policy,seed,index,pod,node,gpus\n");
+    for r in &result.runs {
+        for (i, d) in r.decisions.iter().enumerate() {
+            let (node, gpus) = match &d.placed {
+                Some((node, gpus)) => (node.as_str(), gpus.iter().map(u8::to_string).collect::<Vec<_>>().join("-")),
+                None => ("", String::new()),
+            };
+            let key = gpuplane_sim::key(r.policy, r.defrag);
+            out.push_str(&format!("{key},{},{i},{},{node},{gpus}\n", r.seed, d.pod));
+        }
+    }
+    out
+}
+
+/// Reads a node order: one name per line, blank lines and `#` comments ignored.
+fn read_tie_order(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let names: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+    if names.is_empty() {
+        bail!("{}: no node names; expected one per line", path.display());
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

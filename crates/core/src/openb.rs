@@ -143,6 +143,42 @@ pub fn read_pods(source_name: &str, input: impl Read) -> Result<Vec<TracePod>, L
     Ok(pods)
 }
 
+/// Writes pods as an openb pod list in the 11-column form, in the order given, so that
+/// [`read_pods`] reads back the same pods, QoS and times. Memory is written in whole MiB (rounded up).
+pub fn write_pods(pods: &[TracePod]) -> String {
+    let mut out = POD_HEADER_FULL.join(",");
+    out.push('\n');
+    for p in pods {
+        let pod = &p.pod;
+        let time = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_default();
+        let fields = [
+            csv_field(&pod.name),
+            pod.cpu_milli.to_string(),
+            pod.memory_bytes.div_ceil(MIB).to_string(),
+            pod.gpu.count.to_string(),
+            pod.gpu.milli_per_gpu.to_string(),
+            csv_field(&pod.gpu_models.join("|")),
+            csv_field(p.qos.as_deref().unwrap_or("")),
+            String::new(),
+            time(p.creation_time),
+            time(p.deletion_time),
+            String::new(),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Quotes a CSV field when it holds a comma, quote or line break.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
 /// A CSV reader that checks the header and tracks line numbers for error messages.
 struct Rows<'a, R: Read> {
     source_name: &'a str,
@@ -264,6 +300,17 @@ mod tests {
         let short = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,12000,16384,8,1000\n";
         let pods = read_pods("multigpu.csv", short.as_bytes()).unwrap();
         assert_eq!(pods[0].pod.gpu.total_milli(), 8000);
+    }
+
+    #[test]
+    fn written_pods_read_back_the_same() {
+        let full = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time\n\
+                    p0,6000,12288,1,460,V100M16|V100M32,LS,Running,0,12902960,0\n\
+                    \"p,1\",1000,1024,0,0,,BE,Succeeded,5,,\n\
+                    p2,12000,16384,8,1000,,,,,,\n";
+        let pods = read_pods("pods.csv", full.as_bytes()).unwrap();
+        let again = read_pods("again.csv", write_pods(&pods).as_bytes()).unwrap();
+        assert_eq!(again, pods);
     }
 
     fn pod_error(body: &str) -> String {

@@ -3,6 +3,7 @@
 //! dropped) and aggregates allocation and fragmentation over seeds. Runs go in parallel with rayon.
 #![forbid(unsafe_code)]
 
+pub mod export;
 pub mod run;
 pub mod serve;
 pub mod workload;
@@ -33,9 +34,12 @@ pub enum SimError {
     /// The cluster has no GPU.
     #[error("the cluster has no GPUs; the simulation measures GPU allocation")]
     NoGpus,
-    /// The tune ratio is not a positive number.
-    #[error("tune ratio must be a positive number, got {0}")]
+    /// The tune ratio is not a positive number up to [`MAX_TUNE`].
+    #[error("tune ratio must be a number above 0 and at most {MAX_TUNE}, got {0}")]
     Tune(f64),
+    /// A node named in a tie order is not in the cluster, or a node is missing from it.
+    #[error("the tie order must name every node of the cluster once: {0}")]
+    TieOrder(String),
     /// The cluster could not be built.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -56,7 +60,7 @@ pub enum SimError {
 }
 
 /// How ties between equally scored nodes are broken in a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Ties {
     /// As the FGD paper's simulator: the smallest node name after every name was prefixed with a
     /// seeded random permutation index, i.e. a random node order drawn once per seed.
@@ -66,7 +70,13 @@ pub enum Ties {
     LowestName,
     /// A uniformly random tied node at every decision, as stock kube-scheduler.
     Random,
+    /// A given node order, first name wins: to replay another simulator's run exactly.
+    Order(Vec<String>),
 }
+
+/// The largest inflation ratio: arrivals asking for 100 times the cluster's GPUs already fill it
+/// long before the end, and a larger ratio would only make memory grow.
+pub const MAX_TUNE: f64 = 100.0;
 
 /// An experiment: every policy × every seed on one trace and one cluster.
 #[derive(Debug, Clone)]
@@ -83,6 +93,10 @@ pub struct Experiment {
     pub tune: f64,
     /// How ties between equally scored nodes are broken.
     pub ties: Ties,
+    /// Replay the trace as given: no shuffle, no inflation or trimming (`tune` is ignored).
+    pub replay: bool,
+    /// Keep every run's decisions ([`RunResult::decisions`]).
+    pub record_decisions: bool,
     /// When above 0, every policy also runs in defragmentation mode, moving at most this many placed
     /// pods to place one that fits nowhere.
     pub defrag: usize,
@@ -230,7 +244,7 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     if exp.policies.is_empty() || exp.seeds.is_empty() {
         return Err(SimError::NothingToRun);
     }
-    if !(exp.tune.is_finite() && exp.tune > 0.0) {
+    if !exp.replay && !(exp.tune.is_finite() && exp.tune > 0.0 && exp.tune <= MAX_TUNE) {
         return Err(SimError::Tune(exp.tune));
     }
     let cluster = Cluster::new(&exp.nodes)?;
@@ -242,7 +256,13 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     let arrivals: Vec<Vec<Pod>> = exp
         .seeds
         .par_iter()
-        .map(|&seed| workload::arrivals(&exp.trace, exp.tune, cluster.total_gpu_milli(), seed))
+        .map(|&seed| {
+            if exp.replay {
+                exp.trace.clone()
+            } else {
+                workload::arrivals(&exp.trace, exp.tune, cluster.total_gpu_milli(), seed)
+            }
+        })
         .collect();
     let modes: Vec<usize> = if exp.defrag > 0 { vec![0, exp.defrag] } else { vec![0] };
     let variants: Vec<(Policy, usize)> =
@@ -252,7 +272,8 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     let runs: Vec<RunResult> = jobs
         .par_iter()
         .map(|&(policy, defrag, s)| {
-            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], exp.ties, defrag)?;
+            let options = run::RunOptions { ties: &exp.ties, defrag, record_decisions: exp.record_decisions };
+            let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], &options)?;
             on_run(&result);
             Ok(result)
         })

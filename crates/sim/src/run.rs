@@ -39,6 +39,26 @@ pub struct DecisionLatency {
     pub max_ns: u64,
 }
 
+/// Where one arrival went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// The pod's name.
+    pub pod: String,
+    /// Node name and GPU indices, or `None` when the pod failed.
+    pub placed: Option<(String, Vec<u8>)>,
+}
+
+/// How one run is set up beyond its policy and seed.
+#[derive(Debug, Clone)]
+pub struct RunOptions<'a> {
+    /// How ties are broken.
+    pub ties: &'a Ties,
+    /// Most pods moved to place one failing pod; 0 is no defragmentation.
+    pub defrag: usize,
+    /// Keep every decision in [`RunResult::decisions`].
+    pub record_decisions: bool,
+}
+
 /// What one (policy, seed) run produced.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunResult {
@@ -63,6 +83,9 @@ pub struct RunResult {
     pub decision_latency: DecisionLatency,
     /// Wall time of the run, in milliseconds.
     pub wall_ms: f64,
+    /// Every arrival's outcome in order, when asked for (not serialised).
+    #[serde(skip)]
+    pub decisions: Vec<DecisionRecord>,
 }
 
 /// Runs one policy over an arrival sequence.
@@ -72,12 +95,12 @@ pub fn run(
     policy: Policy,
     target: &Arc<TargetWorkload>,
     seed: u64,
-    ties: Ties,
-    defrag: usize,
+    options: &RunOptions<'_>,
 ) -> Result<RunResult, SimError> {
     let started = Instant::now();
+    let defrag = options.defrag;
     let mut cluster = cluster.clone();
-    let tie_break = match ties {
+    let tie_break = match options.ties {
         Ties::ShuffledNames => {
             let names: Vec<&str> = cluster.node_info().iter().map(|n| n.name.as_str()).collect();
             let rank = crate::workload::shuffled_name_rank(&names, seed);
@@ -86,7 +109,12 @@ pub fn run(
         }
         Ties::LowestName => TieBreak::LowestName,
         Ties::Random => TieBreak::Random,
+        Ties::Order(order) => {
+            cluster.set_tie_rank(order_rank(&cluster, order)?)?;
+            TieBreak::LowestName
+        }
     };
+    let mut decisions = Vec::with_capacity(if options.record_decisions { arrivals.len() } else { 0 });
     let mut engine = Engine::new(EngineConfig {
         policy,
         // The gpuplane policy is online: it learns its workload from the arrivals (`observe`), never the
@@ -117,6 +145,11 @@ pub fn run(
         latencies.push(t0.elapsed().as_nanos() as u64);
         match decision {
             Decision::Place(placement) => {
+                if options.record_decisions {
+                    let node = cluster.node_info()[placement.node].name.clone();
+                    let gpus = placement.gpus.iter().map(|g| g.index).collect();
+                    decisions.push(DecisionRecord { pod: pod.name.clone(), placed: Some((node, gpus)) });
+                }
                 cluster.bind(&request, &placement).map_err(|e| SimError::Bind { pod: pod.name.clone(), source: e })?;
                 refresh_fragment(target, &cluster, placement.node, &mut node_frag, &mut frag_sum);
                 placed += 1;
@@ -127,7 +160,7 @@ pub fn run(
             Decision::Unschedulable(_) => {
                 let moved = place_with_moves(&mut engine, &mut cluster, &mut tenancy, id, &request, defrag)
                     .map_err(|e| SimError::Bind { pod: pod.name.clone(), source: e })?;
-                match moved {
+                match &moved {
                     Some(done) => {
                         placed += 1;
                         migrations += done.moves.len() as u64;
@@ -138,6 +171,13 @@ pub fn run(
                         }
                     }
                     None => failed += 1,
+                }
+                if options.record_decisions {
+                    let placed = moved.as_ref().map(|done| {
+                        let node = cluster.node_info()[done.placement.node].name.clone();
+                        (node, done.placement.gpus.iter().map(|g| g.index).collect())
+                    });
+                    decisions.push(DecisionRecord { pod: pod.name.clone(), placed });
                 }
             }
         }
@@ -154,7 +194,29 @@ pub fn run(
         samples: buckets.finish(),
         decision_latency: latency_stats(&mut latencies),
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
+        decisions,
     })
+}
+
+/// Each node's rank in a given order of names (first wins).
+fn order_rank(cluster: &Cluster, order: &[String]) -> Result<Vec<u32>, SimError> {
+    let position: std::collections::HashMap<&str, u32> =
+        order.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    if position.len() != order.len() || order.len() != cluster.len() {
+        return Err(SimError::TieOrder(format!(
+            "{} names ({} distinct) for {} nodes",
+            order.len(),
+            position.len(),
+            cluster.len()
+        )));
+    }
+    cluster
+        .node_info()
+        .iter()
+        .map(|n| {
+            position.get(n.name.as_str()).copied().ok_or_else(|| SimError::TieOrder(format!("{} is missing", n.name)))
+        })
+        .collect()
 }
 
 /// Measures node `n`'s fragment again after it changed, keeping the cluster's sum in step.

@@ -32,6 +32,8 @@ fn run_with(policies: &[Policy], seeds: &[u64], defrag: usize) -> ExperimentResu
         seeds: seeds.to_vec(),
         tune: 1.3,
         ties: Ties::default(),
+        replay: false,
+        record_decisions: false,
         defrag,
     };
     run_experiment(&exp, &|_| {}).expect("experiment runs")
