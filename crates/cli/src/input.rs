@@ -58,6 +58,20 @@ pub fn nodes(path: Option<&Path>) -> Result<(String, Vec<Node>)> {
     Ok((name, nodes))
 }
 
+/// Reads an openb pod CSV with its QoS and times [default: the bundled default trace].
+pub fn trace_records(path: Option<&Path>) -> Result<(String, Vec<gpuplane_core::openb::TracePod>)> {
+    let Some(path) = path else {
+        return Ok((BUNDLED_TRACE_NAME.to_owned(), read_pods(BUNDLED_TRACE_NAME, BUNDLED_TRACE.as_bytes())?));
+    };
+    let name = path.display().to_string();
+    if !matches!(format_of(path)?, Format::Csv) {
+        bail!("{name}: expected an openb pod CSV");
+    }
+    let text = read_text(path)?;
+    let pods = read_pods(&name, text.as_bytes())?;
+    Ok((name, pods))
+}
+
 /// Reads pending pods from an openb pod CSV or from Pod objects in YAML.
 pub fn trace(path: Option<&Path>) -> Result<(String, Vec<Pod>)> {
     let Some(path) = path else {

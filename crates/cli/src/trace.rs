@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use gpuplane_core::openb::{TracePod, write_pods};
 use gpuplane_place::Cluster;
-use gpuplane_sim::{export, workload};
+use gpuplane_sim::{export, variant, workload};
 
 use crate::input;
 
@@ -17,6 +17,42 @@ use crate::input;
 pub enum TraceCommand {
     /// Write one seed's arrival order (shuffled, inflated) as openb CSV and as the FGD simulator's YAML.
     Arrivals(ArrivalsArgs),
+    /// Derive an openb-style variant: set the share of CPU-only, GPU-sharing, multi-GPU and
+    /// model-constrained pods, seeded; writes the CSV and its SHA-256.
+    Variant(VariantArgs),
+}
+
+/// Arguments of `gpuplane trace variant`.
+#[derive(Debug, Args)]
+pub struct VariantArgs {
+    /// Base pod trace (openb CSV) [default: bundled openb default trace]
+    #[arg(long, value_name = "FILE")]
+    base: Option<PathBuf>,
+    /// Cluster the constraints must fit (openb node CSV or Node YAML) [default: bundled openb GPU nodes]
+    #[arg(long, value_name = "FILE")]
+    nodes: Option<PathBuf>,
+    /// Share of pods that ask for no GPU, 0–0.99 (openb cpu050 = 0.05)
+    #[arg(long, value_name = "SHARE")]
+    cpu_only: Option<f64>,
+    /// Share of requested GPU milli asked by GPU-sharing pods, 0–1 (gpushare40 = 0.4)
+    #[arg(long, value_name = "SHARE")]
+    sharing: Option<f64>,
+    /// Share of requested GPU milli asked by multi-GPU pods, 0–0.99 (multigpu20 = 0.2)
+    #[arg(long, value_name = "SHARE")]
+    multi_gpu: Option<f64>,
+    /// Share of GPU pods that accept only some GPU models, 0–1 (gpuspec20 = 0.2)
+    #[arg(long, value_name = "SHARE")]
+    model_constrained: Option<f64>,
+    /// Trace whose GPU-model constraints (with their frequencies) new constraints are drawn from
+    /// [default: the base trace's own]
+    #[arg(long, value_name = "FILE")]
+    spec_from: Option<PathBuf>,
+    /// Seed of the draws
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output CSV; FILE.sha256 gets its checksum
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 /// Arguments of `gpuplane trace arrivals`.
@@ -44,7 +80,60 @@ pub struct ArrivalsArgs {
 pub fn run(command: TraceCommand) -> Result<()> {
     match command {
         TraceCommand::Arrivals(args) => arrivals(args),
+        TraceCommand::Variant(args) => variant(args),
     }
+}
+
+fn variant(args: VariantArgs) -> Result<()> {
+    let (base_name, base) = input::trace_records(args.base.as_deref())?;
+    let (_, nodes) = input::nodes(args.nodes.as_deref())?;
+    let pool: Vec<Vec<String>> = match &args.spec_from {
+        Some(path) => input::trace_records(Some(path))?.1.into_iter().map(|p| p.pod.gpu_models).collect(),
+        None => base.iter().map(|p| p.pod.gpu_models.clone()).collect(),
+    };
+    let pool: Vec<Vec<String>> = pool.into_iter().filter(|m| !m.is_empty()).collect();
+    if args.model_constrained.is_some_and(|s| s > 0.0) && pool.is_empty() {
+        bail!(
+            "{base_name} has no pod with a GPU-model constraint to draw from; give --spec-from a trace that has \
+             some (such as data/openb/openb_pod_list_gpuspec20.csv)"
+        );
+    }
+    let targets = variant::Targets {
+        cpu_only: args.cpu_only,
+        sharing: args.sharing,
+        multi_gpu: args.multi_gpu,
+        model_constrained: args.model_constrained,
+    };
+    let pods = variant::derive(&base, &targets, &pool, &nodes, args.seed)?;
+    let body = write_pods(&pods);
+    let digest = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes()).as_ref());
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write(&args.out, body)?;
+    let file_name = args.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut sum_path = args.out.clone().into_os_string();
+    sum_path.push(".sha256");
+    write(Path::new(&sum_path), format!("{digest}  {file_name}\n"))?;
+    let (b, v) = (variant::shares(&base), variant::shares(&pods));
+    println!("{:<22} {:>8} {:>9} {:>9} {:>10} {:>18}", "", "pods", "cpu-only", "sharing", "multi-gpu", "model-constrained");
+    for (label, s) in [(base_name.as_str(), b), (args.out.to_str().unwrap_or("variant"), v)] {
+        let label: String = label.chars().rev().take(22).collect::<Vec<_>>().into_iter().rev().collect();
+        println!(
+            "{label:<22} {:>8} {:>8.1}% {:>8.1}% {:>9.1}% {:>17.1}%",
+            s.pods,
+            100.0 * s.cpu_only,
+            100.0 * s.sharing,
+            100.0 * s.multi_gpu,
+            100.0 * s.model_constrained
+        );
+    }
+    println!("sha256 {digest}");
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn arrivals(args: ArrivalsArgs) -> Result<()> {

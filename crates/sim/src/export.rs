@@ -125,9 +125,9 @@ mod tests {
         assert_eq!(parsed.nodes[0].memory_bytes, 262_144 * MIB);
         let parsed = read_manifests("pods.yaml", &yaml).unwrap();
         assert_eq!(parsed.pods.len(), 2);
-        assert_eq!(parsed.pods[0].name, "s000000-p0");
-        assert_eq!(parsed.pods[0].cpu_milli, 6000);
-        assert_eq!((parsed.pods[0].gpu, &parsed.pods[0].gpu_models), (shared.gpu, &shared.gpu_models));
-        assert_eq!(parsed.pods[1].name, "s000001-\"odd\"");
+        assert_eq!(parsed.pods[0].pod.name, "s000000-p0");
+        assert_eq!(parsed.pods[0].pod.cpu_milli, 6000);
+        assert_eq!((parsed.pods[0].pod.gpu, &parsed.pods[0].pod.gpu_models), (shared.gpu, &shared.gpu_models));
+        assert_eq!(parsed.pods[1].pod.name, "s000001-\"odd\"");
     }
 }

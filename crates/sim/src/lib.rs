@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod export;
+pub mod variant;
 pub mod run;
 pub mod serve;
 pub mod workload;
