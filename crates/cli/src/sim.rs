@@ -97,7 +97,10 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
             seeds.push(part.parse().with_context(bad)?);
         }
     }
-    seeds.dedup();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = seeds.iter().find(|s| !seen.insert(**s)) {
+        bail!("--seeds: seed {dup} is given twice; each seed is one run and would count twice in the medians");
+    }
     Ok(seeds)
 }
 
@@ -208,6 +211,9 @@ mod tests {
         assert_eq!(parse_seeds("1, 5,7-8").unwrap(), vec![1, 5, 7, 8]);
         assert!(parse_seeds("9-1").is_err());
         assert!(parse_seeds("x").is_err());
+        let err = parse_seeds("42,43,42").unwrap_err().to_string();
+        assert!(err.contains("seed 42 is given twice"), "{err}");
+        assert!(parse_seeds("40-45,44").is_err());
         assert!(parse_seeds("").is_err());
     }
 }

@@ -78,9 +78,16 @@ impl TargetWorkload {
             covered += ranked[kept].1;
             kept += 1;
         }
+        // Divided as the reference simulator divides (share of all tasks, then renormalised by the kept
+        // share; no renormalisation when every shape is kept), so the weights agree to the last bit.
+        let kept_share = covered / total;
+        let all_kept = kept == ranked.len();
         let shapes = ranked[..kept]
             .iter()
-            .map(|&(shape, count)| WeightedShape { shape, weight: count / covered, count: count.round() as u64 })
+            .map(|&(shape, count)| {
+                let weight = if all_kept { count / total } else { (count / total) / kept_share };
+                WeightedShape { shape, weight, count: count.round() as u64 }
+            })
             .collect();
         Ok(TargetWorkload {
             shapes,
@@ -143,6 +150,22 @@ impl FragProfile {
     }
 }
 
+/// The cases of the reference simulator's `GetNodePodFrag`, in the order it sums their buckets (its
+/// "satisfied" case adds only the too-small GPUs, to the lack-GPU bucket).
+#[derive(Debug, Clone, Copy)]
+enum FragCase {
+    LackBoth,
+    LackGpu,
+    LackCpu,
+    CpuTaskFits,
+    CpuTaskLacksCpu,
+    NoAccess,
+}
+
+impl FragCase {
+    const COUNT: usize = 6;
+}
+
 /// Per-shape counts of one node state, from which the fragment after a small change (one or a few
 /// GPUs losing milli, the CPU shrinking) follows in O(shapes) instead of O(shapes × GPUs).
 #[derive(Debug, Clone, Default)]
@@ -184,10 +207,17 @@ impl TargetWorkload {
         if free_total == 0 {
             return 0.0;
         }
-        let mut sum = 0.0;
+        // The reference simulator adds each shape's fragment into a bucket per case (lack both, lack GPU,
+        // lack CPU, CPU task fits, CPU task lacks CPU, wrong model) and then sums the buckets. The same
+        // order of additions gives the same last bits: a node whose fragment does not change scores
+        // exactly 50, not 49 for a rounding residue of -3e-13.
+        let mut buckets = [0.0f64; FragCase::COUNT];
         for (s, &(usable, mut fitting, mut too_small, _)) in self.shapes.iter().zip(&profile.per_shape) {
-            let frag = if !usable {
-                free_total
+            let cpu_fits = cpu_free >= s.shape.cpu_milli;
+            let (case, frag) = if s.shape.gpu.is_none() {
+                (if cpu_fits { FragCase::CpuTaskFits } else { FragCase::CpuTaskLacksCpu }, free_total)
+            } else if !usable {
+                (FragCase::NoAccess, free_total)
             } else {
                 let demand = s.shape.gpu.milli_per_gpu;
                 for &(before, after) in changes {
@@ -200,11 +230,16 @@ impl TargetWorkload {
                         too_small -= u32::from(before - after);
                     }
                 }
-                if fitting >= s.shape.gpu.count && cpu_free >= s.shape.cpu_milli { too_small } else { free_total }
+                match (fitting >= s.shape.gpu.count, cpu_fits) {
+                    (true, true) => (FragCase::LackGpu, too_small),
+                    (true, false) => (FragCase::LackCpu, free_total),
+                    (false, true) => (FragCase::LackGpu, free_total),
+                    (false, false) => (FragCase::LackBoth, free_total),
+                }
             };
-            sum += s.weight * f64::from(frag);
+            buckets[case as usize] += s.weight * f64::from(frag);
         }
-        sum
+        buckets.iter().sum()
     }
 }
 

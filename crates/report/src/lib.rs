@@ -6,6 +6,7 @@ pub mod assess;
 pub mod bars;
 pub mod board;
 pub mod csv;
+pub mod heatmap;
 pub mod html;
 pub mod posture;
 pub mod serve;

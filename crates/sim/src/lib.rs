@@ -4,9 +4,10 @@
 #![forbid(unsafe_code)]
 
 pub mod export;
-pub mod variant;
 pub mod run;
 pub mod serve;
+pub mod sweep;
+pub mod variant;
 pub mod workload;
 pub mod yardstick;
 
@@ -75,9 +76,9 @@ pub enum Ties {
     Order(Vec<String>),
 }
 
-/// The largest inflation ratio: arrivals asking for 100 times the cluster's GPUs already fill it
-/// long before the end, and a larger ratio would only make memory grow.
-pub const MAX_TUNE: f64 = 100.0;
+/// The largest inflation ratio: arrivals asking for 10 times the cluster's GPUs fill it many times over,
+/// and a larger ratio would only make memory grow (every seed's arrivals are held at once).
+pub const MAX_TUNE: f64 = 10.0;
 
 /// An experiment: every policy × every seed on one trace and one cluster.
 #[derive(Debug, Clone)]

@@ -89,9 +89,8 @@ fn kind(p: &TracePod) -> Kind {
 
 /// The shares of a trace.
 pub fn shares(pods: &[TracePod]) -> Shares {
-    let milli = |k: Kind| -> f64 {
-        pods.iter().filter(|p| kind(p) == k).map(|p| f64::from(p.pod.gpu.total_milli())).sum()
-    };
+    let milli =
+        |k: Kind| -> f64 { pods.iter().filter(|p| kind(p) == k).map(|p| f64::from(p.pod.gpu.total_milli())).sum() };
     let total = milli(Kind::Sharing) + milli(Kind::Whole) + milli(Kind::Multi);
     let gpu_pods = pods.iter().filter(|p| kind(p) != Kind::Cpu).count();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
@@ -248,9 +247,9 @@ pub fn derive(
             let i = free.swap_remove(rng.random_range(0..free.len()));
             let count = pods[i].pod.gpu.count;
             let hosts = |spec: &Vec<String>| {
-                nodes.iter().any(|n| {
-                    n.gpu_count >= count && n.gpu_model.as_ref().is_some_and(|m| spec.iter().any(|s| s == m))
-                })
+                nodes
+                    .iter()
+                    .any(|n| n.gpu_count >= count && n.gpu_model.as_ref().is_some_and(|m| spec.iter().any(|s| s == m)))
             };
             // Draw from the pool, weighted by frequency, among constraints some node can host.
             let mut spec = None;
