@@ -63,20 +63,10 @@ const STALE: u64 = u64::MAX;
 #[derive(Debug, Default)]
 struct FgdMemo {
     cluster_id: u64,
-    /// Per node: the stamp and target generation it was profiled at, its fragment, its profile.
-    profiles: Vec<(u64, u64, f64, FragProfile)>,
-    /// Bumped whenever the target workload changes; a profile of another generation is stale.
-    generation: u64,
+    profiles: Vec<(u64, f64, FragProfile)>,
     shape_index: HashMap<Shape, usize>,
     by_shape: Vec<Vec<(u64, i64, i8)>>,
-    /// After the target workload changed: the next node whose memo still holds the old target's
-    /// values. Each decision expires [`ROLLING_REFRESH_SHARE`] of the nodes, so no single decision
-    /// pays for re-profiling the whole cluster.
-    rolling: Option<usize>,
 }
-
-/// A target change is rolled over the cluster in this many decisions.
-const ROLLING_REFRESH_SHARE: usize = 128;
 
 /// The workload the gpuplane policy learns from arrivals: decayed counts per shape, turned into a
 /// target workload at doubling intervals early on, then every [`LEARN_REFRESH`] arrivals.
@@ -96,6 +86,9 @@ const PACKED_SCORE_STEP: f64 = 200.0;
 
 /// Arrivals between two rebuilds of the learned workload once past the first ones.
 const LEARN_REFRESH: u64 = 256;
+/// How far (total variation distance between shape popularities) the learned workload must move
+/// before the engine adopts it and re-scores the cluster.
+const LEARN_DRIFT: f64 = 0.05;
 /// Half-life of an arrival's weight in the learned workload, in arrivals.
 const LEARN_HALF_LIFE: f64 = 4096.0;
 
@@ -167,15 +160,13 @@ impl Engine {
             learned.counts.retain(|_, c| *c > 1e-6);
             learned.refreshed_at = learned.seen;
             if let Ok(target) = TargetWorkload::from_counts(&learned.counts, crate::frag::TARGET_COVERAGE) {
-                let first = self.target.is_none();
-                self.target = Some(Arc::new(target));
-                // Every memoised fragment was measured against the old workload: expire them a slice
-                // per decision (or all at once when nothing was memoised yet).
-                self.fgd.generation += 1;
-                if first {
+                // Every memoised score was measured against the old workload, and re-scoring the whole
+                // cluster for every shape is what a refresh costs: adopt the new workload only when it
+                // has moved by more than LEARN_DRIFT (always early on, rarely once the mix is known).
+                let moved = self.target.as_ref().is_none_or(|old| old.distance(&target) > LEARN_DRIFT);
+                if moved {
+                    self.target = Some(Arc::new(target));
                     self.fgd.profiles.clear();
-                } else {
-                    self.fgd.rolling = Some(0);
                 }
             }
         }
@@ -344,19 +335,9 @@ impl Engine {
         let memo = &mut self.fgd;
         if memo.cluster_id != cluster.id() || memo.profiles.len() != cluster.len() {
             memo.cluster_id = cluster.id();
-            memo.profiles = vec![(STALE, 0, 0.0, FragProfile::default()); cluster.len()];
+            memo.profiles = vec![(STALE, 0.0, FragProfile::default()); cluster.len()];
             memo.shape_index.clear();
             memo.by_shape.clear();
-            memo.rolling = None;
-        }
-        if let Some(from) = memo.rolling {
-            let to = (from + cluster.len().div_ceil(ROLLING_REFRESH_SHARE)).min(cluster.len());
-            for id in from..to {
-                for scores in &mut memo.by_shape {
-                    scores[id].0 = STALE;
-                }
-            }
-            memo.rolling = (to < cluster.len()).then_some(to);
         }
         let next = memo.by_shape.len();
         let slot = *memo.shape_index.entry(shape).or_insert(next);
@@ -378,23 +359,20 @@ impl Engine {
         };
         let packed = self.policy == Policy::Gpuplane;
         let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
-        let generation = self.fgd.generation;
-        let (stamp, profiled_for, before, profile) = &mut self.fgd.profiles[id];
-        if *stamp != node.stamp || *profiled_for != generation {
-            *profiled_for = generation;
+        let (stamp, before, profile) = &mut self.fgd.profiles[id];
+        if *stamp != node.stamp {
             *before = target.profile(node.cpu_free, node.gpus(), node.model, profile);
             if packed {
-                *before = PACKED_FGD_WEIGHT * *before + target.packed_fragment_with(profile, node.cpu_free, &[]);
+                *before = target.combined_fragment_with(profile, node.cpu_free, &[], PACKED_FGD_WEIGHT);
             }
             *stamp = node.stamp;
         }
         let (before, profile) = (*before, &*profile);
         let fragment_after = |changes: &[(u16, u16)]| {
-            let fgd = target.fragment_with(profile, cpu_after, changes);
             if packed {
-                PACKED_FGD_WEIGHT * fgd + target.packed_fragment_with(profile, cpu_after, changes)
+                target.combined_fragment_with(profile, cpu_after, changes, PACKED_FGD_WEIGHT)
             } else {
-                fgd
+                target.fragment_with(profile, cpu_after, changes)
             }
         };
         // FGD scores ⌊100 · sigmoid⌋; gpuplane ranks by the combined fragment removed, in steps of

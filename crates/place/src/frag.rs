@@ -111,6 +111,19 @@ impl TargetWorkload {
         })
     }
 
+    /// Total variation distance between two workloads' shape popularities: ½ Σ |p_m − q_m| over the
+    /// shapes of either (0 = the same mix, 1 = nothing in common).
+    pub fn distance(&self, other: &TargetWorkload) -> f64 {
+        let mut diff: HashMap<Shape, f64> = HashMap::with_capacity(self.shapes.len() + other.shapes.len());
+        for s in &self.shapes {
+            *diff.entry(s.shape).or_default() += s.weight;
+        }
+        for s in &other.shapes {
+            *diff.entry(s.shape).or_default() -= s.weight;
+        }
+        diff.values().map(|d| d.abs()).sum::<f64>() / 2.0
+    }
+
     /// The kept shapes, most popular first.
     pub fn shapes(&self) -> &[WeightedShape] {
         &self.shapes
@@ -275,6 +288,51 @@ impl TargetWorkload {
     }
 }
 
+impl TargetWorkload {
+    /// `fgd_weight` × [`TargetWorkload::fragment_with`] + [`TargetWorkload::packed_fragment_with`] in one
+    /// pass over the shapes (the gpuplane policy's fragment), summed plainly rather than per case.
+    pub fn combined_fragment_with(
+        &self,
+        profile: &FragProfile,
+        cpu_free: u64,
+        changes: &[(u16, u16)],
+        fgd_weight: f64,
+    ) -> f64 {
+        let free_total = profile.free_after(changes);
+        if free_total == 0 {
+            return 0.0;
+        }
+        let mut sum = 0.0;
+        for (s, &(usable, mut fitting, mut too_small, mut shares)) in self.shapes.iter().zip(&profile.per_shape) {
+            let (fgd, packed) = if !usable {
+                (free_total, free_total)
+            } else {
+                let demand = s.shape.gpu.milli_per_gpu;
+                let d = u32::from(demand);
+                for &(before, after) in changes {
+                    if before >= demand {
+                        if after < demand {
+                            fitting -= 1;
+                            too_small += u32::from(after);
+                        }
+                    } else {
+                        too_small -= u32::from(before - after);
+                    }
+                    shares -= u32::from(before) / d - u32::from(after) / d;
+                }
+                let cpu_fits = cpu_free >= s.shape.cpu_milli;
+                let fgd = if fitting >= s.shape.gpu.count && cpu_fits { too_small } else { free_total };
+                let by_gpu = u64::from(shares / u32::from(s.shape.gpu.count.max(1)));
+                let by_cpu = cpu_free.checked_div(s.shape.cpu_milli).unwrap_or(u64::MAX);
+                let used = by_gpu.min(by_cpu).saturating_mul(u64::from(s.shape.gpu.total_milli()));
+                (fgd, free_total - u32::try_from(used.min(u64::from(free_total))).unwrap_or(free_total))
+            };
+            sum += s.weight * (fgd_weight * f64::from(fgd) + f64::from(packed));
+        }
+        sum
+    }
+}
+
 /// F_n(m): the free milli of a node that a task of shape m cannot use.
 ///
 /// If the task cannot run on the node at all (no GPU asked, wrong model, too few fitting GPUs, too
@@ -343,6 +401,9 @@ mod tests {
             let mut after = gpus;
             after[i] -= demand;
             let incremental = w.fragment_with(&profile, cpu, &[(gpus[i], after[i])]);
+            let combined = w.combined_fragment_with(&profile, cpu, &[(gpus[i], after[i])], 8.0);
+            let separate = 8.0 * incremental + w.packed_fragment_with(&profile, cpu, &[(gpus[i], after[i])]);
+            assert!((combined - separate).abs() < 1e-6 * separate.max(1.0), "{combined} vs {separate}");
             assert_eq!(incremental, w.fragment_of(cpu, &after, Some(0)), "GPU {i} minus {demand}, CPU {cpu}");
         }
     }
