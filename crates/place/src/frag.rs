@@ -152,7 +152,12 @@ impl TargetWorkload {
         if free == 0 {
             return 0.0;
         }
-        self.shapes.iter().map(|s| s.weight * f64::from(shape_fragment(cpu_free, gpus, free, model, &s.shape))).sum()
+        let mut buckets = [0.0f64; FragCase::COUNT];
+        for s in &self.shapes {
+            let (case, frag) = shape_case(cpu_free, gpus, free, model, &s.shape);
+            buckets[case as usize] += s.weight * f64::from(frag);
+        }
+        buckets.iter().sum()
     }
 }
 
@@ -340,8 +345,18 @@ impl TargetWorkload {
 /// per-GPU demand are.
 #[inline]
 pub fn shape_fragment(cpu_free: u64, gpus: &[u16], free_total: u32, model: Option<u8>, shape: &Shape) -> u32 {
-    if shape.gpu.is_none() || !shape.models.accepts(model) {
-        return free_total;
+    shape_case(cpu_free, gpus, free_total, model, shape).1
+}
+
+/// The case of [`shape_fragment`] and the fragment, as the reference simulator buckets them.
+#[inline]
+fn shape_case(cpu_free: u64, gpus: &[u16], free_total: u32, model: Option<u8>, shape: &Shape) -> (FragCase, u32) {
+    let cpu_fits = cpu_free >= shape.cpu_milli;
+    if shape.gpu.is_none() {
+        return (if cpu_fits { FragCase::CpuTaskFits } else { FragCase::CpuTaskLacksCpu }, free_total);
+    }
+    if !shape.models.accepts(model) {
+        return (FragCase::NoAccess, free_total);
     }
     let demand = shape.gpu.milli_per_gpu;
     let mut fitting = 0u8;
@@ -353,7 +368,12 @@ pub fn shape_fragment(cpu_free: u64, gpus: &[u16], free_total: u32, model: Optio
             too_small += u32::from(g);
         }
     }
-    if fitting >= shape.gpu.count && cpu_free >= shape.cpu_milli { too_small } else { free_total }
+    match (fitting >= shape.gpu.count, cpu_fits) {
+        (true, true) => (FragCase::LackGpu, too_small),
+        (true, false) => (FragCase::LackCpu, free_total),
+        (false, true) => (FragCase::LackGpu, free_total),
+        (false, false) => (FragCase::LackBoth, free_total),
+    }
 }
 
 #[cfg(test)]
