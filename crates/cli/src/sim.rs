@@ -108,7 +108,8 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
 pub fn run(args: SimArgs) -> Result<()> {
     let policies = Policy::parse_list(&args.policy).context("--policy")?;
     let seeds = parse_seeds(&args.seeds)?;
-    if !args.replay && !(args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE) {
+    let tune_ok = args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE;
+    if !args.replay && !tune_ok {
         bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
     }
     let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;

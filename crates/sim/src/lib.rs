@@ -246,7 +246,8 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     if exp.policies.is_empty() || exp.seeds.is_empty() {
         return Err(SimError::NothingToRun);
     }
-    if !exp.replay && !(exp.tune.is_finite() && exp.tune > 0.0 && exp.tune <= MAX_TUNE) {
+    let tune_ok = exp.tune.is_finite() && exp.tune > 0.0 && exp.tune <= MAX_TUNE;
+    if !exp.replay && !tune_ok {
         return Err(SimError::Tune(exp.tune));
     }
     let cluster = Cluster::new(&exp.nodes)?;

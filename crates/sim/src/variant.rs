@@ -203,8 +203,8 @@ pub fn derive(
         let multi: f64 =
             pods.iter().filter(|p| kind(p) == Kind::Multi).map(|p| f64::from(p.pod.gpu.total_milli())).sum();
         let (mut s, mut total) = (0.0, multi);
-        for slot in 0..pods.len() {
-            if !matches!(kind(&pods[slot]), Kind::Sharing | Kind::Whole) {
+        for slot in pods.iter_mut() {
+            if !matches!(kind(slot), Kind::Sharing | Kind::Whole) {
                 continue;
             }
             let take_sharing = !sharing.is_empty() && (whole.is_empty() || total == 0.0 || s / total < target);
@@ -215,7 +215,7 @@ pub fn derive(
                 s += g;
             }
             total += g;
-            pods[slot] = p;
+            *slot = p;
         }
     }
 
