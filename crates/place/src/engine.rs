@@ -66,7 +66,16 @@ struct FgdMemo {
     profiles: Vec<(u64, f64, FragProfile)>,
     shape_index: HashMap<Shape, usize>,
     by_shape: Vec<Vec<(u64, i64, i8)>>,
+    /// Scores by node state: nodes in the same state (an idle node of a type, early on most of them)
+    /// score alike, so re-scoring the cluster for a shape computes each distinct state once.
+    by_state: HashMap<StateKey, (i64, i8)>,
 }
+
+/// A shape slot and everything a node's score depends on: free CPU, free milli per GPU, GPUs, model.
+type StateKey = (usize, u64, [u16; 8], u8, Option<u8>);
+
+/// Most node states remembered before the state memo starts again.
+const STATE_MEMO_LIMIT: usize = 1 << 18;
 
 /// The workload the gpuplane policy learns from arrivals: decayed counts per shape, turned into a
 /// target workload at doubling intervals early on, then every [`LEARN_REFRESH`] arrivals.
@@ -338,6 +347,7 @@ impl Engine {
             memo.profiles = vec![(STALE, 0.0, FragProfile::default()); cluster.len()];
             memo.shape_index.clear();
             memo.by_shape.clear();
+            memo.by_state.clear();
         }
         let next = memo.by_shape.len();
         let slot = *memo.shape_index.entry(shape).or_insert(next);
@@ -351,6 +361,11 @@ impl Engine {
     fn fgd_score(&mut self, slot: usize, id: NodeId, node: &NodeState, pod: &PodRequest) -> (i64, i8) {
         let (stamp, score, gpu) = self.fgd.by_shape[slot][id];
         if stamp == node.stamp {
+            return (score, gpu);
+        }
+        let key: StateKey = (slot, node.cpu_free, node.gpu_free, node.gpu_count, node.model);
+        if let Some(&(score, gpu)) = self.fgd.by_state.get(&key) {
+            self.fgd.by_shape[slot][id] = (node.stamp, score, gpu);
             return (score, gpu);
         }
         let target = match &self.target {
@@ -412,6 +427,10 @@ impl Engine {
             (score_of(before - fragment_after(&changes[..n])), -1)
         };
         self.fgd.by_shape[slot][id] = (node.stamp, score, gpu);
+        if self.fgd.by_state.len() >= STATE_MEMO_LIMIT {
+            self.fgd.by_state.clear();
+        }
+        self.fgd.by_state.insert(key, (score, gpu));
         (score, gpu)
     }
 }

@@ -293,7 +293,7 @@ mod tests {
         for i in 0..400 {
             pods.push(match i % 8 {
                 0 => pod(&format!("c{i}"), 0, 0),
-                1 | 2 | 3 => pod(&format!("s{i}"), 1, 250 + (i % 3) as u16 * 200),
+                1..=3 => pod(&format!("s{i}"), 1, 250 + (i % 3) as u16 * 200),
                 7 if i % 16 == 7 => pod(&format!("m{i}"), 4, 1000),
                 _ => pod(&format!("w{i}"), 1, 1000),
             });
