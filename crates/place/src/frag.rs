@@ -230,30 +230,15 @@ impl TargetWorkload {
         // order of additions gives the same last bits: a node whose fragment does not change scores
         // exactly 50, not 49 for a rounding residue of -3e-13.
         let mut buckets = [0.0f64; FragCase::COUNT];
-        for (s, &(usable, mut fitting, mut too_small, _)) in self.shapes.iter().zip(&profile.per_shape) {
-            let cpu_fits = cpu_free >= s.shape.cpu_milli;
+        for (s, &(usable, fitting, too_small, _)) in self.shapes.iter().zip(&profile.per_shape) {
             let (case, frag) = if s.shape.gpu.is_none() {
-                (if cpu_fits { FragCase::CpuTaskFits } else { FragCase::CpuTaskLacksCpu }, free_total)
+                let fits = cpu_free >= s.shape.cpu_milli;
+                (if fits { FragCase::CpuTaskFits } else { FragCase::CpuTaskLacksCpu }, free_total)
             } else if !usable {
                 (FragCase::NoAccess, free_total)
             } else {
-                let demand = s.shape.gpu.milli_per_gpu;
-                for &(before, after) in changes {
-                    if before >= demand {
-                        if after < demand {
-                            fitting -= 1;
-                            too_small += u32::from(after);
-                        }
-                    } else {
-                        too_small -= u32::from(before - after);
-                    }
-                }
-                match (fitting >= s.shape.gpu.count, cpu_fits) {
-                    (true, true) => (FragCase::LackGpu, too_small),
-                    (true, false) => (FragCase::LackCpu, free_total),
-                    (false, true) => (FragCase::LackGpu, free_total),
-                    (false, false) => (FragCase::LackBoth, free_total),
-                }
+                let (fitting, too_small) = fit_after(s.shape.gpu.milli_per_gpu, fitting, too_small, changes);
+                gpu_case(&s.shape, fitting, too_small, cpu_free, free_total)
             };
             buckets[case as usize] += s.weight * f64::from(frag);
         }
@@ -273,19 +258,12 @@ impl TargetWorkload {
             return 0.0;
         }
         let mut sum = 0.0;
-        for (s, &(usable, _, _, mut shares)) in self.shapes.iter().zip(&profile.per_shape) {
+        for (s, &(usable, _, _, shares)) in self.shapes.iter().zip(&profile.per_shape) {
             let frag = if !usable {
                 free_total
             } else {
-                let demand = u32::from(s.shape.gpu.milli_per_gpu);
-                for &(before, after) in changes {
-                    shares -= u32::from(before) / demand - u32::from(after) / demand;
-                }
-                let by_gpu = u64::from(shares / u32::from(s.shape.gpu.count.max(1)));
-                let by_cpu = cpu_free.checked_div(s.shape.cpu_milli).unwrap_or(u64::MAX);
-                let tasks = by_gpu.min(by_cpu);
-                let used = tasks.saturating_mul(u64::from(s.shape.gpu.total_milli()));
-                free_total - u32::try_from(used.min(u64::from(free_total))).unwrap_or(free_total)
+                let shares = shares_after(s.shape.gpu.milli_per_gpu, shares, changes);
+                packed_left(&s.shape, shares, cpu_free, free_total)
             };
             sum += s.weight * f64::from(frag);
         }
@@ -308,34 +286,66 @@ impl TargetWorkload {
             return 0.0;
         }
         let mut sum = 0.0;
-        for (s, &(usable, mut fitting, mut too_small, mut shares)) in self.shapes.iter().zip(&profile.per_shape) {
+        for (s, &(usable, fitting, too_small, shares)) in self.shapes.iter().zip(&profile.per_shape) {
             let (fgd, packed) = if !usable {
                 (free_total, free_total)
             } else {
                 let demand = s.shape.gpu.milli_per_gpu;
-                let d = u32::from(demand);
-                for &(before, after) in changes {
-                    if before >= demand {
-                        if after < demand {
-                            fitting -= 1;
-                            too_small += u32::from(after);
-                        }
-                    } else {
-                        too_small -= u32::from(before - after);
-                    }
-                    shares -= u32::from(before) / d - u32::from(after) / d;
-                }
-                let cpu_fits = cpu_free >= s.shape.cpu_milli;
-                let fgd = if fitting >= s.shape.gpu.count && cpu_fits { too_small } else { free_total };
-                let by_gpu = u64::from(shares / u32::from(s.shape.gpu.count.max(1)));
-                let by_cpu = cpu_free.checked_div(s.shape.cpu_milli).unwrap_or(u64::MAX);
-                let used = by_gpu.min(by_cpu).saturating_mul(u64::from(s.shape.gpu.total_milli()));
-                (fgd, free_total - u32::try_from(used.min(u64::from(free_total))).unwrap_or(free_total))
+                let (fitting, too_small) = fit_after(demand, fitting, too_small, changes);
+                let fgd = gpu_case(&s.shape, fitting, too_small, cpu_free, free_total).1;
+                (fgd, packed_left(&s.shape, shares_after(demand, shares, changes), cpu_free, free_total))
             };
             sum += s.weight * (fgd_weight * f64::from(fgd) + f64::from(packed));
         }
         sum
     }
+}
+
+/// A shape's fitting GPUs and too-small free milli after GPUs go from `(free before, free after)`.
+#[inline]
+fn fit_after(demand: u16, mut fitting: u8, mut too_small: u32, changes: &[(u16, u16)]) -> (u8, u32) {
+    for &(before, after) in changes {
+        if before >= demand {
+            if after < demand {
+                fitting -= 1;
+                too_small += u32::from(after);
+            }
+        } else {
+            too_small -= u32::from(before - after);
+        }
+    }
+    (fitting, too_small)
+}
+
+/// The reference's case for a GPU shape the node's model accepts, and its fragment.
+#[inline]
+fn gpu_case(shape: &Shape, fitting: u8, too_small: u32, cpu_free: u64, free_total: u32) -> (FragCase, u32) {
+    match (fitting >= shape.gpu.count, cpu_free >= shape.cpu_milli) {
+        (true, true) => (FragCase::LackGpu, too_small),
+        (true, false) => (FragCase::LackCpu, free_total),
+        (false, true) => (FragCase::LackGpu, free_total),
+        (false, false) => (FragCase::LackBoth, free_total),
+    }
+}
+
+/// The packed fragment of one usable shape: free milli left once the node holds as many of its tasks as
+/// `shares` (per-GPU shares after the changes) and the CPU allow.
+#[inline]
+fn packed_left(shape: &Shape, shares: u32, cpu_free: u64, free_total: u32) -> u32 {
+    let by_gpu = u64::from(shares / u32::from(shape.gpu.count.max(1)));
+    let by_cpu = cpu_free.checked_div(shape.cpu_milli).unwrap_or(u64::MAX);
+    let used = by_gpu.min(by_cpu).saturating_mul(u64::from(shape.gpu.total_milli()));
+    free_total - u32::try_from(used.min(u64::from(free_total))).unwrap_or(free_total)
+}
+
+/// A shape's per-GPU shares after the changes.
+#[inline]
+fn shares_after(demand: u16, mut shares: u32, changes: &[(u16, u16)]) -> u32 {
+    let d = u32::from(demand);
+    for &(before, after) in changes {
+        shares -= u32::from(before) / d - u32::from(after) / d;
+    }
+    shares
 }
 
 /// F_n(m): the free milli of a node that a task of shape m cannot use.
@@ -359,21 +369,9 @@ fn shape_case(cpu_free: u64, gpus: &[u16], free_total: u32, model: Option<u8>, s
         return (FragCase::NoAccess, free_total);
     }
     let demand = shape.gpu.milli_per_gpu;
-    let mut fitting = 0u8;
-    let mut too_small = 0u32;
-    for &g in gpus {
-        if g >= demand {
-            fitting += 1;
-        } else {
-            too_small += u32::from(g);
-        }
-    }
-    match (fitting >= shape.gpu.count, cpu_fits) {
-        (true, true) => (FragCase::LackGpu, too_small),
-        (true, false) => (FragCase::LackCpu, free_total),
-        (false, true) => (FragCase::LackGpu, free_total),
-        (false, false) => (FragCase::LackBoth, free_total),
-    }
+    let fitting = gpus.iter().filter(|&&g| g >= demand).count() as u8;
+    let too_small = gpus.iter().filter(|&&g| g < demand).map(|&g| u32::from(g)).sum();
+    gpu_case(shape, fitting, too_small, cpu_free, free_total)
 }
 
 #[cfg(test)]
