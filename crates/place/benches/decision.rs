@@ -127,7 +127,7 @@ fn print_percentiles() {
         best.sort_unstable();
         let at = |q: f64| best[((best.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
         println!(
-            "  {:<10} p50 {:>6.1} µs   p99 {:>6.1} µs   max {:>7.1} µs",
+            "  {:<12} p50 {:>6.1} µs   p99 {:>6.1} µs   max {:>7.1} µs",
             policy.title(),
             at(0.5),
             at(0.99),

@@ -63,12 +63,27 @@ const STALE: u64 = u64::MAX;
 #[derive(Debug, Default)]
 struct FgdMemo {
     cluster_id: u64,
-    profiles: Vec<(u64, f64, FragProfile)>,
+    /// Per node: the state stamp and weights generation its profile and fragment were measured at,
+    /// the fragment, and the profile (which depends on the shapes, not on their weights).
+    profiles: Vec<(u64, u64, f64, FragProfile)>,
+    /// Generation of the workload's weights; bumped by [`FgdMemo::reweigh`].
+    weights: u64,
     shape_index: HashMap<Shape, usize>,
     by_shape: Vec<Vec<(u64, i64, i8)>>,
     /// Scores by node state: nodes in the same state (an idle node of a type, early on most of them)
     /// score alike, so re-scoring the cluster for a shape computes each distinct state once.
     by_state: HashMap<StateKey, (i64, i8)>,
+}
+
+impl FgdMemo {
+    /// The workload's weights changed, its shapes did not: profiles stay, fragments and scores go.
+    fn reweigh(&mut self) {
+        self.weights += 1;
+        for scores in &mut self.by_shape {
+            scores.iter_mut().for_each(|s| s.0 = STALE);
+        }
+        self.by_state.clear();
+    }
 }
 
 /// A shape slot and everything a node's score depends on: free CPU, free milli per GPU, GPUs, model.
@@ -90,9 +105,18 @@ struct Learned {
 /// [`TargetWorkload::packed_fragment_with`]): FGD's term keeps whole nodes and GPUs free for the shapes
 /// that need them, the packed term counts what a stream of tasks would leave unused.
 const PACKED_FGD_WEIGHT: f64 = 8.0;
-/// The gpuplane policy's score unit, in milli-GPUs of combined fragment (25 milli of FGD's fragment).
+/// The gpuplane policy's score unit, in milli-GPUs of combined fragment (about 22 milli of FGD's
+/// fragment alone). This and the scarcity constants were chosen on generated trace variants only
+/// (docs/trace-variants.md).
 const PACKED_SCORE_STEP: f64 = 200.0;
 
+/// How strongly the gpuplane policy weighs a shape by the scarcity of nodes it fits on.
+const SCARCITY_EXPONENT: f64 = 1.5;
+/// A shape counts as fitting on at least 1/SCARCITY_CAP of the nodes, so that one which fits almost
+/// nowhere cannot drown every other shape's weight.
+const SCARCITY_CAP: f64 = 50.0;
+/// Decisions between two weighings of scarcity (adopted only when the weights moved by LEARN_DRIFT).
+const SCARCITY_REFRESH: u64 = 256;
 /// Arrivals between two rebuilds of the learned workload once past the first ones.
 const LEARN_REFRESH: u64 = 256;
 /// How far (total variation distance between shape popularities) the learned workload must move
@@ -105,7 +129,15 @@ const LEARN_HALF_LIFE: f64 = 4096.0;
 #[derive(Debug)]
 pub struct Engine {
     policy: Policy,
+    /// The workload: given (FGD), or learned from arrivals (gpuplane).
     target: Option<Arc<TargetWorkload>>,
+    /// What fragmentation is scored against: the workload, for gpuplane with each shape weighted by
+    /// how few nodes it fits on now (see [`scarcity_weighted`]).
+    scoring: Option<Arc<TargetWorkload>>,
+    /// The cluster `scoring` was built for (0: rebuild before the next decision).
+    scoring_for: u64,
+    /// Decisions since gpuplane last weighed its shapes' scarcity.
+    since_weighed: u64,
     tie_break: TieBreak,
     rng: ChaCha8Rng,
     fgd: FgdMemo,
@@ -134,6 +166,9 @@ impl Engine {
         Ok(Engine {
             policy: config.policy,
             target: config.target,
+            scoring: None,
+            scoring_for: 0,
+            since_weighed: 0,
             tie_break: config.tie_break,
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             fgd: FgdMemo::default(),
@@ -175,7 +210,7 @@ impl Engine {
                 let moved = self.target.as_ref().is_none_or(|old| old.distance(&target) > LEARN_DRIFT);
                 if moved {
                     self.target = Some(Arc::new(target));
-                    self.fgd.profiles.clear();
+                    self.scoring_for = 0;
                 }
             }
         }
@@ -250,7 +285,34 @@ impl Engine {
     }
 
     fn prepare(&mut self, cluster: &Cluster, pod: &PodRequest) -> Option<usize> {
-        matches!(self.policy, Policy::Fgd | Policy::Gpuplane).then(|| self.fgd_prepare(cluster, pod.shape()))
+        if !matches!(self.policy, Policy::Fgd | Policy::Gpuplane) {
+            return None;
+        }
+        let gpuplane = self.policy == Policy::Gpuplane;
+        if self.scoring_for != cluster.id() {
+            // A new cluster or a new workload: every memoised profile and score goes.
+            self.scoring = match &self.target {
+                Some(t) if gpuplane => Some(Arc::new(scarcity_weighted(t, cluster))),
+                t => t.clone(),
+            };
+            self.scoring_for = cluster.id();
+            self.since_weighed = 0;
+            self.fgd.profiles.clear();
+        } else if gpuplane {
+            self.since_weighed += 1;
+            if self.since_weighed >= SCARCITY_REFRESH {
+                self.since_weighed = 0;
+                if let (Some(t), Some(current)) = (&self.target, &self.scoring) {
+                    // Same shapes, new weights: the nodes' profiles stay, their fragments and scores go.
+                    let weighed = scarcity_weighted(t, cluster);
+                    if current.distance(&weighed) > LEARN_DRIFT {
+                        self.scoring = Some(Arc::new(weighed));
+                        self.fgd.reweigh();
+                    }
+                }
+            }
+        }
+        Some(self.fgd_prepare(cluster, pod.shape()))
     }
 
     /// Runs the filters on one node and, if it passes, the policy's score.
@@ -344,7 +406,7 @@ impl Engine {
         let memo = &mut self.fgd;
         if memo.cluster_id != cluster.id() || memo.profiles.len() != cluster.len() {
             memo.cluster_id = cluster.id();
-            memo.profiles = vec![(STALE, 0.0, FragProfile::default()); cluster.len()];
+            memo.profiles = vec![(STALE, 0, 0.0, FragProfile::default()); cluster.len()];
             memo.shape_index.clear();
             memo.by_shape.clear();
             memo.by_state.clear();
@@ -368,20 +430,22 @@ impl Engine {
             self.fgd.by_shape[slot][id] = (node.stamp, score, gpu);
             return (score, gpu);
         }
-        let target = match &self.target {
+        let target = match &self.scoring {
             Some(t) => Arc::clone(t),
             None => return (0, -1),
         };
         let packed = self.policy == Policy::Gpuplane;
         let cpu_after = node.cpu_free.saturating_sub(pod.cpu_milli);
-        let (stamp, before, profile) = &mut self.fgd.profiles[id];
+        let weights = self.fgd.weights;
+        let (stamp, measured_with, before, profile) = &mut self.fgd.profiles[id];
         if *stamp != node.stamp {
             *before = target.profile(node.cpu_free, node.gpus(), node.model, profile);
-            if packed {
-                *before = target.combined_fragment_with(profile, node.cpu_free, &[], PACKED_FGD_WEIGHT);
-            }
-            *stamp = node.stamp;
         }
+        if packed && (*stamp != node.stamp || *measured_with != weights) {
+            *before = target.combined_fragment_with(profile, node.cpu_free, &[], PACKED_FGD_WEIGHT);
+        }
+        *stamp = node.stamp;
+        *measured_with = weights;
         let (before, profile) = (*before, &*profile);
         let fragment_after = |changes: &[(u16, u16)]| {
             if packed {
@@ -433,6 +497,29 @@ impl Engine {
         self.fgd.by_state.insert(key, (score, gpu));
         (score, gpu)
     }
+}
+
+/// The workload with each shape's popularity multiplied by (nodes ÷ nodes the shape fits on now)^1.5,
+/// a shape counting as fitting on at least 1/[`SCARCITY_CAP`] of the nodes, and renormalised.
+///
+/// FGD weighs a shape by how often it arrives. A shape that fits on few nodes — an 8-GPU task once
+/// whole nodes are rare, a task that accepts only a GPU model the cluster has little of — needs those
+/// nodes more than its popularity says; weighed by scarcity, the fragment it would see counts in
+/// proportion, and other pods leave its nodes alone while there is a choice.
+fn scarcity_weighted(workload: &TargetWorkload, cluster: &Cluster) -> TargetWorkload {
+    let nodes = cluster.len() as f64;
+    workload.scaled_by(|shape| {
+        let fits = cluster
+            .nodes()
+            .iter()
+            .filter(|n| {
+                (shape.gpu.is_none() || (n.gpu_count > 0 && shape.models.accepts(n.model)))
+                    && n.cpu_free >= shape.cpu_milli
+                    && n.gpu_fits(shape.gpu)
+            })
+            .count() as f64;
+        (nodes / fits.max(nodes / SCARCITY_CAP)).powf(SCARCITY_EXPONENT)
+    })
 }
 
 /// ⌊100 · sigmoid(Δ / 1000)⌋ where Δ is the fragmentation removed, in milli-GPUs.
@@ -545,6 +632,52 @@ mod tests {
         let mut fgd = engine(Policy::BestFit, None);
         fgd.observe(&whole);
         assert!(fgd.target().is_none());
+    }
+
+    #[test]
+    fn scarcity_weighs_a_shape_by_the_nodes_it_fits_on() {
+        let mut nodes: Vec<Node> = (0..3).map(|i| gpu_node(&format!("t{i}"), 2, "T4")).collect();
+        nodes.push(gpu_node("v", 2, "V100"));
+        let cluster = Cluster::new(&nodes).unwrap();
+        let any = Shape { cpu_milli: 1000, gpu: GpuRequest { count: 1, milli_per_gpu: 1000 }, models: ModelSet::Any };
+        let mut v100 = Pod::with_requests("v", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 1000 });
+        v100.gpu_models = vec!["V100".into()];
+        let v100 = cluster.request(&v100).shape();
+        let workload = TargetWorkload::from_weights(&[(any, 0.5), (v100, 0.5)]).unwrap();
+        // `any` fits on 4 of 4 nodes (×1), `v100` on 1 of 4 (×4^1.5 = 8): weights 1/9 and 8/9.
+        let weighted = scarcity_weighted(&workload, &cluster);
+        let weight = |shape| weighted.shapes().iter().find(|s| s.shape == shape).unwrap().weight;
+        assert!((weight(any) - 1.0 / 9.0).abs() < 1e-12);
+        assert!((weight(v100) - 8.0 / 9.0).abs() < 1e-12);
+        // A shape that fits nowhere counts as fitting on 1/SCARCITY_CAP of the nodes.
+        let eight = Shape { cpu_milli: 1000, gpu: GpuRequest { count: 8, milli_per_gpu: 1000 }, models: ModelSet::Any };
+        let workload = TargetWorkload::from_weights(&[(any, 0.5), (eight, 0.5)]).unwrap();
+        let weighted = scarcity_weighted(&workload, &cluster);
+        let cap = SCARCITY_CAP.powf(SCARCITY_EXPONENT);
+        assert!(
+            (weighted.shapes().iter().find(|s| s.shape == eight).unwrap().weight - cap / (cap + 1.0)).abs() < 1e-12
+        );
+    }
+
+    #[test]
+    fn gpuplane_leaves_a_scarce_model_to_the_pods_that_can_use_only_it() {
+        // Node "a" is the only V100 and comes first by name; half the arrivals accept only V100.
+        let mut nodes = vec![gpu_node("a", 2, "V100")];
+        nodes.extend((0..3).map(|i| gpu_node(&format!("t{i}"), 2, "T4")));
+        let cluster = Cluster::new(&nodes).unwrap();
+        let any = cluster.request(&Pod::with_requests("w", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 1000 }));
+        let mut v100 = Pod::with_requests("v", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 1000 });
+        v100.gpu_models = vec!["V100".into()];
+        let v100 = cluster.request(&v100);
+        let mut e = engine(Policy::Gpuplane, None);
+        for _ in 0..8 {
+            e.observe(&any);
+            e.observe(&v100);
+        }
+        let Decision::Place(p) = e.decide(&cluster, &any) else { panic!("room everywhere") };
+        assert_ne!(cluster.node_info()[p.node].name, "a", "an unconstrained pod takes a T4");
+        let Decision::Place(p) = e.decide(&cluster, &v100) else { panic!("room on the V100") };
+        assert_eq!(cluster.node_info()[p.node].name, "a");
     }
 
     #[test]

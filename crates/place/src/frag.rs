@@ -111,6 +111,23 @@ impl TargetWorkload {
         })
     }
 
+    /// The same shapes with each popularity multiplied by `factor(shape)` and renormalised (a factor
+    /// that is not finite and positive leaves the shape's popularity as it was).
+    pub fn scaled_by(&self, factor: impl Fn(&Shape) -> f64) -> TargetWorkload {
+        let mut scaled = self.clone();
+        for s in &mut scaled.shapes {
+            let f = factor(&s.shape);
+            if f.is_finite() && f > 0.0 {
+                s.weight *= f;
+            }
+        }
+        let sum: f64 = scaled.shapes.iter().map(|s| s.weight).sum();
+        for s in &mut scaled.shapes {
+            s.weight /= sum;
+        }
+        scaled
+    }
+
     /// Total variation distance between two workloads' shape popularities: ½ Σ |p_m − q_m| over the
     /// shapes of either (0 = the same mix, 1 = nothing in common).
     pub fn distance(&self, other: &TargetWorkload) -> f64 {
@@ -382,6 +399,23 @@ mod tests {
 
     fn shape(cpu: u64, count: u8, milli: u16) -> Shape {
         Shape { cpu_milli: cpu, gpu: GpuRequest { count, milli_per_gpu: milli }, models: ModelSet::Any }
+    }
+
+    #[test]
+    fn scaled_by_renormalises_and_ignores_bad_factors() {
+        let a = Shape { cpu_milli: 1, gpu: GpuRequest { count: 1, milli_per_gpu: 1000 }, models: ModelSet::Any };
+        let b = Shape { cpu_milli: 2, ..a };
+        let c = Shape { cpu_milli: 3, ..a };
+        let w = TargetWorkload::from_weights(&[(a, 1.0), (b, 1.0), (c, 2.0)]).unwrap();
+        let scaled = w.scaled_by(|s| match s.cpu_milli {
+            1 => 3.0,
+            2 => f64::NAN,
+            _ => 0.0,
+        });
+        let weights: Vec<f64> = scaled.shapes().iter().map(|s| s.weight).collect();
+        // 0.25·3, 0.25 (NaN ignored), 0.5 (0 ignored), over 1.5.
+        assert_eq!(weights, vec![0.75 / 1.5, 0.25 / 1.5, 0.5 / 1.5]);
+        assert_eq!(scaled.shapes().len(), 3);
     }
 
     #[test]

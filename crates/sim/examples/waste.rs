@@ -23,6 +23,9 @@ fn main() {
     let nodes = read_nodes("nodes", open("data/openb/openb_node_list_gpu_node.csv")).expect("node list");
     let pods: Vec<_> = read_pods(trace, open(trace)).expect("trace").into_iter().map(|t| t.pod).collect();
     let mut cluster = Cluster::new(&nodes).expect("cluster");
+    // Ties as `gpuplane sim` breaks them by default: a node order drawn per seed.
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    cluster.set_tie_rank(workload::shuffled_name_rank(&names, seed)).expect("tie order");
     let requests: Vec<_> = pods.iter().map(|p| cluster.request(p)).collect();
     let target = Arc::new(TargetWorkload::from_requests(&requests, TARGET_COVERAGE).expect("workload"));
     let engine_target = (policy != Policy::Gpuplane).then(|| Arc::clone(&target));
