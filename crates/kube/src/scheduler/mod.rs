@@ -298,7 +298,11 @@ impl Scheduler {
         for key in stale {
             self.unqueue(&key);
         }
-        for p in pods {
+        // Pending pods join the queue in the order they were created (then by name), not in the order a
+        // store hands them out, so the same pods always queue, and place, the same way.
+        let mut by_creation: Vec<&api::Pod> = pods.iter().collect();
+        by_creation.sort_by_cached_key(|p| (p.metadata.creation_timestamp.clone(), objects::pod_key(p)));
+        for p in by_creation {
             let unbound = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty);
             if unbound {
                 warnings.extend(self.pod_applied(p));
