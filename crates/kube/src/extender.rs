@@ -325,7 +325,6 @@ pub fn router<B: Binder>(extender: Arc<Extender<B>>) -> Router {
 
 /// The pod and the candidates of a filter or prioritize call, read before taking the lock.
 struct Call {
-    key: String,
     uid: String,
     pod: gpuplane_core::Pod,
     names: Vec<String>,
@@ -334,19 +333,28 @@ struct Call {
 
 /// Why a filter or prioritize call cannot be answered.
 enum CallError {
-    /// The body is not an ExtenderArgs message (400).
+    /// The body is not an ExtenderArgs message (400: kube-scheduler never sends one).
     BadRequest(String),
-    /// The pod asks for something that cannot be placed anywhere (422, with the reason in `Error`).
-    Impossible(String),
+    /// The pod asks for something that cannot be placed anywhere. kube-scheduler reads an extender's
+    /// answer only from a 200, so this is a 200 that fails every candidate as unresolvable, with the reason.
+    Impossible { reason: String, names: Vec<String>, nodes_json: Option<Vec<serde_json::Value>> },
 }
 
 impl IntoResponse for CallError {
     fn into_response(self) -> Response {
         match self {
             CallError::BadRequest(m) => (StatusCode::BAD_REQUEST, m).into_response(),
-            CallError::Impossible(error) => {
-                let body = ExtenderFilterResult { error, ..Default::default() };
-                (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+            CallError::Impossible { reason, names, nodes_json } => {
+                let body = ExtenderFilterResult {
+                    failed_and_unresolvable_nodes: names
+                        .into_iter()
+                        .map(|n| (n, format!("gpuplane: {reason}")))
+                        .collect(),
+                    node_names: nodes_json.is_none().then(Vec::new),
+                    nodes: nodes_json.map(|_| NodeListOut { items: Vec::new() }),
+                    ..Default::default()
+                };
+                axum::Json(body).into_response()
             }
         }
     }
@@ -367,19 +375,16 @@ fn read_call(body: &[u8]) -> Result<Call, CallError> {
         _ => None,
     };
     let pod = args.pod.ok_or_else(|| invalid("ExtenderArgs", "no Pod"))?;
-    let domain = objects::pod(&pod).map_err(|e| CallError::Impossible(e.to_string()))?;
     let names: Vec<String> = match (&args.node_names, &args.nodes) {
         (Some(names), _) => names.clone(),
         (None, Some(list)) => list.items.iter().map(|n| n.metadata.name.clone().unwrap_or_default()).collect(),
         (None, None) => return Err(invalid("ExtenderArgs", "neither Nodes nor NodeNames")),
     };
-    Ok(Call {
-        key: objects::pod_key(&pod),
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
-        pod: domain,
-        names,
-        nodes_json,
-    })
+    let domain = match objects::pod(&pod) {
+        Ok(domain) => domain,
+        Err(e) => return Err(CallError::Impossible { reason: e.to_string(), names, nodes_json }),
+    };
+    Ok(Call { uid: pod.metadata.uid.clone().unwrap_or_default(), pod: domain, names, nodes_json })
 }
 
 /// Remembers the pod for the bind verb and scores the candidates; `None` for nodes the snapshot lacks.
@@ -394,7 +399,11 @@ fn evaluate(inner: &mut Inner, limit: usize, call: &Call) -> Vec<Option<Result<i
 }
 
 fn remember(inner: &mut Inner, limit: usize, call: &Call) {
-    let id = if call.uid.is_empty() { call.key.clone() } else { call.uid.clone() };
+    // Bind finds the pod by UID only; a call without one (kube-scheduler always sends it) is not kept.
+    if call.uid.is_empty() {
+        return;
+    }
+    let id = call.uid.clone();
     if inner.recent.insert(id.clone(), call.pod.clone()).is_none() {
         inner.order.push_back(id);
         while inner.order.len() > limit {
@@ -466,6 +475,11 @@ async fn prioritize<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes)
 async fn prioritize_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
     let call = match read_call(&body) {
         Ok(c) => c,
+        // Filter has failed every node for this pod; its priorities are all 0.
+        Err(CallError::Impossible { names, .. }) => {
+            let zeros: Vec<HostPriority> = names.into_iter().map(|host| HostPriority { host, score: 0 }).collect();
+            return axum::Json(zeros).into_response();
+        }
         Err(e) => return e.into_response(),
     };
     let verdicts = evaluate(&mut ext.lock(), ext.config.remembered_pods, &call);
@@ -487,9 +501,6 @@ async fn prioritize_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Res
 async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
     let started = Instant::now();
     let response = bind_inner(&ext, body).await;
-    if response.status() == StatusCode::CONFLICT {
-        ext.metrics.observe_bind("conflict");
-    }
     ext.metrics.observe_request("bind", response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
@@ -500,33 +511,35 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
         Err(e) => return invalid("ExtenderBindingArgs JSON", e).into_response(),
     };
     let key = format!("{}/{}", args.pod_namespace, args.pod_name);
-    let failure =
-        |status: StatusCode, error: String| (status, axum::Json(ExtenderBindingResult { error })).into_response();
+    // kube-scheduler reads `Error` only from a 200: every refusal is a 200 with the reason.
+    let refuse = |error: String| {
+        ext.metrics.observe_bind("conflict");
+        axum::Json(ExtenderBindingResult { error }).into_response()
+    };
+    // Without the UID the Binding has no precondition: a pod deleted and re-created under the same name
+    // would be bound in its place. kube-scheduler always sends it.
+    if args.pod_uid.is_empty() {
+        return refuse(format!("pod {key}: PodUID is required"));
+    }
     // Choose the GPUs and reserve them in the snapshot before talking to the API server, so a
     // concurrent decision cannot take the same milli.
     let target = {
         let mut inner = ext.lock();
-        let remembered = inner.recent.get(&args.pod_uid).or_else(|| inner.recent.get(&key));
+        let remembered = inner.recent.get(&args.pod_uid);
         let Some(request) = remembered.map(|pod| inner.snapshot.cluster().request(pod)) else {
-            return failure(
-                StatusCode::CONFLICT,
-                format!(
-                    "pod {key} (uid {}) was not seen by filter or prioritize; cannot choose its GPUs",
-                    args.pod_uid
-                ),
-            );
+            return refuse(format!(
+                "pod {key} (uid {}) was not seen by filter or prioritize; cannot choose its GPUs",
+                args.pod_uid
+            ));
         };
         let Some(node) = inner.snapshot.node_id(&args.node) else {
-            return failure(StatusCode::CONFLICT, format!("node {} is unknown to gpuplane", args.node));
+            return refuse(format!("node {} is unknown to gpuplane", args.node));
         };
         let Inner { snapshot, engine, .. } = &mut *inner;
         let placement = match engine.place_on(snapshot.cluster(), &request, node) {
             Ok(p) => p,
             Err(r) => {
-                return failure(
-                    StatusCode::CONFLICT,
-                    format!("pod {key} no longer fits node {}: {}", args.node, reason(r).0),
-                );
+                return refuse(format!("pod {key} no longer fits node {}: {}", args.node, reason(r).0));
             }
         };
         let assignment = assignment::format(&placement.gpus);
@@ -539,7 +552,7 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
             since: Instant::now(),
         };
         if let Err(e) = snapshot.assume(&key, &args.pod_uid, request, placement) {
-            return failure(StatusCode::CONFLICT, format!("pod {key}: {e}"));
+            return refuse(format!("pod {key}: {e}"));
         }
         inner.in_flight.insert(key.clone(), in_flight);
         BindTarget {
@@ -563,7 +576,7 @@ async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response 
             let mut inner = ext.lock();
             inner.in_flight.remove(&key);
             let _ = inner.snapshot.forget(&key);
-            failure(StatusCode::OK, format!("binding {key} failed: {e}"))
+            axum::Json(ExtenderBindingResult { error: format!("binding {key} failed: {e}") }).into_response()
         }
     }
 }
@@ -592,7 +605,11 @@ async fn preempt_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Respon
     let Some(pod) = args.pod else { return invalid("ExtenderPreemptionArgs", "no Pod").into_response() };
     let domain = match objects::pod(&pod) {
         Ok(d) => d,
-        Err(e) => return CallError::Impossible(e.to_string()).into_response(),
+        // No eviction makes room for a pod no node can take: no candidates, in a 200 as the protocol wants.
+        Err(e) => {
+            tracing::debug!(error = %e, "Preempt for a pod that cannot be placed anywhere.");
+            return axum::Json(ExtenderPreemptionResult::default()).into_response();
+        }
     };
     let mut proposals: BTreeMap<String, (Vec<String>, i64)> = BTreeMap::new();
     for (node, v) in args.node_name_to_meta_victims.unwrap_or_default() {

@@ -196,10 +196,10 @@ async fn bind_writes_the_assignment_and_never_double_books() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(binder.calls.lock().unwrap()[1].assignment, "1:300");
 
-    // Binding the same pod again is refused.
+    // Binding the same pod again is refused, in `Error` of a 200 (kube-scheduler reads nothing else).
     let (status, body) = post(&app, "/bind", bind("chat-7b-6f9c8d7b5-zz9p1", "uid-second", "gpu-t4-b")).await;
-    assert_eq!(status, StatusCode::CONFLICT, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("already bound"));
+    assert_eq!(status, StatusCode::OK);
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("already bound"));
 }
 
 #[tokio::test]
@@ -234,10 +234,20 @@ async fn bad_input_gets_a_4xx_with_a_message() {
     assert!(String::from_utf8_lossy(&body).contains("unknown extender verb"));
     let mut impossible = filter_args();
     impossible["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1500");
+    // A pod no node can take: a 200 that fails every candidate as unresolvable, with the reason.
     let (status, body) = post(&app, "/filter", impossible.to_string()).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::OK);
     let result: ExtenderFilterResult = serde_json::from_slice(&body).unwrap();
-    assert!(result.error.contains("gpuplane.io/gpu-milli") && result.error.contains("1500"), "{}", result.error);
+    assert_eq!(result.error, "");
+    assert_eq!(result.node_names.as_deref(), Some(&[][..]));
+    let names = impossible["NodeNames"].as_array().unwrap();
+    assert_eq!(result.failed_and_unresolvable_nodes.len(), names.len());
+    let why = result.failed_and_unresolvable_nodes.values().next().unwrap();
+    assert!(why.contains("gpuplane.io/gpu-milli") && why.contains("1500"), "{why}");
+    let (status, body) = post(&app, "/prioritize", impossible.to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let list: Vec<HostPriority> = serde_json::from_slice(&body).unwrap();
+    assert!(list.len() == names.len() && list.iter().all(|p| p.score == 0), "{list:?}");
     let (status, _) = post(&app, "/bind", "[]").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, body) = post(
@@ -246,8 +256,56 @@ async fn bad_input_gets_a_4xx_with_a_message() {
         json!({"PodName": "x", "PodNamespace": "y", "PodUID": "z", "Node": "gpu-t4-a"}).to_string(),
     )
     .await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    assert!(String::from_utf8_lossy(&body).contains("was not seen by filter"));
+    assert_eq!(status, StatusCode::OK);
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("was not seen by filter"));
+}
+
+#[tokio::test]
+async fn bind_needs_the_uid_of_a_pod_filter_saw() {
+    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default());
+    let args = filter_args();
+    post(&app, "/filter", args.to_string()).await;
+    let name = args["Pod"]["metadata"]["name"].as_str().unwrap();
+    let bind = |uid: &str| json!({"PodName": name, "PodNamespace": "serving", "PodUID": uid, "Node": "gpu-t4-b"});
+    // No UID: the Binding would carry no precondition.
+    let (status, body) = post(&app, "/bind", bind("").to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("PodUID is required"));
+    // Another UID under the same name: a pod filter never saw.
+    let (_, body) = post(&app, "/bind", bind("uid-someone-else").to_string()).await;
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("was not seen by filter"));
+    // A pod filtered without a UID cannot be bound by name either.
+    let mut anonymous = filter_args();
+    anonymous["Pod"]["metadata"]["name"] = json!("anonymous");
+    anonymous["Pod"]["metadata"].as_object_mut().unwrap().remove("uid");
+    post(&app, "/filter", anonymous.to_string()).await;
+    let (_, body) = post(
+        &app,
+        "/bind",
+        json!({"PodName": "anonymous", "PodNamespace": "serving", "PodUID": "anything", "Node": "gpu-t4-b"})
+            .to_string(),
+    )
+    .await;
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("was not seen by filter"));
+    assert!(binder.calls.lock().unwrap().is_empty(), "nothing was bound");
+    let uid = args["Pod"]["metadata"]["uid"].as_str().unwrap();
+    let (_, body) = post(&app, "/bind", bind(uid).to_string()).await;
+    assert_eq!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error, "");
+    assert_eq!(binder.calls.lock().unwrap()[0].uid, uid);
+}
+
+#[tokio::test]
+async fn fgd_priorities_span_the_extender_range() {
+    // FGD's sigmoid gives most candidates one or two values; the extender spreads them over 0–10.
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
+    let mut args = filter_args();
+    args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("400");
+    args["NodeNames"] = json!(["gpu-t4-a", "gpu-t4-b", "gpu-a100-1"]);
+    let (_, body) = post(&app, "/prioritize", args.to_string()).await;
+    let list: Vec<HostPriority> = serde_json::from_slice(&body).unwrap();
+    let best = list.iter().map(|p| p.score).max().unwrap();
+    let worst = list.iter().map(|p| p.score).min().unwrap();
+    assert_eq!((worst, best), (0, 10), "{list:?}");
 }
 
 #[tokio::test]
@@ -304,8 +362,7 @@ async fn metrics_count_requests_binds_and_pool_fragmentation() {
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     for line in [
         r#"gpuplane_requests_total{verb="filter",code="200"} 1"#,
-        r#"gpuplane_requests_total{verb="bind",code="200"} 1"#,
-        r#"gpuplane_requests_total{verb="bind",code="409"} 1"#,
+        r#"gpuplane_requests_total{verb="bind",code="200"} 2"#,
         r#"gpuplane_binds_total{result="ok"} 1"#,
         r#"gpuplane_binds_total{result="conflict"} 1"#,
         r#"gpuplane_pool_gpus{model="T4"} 4.0"#,

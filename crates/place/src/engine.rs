@@ -263,7 +263,9 @@ impl Engine {
             }
             verdicts.push(verdict);
         }
-        if matches!(self.policy, Policy::BestFit | Policy::Gpuplane) {
+        // FGD's sigmoid saturates: over a large cluster most candidates share two or three values. Like
+        // BestFit's and gpuplane's raw scores, its scores are spread over 0–100 across the candidates.
+        if matches!(self.policy, Policy::BestFit | Policy::Fgd | Policy::Gpuplane) {
             normalise(&mut self.scores);
             let mut normalised = self.scores.iter().map(|s| s.1);
             for v in verdicts.iter_mut().filter(|v| v.is_ok()) {
