@@ -1,9 +1,9 @@
-//! Talking to the API server with kube-rs: the [`Binder`] that writes a placement — the GPU assignment
-//! annotations first (a merge patch), then the `pods/binding` subresource, as kube-scheduler binds.
+//! Talking to the API server with kube-rs: the [`Binder`] that writes a placement in one request — the
+//! `pods/binding` subresource, as kube-scheduler binds, carrying the GPU assignment as its annotations.
 
 use k8s_openapi::api::core::v1 as api;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use serde_json::json;
 
 use crate::assignment::{ASSIGNMENT_ANNOTATION, ASSIGNMENT_UUIDS_ANNOTATION};
@@ -17,7 +17,7 @@ pub struct KubeBinder {
 }
 
 impl KubeBinder {
-    /// A binder that patches as `field_manager` (server-side apply ownership of the annotation).
+    /// A binder that writes as `field_manager` (the owner of the annotations in the pod's managed fields).
     pub fn new(client: kube::Client, field_manager: impl Into<String>) -> Self {
         KubeBinder { client, field_manager: field_manager.into() }
     }
@@ -43,21 +43,19 @@ pub(crate) fn failure(context: String, e: kube::Error) -> BindFailure {
 impl Binder for KubeBinder {
     async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
         let pods: Api<api::Pod> = Api::namespaced(self.client.clone(), &target.namespace);
-        if !target.assignment.is_empty() {
-            let mut annotations = json!({ASSIGNMENT_ANNOTATION: target.assignment});
-            if !target.assignment_uuids.is_empty() {
-                annotations[ASSIGNMENT_UUIDS_ANNOTATION] = json!(target.assignment_uuids);
-            }
-            let patch = json!({"metadata": {"annotations": annotations}});
-            let params = PatchParams { field_manager: Some(self.field_manager.clone()), ..Default::default() };
-            pods.patch(&target.name, &params, &Patch::Merge(&patch))
-                .await
-                .map_err(|e| failure(format!("annotating pod {}/{}", target.namespace, target.name), e))?;
-        }
         let mut metadata = json!({"name": target.name, "namespace": target.namespace});
         if !target.uid.is_empty() {
             // A UID makes the API server refuse the binding if the pod was replaced meanwhile.
             metadata["uid"] = json!(target.uid);
+        }
+        // The API server copies a Binding's annotations onto the pod in the same write that sets its node:
+        // the GPU assignment and the binding succeed or fail together, and no separate write can change
+        // the assignment of a pod that is already bound.
+        if !target.assignment.is_empty() {
+            metadata["annotations"] = json!({ASSIGNMENT_ANNOTATION: target.assignment});
+            if !target.assignment_uuids.is_empty() {
+                metadata["annotations"][ASSIGNMENT_UUIDS_ANNOTATION] = json!(target.assignment_uuids);
+            }
         }
         let binding = json!({
             "apiVersion": "v1",
@@ -65,7 +63,8 @@ impl Binder for KubeBinder {
             "metadata": metadata,
             "target": {"apiVersion": "v1", "kind": "Node", "name": target.node},
         });
-        pods.create_subresource::<_, serde_json::Value>("binding", &target.name, &PostParams::default(), &binding)
+        let params = PostParams { field_manager: Some(self.field_manager.clone()), ..Default::default() };
+        pods.create_subresource::<_, serde_json::Value>("binding", &target.name, &params, &binding)
             .await
             .map(|_| ())
             .map_err(|e| failure(format!("binding pod {}/{} to {}", target.namespace, target.name, target.node), e))

@@ -21,11 +21,6 @@ fn target() -> BindTarget {
     }
 }
 
-fn pod_json() -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chat-0", "namespace": "serving", "uid": "uid-chat-0",
-           "annotations": {"gpuplane.io/gpu-assignment": "3:250"}}, "spec": {"containers": []}})
-}
-
 async fn body_json(req: Request<Body>) -> (Method, String, Option<String>, Value) {
     let method = req.method().clone();
     let uri = req.uri().to_string();
@@ -35,28 +30,22 @@ async fn body_json(req: Request<Body>) -> (Method, String, Option<String>, Value
 }
 
 #[tokio::test]
-async fn annotates_then_binds() {
+async fn binds_with_the_assignment_in_the_binding_itself() {
+    // One write: the API server copies the Binding's annotations onto the pod as it sets the node, so no
+    // separate PATCH can leave an assignment without a binding, or rewrite a bound pod's.
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
-        let (req, send) = handle.next_request().await.unwrap();
-        let (method, uri, content_type, body) = body_json(req).await;
-        assert_eq!(method, Method::PATCH);
-        assert!(uri.starts_with("/api/v1/namespaces/serving/pods/chat-0?"), "{uri}");
-        assert!(uri.contains("fieldManager=gpuplane"), "{uri}");
-        assert_eq!(content_type.as_deref(), Some("application/merge-patch+json"));
-        assert_eq!(
-            body,
-            json!({"metadata": {"annotations": {"gpuplane.io/gpu-assignment": "3:250",
-                "gpuplane.io/gpu-assignment-uuids": "GPU-5f3c0a4e-8a1d-2b7e-9c41-0d2e6f7a8b90:250"}}})
-        );
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod_json()).unwrap())).unwrap());
-
         let (req, send) = handle.next_request().await.unwrap();
         let (method, uri, _, body) = body_json(req).await;
         assert_eq!(method, Method::POST);
         assert!(uri.starts_with("/api/v1/namespaces/serving/pods/chat-0/binding"), "{uri}");
         assert_eq!(body["kind"], "Binding");
         assert_eq!(body["metadata"]["uid"], "uid-chat-0");
+        assert_eq!(
+            body["metadata"]["annotations"],
+            json!({"gpuplane.io/gpu-assignment": "3:250",
+                   "gpuplane.io/gpu-assignment-uuids": "GPU-5f3c0a4e-8a1d-2b7e-9c41-0d2e6f7a8b90:250"})
+        );
         assert_eq!(body["target"], json!({"apiVersion": "v1", "kind": "Node", "name": "gpu-a100-1"}));
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
         send.send_response(
@@ -65,6 +54,7 @@ async fn annotates_then_binds() {
                 .body(Body::from(serde_json::to_vec(&status).unwrap()))
                 .unwrap(),
         );
+        assert!(handle.next_request().await.is_none(), "nothing after the binding");
     });
     let client = kube::Client::new(service, "default");
     KubeBinder::new(client, "gpuplane").bind(target()).await.unwrap();
@@ -75,8 +65,6 @@ async fn annotates_then_binds() {
 async fn a_conflict_from_the_api_server_is_a_bind_error() {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let server = tokio::spawn(async move {
-        let (_, send) = handle.next_request().await.unwrap();
-        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&pod_json()).unwrap())).unwrap());
         let (_, send) = handle.next_request().await.unwrap();
         let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "message": "pod chat-0 is already assigned to node \"gpu-a100-2\"", "reason": "Conflict", "code": 409});
