@@ -387,7 +387,9 @@ fn load(
         let (server, connector) = match tls {
             None => (tokio::spawn(async move { axum::serve(listener, app).await.context("serve") }), None),
             Some((config, connector)) => {
-                let served = gpuplane_kube::tls::serve(listener, config, app, futures::future::pending());
+                let limits = gpuplane_kube::server::Limits::default();
+                let served =
+                    gpuplane_kube::server::serve(listener, Some(config), app, limits, futures::future::pending());
                 (
                     tokio::spawn(async move {
                         served.await;

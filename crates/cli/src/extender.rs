@@ -41,6 +41,7 @@ pub fn run(args: ExtenderArgs) -> Result<()> {
         policy,
         refresh_every: Duration::from_millis(args.refresh_ms.max(10)),
         in_flight_ttl: Duration::from_secs(args.in_flight_ttl_s),
+        limits: gpuplane_kube::server::Limits::default(),
     };
     service::runtime()?.block_on(run_extender(config, Some(fallback)))?;
     Ok(())

@@ -92,6 +92,7 @@ pub fn run(args: WebhookArgs) -> Result<()> {
         key: args.tls_key,
         max_body_bytes: args.max_body_bytes,
         webhook,
+        limits: gpuplane_kube::server::Limits::default(),
     };
     // An unusable certificate is reported before anything else.
     gpuplane_kube::tls::server_config(config.cert.clone(), config.key.clone())?;

@@ -14,6 +14,7 @@ pub mod node_pods;
 pub mod objects;
 pub mod scheduler;
 pub mod serve;
+pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod tokenreview;

@@ -30,6 +30,8 @@ pub struct ServeConfig {
     pub refresh_every: Duration,
     /// How long a binding gpuplane made is kept while the watch caches do not show it.
     pub in_flight_ttl: Duration,
+    /// Connections, header and lifetime limits of the HTTP server.
+    pub limits: crate::server::Limits,
 }
 
 /// Why the extender stopped.
@@ -171,10 +173,8 @@ pub async fn serve_extender(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Io { addr: config.listen, source })?;
-    axum::serve(listener, router(extender))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| ServeError::Io { addr: config.listen, source })
+    crate::server::serve(listener, None, router(extender), config.limits, shutdown_signal()).await;
+    Ok(())
 }
 
 /// Logs what the snapshot had to skip or guess; each warning once per rebuild.
@@ -230,6 +230,8 @@ pub struct WebhookServeConfig {
     pub max_body_bytes: usize,
     /// How pods are steered and checked.
     pub webhook: crate::webhook::WebhookConfig,
+    /// Connections, header and lifetime limits of the HTTPS server.
+    pub limits: crate::server::Limits,
 }
 
 /// Watches ResourceQuotas and Pods for the GPU quota check and serves the admission webhook over TLS
@@ -271,6 +273,7 @@ pub async fn serve_webhook(
         .await
         .map_err(|source| ServeError::Io { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, "Admission webhook serving over TLS.");
-    crate::tls::serve(listener, tls, crate::webhook::router(webhook, config.max_body_bytes), shutdown).await;
+    let app = crate::webhook::router(webhook, config.max_body_bytes);
+    crate::server::serve(listener, Some(tls), app, config.limits, shutdown).await;
     Ok(())
 }

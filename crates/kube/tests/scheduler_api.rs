@@ -1,5 +1,5 @@
 //! `gpuplane scheduler` against kube-rs's mock service standing in for the API server: it lists and
-//! watches Nodes, Pods and PodDisruptionBudgets, binds a pending pod (annotation, then Binding), does
+//! watches Nodes, Pods and PodDisruptionBudgets, binds a pending pod (one Binding carrying the assignment), does
 //! not retry a binding the API server refused as a conflict, evicts a victim for a higher-priority pod,
 //! and hands the Lease over between replicas.
 #![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
@@ -134,16 +134,14 @@ fn start(
 }
 
 #[tokio::test]
-async fn watches_then_annotates_and_binds_a_pending_pod() {
+async fn watches_then_binds_a_pending_pod_with_its_assignment() {
     let answers = Arc::new(Mutex::new(vec![(201, status(201, "", ""))]));
     let (client, mut writes) = fake_api(vec![node("gpu-1", 2)], vec![pod("chat-0", 100, None)], answers);
     let (stop, task) = start(client);
 
+    // One write: the Binding carries the assignment, which the API server copies onto the pod.
     let (method, uri, body) = next_write(&mut writes).await;
-    assert_eq!(method, Method::PATCH);
-    assert!(uri.starts_with("/api/v1/namespaces/ml/pods/chat-0?"), "{uri}");
-    assert_eq!(body, json!({"metadata": {"annotations": {"gpuplane.io/gpu-assignment": "0:1000"}}}));
-    let (method, uri, body) = next_write(&mut writes).await;
+    assert_eq!(body["metadata"]["annotations"], json!({"gpuplane.io/gpu-assignment": "0:1000"}));
     assert_eq!((method, uri.split('?').next().unwrap()), (Method::POST, "/api/v1/namespaces/ml/pods/chat-0/binding"));
     assert_eq!(body["target"], json!({"apiVersion": "v1", "kind": "Node", "name": "gpu-1"}));
     assert_eq!(body["metadata"]["uid"], json!("uid-chat-0"));

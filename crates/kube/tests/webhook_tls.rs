@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gpuplane_kube::tls::{TlsError, serve, server_config};
+use gpuplane_kube::server::{Limits, serve};
+use gpuplane_kube::tls::{TlsError, server_config};
 use gpuplane_kube::webhook::{Webhook, router};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -59,7 +60,7 @@ async fn answers_over_tls_and_serves_a_rotated_certificate() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = router(Arc::new(Webhook::default()), 1 << 20);
-    tokio::spawn(serve(listener, config, app, futures::future::pending()));
+    tokio::spawn(serve(listener, Some(config), app, Limits::default(), futures::future::pending()));
 
     let review = include_str!("fixtures/admission-review-gpu-pod.json");
     let (served, response) = post(addr, "/mutate", review).await;

@@ -172,9 +172,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>)
                 }),
             )
             .route("/healthz", axum::routing::get(|| async { "ok" }));
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "Metrics server stopped.");
-    }
+    crate::server::serve(listener, None, app, crate::server::Limits::default(), std::future::pending()).await;
 }
 
 async fn schedule(
