@@ -1,7 +1,7 @@
 //! The admission webhook's decisions (AdmissionReview v1): a mutating review steers GPU pods into the
 //! GPU pool (node selector, toleration, `schedulerName`, priority class from the latency-class label)
 //! and never gives the GPU toleration to a pod without GPUs; a validating review denies GPU pods over
-//! their namespace's GPU quota and `NVIDIA_VISIBLE_DEVICES=all` on pods without GPUs.
+//! their namespace's GPU quota and pods that choose their own `NVIDIA_VISIBLE_DEVICES`.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -261,6 +261,59 @@ pub fn mutate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionRespon
     }
 }
 
+/// The variable through which the NVIDIA container runtime exposes GPUs to a container.
+const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+
+/// Why a pod may not set `NVIDIA_VISIBLE_DEVICES` as it does, if it may not.
+///
+/// The device plugin sets the variable to the GPUs gpuplane assigned; a value of the pod's own would expose
+/// other GPUs of the node (`all`, `0,1,…`), to a GPU pod as to one without GPUs. Only `void` and `none` (no
+/// GPU) are harmless. A value from `valueFrom`, or from an `envFrom` source whose prefix could spell the name,
+/// cannot be checked at admission: it is refused too — `envFrom` only on GPU pods, where the device plugin's
+/// value is at stake (a prefix, or listing the variables one by one, keeps such a source usable).
+fn visible_devices_override(pod: &api::Pod, asks_gpu: bool) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let containers =
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).map(|c| (&c.name, &c.env, &c.env_from));
+    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| (&c.name, &c.env, &c.env_from));
+    for (name, env, env_from) in containers.chain(ephemeral) {
+        for e in env.iter().flatten().filter(|e| e.name == VISIBLE_DEVICES) {
+            if e.value_from.is_some() {
+                return Some(format!(
+                    "container {name:?} sets {VISIBLE_DEVICES} from valueFrom, which cannot be checked at admission"
+                ));
+            }
+            let value = e.value.as_deref().unwrap_or("").trim();
+            if !matches!(value, "" | "void" | "none") {
+                let why = if asks_gpu {
+                    "the device plugin sets it to the GPUs gpuplane assigned"
+                } else {
+                    "the pod requests no GPU"
+                };
+                return Some(format!(
+                    "container {name:?} sets {VISIBLE_DEVICES}={value}, which would expose GPUs of the node ({why}); only void or none are allowed"
+                ));
+            }
+        }
+        if asks_gpu {
+            for source in env_from.iter().flatten() {
+                let prefix = source.prefix.as_deref().unwrap_or("");
+                let from = match (&source.config_map_ref, &source.secret_ref) {
+                    (Some(c), _) => format!("ConfigMap {:?}", c.name),
+                    (None, Some(s)) => format!("Secret {:?}", s.name),
+                    (None, None) => continue,
+                };
+                if VISIBLE_DEVICES.starts_with(prefix) {
+                    return Some(format!(
+                        "container {name:?} takes envFrom {from} with prefix {prefix:?}, which could set {VISIBLE_DEVICES} on a GPU pod; use a prefix or list the variables"
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// The validating review, with the GPU quota of each namespace that has one.
 pub fn validate(
     config: &WebhookConfig,
@@ -273,26 +326,12 @@ pub fn validate(
         Err(message) => return deny(&req.uid, 400, message),
     };
     let key = objects::pod_key(&pod);
+    if config.deny_visible_devices_all
+        && let Some(message) = visible_devices_override(&pod, !domain.gpu.is_none())
+    {
+        return deny(&req.uid, 403, format!("gpuplane: pod {key}: {message}"));
+    }
     if domain.gpu.is_none() {
-        if config.deny_visible_devices_all {
-            let spec = pod.spec.unwrap_or_default();
-            let all_containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-            for c in all_containers {
-                let all = c.env.iter().flatten().any(|e| {
-                    e.name == "NVIDIA_VISIBLE_DEVICES" && e.value.as_deref().is_some_and(|v| v.trim() == "all")
-                });
-                if all {
-                    return deny(
-                        &req.uid,
-                        403,
-                        format!(
-                            "gpuplane: pod {key} requests no GPU but container {:?} sets NVIDIA_VISIBLE_DEVICES=all, which would expose every GPU of the node",
-                            c.name
-                        ),
-                    );
-                }
-            }
-        }
         return allow(&req.uid);
     }
     if req.operation != "CREATE" {

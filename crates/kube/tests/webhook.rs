@@ -95,6 +95,44 @@ fn quota_and_visible_devices_are_enforced() {
 }
 
 #[test]
+fn gpu_pods_cannot_choose_their_visible_devices_either() {
+    let config = WebhookConfig::default();
+    let quotas = HashMap::new();
+    let with_env = |env: Value, env_from: Value| {
+        let mut r = review();
+        r["request"]["object"]["spec"]["containers"][0]["env"] = env;
+        r["request"]["object"]["spec"]["containers"][0]["envFrom"] = env_from;
+        validate(&config, &quotas, &request(&r))
+    };
+    let denied = |resp: gpuplane_kube::webhook::AdmissionResponse| {
+        assert!(!resp.allowed);
+        let status = resp.status.unwrap();
+        assert_eq!(status.code, 403);
+        status.message
+    };
+    // The review's pod asks for half a GPU.
+    for value in ["all", "0,1,2,3,4,5,6,7", "GPU-5f3c0b55"] {
+        let message = denied(with_env(json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": value}]), json!([])));
+        assert!(message.contains(&format!("NVIDIA_VISIBLE_DEVICES={value}")), "{message}");
+    }
+    let from_field =
+        json!([{"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]);
+    assert!(denied(with_env(from_field, json!([]))).contains("valueFrom"));
+    let message = denied(with_env(json!([]), json!([{"configMapRef": {"name": "gpu-env"}}])));
+    assert!(message.contains("envFrom ConfigMap \"gpu-env\""), "{message}");
+    assert!(denied(with_env(json!([]), json!([{"secretRef": {"name": "s"}, "prefix": "NVIDIA_"}]))).contains("Secret"));
+    // Harmless: hiding GPUs, or a prefix that cannot spell the name.
+    assert!(with_env(json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]), json!([])).allowed);
+    assert!(with_env(json!([]), json!([{"configMapRef": {"name": "app"}, "prefix": "APP_"}])).allowed);
+    // A pod without GPUs may take envFrom sources as they are.
+    let mut cpu = review();
+    cpu["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    cpu["request"]["object"]["metadata"]["annotations"] = json!({});
+    cpu["request"]["object"]["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "app"}}]);
+    assert!(validate(&config, &quotas, &request(&cpu)).allowed);
+}
+
+#[test]
 fn malformed_pod_is_denied_with_a_reason() {
     let mut r = review();
     r["request"]["object"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "2000"});
