@@ -279,6 +279,45 @@ pub fn api_node(n: &Node) -> api::Node {
     }
 }
 
+/// The scheduling constraints of a pod that gpuplane's own scheduler does not evaluate, named, or `None`:
+/// required node affinity, required pod (anti-)affinity, topology spread that must not be violated, host
+/// ports. It refuses such pods rather than bind them against their constraints.
+pub fn unevaluated_constraints(p: &api::Pod) -> Option<String> {
+    let spec = p.spec.as_ref()?;
+    let mut found = Vec::new();
+    if let Some(affinity) = &spec.affinity {
+        let node = affinity.node_affinity.as_ref();
+        if node.is_some_and(|a| a.required_during_scheduling_ignored_during_execution.is_some()) {
+            found.push("required nodeAffinity");
+        }
+        let pod = affinity.pod_affinity.as_ref();
+        if pod.is_some_and(|a| {
+            a.required_during_scheduling_ignored_during_execution.as_ref().is_some_and(|r| !r.is_empty())
+        }) {
+            found.push("required podAffinity");
+        }
+        let anti = affinity.pod_anti_affinity.as_ref();
+        if anti.is_some_and(|a| {
+            a.required_during_scheduling_ignored_during_execution.as_ref().is_some_and(|r| !r.is_empty())
+        }) {
+            found.push("required podAntiAffinity");
+        }
+    }
+    if spec.topology_spread_constraints.iter().flatten().any(|c| c.when_unsatisfiable == "DoNotSchedule") {
+        found.push("topologySpreadConstraints with whenUnsatisfiable: DoNotSchedule");
+    }
+    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+    if containers.flat_map(|c| c.ports.iter().flatten()).any(|port| port.host_port.is_some_and(|h| h > 0)) {
+        found.push("hostPort");
+    }
+    (!found.is_empty()).then(|| {
+        format!(
+            "gpuplane does not evaluate {}; it will not bind this pod against them (schedule it with kube-scheduler, with the gpuplane extender if it needs GPU-level placement)",
+            found.join(", ")
+        )
+    })
+}
+
 /// True when the pod no longer holds resources (Succeeded or Failed).
 pub fn is_terminal(p: &api::Pod) -> bool {
     matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))

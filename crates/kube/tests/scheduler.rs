@@ -342,3 +342,40 @@ fn a_malformed_model_size_is_reported_with_the_pod_and_annotation() {
     assert!(warning.contains("ml/llm") && warning.contains("gpuplane.io/model-size"), "{warning}");
     assert_eq!(s.queued(), 0);
 }
+
+#[test]
+fn pods_with_constraints_it_does_not_evaluate_are_refused_with_the_reason_never_bound() {
+    let nodes = [node("gpu-1", 2, false), node("gpu-2", 2, false)];
+    let mut pinned = serde_json::to_value(pod("pinned", 0, 500, None)).unwrap();
+    pinned["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-2"]}]}]}}});
+    let mut ported = serde_json::to_value(pod("ported", 0, 500, None)).unwrap();
+    ported["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8000, "hostPort": 8000}]);
+    ported["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "ported"}}}]);
+    let pods: Vec<api::Pod> = [pinned, ported]
+        .into_iter()
+        .map(|p| serde_json::from_value(p).unwrap())
+        .chain([pod("plain", 0, 500, None)])
+        .collect();
+    let mut s = scheduler(&nodes, &pods);
+    let now = Instant::now();
+    let mut reports = std::collections::BTreeMap::new();
+    let mut binds = Vec::new();
+    while let Some(action) = s.next(now) {
+        match action {
+            Action::ReportUnschedulable { pod, message } => {
+                reports.insert(pod, message);
+            }
+            Action::Bind(t) => binds.push(t.name),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(binds, ["plain"], "only the pod without such constraints is bound");
+    assert!(reports["ml/pinned"].contains("required nodeAffinity"), "{reports:?}");
+    let ported = &reports["ml/ported"];
+    assert!(ported.contains("hostPort") && ported.contains("DoNotSchedule"), "{ported}");
+    // Told once per UID: a re-list does not report again.
+    s.rebuild(&nodes, &pods).unwrap();
+    assert!(s.next(now).is_none());
+}

@@ -136,6 +136,10 @@ pub struct Scheduler {
     pending: HashMap<String, Pending>,
     in_flight: HashMap<String, InFlight>,
     preempting: HashMap<String, Preempting>,
+    /// Pods refused for constraints gpuplane does not evaluate, by key: the UID told why.
+    refused: HashMap<String, String>,
+    /// Refusals not yet reported on the pod.
+    refusals: Vec<(String, String)>,
     budgets: Vec<Budget>,
     inventories: Inventories,
     metrics: Arc<Metrics>,
@@ -164,6 +168,8 @@ impl Scheduler {
             pending: HashMap::new(),
             in_flight: HashMap::new(),
             preempting: HashMap::new(),
+            refused: HashMap::new(),
+            refusals: Vec::new(),
             budgets: Vec::new(),
             inventories: Inventories::default(),
             metrics,
@@ -236,6 +242,15 @@ impl Scheduler {
             }
             return None;
         }
+        if let Some(message) = objects::unevaluated_constraints(p) {
+            // Never bound against constraints it does not evaluate: the pod is told why, once per UID.
+            self.unqueue(&key);
+            if self.refused.get(&key) != Some(&uid) {
+                self.refused.insert(key.clone(), uid);
+                self.refusals.push((key, message));
+            }
+            return None;
+        }
         match objects::pod(p).and_then(|pod| Ok((pod, inventory::model_of(p)?))) {
             Ok((pod, model)) => {
                 self.queue.add(&key, pod.priority);
@@ -258,6 +273,7 @@ impl Scheduler {
     /// A Pod object was deleted.
     pub fn pod_deleted(&mut self, p: &api::Pod) {
         let key = objects::pod_key(p);
+        self.refused.remove(&key);
         self.unqueue(&key);
         self.in_flight.remove(&key);
         self.preempting.remove(&key);
@@ -321,6 +337,9 @@ impl Scheduler {
     /// The next action, if a pod is ready: pods are tried in priority order until one can be bound or
     /// can preempt; the ones that fit nowhere go back to wait.
     pub fn next(&mut self, now: Instant) -> Option<Action> {
+        if let Some((pod, message)) = self.refusals.pop() {
+            return Some(Action::ReportUnschedulable { pod, message });
+        }
         while let Some(queued) = self.queue.pop(now) {
             let Some(mut pending) = self.pending.remove(&queued.key) else { continue };
             let started = Instant::now();
