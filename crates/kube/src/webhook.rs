@@ -205,6 +205,10 @@ fn pointer(key: &str) -> String {
 
 /// The mutating review: a JSON Patch that moves a GPU pod into the GPU pool.
 pub fn mutate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionResponse {
+    // A pod's scheduling fields cannot change after creation: an UPDATE is left alone, never patched.
+    if req.operation != "CREATE" {
+        return allow(&req.uid);
+    }
     let (pod, domain) = match pod_of(req) {
         Ok(Some(p)) => p,
         Ok(None) => return allow(&req.uid),
@@ -376,6 +380,16 @@ pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::
     fn read(body: &[u8]) -> Result<AdmissionRequest, (StatusCode, String)> {
         let review: AdmissionReview = serde_json::from_slice(body)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("invalid AdmissionReview JSON: {e}\n")))?;
+        // Only the version this webhook speaks: an answer in v1 to another version would be misread.
+        if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unsupported {:?} {:?}; this webhook speaks admission.k8s.io/v1 AdmissionReview\n",
+                    review.api_version, review.kind
+                ),
+            ));
+        }
         review.request.ok_or_else(|| (StatusCode::BAD_REQUEST, "AdmissionReview without request\n".to_owned()))
     }
     async fn mutating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {

@@ -133,6 +133,15 @@ fn gpu_pods_cannot_choose_their_visible_devices_either() {
 }
 
 #[test]
+fn updates_are_never_patched() {
+    let mut update = review();
+    update["request"]["operation"] = json!("UPDATE");
+    let resp = mutate(&WebhookConfig::default(), &request(&update));
+    assert!(resp.allowed);
+    assert!(resp.patch.is_none(), "an UPDATE got a patch");
+}
+
+#[test]
 fn malformed_pod_is_denied_with_a_reason() {
     let mut r = review();
     r["request"]["object"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "2000"});
@@ -179,6 +188,12 @@ async fn http_round_trip_and_bad_input() {
     assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview JSON"));
     let (status, _) = post(&app, "/mutate", json!({"kind": "AdmissionReview"}).to_string()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Another version is refused, not answered as v1.
+    let mut bogus = review();
+    bogus["apiVersion"] = json!("bogus/v9");
+    let (status, body) = post(&app, "/validate", bogus.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("bogus/v9"));
     let (status, _) = post(&app, "/validate", vec![b' '; 2 << 20]).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let (status, _) = post(&app, "/convert", "{}").await;
