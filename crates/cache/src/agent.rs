@@ -673,52 +673,20 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `app` on `listener` over HTTP/1.1 with the limits, until `shutdown` completes.
+/// Serves `app` on `listener` over HTTP/1.1 with the limits, until `shutdown` completes (gpuplane's shared
+/// server; an agent's connection lives as long as its client reads, a multi-GB blob included).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
-        });
-    }
-    let _ = stop_tx.send(true);
+    let limits = gpuplane_serve::Limits {
+        max_connections: limits.max_connections,
+        header_timeout: limits.header_timeout,
+        max_lifetime: None,
+    };
+    gpuplane_serve::serve(listener, None, app, limits, shutdown).await;
 }
 
 #[cfg(test)]

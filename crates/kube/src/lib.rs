@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub use gpuplane_place::assignment;
+/// The HTTP server the extender, the webhook and the metrics endpoint run on.
+pub use gpuplane_serve as server;
 pub mod client;
 pub mod evidence;
 pub mod extender;
@@ -14,7 +16,6 @@ pub mod node_pods;
 pub mod objects;
 pub mod scheduler;
 pub mod serve;
-pub mod server;
 pub mod snapshot;
 pub mod tls;
 pub mod tokenreview;

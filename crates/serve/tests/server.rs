@@ -1,11 +1,11 @@
-//! The HTTP server the extender, the webhook and the scheduler's metrics run on, attacked over real sockets:
+//! gpuplane's HTTP server (extender, webhook, scheduler metrics, cache agent), attacked over real sockets:
 //! connections that send nothing, half a header, or stay idle after a response are closed after the header
 //! deadline, and no more than the connection limit are served at once.
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
 
 use std::time::{Duration, Instant};
 
-use gpuplane_kube::server::{Limits, serve};
+use gpuplane_serve::{Limits, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,8 +30,11 @@ async fn closed_after(stream: &mut TcpStream) -> Duration {
     }
 }
 
-const SHORT: Limits =
-    Limits { max_connections: 64, header_timeout: Duration::from_millis(300), max_lifetime: Duration::from_secs(60) };
+const SHORT: Limits = Limits {
+    max_connections: 64,
+    header_timeout: Duration::from_millis(300),
+    max_lifetime: Some(Duration::from_secs(60)),
+};
 
 #[tokio::test]
 async fn silent_half_sent_and_idle_connections_are_closed() {
