@@ -8,19 +8,31 @@ use serde_json::json;
 
 use crate::assignment::{ASSIGNMENT_ANNOTATION, ASSIGNMENT_UUIDS_ANNOTATION};
 use crate::extender::{BindFailure, BindTarget, Binder};
+use crate::scheduler::leader::Fence;
 
 /// Binds pods through the Kubernetes API.
 #[derive(Clone)]
 pub struct KubeBinder {
     client: kube::Client,
     field_manager: String,
+    fence: Fence,
 }
 
 impl KubeBinder {
     /// A binder that writes as `field_manager` (the owner of the annotations in the pod's managed fields).
     pub fn new(client: kube::Client, field_manager: impl Into<String>) -> Self {
-        KubeBinder { client, field_manager: field_manager.into() }
+        KubeBinder { client, field_manager: field_manager.into(), fence: Fence::open() }
     }
+
+    /// Binds only while `fence` holds (a leader's lease).
+    pub fn fenced(self, fence: Fence) -> Self {
+        KubeBinder { fence, ..self }
+    }
+}
+
+/// The failure of a write refused because this replica no longer leads.
+pub(crate) fn not_leader() -> BindFailure {
+    BindFailure::Other("not written: this replica no longer holds the lease".to_owned())
 }
 
 /// Sorts an API error by what the caller should do about it, with `context` in front of the message.
@@ -42,6 +54,9 @@ pub(crate) fn failure(context: String, e: kube::Error) -> BindFailure {
 
 impl Binder for KubeBinder {
     async fn bind(&self, target: BindTarget) -> Result<(), BindFailure> {
+        if !self.fence.holds() {
+            return Err(not_leader());
+        }
         let pods: Api<api::Pod> = Api::namespaced(self.client.clone(), &target.namespace);
         let mut metadata = json!({"name": target.name, "namespace": target.namespace});
         if !target.uid.is_empty() {

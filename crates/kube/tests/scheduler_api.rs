@@ -1,7 +1,8 @@
 //! `gpuplane scheduler` against kube-rs's mock service standing in for the API server: it lists and
 //! watches Nodes, Pods and PodDisruptionBudgets, binds a pending pod (one Binding carrying the assignment), does
 //! not retry a binding the API server refused as a conflict, evicts a victim for a higher-priority pod,
-//! and hands the Lease over between replicas.
+//! hands the Lease over between replicas, keeps renewing it while a slow cluster loads, and writes
+//! nothing once it is lost.
 #![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
 
 use std::sync::{Arc, Mutex};
@@ -296,4 +297,121 @@ async fn a_pod_that_fits_nowhere_is_told_why_on_its_status() {
     assert_eq!(condition["message"], "0/1 nodes are available: 1 gpu-model");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// An API server whose pod list takes `load` to answer, with a Lease that "scheduler-b" takes over at
+/// `takeover` (GETs show b's record from then on and PUTs conflict). Reports lease PUTs and every other
+/// write, with the (paused) time they came at.
+fn slow_cluster_with_lease(
+    load: Duration,
+    takeover: Option<Duration>,
+) -> (kube::Client, mpsc::UnboundedReceiver<(Duration, Method, String)>) {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let started = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut current: Option<Value> = None;
+        while let Some((req, send)) = handle.next_request().await {
+            let (method, uri) = (req.method().clone(), req.uri().to_string());
+            let bytes = req.into_body().collect().await.unwrap().to_bytes();
+            let path = uri.split('?').next().unwrap().to_owned();
+            let at = started.elapsed();
+            let taken = takeover.is_some_and(|t| at >= t);
+            if uri.contains("watch=true") {
+                held.push(send);
+                continue;
+            }
+            if method != Method::GET {
+                let _ = tx.send((at, method.clone(), path.clone()));
+            }
+            let lease_path = "/apis/coordination.k8s.io/v1/namespaces/gpuplane/leases";
+            let (code, reply) = match (method.clone(), path.as_str()) {
+                (Method::GET, p) if p.starts_with(lease_path) => match (&current, taken) {
+                    (_, true) => (200, lease("scheduler-b", "2026-11-28T09:00:30.000000Z", 1, "900")),
+                    (Some(l), false) => (200, l.clone()),
+                    (None, false) => (404, status(404, "NotFound", "leases \"gpuplane-scheduler\" not found")),
+                },
+                (Method::POST | Method::PUT, p) if p.starts_with(lease_path) && !taken => {
+                    let mut body: Value = serde_json::from_slice(&bytes).unwrap();
+                    body["metadata"]["resourceVersion"] = json!(format!("{}", at.as_millis()));
+                    current = Some(body.clone());
+                    (200, body)
+                }
+                (Method::PUT, p) if p.starts_with(lease_path) => (409, status(409, "Conflict", "modified")),
+                (Method::GET, "/api/v1/pods") => {
+                    // The slow initial list: answered later, while other calls go on.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(load).await;
+                        send.send_response(response(200, &list("PodList", &[pod("chat-0", 100, None)])));
+                    });
+                    continue;
+                }
+                (Method::GET, "/api/v1/nodes") => (200, list("NodeList", &[node("gpu-1", 2)])),
+                (Method::GET, "/apis/policy/v1/poddisruptionbudgets") => (200, list("PodDisruptionBudgetList", &[])),
+                (Method::POST, p) if p.ends_with("/binding") => (201, status(201, "", "")),
+                _ => (404, status(404, "NotFound", &format!("{method} {uri} is not served by this fake"))),
+            };
+            send.send_response(response(code, &reply));
+        }
+    });
+    (kube::Client::new(service, "default"), rx)
+}
+
+fn start_leading(
+    client: kube::Client,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), gpuplane_kube::serve::ServeError>>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = RunConfig {
+        lease: Some(("gpuplane".to_owned(), LeaseConfig::new("gpuplane-scheduler", "scheduler-a"))),
+        inventory: None,
+        ..config()
+    };
+    let task = tokio::spawn(serve_scheduler(client, config, None, async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_leader_keeps_renewing_its_lease_while_a_slow_cluster_loads() {
+    let (client, mut writes) = slow_cluster_with_lease(Duration::from_secs(30), None);
+    let (stop, task) = start_leading(client);
+    let mut renewals_while_loading = 0;
+    let mut bound_at = None;
+    while bound_at.is_none() {
+        let (at, method, path) =
+            tokio::time::timeout(Duration::from_secs(60), writes.recv()).await.expect("a write").unwrap();
+        if path.contains("/leases") && method == Method::PUT && at < Duration::from_secs(30) {
+            renewals_while_loading += 1;
+        }
+        if path.ends_with("/binding") {
+            bound_at = Some(at);
+        }
+    }
+    // Renewal every 2 s from acquiring at 0 s: 14 within the 30 s the pod list took, not 0.
+    assert!(renewals_while_loading >= 12, "{renewals_while_loading} renewals while loading");
+    assert!(bound_at >= Some(Duration::from_secs(30)));
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_that_lost_its_lease_while_loading_writes_nothing_more() {
+    // b takes the lease at 5 s, while a is still loading (the list answers at 30 s).
+    let (client, mut writes) = slow_cluster_with_lease(Duration::from_secs(30), Some(Duration::from_secs(5)));
+    let (_stop, task) = start_leading(client);
+    let ended = tokio::time::timeout(Duration::from_secs(60), task).await.expect("the scheduler stops").unwrap();
+    assert!(
+        matches!(ended, Err(gpuplane_kube::serve::ServeError::Leadership(_))),
+        "ends for the lost lease: {ended:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut after = Vec::new();
+    while let Ok((at, method, path)) = writes.try_recv() {
+        if !path.contains("/leases") || at >= Duration::from_secs(8) {
+            after.push((at, method, path));
+        }
+    }
+    assert!(after.is_empty(), "writes other than the lease's before the takeover was seen: {after:?}");
 }

@@ -3,7 +3,12 @@
 //! seen the same record unchanged for a whole `leaseDurationSeconds` by its own clock (so clock skew
 //! between replicas does not matter), and writes with the lease's resourceVersion, so of two replicas
 //! racing for it exactly one wins.
+//!
+//! Renewal runs in its own task ([`spawn_keeper`]), so no scheduling work can delay it, and every write
+//! the leader makes first checks a [`Fence`]: leadership counts only until the renew deadline after the
+//! start of the last successful renewal, which ends before any other replica may take the lease over.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -193,11 +198,15 @@ impl LeaderElector {
         self.api.replace(&self.config.name, &PostParams::default(), &lease).await.map(|_| ()).map_err(|e| self.err(e))
     }
 
-    /// Waits until this replica holds the lease.
-    pub async fn acquire(&mut self) -> Result<(), LeaderError> {
+    /// Waits until this replica holds the lease; the fence then holds until the renew deadline.
+    pub async fn acquire(&mut self, fence: &Fence) -> Result<(), LeaderError> {
         loop {
+            let attempt = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(Leadership::Leader) => return Ok(()),
+                Ok(Leadership::Leader) => {
+                    fence.extend(attempt + self.config.renew_deadline);
+                    return Ok(());
+                }
                 Ok(Leadership::Follower(holder)) => {
                     tracing::debug!(lease = %self.config.name, %holder, "Another replica leads; waiting.");
                 }
@@ -207,23 +216,133 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the lease every retry period; returns when leadership is lost (another holder, or no
-    /// successful renewal within the renew deadline).
-    pub async fn keep(&mut self) -> LeaderError {
+    /// Renews the lease every retry period, moving the fence forward after each renewal; returns when
+    /// leadership is lost (another holder, or no successful renewal within the renew deadline), with the
+    /// fence already closed.
+    pub async fn keep(&mut self, fence: &Fence) -> LeaderError {
         let mut last_renewed = Instant::now();
         loop {
             tokio::time::sleep(self.config.retry_period).await;
+            let attempt = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(Leadership::Leader) => last_renewed = Instant::now(),
+                Ok(Leadership::Leader) => {
+                    last_renewed = attempt;
+                    fence.extend(attempt + self.config.renew_deadline);
+                }
                 Ok(Leadership::Follower(holder)) if !holder.is_empty() => {
+                    fence.close();
                     return LeaderError::Lost { name: self.config.name.clone(), holder };
                 }
                 Ok(Leadership::Follower(_)) => {}
                 Err(e) => tracing::warn!(error = %e, "Lease not renewed; retrying."),
             }
             if last_renewed.elapsed() > self.config.renew_deadline {
+                fence.close();
                 return LeaderError::Lost { name: self.config.name.clone(), holder: String::new() };
             }
+        }
+    }
+}
+
+/// Whether this replica may write now. A leader's fence holds until the renew deadline after the start
+/// of its last successful renewal: another replica takes over only after it has seen that renewal's
+/// record unchanged for a whole lease duration, which is longer, so the two never write in the same
+/// moment. Writes check it just before they are sent; a lost lease closes it for good.
+#[derive(Debug, Clone)]
+pub struct Fence(Option<Arc<Mutex<Option<Instant>>>>);
+
+impl Fence {
+    /// A fence that is closed until [`LeaderElector::acquire`] opens it.
+    pub fn closed() -> Fence {
+        Fence(Some(Arc::new(Mutex::new(None))))
+    }
+
+    /// No leader election (a single replica, or a stateless extender): always open.
+    pub fn open() -> Fence {
+        Fence(None)
+    }
+
+    /// True while this replica may write.
+    pub fn holds(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(until) => until.lock().map(|u| u.is_some_and(|u| Instant::now() < u)).unwrap_or(false),
+        }
+    }
+
+    fn extend(&self, until: Instant) {
+        if let Some(slot) = &self.0
+            && let Ok(mut u) = slot.lock()
+        {
+            *u = Some(u.map_or(until, |old| old.max(until)));
+        }
+    }
+
+    fn close(&self) {
+        if let Some(slot) = &self.0
+            && let Ok(mut u) = slot.lock()
+        {
+            *u = None;
+        }
+    }
+}
+
+/// The renewal task of a leader: renews until the lease is lost or [`Keeper::release`] is called.
+#[derive(Debug)]
+pub struct Keeper {
+    task: Option<tokio::task::JoinHandle<(LeaderElector, Option<LeaderError>)>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Starts renewing a lease that `elector` has just acquired (with `fence`), in a task of its own.
+pub fn spawn_keeper(mut elector: LeaderElector, fence: Fence) -> Keeper {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let lost = tokio::select! {
+            lost = elector.keep(&fence) => Some(lost),
+            _ = stopped => None,
+        };
+        fence.close();
+        (elector, lost)
+    });
+    Keeper { task: Some(task), stop: Some(stop) }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        // Renewal must not outlive the scheduling it guards.
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl Keeper {
+    /// Completes when leadership is lost, with the reason (and never again after that).
+    pub async fn lost(&mut self) -> LeaderError {
+        let Some(task) = self.task.as_mut() else { return std::future::pending().await };
+        let outcome = task.await;
+        self.task = None;
+        match outcome {
+            Ok((_, Some(lost))) => lost,
+            // The task ended without a reason only if it panicked or was stopped: no leadership either way.
+            Ok((elector, None)) => LeaderError::Lost { name: elector.config.name, holder: String::new() },
+            Err(_) => LeaderError::Lost { name: String::new(), holder: String::new() },
+        }
+    }
+
+    /// Stops renewing and gives the lease up, so another replica takes over at once.
+    pub async fn release(mut self) -> Result<(), LeaderError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok((mut elector, None)) => elector.release().await,
+                // Already lost: nothing of ours to give up.
+                Ok((_, Some(_))) | Err(_) => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 }

@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::budget::Budget;
-use super::leader::{LeaderElector, LeaseConfig};
+use super::leader::{Fence, LeaderElector, LeaseConfig, spawn_keeper};
 use super::preempt::Victim;
 use super::{Action, Scheduler, SchedulerConfig};
-use crate::client::{KubeBinder, failure};
+use crate::client::{KubeBinder, failure, not_leader};
 use crate::extender::{BindFailure, Binder};
 use crate::inventory::{self, Inventories};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
@@ -134,23 +134,30 @@ pub async fn serve_scheduler(
     let metrics_server = tokio::spawn(serve_metrics(listener, Arc::clone(&metrics)));
     tokio::pin!(shutdown);
 
-    if let Some(elector) = elector.as_mut() {
+    let mut fence = Fence::open();
+    let mut keeper = None;
+    if let Some(mut elector) = elector.take() {
         tracing::info!(lease = %elector.config().name, identity = %elector.config().identity, "Waiting for the lease.");
+        fence = Fence::closed();
         tokio::select! {
-            acquired = elector.acquire() => acquired?,
+            acquired = elector.acquire(&fence) => acquired?,
             () = &mut shutdown => { metrics_server.abort(); return Ok(()) }
         }
         tracing::info!(lease = %elector.config().name, "Lease acquired; scheduling.");
+        keeper = Some(spawn_keeper(elector, fence.clone()));
     }
-    let result = {
-        let lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>> = match elector.as_mut() {
-            Some(e) => Box::pin(e.keep()),
-            None => Box::pin(futures::future::pending()),
-        };
-        schedule(client, &config, fallback_target, Arc::clone(&metrics), lost, shutdown).await
+    // Renewal runs in its own task; losing the lease ends scheduling wherever it is (loading the cluster
+    // included), and the fence has already stopped every write that had not been sent.
+    let work = schedule(client, &config, fallback_target, Arc::clone(&metrics), fence, shutdown);
+    let result = match keeper.as_mut() {
+        Some(keeper) => tokio::select! {
+            result = work => result,
+            lost = keeper.lost() => Err(ServeError::Leadership(lost)),
+        },
+        None => work.await,
     };
-    if let (Some(elector), true) = (elector.as_mut(), result.is_ok())
-        && let Err(e) = elector.release().await
+    if let (Some(keeper), true) = (keeper, result.is_ok())
+        && let Err(e) = keeper.release().await
     {
         tracing::warn!(error = %e, "Lease not released; the next leader waits for it to expire.");
     }
@@ -180,7 +187,7 @@ async fn schedule(
     config: &RunConfig,
     fallback_target: Option<TargetWorkload>,
     metrics: Arc<Metrics>,
-    mut lost: Pin<Box<dyn Future<Output = super::leader::LeaderError> + Send + '_>>,
+    fence: Fence,
     mut shutdown: Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Result<(), ServeError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -218,13 +225,13 @@ async fn schedule(
         "Cluster state loaded."
     );
 
-    let binder = KubeBinder::new(client.clone(), "gpuplane-scheduler");
+    let binder = KubeBinder::new(client.clone(), "gpuplane-scheduler").fenced(fence.clone());
     let mut running: JoinSet<Outcome> = JoinSet::new();
     let mut pools_updated = Instant::now() - Duration::from_secs(60);
     loop {
         let now = Instant::now();
         while let Some(action) = scheduler.next(now) {
-            start(&mut running, &client, &binder, action);
+            start(&mut running, &client, &binder, &fence, action);
         }
         if pools_updated.elapsed() >= Duration::from_secs(5) {
             metrics.set_pools(scheduler.snapshot().cluster(), scheduler.engine().target().map(|t| t.as_ref()));
@@ -236,7 +243,6 @@ async fn schedule(
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
-            e = &mut lost => return Err(ServeError::Leadership(e)),
             Some(done) = running.join_next(), if !running.is_empty() => {
                 if let Ok(outcome) = done {
                     finish(&mut scheduler, outcome);
@@ -328,7 +334,7 @@ fn read_budgets(store: &Store<PodDisruptionBudget>) -> Vec<Budget> {
         .collect()
 }
 
-fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, action: Action) {
+fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, fence: &Fence, action: Action) {
     match action {
         Action::Bind(target) => {
             let binder = binder.clone();
@@ -341,7 +347,11 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, a
         }
         Action::ReportUnschedulable { pod, message } => {
             let client = client.clone();
+            let fence = fence.clone();
             running.spawn(async move {
+                if !fence.holds() {
+                    return Outcome::Reported;
+                }
                 if let Err(e) = report_unschedulable(client, &pod, &message).await {
                     tracing::debug!(%pod, error = %e, "PodScheduled condition not written.");
                 }
@@ -354,8 +364,9 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, a
             for victim in victims {
                 let client = client.clone();
                 let preemptor = preemptor.clone();
+                let fence = fence.clone();
                 running.spawn(async move {
-                    let result = evict(client, &victim).await;
+                    let result = if fence.holds() { evict(client, &victim).await } else { Err(not_leader()) };
                     Outcome::Evict { preemptor, victim: victim.key, result }
                 });
             }
