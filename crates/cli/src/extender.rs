@@ -25,6 +25,16 @@ pub struct ExtenderArgs {
     /// How long a binding is kept while the watch has not shown it yet, in seconds
     #[arg(long, default_value_t = 60)]
     in_flight_ttl_s: u64,
+    /// Serve HTTPS with this certificate (PEM; reread when it changes); with --tls-key
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Accept only clients presenting a certificate signed by this CA (PEM); needs --tls-cert. Give
+    /// kube-scheduler a client certificate in its extender tlsConfig (deploy/extender/)
+    #[arg(long, requires = "tls_cert")]
+    client_ca: Option<std::path::PathBuf>,
     /// Log format on standard error: text or json (level from RUST_LOG, default info)
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -36,7 +46,20 @@ pub fn run(args: ExtenderArgs) -> Result<()> {
     service::init_logging(&args.log_format);
     // FGD needs a target workload: learned from the cluster's pods, else the openb default trace.
     let fallback = service::fallback_target()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            gpuplane_kube::tls::server_config_for_clients(cert.clone(), key.clone(), args.client_ca.clone())
+                .context("extender TLS")?,
+        ),
+        _ => {
+            tracing::warn!(
+                "Serving plain HTTP: anyone who can reach the port can bind pods it filtered; give --tls-cert, --tls-key and --client-ca."
+            );
+            None
+        }
+    };
     let config = ServeConfig {
+        tls,
         listen: args.listen,
         policy,
         refresh_every: Duration::from_millis(args.refresh_ms.max(10)),

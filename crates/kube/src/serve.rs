@@ -32,6 +32,8 @@ pub struct ServeConfig {
     pub in_flight_ttl: Duration,
     /// Connections, header and lifetime limits of the HTTP server.
     pub limits: crate::server::Limits,
+    /// HTTPS (and client certificates, if it asks for them); `None` serves plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Why the extender stopped.
@@ -173,7 +175,7 @@ pub async fn serve_extender(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Io { addr: config.listen, source })?;
-    crate::server::serve(listener, None, router(extender), config.limits, shutdown_signal()).await;
+    crate::server::serve(listener, config.tls, router(extender), config.limits, shutdown_signal()).await;
     Ok(())
 }
 

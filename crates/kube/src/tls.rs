@@ -1,4 +1,4 @@
-//! HTTPS for the admission webhook: rustls (aws-lc-rs) with the certificate and key read from PEM
+//! HTTPS for the admission webhook and the extender: rustls (aws-lc-rs) with the certificate and key read from PEM
 //! files — a mounted Secret, as cert-manager writes it — and read again when the files change, so a
 //! rotated certificate is served without a restart. HTTP/1.1 over each TLS connection by hyper.
 
@@ -147,13 +147,40 @@ impl ResolvesServerCert for ReloadingCert {
 
 /// A rustls server configuration (HTTP/1.1 by ALPN) over a reloading certificate.
 pub fn server_config(cert: PathBuf, key: PathBuf) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config_for_clients(cert, key, None)
+}
+
+/// As [`server_config`], and when `client_ca` is given, every client must present a certificate that
+/// CA signed (kube-scheduler's extender `tlsConfig.certFile`/`keyFile`); the handshake fails otherwise.
+pub fn server_config_for_clients(
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let resolver = Arc::new(ReloadingCert::new(cert.clone(), key, Arc::clone(&provider))?);
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Key { path: cert, source })?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(|source| TlsError::Key { path: cert, source })?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem = std::fs::read(&ca).map_err(|source| TlsError::Read { path: ca.clone(), source })?;
+            let mut roots = rustls::RootCertStore::empty();
+            for der in CertificateDer::pem_slice_iter(&pem) {
+                let der = der.map_err(|e| TlsError::Pem { path: ca.clone(), what: format!("malformed PEM ({e})") })?;
+                roots.add(der).map_err(|e| TlsError::Pem { path: ca.clone(), what: format!("unusable CA ({e})") })?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::Pem { path: ca, what: "no CERTIFICATE block".to_owned() });
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Pem { path: ca, what: format!("client CA not usable ({e})") })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
