@@ -175,7 +175,8 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
     }
     let count = annotation(POD_GPU_COUNT_ANNOTATIONS);
     let milli = annotation(POD_GPU_MILLI_ANNOTATIONS);
-    if count.is_some() || milli.is_some() {
+    let annotated = count.is_some() || milli.is_some();
+    if annotated {
         if whole > 0 {
             return Err(err("metadata.annotations", "", "either nvidia.com/gpu or GPU-share annotations, not both"));
         }
@@ -199,6 +200,31 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
         if count > 0 {
             gpu = GpuRequest { count, milli_per_gpu: milli };
         }
+    }
+    // The device plugin's resource: what the kubelet hands out, and what kube-scheduler's
+    // managedResources route to the extender. 250 is a quarter of one GPU, 2000 two whole GPUs.
+    let device_milli = request(NODE_GPU_MILLI_RESOURCE, false)?;
+    if device_milli > 0 {
+        let field = format!("resources.requests.{NODE_GPU_MILLI_RESOURCE}");
+        let value = device_milli.to_string();
+        if whole > 0 {
+            return Err(err(&field, &value, "no nvidia.com/gpu request beside it"));
+        }
+        let asked = match device_milli {
+            1..=1000 => GpuRequest { count: 1, milli_per_gpu: device_milli as u16 },
+            m if m % 1000 == 0 && m / 1000 <= MAX_GPUS_PER_NODE as u64 => {
+                GpuRequest { count: (m / 1000) as u8, milli_per_gpu: MILLI_PER_GPU as u16 }
+            }
+            _ => return Err(err(&field, &value, "up to 1000 (one GPU or a share of it) or whole GPUs, at most 8000")),
+        };
+        if annotated && gpu != asked {
+            return Err(err(
+                &field,
+                &value,
+                &format!("{} milli on each of {} GPUs, as the share annotations say", gpu.milli_per_gpu, gpu.count),
+            ));
+        }
+        gpu = asked;
     }
     let gpu_models = match annotation(POD_GPU_MODEL_ANNOTATIONS) {
         Some((k, v)) => {
@@ -341,6 +367,44 @@ mod tests {
         let mut back = node(&api_node(&n)).unwrap();
         back.labels.remove(NODE_GPU_MODEL_LABELS[0]);
         assert_eq!(back, n);
+    }
+
+    fn gpu_pod(requests: serde_json::Value, annotations: serde_json::Value) -> Result<Pod, ObjectError> {
+        let p: api::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ml", "annotations": annotations},
+            "spec": {"containers": [{"name": "c", "resources": {"requests": requests}}]}
+        }))
+        .unwrap();
+        pod(&p)
+    }
+
+    #[test]
+    fn the_device_plugin_resource_asks_for_a_share_or_whole_gpus() {
+        let none = serde_json::json!({});
+        let share = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "250"}), none.clone()).unwrap();
+        assert_eq!(share.gpu, GpuRequest { count: 1, milli_per_gpu: 250 });
+        let two = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "2000"}), none.clone()).unwrap();
+        assert_eq!(two.gpu, GpuRequest { count: 2, milli_per_gpu: 1000 });
+        let agreeing = gpu_pod(
+            serde_json::json!({"gpuplane.io/gpu-milli": "500"}),
+            serde_json::json!({"gpuplane.io/gpu-milli": "500"}),
+        )
+        .unwrap();
+        assert_eq!(agreeing.gpu, GpuRequest { count: 1, milli_per_gpu: 500 });
+
+        let odd = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "1500"}), none.clone()).unwrap_err().to_string();
+        assert!(odd.contains("resources.requests.gpuplane.io/gpu-milli") && odd.contains("1500"), "{odd}");
+        let both = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "500", "nvidia.com/gpu": "1"}), none)
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("nvidia.com/gpu"), "{both}");
+        let disagreeing = gpu_pod(
+            serde_json::json!({"gpuplane.io/gpu-milli": "500"}),
+            serde_json::json!({"gpuplane.io/gpu-milli": "250"}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(disagreeing.contains("250 milli on each of 1 GPUs"), "{disagreeing}");
     }
 
     #[test]
