@@ -59,7 +59,7 @@ pub struct AgentArgs {
     #[arg(long)]
     static_tokens: Option<PathBuf>,
     /// Users that are peer agents: they read blobs and the inventory
-    #[arg(long, value_delimiter = ',', default_value = "system:serviceaccount:gpuplane-system:gpuplane-cache")]
+    #[arg(long, value_delimiter = ',', default_value = "system:serviceaccount:gpuplane-node:gpuplane-cache")]
     peer_user: Vec<String>,
     /// Users that read the inventory and metrics (the scheduler, Prometheus)
     #[arg(long, value_delimiter = ',', default_value = "system:serviceaccount:gpuplane-system:gpuplane-scheduler")]
