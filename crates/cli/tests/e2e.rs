@@ -1,6 +1,9 @@
 //! End to end against a real Kubernetes control plane (`scripts/controlplane`): etcd, kube-apiserver with
 //! PodSecurity, ResourceQuota and the admission webhooks, kube-controller-manager, and kwok playing the
 //! kubelets of the 1,213 openb GPU nodes. Every assertion reads objects back from the API server.
+//! Scenarios, in order: the secondary scheduler against `gpuplane sim`; two scheduler replicas with the
+//! leader SIGKILLed mid-burst; stock kube-scheduler calling the extender over TLS with a client
+//! certificate; `kubectl apply -k deploy/` under Pod Security.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A test: a failure should stop it loudly.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +14,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt, stream};
 use gpuplane_core::openb::{read_nodes, read_pods};
 use gpuplane_kube::objects::api_node;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -44,6 +49,24 @@ impl ControlPlane {
 
     fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
+    }
+
+    /// Starts the stock kube-scheduler with a KubeSchedulerConfiguration file.
+    fn start_kube_scheduler(&self, config: &Path) {
+        let status = Command::new(repo().join("scripts/controlplane"))
+            .arg("scheduler")
+            .arg(self.dir.path())
+            .arg(config)
+            .status()
+            .expect("scripts/controlplane runs");
+        assert!(status.success(), "kube-scheduler did not start");
+    }
+
+    /// A binary the harness built (kubectl, ...).
+    fn binary(&self, name: &str) -> PathBuf {
+        let out = Command::new(repo().join("scripts/controlplane")).arg("build").output().unwrap();
+        assert!(out.status.success());
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join(name)
     }
 
     async fn client(&self) -> Client {
@@ -83,6 +106,16 @@ fn control_plane_scenarios() {
         let t = Instant::now();
         secondary_scheduler_places_like_the_simulator(&plane, &client).await;
         eprintln!("e2e: secondary scheduler scenario in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        a_killed_leader_is_replaced_without_double_binding(&plane, &client).await;
+        eprintln!("e2e: leader failover scenario in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        stock_scheduler_with_the_extender_over_tls(&plane, &client).await;
+        eprintln!("e2e: extender scenario in {:.1} s", t.elapsed().as_secs_f64());
+        // Last: it registers the webhook, whose Service has no endpoints here.
+        let t = Instant::now();
+        deploy_is_admitted_under_pod_security(&plane, &client).await;
+        eprintln!("e2e: kubectl apply -k deploy/ scenario in {:.1} s", t.elapsed().as_secs_f64());
     });
     let summary =
         format!("start-up {:.1} s, scenarios {:.1} s", up.as_secs_f64(), (started.elapsed() - up).as_secs_f64());
@@ -102,7 +135,12 @@ async fn openb_nodes_become_ready(client: &Client) {
         object.metadata.annotations = Some(BTreeMap::from([("kwok.x-k8s.io/node".to_owned(), "fake".to_owned())]));
         let status = object.status.get_or_insert_with(Default::default);
         let allocatable = status.allocatable.get_or_insert_with(Default::default);
-        allocatable.insert("pods".to_owned(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("110".into()));
+        allocatable.insert("pods".to_owned(), Quantity("110".into()));
+        // As the device plugin advertises it: 1000 milli-GPUs per GPU.
+        if n.gpu_count > 0 {
+            allocatable
+                .insert("gpuplane.io/gpu-milli".to_owned(), Quantity(format!("{}", u32::from(n.gpu_count) * 1000)));
+        }
         status.capacity = Some(allocatable.clone());
         let api = api.clone();
         async move { api.create(&PostParams::default(), &object).await }
@@ -136,54 +174,20 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
     let file = repo().join("data/openb/openb_pod_list_default.csv");
     let trace: Vec<_> =
         read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().take(PODS).collect();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = serde_json::from_value(json!({"metadata": {"name": "openb", "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted"}}}))
-    .unwrap();
-    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
-    wait_for("the default ServiceAccount in openb", Duration::from_secs(60), || async {
-        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), "openb");
-        accounts.get_opt("default").await.unwrap().is_some()
-    })
-    .await;
+    restricted_namespace(client, "openb").await;
 
     // The same pods as an openb CSV, named as the Pod objects, for the simulator.
     let work = tempfile::tempdir().unwrap();
     let mut csv = String::from("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "openb");
-    let objects: Vec<Pod> = trace
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let p = &t.pod;
-            let name = format!("p-{i:04}");
-            let milli = if p.gpu.count == 0 { 0 } else { p.gpu.milli_per_gpu };
-            csv.push_str(&format!("{name},{},{},{},{milli}\n", p.cpu_milli, p.memory_bytes >> 20, p.gpu.count));
-            let annotations = if p.gpu.count == 0 {
-                json!({})
-            } else {
-                json!({"gpuplane.io/gpu-count": p.gpu.count.to_string(), "gpuplane.io/gpu-milli": milli.to_string()})
-            };
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "annotations": annotations},
-                "spec": {
-                    "schedulerName": "gpuplane",
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
-                    "containers": [{
-                        "name": "main", "image": "registry.invalid/openb:1",
-                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                        "resources": {"requests": {"cpu": format!("{}m", p.cpu_milli),
-                                                   "memory": format!("{}Mi", p.memory_bytes >> 20)}}
-                    }]
-                }
-            }))
-            .unwrap()
-        })
-        .collect();
-    for object in &objects {
-        pods.create(&PostParams::default(), object).await.expect("a restricted-compliant pod is admitted");
+    let objects = openb_pods(&trace, "p", "gpuplane", false);
+    for (object, t) in objects.iter().zip(&trace) {
+        let p = &t.pod;
+        let milli = if p.gpu.count == 0 { 0 } else { p.gpu.milli_per_gpu };
+        let name = object.metadata.name.as_deref().unwrap();
+        csv.push_str(&format!("{name},{},{},{},{milli}\n", p.cpu_milli, p.memory_bytes >> 20, p.gpu.count));
     }
+    create_all(&pods, &objects).await;
     let csv_path = work.path().join("pods.csv");
     std::fs::write(&csv_path, csv).unwrap();
 
@@ -206,7 +210,7 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
     .await;
 
     // Read back: node and GPU shares of every pod; no GPU above 1000 milli.
-    let mut placed: HashMap<String, (String, Vec<(u8, u16)>)> = HashMap::new();
+    let mut placed: Placements = HashMap::new();
     let mut per_gpu: HashMap<(String, u8), u32> = HashMap::new();
     for p in pods.list(&ListParams::default()).await.unwrap().items {
         let name = p.metadata.name.clone().unwrap();
@@ -263,6 +267,352 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
     let log = std::fs::read_to_string(work.path().join("scheduler.log")).unwrap_or_default();
     let binds: Vec<&str> = log.lines().filter(|l| l.contains("Binding")).take(5).collect();
     assert_eq!(same, PODS, "first difference: {first_difference:?}; the scheduler's first binds: {binds:#?}");
+}
+
+/// Creates a namespace that enforces Pod Security "restricted" and waits for its default ServiceAccount.
+async fn restricted_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": {
+        "pod-security.kubernetes.io/enforce": "restricted"}}}))
+    .unwrap();
+    namespaces.create(&PostParams::default(), &namespace).await.unwrap();
+    wait_for("the default ServiceAccount", Duration::from_secs(60), || async {
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), name);
+        accounts.get_opt("default").await.unwrap().is_some()
+    })
+    .await;
+}
+
+/// Pending Pod objects for openb trace rows, named `{prefix}-{i:04}`, restricted-compliant, asking for GPU
+/// shares by annotation and, with `device_resource`, also by the device plugin's `gpuplane.io/gpu-milli`.
+fn openb_pods(
+    trace: &[gpuplane_core::openb::TracePod],
+    prefix: &str,
+    scheduler: &str,
+    device_resource: bool,
+) -> Vec<Pod> {
+    trace
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let p = &t.pod;
+            let milli = if p.gpu.count == 0 { 0 } else { p.gpu.milli_per_gpu };
+            let annotations = if p.gpu.count == 0 {
+                json!({})
+            } else {
+                json!({"gpuplane.io/gpu-count": p.gpu.count.to_string(), "gpuplane.io/gpu-milli": milli.to_string()})
+            };
+            let mut requests =
+                json!({"cpu": format!("{}m", p.cpu_milli), "memory": format!("{}Mi", p.memory_bytes >> 20)});
+            if device_resource && p.gpu.count > 0 {
+                requests["gpuplane.io/gpu-milli"] = json!((u32::from(p.gpu.count) * u32::from(milli)).to_string());
+            }
+            let mut limits = json!({});
+            if let Some(r) = requests.get("gpuplane.io/gpu-milli") {
+                // Extended resources must be requested and limited alike.
+                limits["gpuplane.io/gpu-milli"] = r.clone();
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("{prefix}-{i:04}"), "annotations": annotations},
+                "spec": {
+                    "schedulerName": scheduler,
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 1000,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "main", "image": "registry.invalid/openb:1",
+                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                        "resources": {"requests": requests, "limits": limits}
+                    }]
+                }
+            }))
+            .unwrap()
+        })
+        .collect()
+}
+
+/// Creates the pods in order (one at a time, so creation order is list order).
+async fn create_all(pods: &Api<Pod>, objects: &[Pod]) {
+    for object in objects {
+        pods.create(&PostParams::default(), object).await.expect("a restricted-compliant pod is admitted");
+    }
+}
+
+/// Node name and GPU shares (index, milli) of bound pods, by `namespace/name`.
+type Placements = HashMap<String, (String, Vec<(u8, u16)>)>;
+
+/// Node name and GPU shares of every bound pod in the cluster, by `namespace/name`.
+async fn placements(client: &Client) -> Placements {
+    let all: Api<Pod> = Api::all(client.clone());
+    let mut placed = HashMap::new();
+    for p in all.list(&ListParams::default()).await.unwrap().items {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        let key = format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap());
+        let annotation = p.metadata.annotations.as_ref().and_then(|a| a.get("gpuplane.io/gpu-assignment")).cloned();
+        let shares: Vec<(u8, u16)> = annotation
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.split(',')
+                    .map(|pair| {
+                        let (index, milli) = pair.split_once(':').unwrap();
+                        (index.parse().unwrap(), milli.parse().unwrap())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        placed.insert(key, (node, shares));
+    }
+    placed
+}
+
+/// The fullest GPU in the cluster, in milli.
+fn fullest_gpu(placed: &Placements) -> u32 {
+    let mut per_gpu: HashMap<(&str, u8), u32> = HashMap::new();
+    for (node, shares) in placed.values() {
+        for &(index, milli) in shares {
+            *per_gpu.entry((node.as_str(), index)).or_default() += u32::from(milli);
+        }
+    }
+    per_gpu.values().max().copied().unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Two `gpuplane scheduler` replicas on one Lease; the leader is killed with SIGKILL while a burst of pods
+/// is being bound. Every pod ends bound, no assignment is ever rewritten (each is compared with the first
+/// one seen), no GPU goes above 1000 milli, and the time until the other replica binds is reported.
+async fn a_killed_leader_is_replaced_without_double_binding(plane: &ControlPlane, client: &Client) {
+    const BURST: usize = 300;
+    let file = repo().join("data/openb/openb_pod_list_default.csv");
+    let trace: Vec<_> =
+        read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().skip(PODS).take(BURST).collect();
+    restricted_namespace(client, "failover").await;
+    let work = tempfile::tempdir().unwrap();
+    let replica = |identity: &str| {
+        Running(
+            Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+                .args(["scheduler", "--policy", "fgd", "--lease-namespace", "default", "--identity", identity])
+                .args(["--metrics-listen", "127.0.0.1:0", "--locality-weight", "0"])
+                .env("KUBECONFIG", plane.kubeconfig())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.path().join(format!("{identity}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async {
+        let lease = leases.get_opt("gpuplane-scheduler").await.unwrap();
+        lease.and_then(|l| l.spec).and_then(|s| s.holder_identity).unwrap_or_default()
+    };
+    let mut a = replica("replica-a");
+    wait_for("replica-a to lead", Duration::from_secs(60), || async { holder().await == "replica-a" }).await;
+    let _b = replica("replica-b");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "failover");
+    let objects = openb_pods(&trace, "f", "gpuplane", false);
+    let creating = {
+        let pods = pods.clone();
+        tokio::spawn(async move { create_all(&pods, &objects).await })
+    };
+    let bound_in_namespace = |placed: &Placements| placed.keys().filter(|k| k.starts_with("failover/")).count();
+    let mut first_seen: Placements = HashMap::new();
+    let mut remember = |placed: &Placements| {
+        for (k, v) in placed {
+            let seen = first_seen.entry(k.clone()).or_insert_with(|| v.clone());
+            assert_eq!(seen, v, "{k} was placed again after it was bound");
+        }
+    };
+    // Kill the leader once a third of the burst is bound.
+    loop {
+        let placed = placements(client).await;
+        remember(&placed);
+        if bound_in_namespace(&placed) >= BURST / 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.0.kill().unwrap(); // SIGKILL: no release of the Lease, no goodbye.
+    let killed = Instant::now();
+    let before = bound_in_namespace(&placements(client).await);
+    let mut took_over = None;
+    let mut resumed = None;
+    let started = Instant::now();
+    loop {
+        let placed = placements(client).await;
+        remember(&placed);
+        let bound = bound_in_namespace(&placed);
+        if took_over.is_none() && holder().await == "replica-b" {
+            took_over = Some(killed.elapsed());
+        }
+        if resumed.is_none() && bound > before {
+            resumed = Some(killed.elapsed());
+        }
+        if bound == BURST {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(240), "{bound} of {BURST} bound 240 s after the kill");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    creating.await.unwrap();
+    let worst = fullest_gpu(&placements(client).await);
+    assert!(worst <= 1000, "a GPU holds {worst} milli");
+    eprintln!(
+        "e2e: leader killed with {before} of {BURST} bound; replica-b took the Lease after {:.1} s and bound again \
+         after {:.1} s; {BURST} pods bound once each, assignments never rewritten, fullest GPU {worst} milli",
+        took_over.unwrap_or_default().as_secs_f64(),
+        resumed.unwrap_or_default().as_secs_f64()
+    );
+}
+
+/// Stock kube-scheduler (default profile) with deploy/'s extender settings — managedResources, bind and
+/// preempt verbs, TLS with a client certificate — calling `gpuplane extender` on 127.0.0.1. GPU pods ask
+/// for the device plugin's `gpuplane.io/gpu-milli`; every pod ends bound, every GPU pod with an assignment
+/// the extender wrote in its Binding, and no GPU above 1000 milli.
+async fn stock_scheduler_with_the_extender_over_tls(plane: &ControlPlane, client: &Client) {
+    const N: usize = 300;
+    let file = repo().join("data/openb/openb_pod_list_default.csv");
+    let trace: Vec<_> =
+        read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().skip(PODS + 300).take(N).collect();
+    restricted_namespace(client, "extender").await;
+    let work = tempfile::tempdir().unwrap();
+    let tls = repo().join("crates/kube/tests/fixtures/tls");
+    let port = free_port();
+    let _extender = Running(
+        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+            .args(["extender", "--policy", "fgd", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(tls.join("cert-1.pem"))
+            .arg("--tls-key")
+            .arg(tls.join("key-1.pem"))
+            .arg("--client-ca")
+            .arg(tls.join("client-ca.pem"))
+            .env("KUBECONFIG", plane.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("extender.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the extender to listen", Duration::from_secs(120), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let config = work.path().join("kube-scheduler.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig}
+leaderElection:
+  leaderElect: false
+extenders:
+- urlPrefix: https://127.0.0.1:{port}
+  filterVerb: filter
+  prioritizeVerb: prioritize
+  preemptVerb: preempt
+  bindVerb: bind
+  weight: 5
+  nodeCacheCapable: true
+  ignorable: false
+  httpTimeout: 5s
+  managedResources:
+  - {{name: nvidia.com/gpu, ignoredByScheduler: false}}
+  - {{name: gpuplane.io/gpu-milli, ignoredByScheduler: false}}
+  tlsConfig:
+    certFile: {tls}/client-cert.pem
+    keyFile: {tls}/client-key.pem
+    caFile: {tls}/ca.pem
+",
+            kubeconfig = plane.kubeconfig().display(),
+            tls = tls.display()
+        ),
+    )
+    .unwrap();
+    plane.start_kube_scheduler(&config);
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "extender");
+    let objects = openb_pods(&trace, "x", "default-scheduler", true);
+    create_all(&pods, &objects).await;
+    wait_for("every pod bound by kube-scheduler", Duration::from_secs(240), || async {
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        list.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).count() == N
+    })
+    .await;
+    let placed = placements(client).await;
+    let mut gpu_pods = 0;
+    for (i, t) in trace.iter().enumerate() {
+        let (_, shares) = &placed[&format!("extender/x-{i:04}")];
+        if t.pod.gpu.count > 0 {
+            gpu_pods += 1;
+            assert_eq!(shares.len(), usize::from(t.pod.gpu.count), "x-{i:04}: {shares:?}");
+            assert!(shares.iter().all(|s| s.1 == t.pod.gpu.milli_per_gpu), "x-{i:04}: {shares:?}");
+        } else {
+            assert!(shares.is_empty(), "x-{i:04} asks for no GPU but got {shares:?}");
+        }
+    }
+    let worst = fullest_gpu(&placed);
+    assert!(worst <= 1000, "a GPU holds {worst} milli");
+    let log = std::fs::read_to_string(work.path().join("extender.log")).unwrap_or_default();
+    eprintln!(
+        "e2e: kube-scheduler + extender (TLS, client certificate) bound {N} pods, {gpu_pods} with GPU assignments; \
+         fullest GPU {worst} milli; extender log lines {}",
+        log.lines().count()
+    );
+}
+
+/// `kubectl apply -k deploy/ --server-side` against a cluster with Pod Security admission: applied
+/// without a Pod Security warning, and a pod of every Deployment and DaemonSet template is admitted
+/// (server-side dry run) in its namespace — the node agents' host mounts in gpuplane-node, the rest in the
+/// restricted gpuplane-system.
+async fn deploy_is_admitted_under_pod_security(plane: &ControlPlane, client: &Client) {
+    let out = Command::new(plane.binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig())
+        .args(["apply", "--server-side", "--field-manager", "gpuplane-e2e", "-k"])
+        .arg(repo().join("deploy"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl apply -k deploy/ failed: {stderr}");
+    assert!(!stderr.contains("PodSecurity"), "Pod Security warnings: {stderr}");
+    let applied = String::from_utf8_lossy(&out.stdout).lines().count();
+
+    let mut templates = Vec::new();
+    for namespace in ["gpuplane-system", "gpuplane-node"] {
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), namespace);
+        for d in deployments.list(&ListParams::default()).await.unwrap().items {
+            templates.push((namespace, d.metadata.name.unwrap(), d.spec.unwrap().template));
+        }
+        let daemons: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(client.clone(), namespace);
+        for d in daemons.list(&ListParams::default()).await.unwrap().items {
+            templates.push((namespace, d.metadata.name.unwrap(), d.spec.unwrap().template));
+        }
+    }
+    let names: Vec<&str> = templates.iter().map(|t| t.1.as_str()).collect();
+    for expected in ["gpuplane-scheduler", "gpuplane-webhook", "gpuplane-cache", "gpuplane-node"] {
+        assert!(names.contains(&expected), "{expected} not applied: {names:?}");
+    }
+    for (namespace, name, template) in templates {
+        let pod = Pod {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(format!("{name}-dry-run")),
+                namespace: Some(namespace.to_owned()),
+                labels: template.metadata.and_then(|m| m.labels),
+                ..Default::default()
+            },
+            spec: template.spec,
+            status: None,
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let dry_run = PostParams { dry_run: true, ..Default::default() };
+        if let Err(e) = pods.create(&dry_run, &pod).await {
+            panic!("a pod of {namespace}/{name} is not admitted: {e}");
+        }
+    }
+    eprintln!("e2e: kubectl apply -k deploy/ --server-side applied {applied} objects; every workload's pod admitted");
 }
 
 /// Polls `check` every 250 ms until it holds, or fails after `limit`.
