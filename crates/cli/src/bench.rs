@@ -467,11 +467,14 @@ fn webhook(args: WebhookBenchArgs) -> Result<()> {
             .to_string()
         })
         .collect();
-    let hook = Arc::new(Webhook::default());
-    hook.quotas
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert("bench".to_owned(), GpuQuota { hard_milli: 1_000_000, used_milli: 0 });
+    // A quota that the load never fills, and a view that does not go stale during the run.
+    let mut ledger = webhook::QuotaLedger::new(Duration::MAX);
+    let view = webhook::QuotaView {
+        quotas: [("bench".to_owned(), GpuQuota { hard_milli: u64::MAX / 2, used_milli: 0 })].into(),
+        counted: Default::default(),
+    };
+    ledger.refresh(view, std::time::Instant::now());
+    let hook = Arc::new(Webhook::new(webhook::WebhookConfig::default(), ledger));
     let app = webhook::router(hook, 4 << 20);
     let tls = if args.plain_http { None } else { Some(bench_tls()?) };
     let (mutate_ns, validate_ns, elapsed) =

@@ -181,3 +181,71 @@ impl Metrics {
 
 /// The content type of [`Metrics::encode`].
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The admission webhook's metrics: reviews by path and outcome, their latency, and whether the GPU
+/// quota view is stale (GPU pods refused).
+pub struct WebhookMetrics {
+    registry: Registry,
+    reviews: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    stale: Gauge,
+}
+
+impl std::fmt::Debug for WebhookMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookMetrics")
+    }
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gpuplane_webhook");
+        let reviews = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let stale = Gauge::default();
+        registry.register(
+            "reviews",
+            "AdmissionReviews answered, by path and outcome (allowed, patched, denied with its code, malformed)",
+            reviews.clone(),
+        );
+        registry.register("review_duration_seconds", "Time to decide a review, by path", latency.clone());
+        registry.register(
+            "quota_stale",
+            "1 while the GPU quota view is stale and GPU pods are refused, else 0",
+            stale.clone(),
+        );
+        WebhookMetrics { registry, reviews, latency, stale }
+    }
+}
+
+impl WebhookMetrics {
+    /// Counts one answered review.
+    pub fn review(&self, path: &'static str, response: &crate::webhook::AdmissionResponse, took: std::time::Duration) {
+        let outcome = match (&response.status, response.allowed, response.patch.is_some()) {
+            (_, true, true) => "patched".to_owned(),
+            (_, true, false) => "allowed".to_owned(),
+            (Some(s), false, _) => format!("denied_{}", s.code),
+            (None, false, _) => "denied".to_owned(),
+        };
+        self.reviews.get_or_create(&vec![("path", path.to_owned()), ("outcome", outcome)]).inc();
+        self.latency.get_or_create(&vec![("path", path.to_owned())]).observe(took.as_secs_f64());
+    }
+
+    /// Counts a request that was not a readable AdmissionReview v1.
+    pub fn malformed(&self, path: &'static str) {
+        self.reviews.get_or_create(&vec![("path", path.to_owned()), ("outcome", "malformed".to_owned())]).inc();
+    }
+
+    /// Sets the stale gauge.
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.set(i64::from(stale));
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

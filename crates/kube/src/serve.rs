@@ -244,15 +244,15 @@ pub async fn serve_webhook(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let tls = crate::tls::server_config(config.cert.clone(), config.key.clone())?;
-    let webhook = Arc::new(crate::webhook::Webhook { config: config.webhook.clone(), ..Default::default() });
+    let webhook = Arc::new(crate::webhook::Webhook::new(config.webhook.clone(), Default::default()));
     let changes = Arc::new(AtomicU64::new(1));
     let quotas = counted_watch(Api::<api::ResourceQuota>::all(client.clone()), watcher::Config::default(), &changes);
-    let pods = counted_watch(Api::<api::Pod>::all(client), unfinished_pods(), &changes);
+    let pods = counted_watch(Api::<api::Pod>::all(client.clone()), unfinished_pods(), &changes);
     let updater = Arc::clone(&webhook);
     tokio::spawn(async move {
-        // Until both watches listed once there is no quota to check against.
+        // Until both watches listed once there is no quota to check against: GPU pods are refused.
         if quotas.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
-            tracing::error!("The ResourceQuota or Pod watch stopped; GPU quotas are not checked.");
+            tracing::error!("The ResourceQuota or Pod watch stopped; GPU pods are refused.");
             return;
         }
         let mut applied = 0;
@@ -264,11 +264,27 @@ pub async fn serve_webhook(
                 continue;
             }
             applied = now;
-            let (fresh, problems) = crate::webhook::gpu_quotas(&owned(&quotas), &owned(&pods));
+            let (view, problems) = crate::webhook::gpu_quotas(&owned(&quotas), &owned(&pods));
             for p in problems {
                 tracing::warn!(problem = %p, "Left out of the GPU quota count.");
             }
-            *updater.quotas.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            updater.ledger.lock().unwrap_or_else(|p| p.into_inner()).refresh(view, std::time::Instant::now());
+        }
+    });
+    // The watches say nothing when the API server stops answering: ask it every few seconds, and let
+    // the view go stale (GPU pods refused, /healthz 503) when it does not answer.
+    let prober = Arc::clone(&webhook);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
+                Ok(Ok(_)) => {
+                    prober.ledger.lock().unwrap_or_else(|p| p.into_inner()).confirm_fresh(std::time::Instant::now())
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "API server not answering; GPU quotas go stale."),
+                Err(_) => tracing::warn!("API server not answering within 5 s; GPU quotas go stale."),
+            }
         }
     });
     let listener = tokio::net::TcpListener::bind(config.listen)

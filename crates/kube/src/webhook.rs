@@ -1,9 +1,12 @@
 //! The admission webhook's decisions (AdmissionReview v1): a mutating review steers GPU pods into the
 //! GPU pool (node selector, toleration, `schedulerName`, priority class from the latency-class label)
 //! and never gives the GPU toleration to a pod without GPUs; a validating review denies GPU pods over
-//! their namespace's GPU quota and pods that choose their own `NVIDIA_VISIBLE_DEVICES`.
+//! their namespace's GPU quota and pods that choose their own `NVIDIA_VISIBLE_DEVICES`. The quota check
+//! counts the GPU pods it admitted until the Pod watch shows them ([`QuotaLedger`]), so concurrent
+//! creates cannot all pass, and refuses GPU pods while its view of the cluster is not current.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -129,13 +132,23 @@ pub struct GpuQuota {
 /// The ResourceQuota key gpuplane reads a namespace's GPU limit from.
 pub const GPU_QUOTA_RESOURCE: &str = "requests.nvidia.com/gpu";
 
+/// The GPU quotas as the watches show them, and which pods their use counts (`namespace/name`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuotaView {
+    /// GPU quota per namespace that has one.
+    pub quotas: HashMap<String, GpuQuota>,
+    /// The pods counted in `used_milli`.
+    pub counted: HashSet<String>,
+}
+
 /// GPU quota per namespace: the limit from the namespace's unscoped ResourceQuotas on
 /// [`GPU_QUOTA_RESOURCE`] (the smallest, if several), and the use summed over its pods that are not
 /// finished, GPU shares counted as their fraction (ResourceQuota's own `status.used` counts only whole
 /// `nvidia.com/gpu` requests). Scoped quotas are skipped: they bind only some pods. Quotas and pods
 /// that cannot be read are reported and left out.
-pub fn gpu_quotas(quotas: &[api::ResourceQuota], pods: &[api::Pod]) -> (HashMap<String, GpuQuota>, Vec<String>) {
+pub fn gpu_quotas(quotas: &[api::ResourceQuota], pods: &[api::Pod]) -> (QuotaView, Vec<String>) {
     let mut out: HashMap<String, GpuQuota> = HashMap::new();
+    let mut counted = HashSet::new();
     let mut problems = Vec::new();
     for q in quotas {
         let Some(spec) = &q.spec else { continue };
@@ -164,11 +177,107 @@ pub fn gpu_quotas(quotas: &[api::ResourceQuota], pods: &[api::Pod]) -> (HashMap<
             continue;
         }
         match objects::pod(p) {
-            Ok(pod) => quota.used_milli += u64::from(pod.gpu.total_milli()),
+            Ok(pod) => {
+                quota.used_milli += u64::from(pod.gpu.total_milli());
+                counted.insert(objects::pod_key(p));
+            }
             Err(e) => problems.push(e.to_string()),
         }
     }
-    (out, problems)
+    (QuotaView { quotas: out, counted }, problems)
+}
+
+/// A GPU pod admitted against a quota that the Pod watch has not shown yet.
+#[derive(Debug, Clone)]
+struct Admitted {
+    key: String,
+    milli: u64,
+    at: Instant,
+}
+
+/// The quota check's state: the watches' view, and the GPU pods admitted since that the view does not
+/// count yet. Admitting a pod and counting it happen under one lock, so of ten concurrent creates that
+/// fit one at a time only as many as fit are admitted. An admitted pod stops counting here once the
+/// watch counts it, or after [`ADMITTED_TTL`] (its create may have failed later). While the view is
+/// older than `stale_after` — the watches have not listed yet, or the API server stopped answering —
+/// GPU pods are refused: a quota that silently stops being enforced is the failure to avoid.
+#[derive(Debug)]
+pub struct QuotaLedger {
+    view: QuotaView,
+    admitted: HashMap<String, (VecDeque<Admitted>, u64)>,
+    fresh_at: Option<Instant>,
+    stale_after: Duration,
+}
+
+/// How long an admitted pod is counted while the Pod watch does not show it.
+pub const ADMITTED_TTL: Duration = Duration::from_secs(60);
+
+/// How old the quota view may get (no successful read of the API server) before GPU pods are refused.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+impl Default for QuotaLedger {
+    fn default() -> Self {
+        QuotaLedger::new(STALE_AFTER)
+    }
+}
+
+impl QuotaLedger {
+    /// An empty ledger, stale until the first [`QuotaLedger::refresh`].
+    pub fn new(stale_after: Duration) -> Self {
+        QuotaLedger { view: QuotaView::default(), admitted: HashMap::new(), fresh_at: None, stale_after }
+    }
+
+    /// Takes a new view from the watches (read at `now`); admitted pods it counts stop counting here.
+    pub fn refresh(&mut self, view: QuotaView, now: Instant) {
+        for (queue, sum) in self.admitted.values_mut() {
+            queue.retain(|a| !view.counted.contains(&a.key));
+            *sum = queue.iter().map(|a| a.milli).sum();
+        }
+        self.admitted.retain(|_, (queue, _)| !queue.is_empty());
+        self.view = view;
+        self.fresh_at = Some(now);
+    }
+
+    /// Records that the API server answered at `now`, so the view (kept current by the watches) is fresh.
+    pub fn confirm_fresh(&mut self, now: Instant) {
+        if self.fresh_at.is_some() {
+            self.fresh_at = Some(now);
+        }
+    }
+
+    /// Why the view cannot be trusted at `now`, if it cannot.
+    pub fn stale(&self, now: Instant) -> Option<String> {
+        match self.fresh_at {
+            None => Some("the ResourceQuota and Pod watches have not listed yet".to_owned()),
+            Some(at) if now.saturating_duration_since(at) > self.stale_after => {
+                Some(format!("the API server has not answered for {} s", now.saturating_duration_since(at).as_secs()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The namespace's quota with the admitted pods the watch does not show yet counted in `used_milli`.
+    pub fn quota(&mut self, namespace: &str, now: Instant) -> Option<GpuQuota> {
+        let q = *self.view.quotas.get(namespace)?;
+        let reserved = match self.admitted.get_mut(namespace) {
+            Some((queue, sum)) => {
+                while queue.front().is_some_and(|a| now.saturating_duration_since(a.at) > ADMITTED_TTL) {
+                    if let Some(old) = queue.pop_front() {
+                        *sum -= old.milli;
+                    }
+                }
+                *sum
+            }
+            None => 0,
+        };
+        Some(GpuQuota { hard_milli: q.hard_milli, used_milli: q.used_milli.saturating_add(reserved) })
+    }
+
+    fn admit(&mut self, namespace: &str, key: String, milli: u64, now: Instant) {
+        let (queue, sum) = self.admitted.entry(namespace.to_owned()).or_default();
+        queue.push_back(Admitted { key, milli, at: now });
+        *sum += milli;
+    }
 }
 
 fn allow(uid: &str) -> AdmissionResponse {
@@ -318,11 +427,13 @@ fn visible_devices_override(pod: &api::Pod, asks_gpu: bool) -> Option<String> {
     None
 }
 
-/// The validating review, with the GPU quota of each namespace that has one.
+/// The validating review, against the quota ledger at `now`; an admitted GPU pod in a namespace with a
+/// GPU quota is counted in the ledger at once (not for a dry run).
 pub fn validate(
     config: &WebhookConfig,
-    quotas: &HashMap<String, GpuQuota>,
+    ledger: &mut QuotaLedger,
     req: &AdmissionRequest,
+    now: Instant,
 ) -> AdmissionResponse {
     let (pod, domain) = match pod_of(req) {
         Ok(Some(p)) => p,
@@ -341,8 +452,15 @@ pub fn validate(
     if req.operation != "CREATE" {
         return allow(&req.uid);
     }
+    if let Some(why) = ledger.stale(now) {
+        return deny(
+            &req.uid,
+            503,
+            format!("gpuplane: pod {key} asks for GPUs, whose quota cannot be checked now: {why}; retry shortly"),
+        );
+    }
     let namespace = req.namespace.clone().or(pod.metadata.namespace.clone()).unwrap_or_else(|| "default".to_owned());
-    if let Some(q) = quotas.get(&namespace) {
+    if let Some(q) = ledger.quota(&namespace, now) {
         let asked = u64::from(domain.gpu.total_milli());
         if q.used_milli + asked > q.hard_milli {
             return deny(
@@ -356,21 +474,36 @@ pub fn validate(
                 ),
             );
         }
+        if req.dry_run != Some(true) {
+            // A generated name is known only once the pod exists: such an admission counts until it expires.
+            let name = pod.metadata.name.as_deref().unwrap_or("");
+            let key = if name.is_empty() { format!("review {}", req.uid) } else { key };
+            ledger.admit(&namespace, key, asked, now);
+        }
     }
     allow(&req.uid)
 }
 
-/// The webhook's shared state: its settings and the GPU quota per namespace.
+/// The webhook's shared state: its settings, the quota ledger and its metrics.
 #[derive(Debug, Default)]
 pub struct Webhook {
     /// Settings.
     pub config: WebhookConfig,
-    /// GPU quota per namespace (refreshed from ResourceQuota objects).
-    pub quotas: std::sync::RwLock<HashMap<String, GpuQuota>>,
+    /// GPU quotas and what was admitted against them.
+    pub ledger: std::sync::Mutex<QuotaLedger>,
+    /// Reviews answered, by path and outcome.
+    pub metrics: crate::metrics::WebhookMetrics,
 }
 
-/// The HTTP routes: `POST /mutate`, `POST /validate`, `GET /healthz`; bodies over `max_body_bytes` get 413,
-/// malformed reviews 400.
+impl Webhook {
+    /// A webhook with `config`, stale until its ledger is first refreshed.
+    pub fn new(config: WebhookConfig, ledger: QuotaLedger) -> Self {
+        Webhook { config, ledger: std::sync::Mutex::new(ledger), metrics: Default::default() }
+    }
+}
+
+/// The HTTP routes: `POST /mutate`, `POST /validate`, `GET /healthz` (503 while the quota view is stale),
+/// `GET /metrics`; bodies over `max_body_bytes` get 413, malformed reviews 400.
 pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::Router {
     use axum::extract::{DefaultBodyLimit, State};
     use axum::http::StatusCode;
@@ -393,24 +526,57 @@ pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::
         review.request.ok_or_else(|| (StatusCode::BAD_REQUEST, "AdmissionReview without request\n".to_owned()))
     }
     async fn mutating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {
+        let started = Instant::now();
         match read(&body) {
-            Ok(req) => axum::Json(review_response(mutate(&w.config, &req))).into_response(),
-            Err(r) => r.into_response(),
+            Ok(req) => {
+                let response = mutate(&w.config, &req);
+                w.metrics.review("mutate", &response, started.elapsed());
+                axum::Json(review_response(response)).into_response()
+            }
+            Err(r) => {
+                w.metrics.malformed("mutate");
+                r.into_response()
+            }
         }
     }
     async fn validating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {
+        let started = Instant::now();
         match read(&body) {
             Ok(req) => {
-                let quotas = w.quotas.read().unwrap_or_else(|p| p.into_inner());
-                axum::Json(review_response(validate(&w.config, &quotas, &req))).into_response()
+                let response = {
+                    let mut ledger = w.ledger.lock().unwrap_or_else(|p| p.into_inner());
+                    validate(&w.config, &mut ledger, &req, Instant::now())
+                };
+                w.metrics.review("validate", &response, started.elapsed());
+                axum::Json(review_response(response)).into_response()
             }
-            Err(r) => r.into_response(),
+            Err(r) => {
+                w.metrics.malformed("validate");
+                r.into_response()
+            }
         }
+    }
+    async fn health(State(w): State<std::sync::Arc<Webhook>>) -> axum::response::Response {
+        let stale = w.ledger.lock().unwrap_or_else(|p| p.into_inner()).stale(Instant::now());
+        w.metrics.set_stale(stale.is_some());
+        match stale {
+            None => "ok\n".into_response(),
+            Some(why) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("GPU quotas cannot be checked: {why}\n")).into_response()
+            }
+        }
+    }
+    async fn metrics(State(w): State<std::sync::Arc<Webhook>>) -> axum::response::Response {
+        let stale = w.ledger.lock().unwrap_or_else(|p| p.into_inner()).stale(Instant::now());
+        w.metrics.set_stale(stale.is_some());
+        ([(axum::http::header::CONTENT_TYPE, crate::metrics::OPENMETRICS_CONTENT_TYPE)], w.metrics.encode())
+            .into_response()
     }
     axum::Router::new()
         .route("/mutate", post(mutating))
         .route("/validate", post(validating))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "unknown webhook path; expected POST /mutate or /validate\n") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(webhook)

@@ -3,12 +3,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use gpuplane_kube::webhook::{AdmissionReview, GpuQuota, Webhook, WebhookConfig, mutate, router, validate};
+use gpuplane_kube::webhook::{
+    AdmissionReview, GpuQuota, QuotaLedger, QuotaView, Webhook, WebhookConfig, mutate, router, validate,
+};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -19,6 +22,15 @@ fn review() -> Value {
 
 fn request(v: &Value) -> gpuplane_kube::webhook::AdmissionRequest {
     serde_json::from_value::<AdmissionReview>(v.clone()).unwrap().request.unwrap()
+}
+
+/// A ledger fresh now, with these quotas and no pods counted by name.
+fn ledger(quotas: &[(&str, GpuQuota)]) -> QuotaLedger {
+    let mut ledger = QuotaLedger::default();
+    let view =
+        QuotaView { quotas: quotas.iter().map(|(n, q)| ((*n).to_owned(), *q)).collect(), counted: Default::default() };
+    ledger.refresh(view, Instant::now());
+    ledger
 }
 
 fn patch_of(resp: &gpuplane_kube::webhook::AdmissionResponse) -> Vec<Value> {
@@ -73,36 +85,35 @@ fn a_custom_scheduler_and_existing_selector_are_respected() {
 #[test]
 fn quota_and_visible_devices_are_enforced() {
     let config = WebhookConfig::default();
-    let mut quotas = HashMap::new();
-    quotas.insert("serving".to_owned(), GpuQuota { hard_milli: 4000, used_milli: 3500 });
-    let resp = validate(&config, &quotas, &request(&review()));
+    let mut quotas = ledger(&[("serving", GpuQuota { hard_milli: 4000, used_milli: 3500 })]);
+    let resp = validate(&config, &mut quotas, &request(&review()), Instant::now());
     assert!(!resp.allowed);
     let status = resp.status.unwrap();
     assert_eq!(status.code, 403);
     assert!(status.message.contains("uses 3.500 of its 4.000 GPU quota"), "{}", status.message);
-    quotas.insert("serving".to_owned(), GpuQuota { hard_milli: 4000, used_milli: 3000 });
-    assert!(validate(&config, &quotas, &request(&review())).allowed);
+    let mut quotas = ledger(&[("serving", GpuQuota { hard_milli: 4000, used_milli: 3000 })]);
+    assert!(validate(&config, &mut quotas, &request(&review()), Instant::now()).allowed);
 
     let mut sneaky = review();
     sneaky["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
     sneaky["request"]["object"]["spec"]["containers"][0]["env"] =
         json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]);
-    let resp = validate(&config, &quotas, &request(&sneaky));
+    let resp = validate(&config, &mut quotas, &request(&sneaky), Instant::now());
     assert!(!resp.allowed);
     assert!(resp.status.unwrap().message.contains("NVIDIA_VISIBLE_DEVICES=all"));
     let lenient = WebhookConfig { deny_visible_devices_all: false, ..WebhookConfig::default() };
-    assert!(validate(&lenient, &quotas, &request(&sneaky)).allowed);
+    assert!(validate(&lenient, &mut quotas, &request(&sneaky), Instant::now()).allowed);
 }
 
 #[test]
 fn gpu_pods_cannot_choose_their_visible_devices_either() {
     let config = WebhookConfig::default();
-    let quotas = HashMap::new();
+    let quotas = std::cell::RefCell::new(ledger(&[]));
     let with_env = |env: Value, env_from: Value| {
         let mut r = review();
         r["request"]["object"]["spec"]["containers"][0]["env"] = env;
         r["request"]["object"]["spec"]["containers"][0]["envFrom"] = env_from;
-        validate(&config, &quotas, &request(&r))
+        validate(&config, &mut quotas.borrow_mut(), &request(&r), Instant::now())
     };
     let denied = |resp: gpuplane_kube::webhook::AdmissionResponse| {
         assert!(!resp.allowed);
@@ -129,7 +140,7 @@ fn gpu_pods_cannot_choose_their_visible_devices_either() {
     cpu["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
     cpu["request"]["object"]["metadata"]["annotations"] = json!({});
     cpu["request"]["object"]["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "app"}}]);
-    assert!(validate(&config, &quotas, &request(&cpu)).allowed);
+    assert!(validate(&config, &mut quotas.borrow_mut(), &request(&cpu), Instant::now()).allowed);
 }
 
 #[test]
@@ -173,7 +184,7 @@ async fn post(app: &axum::Router, path: &str, body: impl Into<Body>) -> (StatusC
 
 #[tokio::test]
 async fn http_round_trip_and_bad_input() {
-    let app = router(Arc::new(Webhook::default()), 1 << 20);
+    let app = router(Arc::new(Webhook::new(WebhookConfig::default(), ledger(&[]))), 1 << 20);
     let (status, body) = post(&app, "/mutate", review().to_string()).await;
     assert_eq!(status, StatusCode::OK);
     let out: Value = serde_json::from_slice(&body).unwrap();
@@ -230,13 +241,126 @@ fn gpu_quota_counts_shares_of_unfinished_pods_against_unscoped_quotas() {
         pod("bad", "ml", "half", "Running"),
     ];
     let (found, problems) = gpuplane_kube::webhook::gpu_quotas(&quotas, &pods);
-    assert_eq!(found.len(), 1, "the web quota is scoped");
-    assert_eq!(found["ml"], GpuQuota { hard_milli: 2500, used_milli: 1500 });
+    assert_eq!(found.quotas.len(), 1, "the web quota is scoped");
+    assert_eq!(found.quotas["ml"], GpuQuota { hard_milli: 2500, used_milli: 1500 });
+    let mut counted: Vec<&str> = found.counted.iter().map(String::as_str).collect();
+    counted.sort();
+    assert_eq!(counted, ["ml/a", "ml/b"]);
     assert_eq!(problems.len(), 1);
     assert!(problems[0].contains("ml/bad") && problems[0].contains("gpuplane.io/gpu-milli"), "{problems:?}");
 
     let bad = [quota("x", "ml", "lots", false)];
     let (found, problems) = gpuplane_kube::webhook::gpu_quotas(&bad, &[]);
-    assert!(found.is_empty());
+    assert!(found.quotas.is_empty());
     assert!(problems[0].contains("ResourceQuota ml/x") && problems[0].contains("\"lots\""), "{problems:?}");
+}
+
+/// The review's pod in namespace serving, under another name, asking for half a GPU.
+fn half_gpu_pod(name: &str) -> Value {
+    let mut r = review();
+    r["request"]["object"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "1", "gpuplane.io/gpu-milli": "500"}, "limits": {"gpuplane.io/gpu-milli": "500"}});
+    r["request"]["uid"] = json!(format!("uid-{name}"));
+    r["request"]["name"] = json!(name);
+    r["request"]["object"]["metadata"]["name"] = json!(name);
+    r
+}
+
+#[tokio::test]
+async fn of_ten_concurrent_half_gpu_pods_only_as_many_as_the_quota_holds_are_admitted() {
+    // 3.5 of 4 GPUs in use: room for one half-GPU pod.
+    let hook = Arc::new(Webhook::new(
+        WebhookConfig::default(),
+        ledger(&[("serving", GpuQuota { hard_milli: 4000, used_milli: 3500 })]),
+    ));
+    let app = router(Arc::clone(&hook), 1 << 20);
+    let reviews = (0..10).map(|i| {
+        let app = app.clone();
+        tokio::spawn(async move { post(&app, "/validate", half_gpu_pod(&format!("burst-{i}")).to_string()).await })
+    });
+    let mut admitted = 0;
+    for review in reviews {
+        let (status, body) = review.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        let out: Value = serde_json::from_slice(&body).unwrap();
+        admitted += usize::from(out["response"]["allowed"] == json!(true));
+    }
+    assert_eq!(admitted, 1, "0.5 GPU of quota left");
+
+    // The watch now shows the admitted pod (counted in its use): still full, and no double count.
+    let admitted_name = (0..10).map(|i| format!("serving/burst-{i}")).collect::<std::collections::HashSet<_>>();
+    let view = QuotaView {
+        quotas: HashMap::from([("serving".to_owned(), GpuQuota { hard_milli: 4000, used_milli: 4000 })]),
+        counted: admitted_name,
+    };
+    hook.ledger.lock().unwrap().refresh(view, Instant::now());
+    let (_, body) = post(&app, "/validate", half_gpu_pod("late").to_string()).await;
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(out["response"]["allowed"], json!(false));
+    assert!(out["response"]["status"]["message"].as_str().unwrap().contains("uses 4.000 of its 4.000"), "{out}");
+
+    let metrics = hook.metrics.encode();
+    assert!(metrics.contains(r#"gpuplane_webhook_reviews_total{path="validate",outcome="allowed"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"gpuplane_webhook_reviews_total{path="validate",outcome="denied_403"} 10"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn an_admitted_pod_stops_counting_once_the_watch_shows_it_or_after_its_ttl() {
+    let config = WebhookConfig::default();
+    let start = Instant::now();
+    let mut quotas = ledger(&[("serving", GpuQuota { hard_milli: 1000, used_milli: 0 })]);
+    assert!(validate(&config, &mut quotas, &request(&half_gpu_pod("a")), start).allowed);
+    assert!(validate(&config, &mut quotas, &request(&half_gpu_pod("b")), start).allowed);
+    assert!(!validate(&config, &mut quotas, &request(&half_gpu_pod("c")), start).allowed, "1.0 of 1.0 admitted");
+    // b's create failed after admission (another webhook denied it): it never shows; after the TTL it is
+    // no longer counted, while a (shown by the watch) is, once.
+    let view = QuotaView {
+        quotas: HashMap::from([("serving".to_owned(), GpuQuota { hard_milli: 1000, used_milli: 500 })]),
+        counted: ["serving/a".to_owned()].into(),
+    };
+    quotas.refresh(view, start);
+    assert!(!validate(&config, &mut quotas, &request(&half_gpu_pod("c")), start).allowed);
+    let later = start + gpuplane_kube::webhook::ADMITTED_TTL + Duration::from_secs(1);
+    quotas.confirm_fresh(later);
+    assert!(validate(&config, &mut quotas, &request(&half_gpu_pod("c")), later).allowed);
+    // A dry run is answered but reserves nothing.
+    let mut dry = half_gpu_pod("d");
+    dry["request"]["dryRun"] = json!(true);
+    let mut fresh = ledger(&[("serving", GpuQuota { hard_milli: 500, used_milli: 0 })]);
+    assert!(validate(&config, &mut fresh, &request(&dry), start).allowed);
+    assert!(validate(&config, &mut fresh, &request(&half_gpu_pod("e")), start).allowed);
+}
+
+#[tokio::test]
+async fn gpu_pods_are_refused_and_healthz_fails_while_the_quota_view_is_stale() {
+    let config = WebhookConfig::default();
+    // Never listed: refused, with the reason.
+    let mut unsynced = QuotaLedger::default();
+    let resp = validate(&config, &mut unsynced, &request(&review()), Instant::now());
+    assert!(!resp.allowed);
+    let status = resp.status.unwrap();
+    assert_eq!(status.code, 503);
+    assert!(status.message.contains("have not listed yet"), "{}", status.message);
+    // Listed, then the API server stopped answering for longer than the limit.
+    let mut quiet = QuotaLedger::new(Duration::from_secs(30));
+    let then = Instant::now();
+    quiet.refresh(QuotaView::default(), then);
+    assert!(validate(&config, &mut quiet, &request(&review()), then + Duration::from_secs(29)).allowed);
+    let resp = validate(&config, &mut quiet, &request(&review()), then + Duration::from_secs(31));
+    assert!(resp.status.unwrap().message.contains("has not answered for 31 s"));
+    // Pods without GPUs are not quota-checked and still admitted.
+    let mut cpu = review();
+    cpu["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    cpu["request"]["object"]["metadata"]["annotations"] = json!({});
+    assert!(validate(&config, &mut quiet, &request(&cpu), then + Duration::from_secs(31)).allowed);
+
+    let app = router(Arc::new(Webhook::new(config.clone(), QuotaLedger::default())), 1 << 20);
+    let resp = app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let app = router(Arc::new(Webhook::new(config, ledger(&[]))), 1 << 20);
+    let resp = app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
 }

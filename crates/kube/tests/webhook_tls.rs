@@ -59,7 +59,7 @@ async fn answers_over_tls_and_serves_a_rotated_certificate() {
     let config = server_config(dir.path().join("tls.crt"), dir.path().join("tls.key")).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(Arc::new(Webhook::default()), 1 << 20);
+    let app = router(Arc::new(Webhook::default()), 1 << 20); // Mutations only: no quota view needed.
     tokio::spawn(serve(listener, Some(config), app, Limits::default(), futures::future::pending()));
 
     let review = include_str!("fixtures/admission-review-gpu-pod.json");
