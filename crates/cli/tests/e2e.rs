@@ -112,6 +112,9 @@ fn control_plane_scenarios() {
         let t = Instant::now();
         stock_scheduler_with_the_extender_over_tls(&plane, &client).await;
         eprintln!("e2e: extender scenario in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        the_webhook_through_real_webhook_configurations(&plane, &client).await;
+        eprintln!("e2e: admission webhook scenario in {:.1} s", t.elapsed().as_secs_f64());
         // Last: it registers the webhook, whose Service has no endpoints here.
         let t = Instant::now();
         deploy_is_admitted_under_pod_security(&plane, &client).await;
@@ -613,6 +616,131 @@ async fn deploy_is_admitted_under_pod_security(plane: &ControlPlane, client: &Cl
         }
     }
     eprintln!("e2e: kubectl apply -k deploy/ --server-side applied {applied} objects; every workload's pod admitted");
+}
+
+/// A pod in namespace `tenant` asking for half a GPU by annotation, with an optional NVIDIA_VISIBLE_DEVICES.
+fn tenant_pod(name: &str, visible_devices: Option<&str>, gpu: bool) -> Pod {
+    let env = visible_devices.map_or(json!([]), |v| json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": v}]));
+    let annotations = if gpu { json!({"gpuplane.io/gpu-milli": "500"}) } else { json!({}) };
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "main", "image": "registry.invalid/serve:1", "env": env,
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// `gpuplane webhook` on 127.0.0.1 over TLS, registered through Mutating- and ValidatingWebhookConfigurations
+/// with its CA bundle (failurePolicy Fail, namespace `tenant` only): a GPU pod created without any
+/// scheduling fields comes back steered into the pool; NVIDIA_VISIBLE_DEVICES=all is refused on GPU and CPU
+/// pods; and of ten half-GPU pods created at once against 0.5 GPU of quota left, exactly one exists.
+async fn the_webhook_through_real_webhook_configurations(plane: &ControlPlane, client: &Client) {
+    use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingWebhookConfiguration};
+    restricted_namespace(client, "tenant").await;
+    let quotas: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(client.clone(), "tenant");
+    let quota = serde_json::from_value(
+        json!({"metadata": {"name": "gpus"}, "spec": {"hard": {"requests.nvidia.com/gpu": "2"}}}),
+    )
+    .unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let tls = repo().join("crates/kube/tests/fixtures/tls");
+    let port = free_port();
+    let _webhook = Running(
+        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+            .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(tls.join("cert-1.pem"))
+            .arg("--tls-key")
+            .arg(tls.join("key-1.pem"))
+            .env("KUBECONFIG", plane.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("webhook.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let ca = k8s_openapi::ByteString(std::fs::read(tls.join("ca.pem")).unwrap());
+    let hook = |name: &str, path: &str| {
+        json!({
+            "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}{path}")},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+                       "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tenant"}}
+        })
+    };
+    let mut mutating: MutatingWebhookConfiguration = serde_json::from_value(
+        json!({"metadata": {"name": "gpuplane-e2e"}, "webhooks": [hook("mutate.gpuplane.io", "/mutate")]}),
+    )
+    .unwrap();
+    for w in mutating.webhooks.iter_mut().flatten() {
+        w.client_config.ca_bundle = Some(ca.clone());
+    }
+    let mut validating: ValidatingWebhookConfiguration = serde_json::from_value(
+        json!({"metadata": {"name": "gpuplane-e2e"}, "webhooks": [hook("validate.gpuplane.io", "/validate")]}),
+    )
+    .unwrap();
+    for w in validating.webhooks.iter_mut().flatten() {
+        w.client_config.ca_bundle = Some(ca.clone());
+    }
+    let mutating_api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let validating_api: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    mutating_api.create(&PostParams::default(), &mutating).await.unwrap();
+    validating_api.create(&PostParams::default(), &validating).await.unwrap();
+
+    // Steering. failurePolicy Fail: creates fail until the webhook listens and its watches listed.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "tenant");
+    let started = Instant::now();
+    let steered = loop {
+        match pods.create(&PostParams::default(), &tenant_pod("steered", None, true)).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(60), "the webhook never admitted a pod: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let spec = steered.spec.unwrap();
+    assert_eq!(spec.scheduler_name.as_deref(), Some("gpuplane"));
+    assert_eq!(spec.node_selector.unwrap_or_default().get("gpuplane.io/pool").map(String::as_str), Some("gpu"));
+    assert!(spec.tolerations.unwrap_or_default().iter().any(|t| t.key.as_deref() == Some("nvidia.com/gpu")));
+
+    // The visible-devices rule, on a GPU pod and on a pod without GPUs.
+    for (name, gpu) in [("sneaky-gpu", true), ("sneaky-cpu", false)] {
+        let err = pods.create(&PostParams::default(), &tenant_pod(name, Some("all"), gpu)).await.unwrap_err();
+        assert!(err.to_string().contains("NVIDIA_VISIBLE_DEVICES=all"), "{err}");
+    }
+
+    // Quota: 0.5 used by "steered"; two more make 1.5 of 2; then ten at once for the last 0.5.
+    for name in ["half-1", "half-2"] {
+        pods.create(&PostParams::default(), &tenant_pod(name, None, true)).await.unwrap();
+    }
+    let burst = stream::iter((0..10).map(|i| {
+        let pods = pods.clone();
+        async move { pods.create(&PostParams::default(), &tenant_pod(&format!("burst-{i}"), None, true)).await }
+    }))
+    .buffer_unordered(10)
+    .collect::<Vec<_>>()
+    .await;
+    let created = burst.iter().filter(|r| r.is_ok()).count();
+    let refusal = burst.iter().find_map(|r| r.as_ref().err()).map(ToString::to_string).unwrap_or_default();
+    let existing = pods.list(&ListParams::default()).await.unwrap().items.len();
+    assert_eq!(created, 1, "ten concurrent half-GPU creates with 0.5 GPU of quota left; refusal: {refusal}");
+    assert_eq!(existing, 4);
+    assert!(refusal.contains("uses 2.000 of its 2.000 GPU quota") || refusal.contains("uses 1.500"), "{refusal}");
+    mutating_api.delete("gpuplane-e2e", &Default::default()).await.unwrap();
+    validating_api.delete("gpuplane-e2e", &Default::default()).await.unwrap();
+    eprintln!(
+        "e2e: webhook steered a GPU pod, refused NVIDIA_VISIBLE_DEVICES=all twice, admitted 1 of 10 concurrent half-GPU pods at 1.5 of 2 GPUs"
+    );
 }
 
 /// Polls `check` every 250 ms until it holds, or fails after `limit`.
