@@ -92,11 +92,18 @@ fn scheduler_configuration_points_at_the_extender_service() {
     let config: Value = serde_saphyr::from_str(embedded).unwrap();
     assert_eq!(config["apiVersion"], "kubescheduler.config.k8s.io/v1");
     let ext = &config["extenders"][0];
-    assert_eq!(ext["urlPrefix"], "http://gpuplane-extender.gpuplane-system.svc:8888");
+    assert_eq!(ext["urlPrefix"], "https://gpuplane-extender.gpuplane-system.svc:8888");
     for verb in ["filterVerb", "prioritizeVerb", "preemptVerb", "bindVerb"] {
         assert!(ext[verb].is_string(), "{verb}");
     }
     assert_eq!(ext["nodeCacheCapable"], true);
+    // Only GPU pods go through the extender, over TLS with kube-scheduler's client certificate.
+    let managed: Vec<&str> =
+        ext["managedResources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(managed, ["nvidia.com/gpu", "gpuplane.io/gpu-milli"]);
+    for file in ["certFile", "keyFile", "caFile"] {
+        assert!(ext["tlsConfig"][file].is_string(), "tlsConfig.{file}");
+    }
 }
 
 fn docs_of(relative: &str) -> Vec<Value> {
