@@ -2,8 +2,9 @@
 //! PodSecurity, ResourceQuota and the admission webhooks, kube-controller-manager, and kwok playing the
 //! kubelets of the 1,213 openb GPU nodes. Every assertion reads objects back from the API server.
 //! Scenarios, in order: the secondary scheduler against `gpuplane sim`; two scheduler replicas with the
-//! leader SIGKILLed mid-burst; stock kube-scheduler calling the extender over TLS with a client
-//! certificate; `kubectl apply -k deploy/` under Pod Security.
+//! leader SIGKILLed mid-burst; preemption within a PodDisruptionBudget; stock kube-scheduler calling the
+//! extender over TLS with a client certificate; the webhook through real webhook configurations;
+//! `kubectl apply -k deploy/` under Pod Security.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A test: a failure should stop it loudly.
 
 use std::collections::{BTreeMap, HashMap};
@@ -109,6 +110,9 @@ fn control_plane_scenarios() {
         let t = Instant::now();
         a_killed_leader_is_replaced_without_double_binding(&plane, &client).await;
         eprintln!("e2e: leader failover scenario in {:.1} s", t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        an_interactive_pod_preempts_batch_within_its_disruption_budget(&plane, &client).await;
+        eprintln!("e2e: preemption scenario in {:.1} s", t.elapsed().as_secs_f64());
         let t = Instant::now();
         stock_scheduler_with_the_extender_over_tls(&plane, &client).await;
         eprintln!("e2e: extender scenario in {:.1} s", t.elapsed().as_secs_f64());
@@ -466,6 +470,116 @@ async fn a_killed_leader_is_replaced_without_double_binding(plane: &ControlPlane
          after {:.1} s; {BURST} pods bound once each, assignments never rewritten, fullest GPU {worst} milli",
         took_over.unwrap_or_default().as_secs_f64(),
         resumed.unwrap_or_default().as_secs_f64()
+    );
+}
+
+/// Two one-GPU kwok nodes set apart by a label and a taint, both GPUs held by batch pods under a
+/// PodDisruptionBudget that lets one of them go. Two interactive pods (higher priority) arrive: one batch pod
+/// is evicted through the Eviction API and the first interactive pod bound in its place; the second
+/// interactive pod stays pending, because evicting the other batch pod would break the budget.
+async fn an_interactive_pod_preempts_batch_within_its_disruption_budget(plane: &ControlPlane, client: &Client) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["pre-1", "pre-2"] {
+        let node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"e2e/pool": "preempt", "nvidia.com/gpu.product": "A10"},
+                         "annotations": {"kwok.x-k8s.io/node": "fake"}},
+            "spec": {"taints": [{"key": "e2e/preempt", "value": "yes", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
+                                        "gpuplane.io/gpu-milli": "1000"},
+                       "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
+                                    "gpuplane.io/gpu-milli": "1000"}}
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+    for (name, value) in [("e2e-batch", 1000), ("e2e-interactive", 100_000)] {
+        let class = serde_json::from_value(json!({"metadata": {"name": name}, "value": value})).unwrap();
+        classes.create(&PostParams::default(), &class).await.unwrap();
+    }
+    restricted_namespace(client, "preempt").await;
+    let budgets: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> = Api::namespaced(client.clone(), "preempt");
+    let budget = serde_json::from_value(
+        json!({"metadata": {"name": "batch"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "batch"}}}}),
+    )
+    .unwrap();
+    budgets.create(&PostParams::default(), &budget).await.unwrap();
+    let pod = |name: &str, app: &str, class: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app},
+                         "annotations": {"gpuplane.io/gpu-count": "1", "gpuplane.io/gpu-milli": "1000"}},
+            "spec": {
+                "schedulerName": "gpuplane", "priorityClassName": class,
+                "nodeSelector": {"e2e/pool": "preempt"},
+                "tolerations": [{"key": "e2e/preempt", "operator": "Exists", "effect": "NoSchedule"}],
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "main", "image": "registry.invalid/serve:1",
+                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]
+            }
+        }))
+        .unwrap()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let _scheduler = Running(
+        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+            .args(["scheduler", "--policy", "fgd", "--lease-name", "", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--locality-weight", "0"])
+            .env("KUBECONFIG", plane.kubeconfig())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("scheduler.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "preempt");
+    for name in ["batch-1", "batch-2"] {
+        pods.create(&PostParams::default(), &pod(name, "batch", "e2e-batch")).await.unwrap();
+    }
+    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+    wait_for("both batch pods running and the budget allowing one disruption", Duration::from_secs(90), || async {
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        let allowed = budgets.get("batch").await.unwrap().status.map_or(0, |s| s.disruptions_allowed);
+        list.items.iter().filter(|p| running(p)).count() == 2 && allowed == 1
+    })
+    .await;
+    for name in ["chat-1", "chat-2"] {
+        pods.create(&PostParams::default(), &pod(name, "chat", "e2e-interactive")).await.unwrap();
+    }
+    let bound = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    wait_for("an interactive pod bound in a batch pod's place", Duration::from_secs(90), || async {
+        let list = pods.list(&ListParams::default()).await.unwrap();
+        list.items.iter().filter(|p| p.metadata.labels.as_ref().unwrap()["app"] == "chat" && bound(p)).count() == 1
+    })
+    .await;
+    // Give the second interactive pod time to try: the budget must hold it off.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let list = pods.list(&ListParams::default()).await.unwrap();
+    let of = |app: &str| -> Vec<&Pod> {
+        list.items
+            .iter()
+            .filter(|p| p.metadata.labels.as_ref().unwrap()["app"] == app && p.metadata.deletion_timestamp.is_none())
+            .collect()
+    };
+    let (batch, chat) = (of("batch"), of("chat"));
+    assert_eq!(
+        batch.len(),
+        1,
+        "the budget lets exactly one batch pod go: {:?}",
+        batch.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
+    );
+    assert!(running(batch[0]));
+    assert_eq!(chat.iter().filter(|p| bound(p)).count(), 1, "one interactive pod in the freed GPU, no more");
+    let (Some(winner), Some(waiting)) = (chat.iter().find(|p| bound(p)), chat.iter().find(|p| !bound(p))) else {
+        panic!("expected one bound and one pending interactive pod")
+    };
+    let batch_node = batch[0].spec.as_ref().unwrap().node_name.clone().unwrap();
+    assert_ne!(winner.spec.as_ref().unwrap().node_name.as_ref(), Some(&batch_node));
+    eprintln!(
+        "e2e: {} preempted one batch pod and runs on {}; {} waits, the budget protecting {}",
+        winner.metadata.name.as_deref().unwrap(),
+        winner.spec.as_ref().unwrap().node_name.as_deref().unwrap(),
+        waiting.metadata.name.as_deref().unwrap(),
+        batch[0].metadata.name.as_deref().unwrap()
     );
 }
 
