@@ -131,6 +131,210 @@ fn control_plane_scenarios() {
     std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-timings.txt"), format!("{summary}\n")).unwrap();
 }
 
+/// `scripts/bench-controlplane`: pods/s and time from creation to bound for a burst of openb pods on the
+/// 1,213 kwok nodes, for stock kube-scheduler (default profile, as shipped), kube-scheduler with the
+/// gpuplane extender (deploy/'s settings, over TLS), and `gpuplane scheduler` — one control plane, one run,
+/// the cluster emptied between them. Not part of `scripts/test`: it is a measurement.
+#[test]
+#[ignore = "a benchmark: run by scripts/bench-controlplane"]
+fn control_plane_benchmark() {
+    let pods_per_run: usize = std::env::var("GPUPLANE_BENCH_PODS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let plane = ControlPlane::start();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = plane.client().await;
+        openb_nodes_become_ready(&client).await;
+        let file = repo().join("data/openb/openb_pod_list_default.csv");
+        let trace: Vec<_> =
+            read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().take(pods_per_run).collect();
+        let work = tempfile::tempdir().unwrap();
+        let tls = repo().join("crates/kube/tests/fixtures/tls");
+        let mut rows = Vec::new();
+        for mode in ["kube-scheduler", "kube-scheduler + gpuplane extender", "gpuplane scheduler"] {
+            let (scheduler_name, _running) = start_for_benchmark(&plane, mode, work.path(), &tls);
+            let namespace = format!("bench-{}", rows.len());
+            let row = burst(&client, &namespace, &trace, scheduler_name).await;
+            eprintln!(
+                "bench: {mode}: {} of {} bound in {:.1} s: {:.1} pods/s, creation to bound p50 {:.2} s, p99 {:.2} s",
+                row.bound, row.pods, row.seconds, row.pods_per_second, row.p50, row.p99
+            );
+            rows.push((mode, row));
+            empty_namespace(&client, &namespace).await;
+        }
+        println!("| scheduler | pods bound | seconds | pods/s | creation → bound p50 | p99 |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for (mode, r) in &rows {
+            println!(
+                "| {mode} | {} of {} | {:.1} | {:.1} | {:.2} s | {:.2} s |",
+                r.bound, r.pods, r.seconds, r.pods_per_second, r.p50, r.p99
+            );
+        }
+    });
+}
+
+/// One benchmark run's figures.
+struct BurstResult {
+    pods: usize,
+    bound: usize,
+    seconds: f64,
+    pods_per_second: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// Starts the scheduler of a benchmark mode; the scheduler name its pods use, and what to stop after.
+fn start_for_benchmark(plane: &ControlPlane, mode: &str, work: &Path, tls: &Path) -> (&'static str, Vec<Running>) {
+    let kube_scheduler = |config: String| {
+        let path = work.join(format!("kube-scheduler-{}.yaml", config.len()));
+        std::fs::write(&path, config).unwrap();
+        Running(
+            Command::new(plane.binary("kube-scheduler"))
+                .arg("--config")
+                .arg(&path)
+                .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
+                .arg("--authentication-kubeconfig")
+                .arg(plane.kubeconfig())
+                .arg("--authorization-kubeconfig")
+                .arg(plane.kubeconfig())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(work.join(format!("{}.log", mode.replace(' ', "-")))).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let base = format!(
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  kubeconfig: {}\nleaderElection:\n  leaderElect: false\n",
+        plane.kubeconfig().display()
+    );
+    match mode {
+        "kube-scheduler" => ("default-scheduler", vec![kube_scheduler(base)]),
+        "kube-scheduler + gpuplane extender" => {
+            let port = free_port();
+            let extender = Running(
+                Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+                    .args(["extender", "--policy", "fgd", "--listen", &format!("127.0.0.1:{port}")])
+                    .arg("--tls-cert")
+                    .arg(tls.join("cert-1.pem"))
+                    .arg("--tls-key")
+                    .arg(tls.join("key-1.pem"))
+                    .arg("--client-ca")
+                    .arg(tls.join("client-ca.pem"))
+                    .env("KUBECONFIG", plane.kubeconfig())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(work.join("extender.log")).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
+            let config = format!(
+                "{base}extenders:\n- urlPrefix: https://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  preemptVerb: preempt\n  bindVerb: bind\n  weight: 5\n  nodeCacheCapable: true\n  ignorable: false\n  httpTimeout: 5s\n  managedResources:\n  - {{name: nvidia.com/gpu, ignoredByScheduler: false}}\n  - {{name: gpuplane.io/gpu-milli, ignoredByScheduler: false}}\n  tlsConfig:\n    certFile: {tls}/client-cert.pem\n    keyFile: {tls}/client-key.pem\n    caFile: {tls}/ca.pem\n",
+                tls = tls.display()
+            );
+            ("default-scheduler", vec![extender, kube_scheduler(config)])
+        }
+        _ => {
+            let scheduler = Running(
+                Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+                    .args(["scheduler", "--policy", "fgd", "--lease-name", "", "--metrics-listen", "127.0.0.1:0"])
+                    .args(["--locality-weight", "0"])
+                    .env("KUBECONFIG", plane.kubeconfig())
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(work.join("gpuplane-scheduler.log")).unwrap())
+                    .spawn()
+                    .unwrap(),
+            );
+            ("gpuplane", vec![scheduler])
+        }
+    }
+}
+
+/// Creates `trace` as pods in a new namespace (32 creates in flight) once a warm-up pod shows the scheduler
+/// is running, and times each pod from its create call's return to the watch showing it bound.
+async fn burst(
+    client: &Client,
+    namespace: &str,
+    trace: &[gpuplane_core::openb::TracePod],
+    scheduler: &str,
+) -> BurstResult {
+    use std::sync::{Arc, Mutex};
+    restricted_namespace(client, namespace).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let bound_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = Arc::clone(&bound_at);
+    let watch = tokio::spawn(kube::runtime::watcher(pods.clone(), kube::runtime::watcher::Config::default()).for_each(
+        move |event| {
+            if let Ok(kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p)) = event
+                && p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+            {
+                seen.lock().unwrap().entry(p.metadata.name.clone().unwrap()).or_insert_with(Instant::now);
+            }
+            futures::future::ready(())
+        },
+    ));
+    let warm = openb_pods(&trace[..1], "warm", scheduler, true);
+    pods.create(&PostParams::default(), &warm[0]).await.unwrap();
+    wait_for("the warm-up pod bound", Duration::from_secs(180), || async {
+        bound_at.lock().unwrap().contains_key("warm-0000")
+    })
+    .await;
+
+    let objects = openb_pods(trace, "b", scheduler, true);
+    let started = Instant::now();
+    let created: HashMap<String, Instant> = stream::iter(objects.into_iter().map(|object| {
+        let pods = pods.clone();
+        async move {
+            let name = object.metadata.name.clone().unwrap();
+            pods.create(&PostParams::default(), &object).await.unwrap();
+            (name, Instant::now())
+        }
+    }))
+    .buffer_unordered(32)
+    .collect()
+    .await;
+    // Done when every pod is bound, or nothing more was bound for 20 s (the rest fits nowhere).
+    let mut last = (0, Instant::now());
+    loop {
+        let bound = bound_at.lock().unwrap().len() - 1;
+        if bound != last.0 {
+            last = (bound, Instant::now());
+        }
+        if bound == trace.len() || last.1.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch.abort();
+    let bound_at = bound_at.lock().unwrap();
+    let mut waits: Vec<f64> = created
+        .iter()
+        .filter_map(|(name, at)| bound_at.get(name).map(|b| b.saturating_duration_since(*at).as_secs_f64()))
+        .collect();
+    waits.sort_by(f64::total_cmp);
+    let end = bound_at.iter().filter(|(n, _)| n.as_str() != "warm-0000").map(|(_, t)| *t).max().unwrap_or(started);
+    let seconds = end.duration_since(started).as_secs_f64();
+    let quantile =
+        |q: f64| waits.get(((waits.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+    BurstResult {
+        pods: trace.len(),
+        bound: waits.len(),
+        seconds,
+        pods_per_second: waits.len() as f64 / seconds,
+        p50: quantile(0.5),
+        p99: quantile(0.99),
+    }
+}
+
+/// Deletes every pod of the namespace at once (no grace period) and waits until they are gone.
+async fn empty_namespace(client: &Client, namespace: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let now = kube::api::DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+    pods.delete_collection(&now, &ListParams::default()).await.unwrap();
+    wait_for("the benchmark's pods deleted", Duration::from_secs(300), || async {
+        pods.list(&ListParams::default()).await.unwrap().items.is_empty()
+    })
+    .await;
+}
+
 /// Creates the openb GPU nodes as kwok nodes and waits until the node lifecycle controller sees them
 /// Ready and untainted.
 async fn openb_nodes_become_ready(client: &Client) {
