@@ -23,6 +23,9 @@ pub struct ServeConfig {
     pub scheduling_latency_s: f64,
     /// Seconds an inference engine needs after its weights are read (runtime init, CUDA graphs).
     pub engine_startup_s: f64,
+    /// Seconds an evicted pod takes to go (its termination grace period): a replica placed by preemption
+    /// starts loading only then.
+    pub termination_grace_s: f64,
     /// Weight read rates per tier, GB/s.
     pub bandwidth_gbps: TierBandwidth,
     /// Disk each node's model cache may use, GB.
@@ -53,8 +56,10 @@ pub struct TierBandwidth {
     pub local: f64,
     /// Another node's model cache, over the cluster network.
     pub peer: f64,
-    /// The origin (object store or model hub).
+    /// The origin (object store or model hub), per reader.
     pub origin: f64,
+    /// The cluster's link to the origin, shared by every origin read at the same time.
+    pub origin_shared: f64,
 }
 
 impl TierBandwidth {
@@ -65,6 +70,7 @@ impl TierBandwidth {
             local: self.local * factor,
             peer: self.peer * factor,
             origin: self.origin * factor,
+            origin_shared: self.origin_shared * factor,
         }
     }
 }
@@ -239,14 +245,15 @@ fn service(
     }
 }
 
-fn stack(name: &str, policy: &str, platform: bool) -> Stack {
+fn stack(name: &str, policy: &str, model_cache: bool, locality_weight: f64, fast_gpus: bool) -> Stack {
+    // Every stack preempts, as stock kube-scheduler does (DefaultPreemption), services over batch.
     Stack {
         name: name.to_owned(),
         policy: policy.to_owned(),
-        model_cache: platform,
-        locality_weight: if platform { 0.3 } else { 0.0 },
-        preemption: platform,
-        fast_gpus: platform,
+        model_cache,
+        locality_weight,
+        preemption: true,
+        fast_gpus,
     }
 }
 
@@ -268,7 +275,14 @@ impl Default for ServeConfig {
             sample_interval_s: 60.0,
             scheduling_latency_s: 1.0,
             engine_startup_s: 20.0,
-            bandwidth_gbps: TierBandwidth { page_cache: 8.0, local: 2.0, peer: 1.25, origin: 0.3 },
+            termination_grace_s: 30.0,
+            bandwidth_gbps: TierBandwidth {
+                page_cache: 8.0,
+                local: 2.0,
+                peer: 1.25,
+                origin: 1.5,
+                origin_shared: 3.125,
+            },
             node_cache_gb: 400.0,
             memory_headroom: 1.2,
             popularity_zipf: 1.0,
@@ -285,11 +299,15 @@ impl Default for ServeConfig {
                 service("vision-11b", 10.6, 21.3, 1, 1000, Standard, 0, 16),
                 service("draft-0.5b", 0.5, 1.0, 1, 200, Interactive, 0, 16),
             ],
+            // The ladder from kube-default: each rung adds one thing to the one before, so each one's share
+            // shows; the last, "gpuplane", adds the model-locality term and is the whole stack.
             stacks: vec![
-                stack("kube-default", "kube-default", false),
-                stack("binpack", "bestfit", false),
-                stack("fgd", "fgd", false),
-                stack("gpuplane", "gpuplane", true),
+                stack("kube-default", "kube-default", false, 0.0, false),
+                stack("binpack", "bestfit", false, 0.0, false),
+                stack("fgd", "fgd", false, 0.0, false),
+                stack("+ model cache", "kube-default", true, 0.0, false),
+                stack("+ gpuplane placement", "gpuplane", true, 0.0, true),
+                stack("gpuplane", "gpuplane", true, 0.3, true),
             ],
         }
     }
@@ -328,8 +346,16 @@ impl ServeConfig {
         positive(self.sample_interval_s, "sample_interval_s")?;
         non_negative(self.scheduling_latency_s, "scheduling_latency_s")?;
         non_negative(self.engine_startup_s, "engine_startup_s")?;
+        non_negative(self.termination_grace_s, "termination_grace_s")?;
         let b = &self.bandwidth_gbps;
-        for (v, f) in [(b.page_cache, "page_cache"), (b.local, "local"), (b.peer, "peer"), (b.origin, "origin")] {
+        let rates = [
+            (b.page_cache, "page_cache"),
+            (b.local, "local"),
+            (b.peer, "peer"),
+            (b.origin, "origin"),
+            (b.origin_shared, "origin_shared"),
+        ];
+        for (v, f) in rates {
             positive(v, &format!("bandwidth_gbps.{f}"))?;
         }
         non_negative(self.node_cache_gb, "node_cache_gb")?;

@@ -9,7 +9,11 @@
 //!   TFLOPS (2 × parameters × prompt tokens), decode at memory bandwidth (weights per output token);
 //! - the autoscaler aims at `target_concurrency` requests per replica and scales from zero on a request;
 //! - a new replica is ready after scheduling, the weight read (page cache, local cache, peer, origin) and
-//!   the engine start; a replica that fits nowhere waits, or evicts batch pods if its stack preempts.
+//!   the engine start; a replica that fits nowhere waits, or evicts batch pods if its stack preempts, and
+//!   then starts only after their termination grace period;
+//! - a weight read finishes no earlier than the copy it reads from (a peer or the node cache still being
+//!   filled), and reads of one origin link, one peer's NIC or one node's disk share its bandwidth
+//!   ([`Link`]), first come, first served.
 
 pub mod config;
 pub mod requests;
@@ -176,6 +180,9 @@ pub struct StackResult {
     pub services: Vec<ServiceResult>,
     /// Samples over time.
     pub samples: Vec<ServeSample>,
+    /// Every replica's weight read.
+    #[serde(skip)]
+    pub loads: Vec<LoadRecord>,
     /// Seconds of CPU time the run took.
     pub wall_s: f64,
 }
@@ -431,6 +438,58 @@ impl LoadTier {
     }
 }
 
+/// A transfer resource shared by the reads that use it at once — the cluster's link to the origin, a
+/// node's NIC serving peers, a node's disk — handed out first come, first served: the bytes it has
+/// carried by any time never exceed its capacity times the time it was busy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Link {
+    busy_until: f64,
+}
+
+impl Link {
+    /// Carries `bytes` at `capacity` (bytes per second) from `now` at the earliest; when they are through.
+    pub fn carry(&mut self, now: f64, bytes: f64, capacity: f64) -> f64 {
+        let start = self.busy_until.max(now);
+        self.busy_until = start + bytes / capacity;
+        self.busy_until
+    }
+}
+
+/// A model in a node's cache: when it was last used, and when its bytes are all on the node.
+#[derive(Debug, Clone, Copy)]
+struct CacheEntry {
+    service: usize,
+    last_use: f64,
+    complete_at: f64,
+}
+
+/// How one replica got its weights: where from, when the copy it read was complete, when its read
+/// began and ended. Kept for the causality checks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LoadRecord {
+    /// Service index.
+    pub service: usize,
+    /// The node the replica runs on.
+    pub node: usize,
+    /// The node whose copy was read (this node for the page cache and the node cache, the holder for a
+    /// peer read); none for the origin.
+    pub source_node: Option<usize>,
+    /// Tier read from (`page-cache`, `local`, `peer`, `origin`).
+    pub tier: &'static str,
+    /// When the read could start (placement, scheduling latency and any termination grace later).
+    pub start_s: f64,
+    /// When the source held every byte (the start for the origin).
+    pub source_complete_s: f64,
+    /// When the read ended.
+    pub loaded_s: f64,
+    /// When the replica was ready (the engine started).
+    pub ready_s: f64,
+    /// Bytes read.
+    pub bytes: f64,
+    /// The tier's rate per reader, bytes per second.
+    pub rate: f64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReplicaState {
     Pending,
@@ -448,6 +507,8 @@ struct Replica {
     prefill_free_at: f64,
     /// Per-token costs on the node it runs on.
     speed: (f64, f64),
+    /// When its weights are in memory (the page-cache source for another replica on its node).
+    loaded_at: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -498,10 +559,14 @@ struct World<'p> {
     pending_batch: VecDeque<u32>,
     services: Vec<ServiceState>,
     replicas: Vec<Replica>,
-    /// Per node: cached services with their last use, and bytes held.
-    node_cache: Vec<Vec<(usize, f64)>>,
+    /// Per node: cached models, and bytes held.
+    node_cache: Vec<Vec<CacheEntry>>,
     node_cache_bytes: Vec<f64>,
     holders: Vec<u32>,
+    origin_link: Link,
+    nic: Vec<Link>,
+    disk: Vec<Link>,
+    loads: Vec<LoadRecord>,
     starts: BTreeMap<LoadTier, u64>,
     origin_bytes: f64,
     evictions: u64,
@@ -538,6 +603,10 @@ impl<'p> World<'p> {
             node_cache: vec![Vec::new(); nodes],
             node_cache_bytes: vec![0.0; nodes],
             holders: vec![0; p.services.len()],
+            origin_link: Link::default(),
+            nic: vec![Link::default(); nodes],
+            disk: vec![Link::default(); nodes],
+            loads: Vec::new(),
             starts: BTreeMap::new(),
             origin_bytes: 0.0,
             evictions: 0,
@@ -650,6 +719,7 @@ impl<'p> World<'p> {
             batch_gpu_hours_lost: self.gpu_seconds_lost / 3600.0,
             services,
             samples: self.samples,
+            loads: self.loads,
             wall_s: clock.elapsed().as_secs_f64(),
         }
     }
@@ -882,6 +952,7 @@ impl<'p> World<'p> {
             in_flight: 0,
             prefill_free_at: 0.0,
             speed: (0.0, 0.0),
+            loaded_at: f64::INFINITY,
         });
         self.services[service].replicas.push(id as u32);
         self.services[service].below_since = None;
@@ -901,26 +972,22 @@ impl<'p> World<'p> {
             .fast_request
             .as_ref()
             .filter(|_| self.stack.fast_gpus && model.config.class == LatencyClass::Interactive);
-        let mut placement = None;
+        let mut found = None;
         for asked in fast.into_iter().chain([request]) {
-            placement = self.find_room(service, asked)?;
-            if placement.is_some() {
+            found = self.find_room(service, asked)?;
+            if found.is_some() {
                 break;
             }
         }
-        let Some(placement) = placement else { return Ok(()) };
+        let Some((placement, evicted)) = found else { return Ok(()) };
         self.bind(request, &placement, "replica")?;
         self.tenancy.add(self.pod_id(r), request.clone(), placement.clone());
         self.inference_milli += u64::from(request.gpu.total_milli());
         let node = placement.node;
-        let tier = self.load_tier(service, node);
-        let rate = self.p.config.bandwidth_gbps;
-        let gbps = match tier {
-            LoadTier::PageCache => rate.page_cache,
-            LoadTier::Local => rate.local,
-            LoadTier::Peer => rate.peer,
-            LoadTier::Origin => rate.origin,
-        };
+        let config = self.p.config;
+        let grace = if evicted { config.termination_grace_s } else { 0.0 };
+        let start = self.now + config.scheduling_latency_s + grace;
+        let (tier, source_node, source_complete, loaded, rate) = self.read_weights(service, node, start);
         if tier == LoadTier::Origin {
             self.origin_bytes += model.bytes;
         }
@@ -929,23 +996,95 @@ impl<'p> World<'p> {
         let gpu_name = model_index.and_then(|m| self.cluster.models().get(m)).cloned().unwrap_or_default();
         *self.services[service].starts_by_gpu.entry(gpu_name).or_default() += 1;
         let speed = model_index.and_then(|m| model.speed.get(m).copied().flatten()).unwrap_or((0.0, 0.0));
-        let ready =
-            self.now + self.p.config.scheduling_latency_s + model.bytes / (gbps * GB) + self.p.config.engine_startup_s;
+        let ready = loaded + config.engine_startup_s;
+        self.loads.push(LoadRecord {
+            service,
+            node,
+            source_node,
+            tier: tier.name(),
+            start_s: start,
+            source_complete_s: source_complete,
+            loaded_s: loaded,
+            ready_s: ready,
+            bytes: model.bytes,
+            rate,
+        });
         let replica = &mut self.replicas[r];
         replica.state = ReplicaState::Starting;
         replica.placement = Some(placement);
         replica.speed = speed;
         replica.prefill_free_at = ready;
+        replica.loaded_at = loaded;
         if self.stack.model_cache {
-            self.cache_insert(node, service);
+            self.cache_insert(node, service, loaded);
         }
         self.at(ready, Event::ReplicaReady { replica: r as u32 });
         Ok(())
     }
 
+    /// Reads the service's weights onto `node` from `start`: the tier, the node read from, when the source
+    /// copy is complete, when the read ends, and the tier's rate per reader. The read cannot end before its
+    /// source copy does, and it queues on the links it uses (origin link, the peer's NIC, the node's disk).
+    fn read_weights(&mut self, service: usize, node: usize, start: f64) -> (LoadTier, Option<usize>, f64, f64, f64) {
+        let rate = self.p.config.bandwidth_gbps;
+        let bytes = self.p.services[service].bytes;
+        let tier = self.load_tier(service, node);
+        match tier {
+            LoadTier::PageCache => {
+                let source = self.services[service]
+                    .replicas
+                    .iter()
+                    .map(|&r| &self.replicas[r as usize])
+                    .filter(|r| {
+                        matches!(r.state, ReplicaState::Starting | ReplicaState::Ready)
+                            && r.placement.as_ref().is_some_and(|p| p.node == node)
+                    })
+                    .map(|r| r.loaded_at)
+                    .fold(f64::INFINITY, f64::min);
+                let per_reader = rate.page_cache * GB;
+                (tier, Some(node), source, (start + bytes / per_reader).max(source), per_reader)
+            }
+            LoadTier::Local => {
+                let source =
+                    self.node_cache[node].iter().find(|e| e.service == service).map_or(start, |e| e.complete_at);
+                let per_reader = rate.local * GB;
+                let through = self.disk[node].carry(start, bytes, per_reader);
+                (tier, Some(node), source, through.max(source), per_reader)
+            }
+            LoadTier::Peer => {
+                // The holder whose copy and NIC let the read end first.
+                let per_reader = rate.peer * GB;
+                let best = (0..self.node_cache.len())
+                    .filter(|&h| h != node)
+                    .filter_map(|h| {
+                        let entry = self.node_cache[h].iter().find(|e| e.service == service)?;
+                        let end = (self.nic[h].busy_until.max(start) + bytes / per_reader).max(entry.complete_at);
+                        Some((end, h, entry.complete_at))
+                    })
+                    .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                match best {
+                    Some((_, holder, source)) => {
+                        let through = self.nic[holder].carry(start, bytes, per_reader);
+                        (tier, Some(holder), source, through.max(source), per_reader)
+                    }
+                    None => self.read_origin(bytes, start),
+                }
+            }
+            LoadTier::Origin => self.read_origin(bytes, start),
+        }
+    }
+
+    fn read_origin(&mut self, bytes: f64, start: f64) -> (LoadTier, Option<usize>, f64, f64, f64) {
+        let rate = self.p.config.bandwidth_gbps;
+        let per_reader = rate.origin * GB;
+        let shared = self.origin_link.carry(start, bytes, rate.origin_shared * GB);
+        (LoadTier::Origin, None, start, (start + bytes / per_reader).max(shared), per_reader)
+    }
+
     /// A placement for a replica asking `request`: the policy's choice (with the locality term when the
-    /// stack has one), else, if the stack preempts, a node where evicting batch pods makes room (evicted).
-    fn find_room(&mut self, service: usize, request: &PodRequest) -> Result<Option<Placement>, ServeError> {
+    /// stack has one), else, if the stack preempts, a node where evicting batch pods makes room (evicted;
+    /// the flag says so).
+    fn find_room(&mut self, service: usize, request: &PodRequest) -> Result<Option<(Placement, bool)>, ServeError> {
         let decision = if self.stack.model_cache && self.stack.locality_weight > 0.0 {
             let locality = self.locality(service);
             self.engine.decide_with_locality(&self.cluster, request, &locality, self.stack.locality_weight).0
@@ -953,7 +1092,7 @@ impl<'p> World<'p> {
             self.engine.decide(&self.cluster, request)
         };
         match decision {
-            Decision::Place(p) => Ok(Some(p)),
+            Decision::Place(p) => Ok(Some((p, false))),
             Decision::Unschedulable(_) if self.stack.preemption => {
                 let batch = self.p.batch.len();
                 let Some((node, victims)) = defrag::preemption(&self.cluster, &self.tenancy, request, &|id| id < batch)
@@ -963,7 +1102,7 @@ impl<'p> World<'p> {
                 for v in victims {
                     self.evict_batch(v)?;
                 }
-                Ok(self.engine.place_on(&self.cluster, request, node).ok())
+                Ok(self.engine.place_on(&self.cluster, request, node).ok().map(|p| (p, true)))
             }
             Decision::Unschedulable(_) => Ok(None),
         }
@@ -991,7 +1130,7 @@ impl<'p> World<'p> {
         });
         if running_here {
             LoadTier::PageCache
-        } else if self.node_cache[node].iter().any(|&(s, _)| s == service) {
+        } else if self.node_cache[node].iter().any(|e| e.service == service) {
             LoadTier::Local
         } else if self.holders[service] > 0 {
             LoadTier::Peer
@@ -1016,16 +1155,16 @@ impl<'p> World<'p> {
         }
     }
 
-    /// Records that `node` holds the service's model, evicting the least recently used models no
-    /// running replica there needs when the cache is over its size.
-    fn cache_insert(&mut self, node: usize, service: usize) {
+    /// Records that `node` holds the service's model from `complete_at` on, evicting the least recently
+    /// used models no replica there needs when the cache is over its size.
+    fn cache_insert(&mut self, node: usize, service: usize, complete_at: f64) {
         let bytes = self.p.services[service].bytes;
         let capacity = self.p.config.node_cache_gb * GB;
         if bytes > capacity {
             return;
         }
-        if let Some(entry) = self.node_cache[node].iter_mut().find(|(s, _)| *s == service) {
-            entry.1 = self.now;
+        if let Some(entry) = self.node_cache[node].iter_mut().find(|e| e.service == service) {
+            entry.last_use = self.now;
             return;
         }
         while self.node_cache_bytes[node] + bytes > capacity {
@@ -1038,15 +1177,15 @@ impl<'p> World<'p> {
             let victim = self.node_cache[node]
                 .iter()
                 .enumerate()
-                .filter(|(_, (s, _))| !in_use(*s))
-                .min_by(|a, b| a.1.1.total_cmp(&b.1.1))
+                .filter(|(_, e)| !in_use(e.service))
+                .min_by(|a, b| a.1.last_use.total_cmp(&b.1.last_use))
                 .map(|(i, _)| i);
             let Some(i) = victim else { return };
-            let (s, _) = self.node_cache[node].remove(i);
-            self.node_cache_bytes[node] -= self.p.services[s].bytes;
-            self.holders[s] -= 1;
+            let gone = self.node_cache[node].remove(i);
+            self.node_cache_bytes[node] -= self.p.services[gone.service].bytes;
+            self.holders[gone.service] -= 1;
         }
-        self.node_cache[node].push((service, self.now));
+        self.node_cache[node].push(CacheEntry { service, last_use: self.now, complete_at });
         self.node_cache_bytes[node] += bytes;
         self.holders[service] += 1;
     }
