@@ -36,8 +36,8 @@ pub struct ServeSimArgs {
     /// Seed of the model-popularity draw and the batch steady state
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Also run these seeds (a list and/or ranges, such as 42-51) and print each stack's interactive p99,
-    /// origin GB and allocation per seed with the median
+    /// Also run these seeds (a list and/or ranges, such as 42-51) and print each stack's interactive SLO
+    /// attainment, p99 and allocation per seed, with the median and the range
     #[arg(long, value_name = "LIST")]
     seeds: Option<String>,
     /// Also run with load bandwidths and startup costs at 50 % and 150 % and print whether the ranking holds

@@ -31,8 +31,8 @@ pub struct PolicyFigure {
 pub struct StackFigure {
     /// Stack name.
     pub stack: String,
-    /// Interactive p99 time to first token, seconds.
-    pub interactive_p99_s: f64,
+    /// Interactive requests served with a first token within their objective, percent of all of them.
+    pub interactive_slo_pct: f64,
     /// Bytes read from the model origin, GB.
     pub origin_gb: f64,
     /// Mean share of GPUs allocated, percent.
@@ -87,7 +87,7 @@ impl Inference {
             let at = |p: &str| format!("/stacks/{i}{p}");
             stacks.push(StackFigure {
                 stack: s.get("name").and_then(Value::as_str).unwrap_or("?").to_owned(),
-                interactive_p99_s: number(serve, &at("/ttft/interactive/p99_s"), serve_source)?,
+                interactive_slo_pct: number(serve, &at("/slo/interactive/attainment_pct"), serve_source)?,
                 origin_gb: number(serve, &at("/origin_gb"), serve_source)?,
                 allocated_pct: number(serve, &at("/mean_allocated_gpu_pct"), serve_source)?,
             });
@@ -143,10 +143,6 @@ fn opt2(value: Option<f64>) -> String {
 
 fn fmt_pct(value: f64) -> String {
     format!("{value:.2} %")
-}
-
-fn fmt_s(value: f64) -> String {
-    if value >= 100.0 { format!("{value:.0} s") } else { format!("{value:.1} s") }
 }
 
 /// The three sections' facts as sentences, shared by HTML and Markdown.
@@ -214,18 +210,12 @@ fn story(board: &Board) -> Story {
     )];
     if let Some((d, c, o)) = serving {
         inference_next.push(format!(
-            "Deploy the node model cache. Milestone: interactive p99 time to first token from {} to {}, model reads from the origin from {:.0} GB to {:.0} GB an hour (simulated).",
-            fmt_s(d.interactive_p99_s),
-            fmt_s(c.interactive_p99_s),
-            d.origin_gb,
-            c.origin_gb
+            "Deploy the node model cache. Milestone: model reads from the origin from {:.0} GB to {:.0} GB an hour, interactive requests with a first token within their objective from {:.1} % to {:.1} % (simulated).",
+            d.origin_gb, c.origin_gb, d.interactive_slo_pct, c.interactive_slo_pct
         ));
         inference_next.push(format!(
-            "gpuplane's placement on top of the cache raises GPUs allocated from {:.1} % to {:.1} % and moves interactive p99 time to first token from {} to {} (simulated): weigh batch capacity against the interactive tail.",
-            c.allocated_pct,
-            o.allocated_pct,
-            fmt_s(c.interactive_p99_s),
-            fmt_s(o.interactive_p99_s)
+            "gpuplane's placement on top of the cache: interactive requests within their objective from {:.1} % to {:.1} %, GPUs allocated from {:.1} % to {:.1} % (simulated), at the cost of more batch evictions.",
+            c.interactive_slo_pct, o.interactive_slo_pct, c.allocated_pct, o.allocated_pct
         ));
     }
 
@@ -295,9 +285,8 @@ fn story(board: &Board) -> Story {
     let mut connected = vec![format!(
         "Placement is the cheapest capacity: {recovered:.0} GPUs come back from the same cluster by choosing nodes and GPUs that leave usable capacity{}.",
         serving.map_or(String::new(), |(d, c, _)| format!(
-            ", and in simulation the node model cache cuts the interactive tail from {} to {}",
-            fmt_s(d.interactive_p99_s),
-            fmt_s(c.interactive_p99_s)
+            ", and in simulation the node model cache cuts model reads from the origin from {:.0} GB to {:.0} GB an hour",
+            d.origin_gb, c.origin_gb
         ))
     )];
     connected.push(format!(
@@ -359,13 +348,13 @@ pub fn policy_chart(inference: &Inference) -> BarChart {
     }
 }
 
-/// Interactive p99 time to first token per serving stack.
+/// Interactive SLO attainment per serving stack.
 pub fn ttft_chart(inference: &Inference) -> BarChart {
     BarChart {
-        title: "Interactive p99 time to first token (simulated, Azure LLM trace)".to_owned(),
-        unit: "seconds".to_owned(),
-        segments: vec!["p99 TTFT".to_owned()],
-        bars: inference.stacks.iter().map(|s| (s.stack.clone(), vec![s.interactive_p99_s])).collect(),
+        title: "Interactive requests within their TTFT objective (simulated)".to_owned(),
+        unit: "% of interactive requests".to_owned(),
+        segments: vec!["within the TTFT objective".to_owned()],
+        bars: inference.stacks.iter().map(|s| (s.stack.clone(), vec![s.interactive_slo_pct])).collect(),
     }
 }
 
@@ -467,15 +456,14 @@ pub fn markdown(board: &Board) -> String {
     for p in &board.inference.policies {
         let _ = writeln!(out, "| {} | {} | {} |", p.policy, fmt_pct(p.unallocated_pct), fmt_pct(p.fragmented_pct));
     }
-    out.push_str("\n| stack | interactive p99 TTFT | origin GB | GPUs allocated |\n|---|---|---|---|\n");
+    out.push_str(
+        "\n| stack | interactive requests within objective | origin GB | GPUs allocated |\n|---|---|---|---|\n",
+    );
     for st in &board.inference.stacks {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.1} % |",
-            st.stack,
-            fmt_s(st.interactive_p99_s),
-            st.origin_gb,
-            st.allocated_pct
+            "| {} | {:.1} % | {:.0} | {:.1} % |",
+            st.stack, st.interactive_slo_pct, st.origin_gb, st.allocated_pct
         );
     }
     let _ = write!(out, "\n**Next investment.**\n\n{}\nSource: {}\n", list(&s.inference_next), board.inference.sources);
@@ -512,9 +500,9 @@ mod tests {
 
     fn serve() -> Value {
         json!({"stacks": [
-            {"name": "kube-default", "ttft": {"interactive": {"p99_s": 120.0}}, "origin_gb": 900.0, "mean_allocated_gpu_pct": 90.0},
-            {"name": "+ model cache", "ttft": {"interactive": {"p99_s": 30.0}}, "origin_gb": 200.0, "mean_allocated_gpu_pct": 90.0},
-            {"name": "gpuplane", "ttft": {"interactive": {"p99_s": 6.0}}, "origin_gb": 200.0, "mean_allocated_gpu_pct": 97.0}
+            {"name": "kube-default", "slo": {"interactive": {"attainment_pct": 60.0}}, "origin_gb": 900.0, "mean_allocated_gpu_pct": 90.0},
+            {"name": "+ model cache", "slo": {"interactive": {"attainment_pct": 65.0}}, "origin_gb": 200.0, "mean_allocated_gpu_pct": 90.0},
+            {"name": "gpuplane", "slo": {"interactive": {"attainment_pct": 80.0}}, "origin_gb": 200.0, "mean_allocated_gpu_pct": 97.0}
         ]})
     }
 
@@ -523,7 +511,7 @@ mod tests {
         let inference = Inference::from_json(&sim(), "sim.json", &serve(), "serve.json").unwrap();
         assert_eq!(inference.policies[1].unallocated_pct, 4.0);
         assert_eq!(inference.policies[0].fragmented_pct, 7.5);
-        assert_eq!(inference.stacks[0].interactive_p99_s, 120.0);
+        assert_eq!(inference.stacks[0].interactive_slo_pct, 60.0);
         let mut broken = serve();
         broken["stacks"][1]["origin_gb"] = Value::Null;
         let err = Inference::from_json(&sim(), "sim.json", &broken, "serve.json").unwrap_err();

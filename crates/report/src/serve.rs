@@ -1,5 +1,5 @@
-//! Output of a serving simulation: the per-stack table (TTFT per latency class, cold starts, origin
-//! bytes, allocation), the sensitivity table, and SVG charts of allocation and waiting replicas over time.
+//! Output of a serving simulation: the per-stack table (SLO attainment and TTFT per latency class,
+//! timeouts, cold starts, origin bytes, allocation), the sensitivity table, and SVG charts of allocation and waiting replicas over time.
 
 use comfy_table::CellAlignment;
 use gpuplane_sim::serve::{LatencyClass, ServeResult, StackResult};
@@ -22,14 +22,25 @@ fn starts(stack: &StackResult) -> String {
     format!("{} / {} / {} / {}", n("page-cache"), n("local"), n("peer"), n("origin"))
 }
 
-/// The per-stack table.
+fn attainment(stack: &StackResult, class: LatencyClass) -> String {
+    match stack.slo.get(class.name()).filter(|f| f.requests > 0) {
+        Some(f) => format!("{:.1}", f.attainment_pct),
+        None => "–".to_owned(),
+    }
+}
+
+/// The per-stack table: SLO attainment per class, goodput, requests timed out and refused, TTFT of the
+/// served requests, cold starts, where weights came from, origin bytes, allocation and evictions.
 pub fn table(result: &ServeResult, style: Style) -> String {
     let mut table = new_table(style);
     table.set_header(vec![
         "stack",
+        "interactive SLO %",
+        "standard SLO %",
+        "goodput req/s",
+        "timed out / refused",
         "interactive TTFT p50 / p95 / p99 s",
         "standard TTFT p50 / p95 / p99 s",
-        "unserved",
         "cold-start requests",
         "replica starts page-cache / local / peer / origin",
         "origin GB",
@@ -37,11 +48,16 @@ pub fn table(result: &ServeResult, style: Style) -> String {
         "batch evicted",
     ]);
     for s in &result.stacks {
+        let (goodput, timed_out, refused) =
+            s.slo.values().fold((0.0, 0, 0), |(g, t, r), f| (g + f.goodput_per_s, t + f.timed_out, r + f.refused));
         table.add_row(vec![
             s.name.clone(),
+            attainment(s, LatencyClass::Interactive),
+            attainment(s, LatencyClass::Standard),
+            format!("{goodput:.2}"),
+            format!("{timed_out} / {refused}"),
             ttft(s, LatencyClass::Interactive),
             ttft(s, LatencyClass::Standard),
-            s.unserved.to_string(),
             s.cold_start_requests.to_string(),
             starts(s),
             format!("{:.0}", s.origin_gb),
@@ -49,7 +65,7 @@ pub fn table(result: &ServeResult, style: Style) -> String {
             s.batch_evictions.to_string(),
         ]);
     }
-    for i in 1..9 {
+    for i in 1..12 {
         if let Some(c) = table.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -147,17 +163,18 @@ pub fn seeds_table(results: &[ServeResult], style: Style) -> String {
     let stacks: Vec<String> =
         results.first().map(|r| r.stacks.iter().map(|s| s.name.clone()).collect()).unwrap_or_default();
     let mut header = vec!["seed".to_owned()];
-    header.extend(stacks.iter().map(|s| format!("{s}: p99 s / origin GB / GPU %")));
+    header.extend(stacks.iter().map(|s| format!("{s}: interactive SLO % / p99 s / GPU %")));
     table.set_header(header);
     let cell = |s: &StackResult| {
+        let slo = s.slo.get(LatencyClass::Interactive.name()).map_or(f64::NAN, |f| f.attainment_pct);
         let p99 = s.class(LatencyClass::Interactive).map_or(f64::NAN, |p| p.p99_s);
-        (p99, s.origin_gb, s.mean_allocated_gpu_pct)
+        [slo, p99, s.mean_allocated_gpu_pct]
     };
     for r in results {
         let mut row = vec![r.seed.to_string()];
         row.extend(r.stacks.iter().map(|s| {
-            let (p99, gb, pct) = cell(s);
-            format!("{p99:.1} / {gb:.0} / {pct:.1}")
+            let [slo, p99, pct] = cell(s);
+            format!("{slo:.1} / {p99:.1} / {pct:.1}")
         }));
         table.add_row(row);
     }
@@ -169,15 +186,22 @@ pub fn seeds_table(results: &[ServeResult], style: Style) -> String {
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     };
+    let columns: Vec<Vec<[f64; 3]>> =
+        (0..stacks.len()).map(|i| results.iter().filter_map(|r| r.stacks.get(i)).map(cell).collect()).collect();
+    let of = |cells: &[[f64; 3]], k: usize| cells.iter().map(|c| c[k]).collect::<Vec<f64>>();
     let mut row = vec!["median".to_owned()];
-    for i in 0..stacks.len() {
-        let cells: Vec<(f64, f64, f64)> = results.iter().filter_map(|r| r.stacks.get(i)).map(cell).collect();
-        row.push(format!(
-            "{:.1} / {:.0} / {:.1}",
-            median(cells.iter().map(|c| c.0).collect()),
-            median(cells.iter().map(|c| c.1).collect()),
-            median(cells.iter().map(|c| c.2).collect())
-        ));
+    for cells in &columns {
+        row.push(format!("{:.1} / {:.1} / {:.1}", median(of(cells, 0)), median(of(cells, 1)), median(of(cells, 2))));
+    }
+    table.add_row(row);
+    let mut row = vec!["min–max".to_owned()];
+    for cells in &columns {
+        let range = |k: usize| {
+            let v = of(cells, k);
+            let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            format!("{lo:.1}–{hi:.1}")
+        };
+        row.push(format!("{} / {} / {}", range(0), range(1), range(2)));
     }
     table.add_row(row);
     format!("{table}\n")

@@ -50,8 +50,12 @@ fn on_the_conv_trace_the_model_cache_cuts_origin_reads_and_gpuplane_allocates_mo
     // Every stack preempts, as kube-scheduler does; every request is accounted for; the batch load is real.
     for s in &result.stacks {
         assert!(s.batch_evictions > 0, "{} never preempted", s.name);
-        let counted: usize = s.ttft.values().map(|p| p.count).sum();
+        let served: usize = s.ttft.values().map(|p| p.count).sum();
+        let slo: Vec<_> = s.slo.values().collect();
+        assert_eq!(served, slo.iter().map(|f| f.served).sum::<usize>(), "{}", s.name);
+        let counted: usize = slo.iter().map(|f| f.served + f.timed_out + f.refused).sum::<usize>() + s.unserved;
         assert_eq!(counted, s.requests, "{}", s.name);
+        assert!(slo.iter().all(|f| f.within_slo <= f.served && f.attainment_pct <= 100.0), "{}", s.name);
         assert!(s.mean_allocated_gpu_pct > 80.0, "{}: {}", s.name, s.mean_allocated_gpu_pct);
     }
 }
@@ -200,4 +204,45 @@ proptest! {
             check_causality(&stack.loads, &config)?;
         }
     }
+}
+
+#[test]
+fn clients_give_up_after_their_timeout_and_a_full_queue_refuses() {
+    use gpuplane_core::Node;
+    use gpuplane_sim::serve::{LlmRequest, Stack};
+    // One T4 node serving the 3B assistant on half a GPU: long prompts prefill slowly there.
+    let node = Node {
+        name: "t4".into(),
+        cpu_milli: 64_000,
+        memory_bytes: 512 << 30,
+        gpu_count: 1,
+        gpu_model: Some("T4".into()),
+        labels: Default::default(),
+        taints: vec![],
+    };
+    let mut config = ServeConfig { horizon_s: 100.0, drain_s: 100.0, ..ServeConfig::default() };
+    config.services.retain(|s| s.name == "assist-3b");
+    config.clients.queue_limit = 10;
+    config.clients.timeout_s = 30.0;
+    config.stacks = vec![Stack {
+        name: "s".into(),
+        policy: "bestfit".into(),
+        model_cache: false,
+        locality_weight: 0.0,
+        preemption: true,
+        fast_gpus: false,
+    }];
+    // 40 requests in the first 4 s, each with a prompt a T4 half takes long to prefill.
+    let requests = (0..40)
+        .map(|i| LlmRequest { at_s: f64::from(i) * 0.1, context_tokens: 30_000, generated_tokens: 10 })
+        .collect();
+    let setup = Setup { config, nodes: vec![node], batch: vec![], requests };
+    let result = run(&setup, 1).unwrap();
+    let f = result.stacks[0].slo["interactive"];
+    assert_eq!(f.requests, 40);
+    assert_eq!(f.served + f.timed_out + f.refused, 40, "{f:?}");
+    assert!(f.refused >= 20, "a queue of 10 refuses most of a burst of 40: {f:?}");
+    assert!(f.timed_out > 0, "prefills queued past 30 s are abandoned: {f:?}");
+    let served = result.stacks[0].class(LatencyClass::Interactive).map_or(0.0, |p| p.max_s);
+    assert!(served <= 30.0, "no served request waited longer than its client would: {served}");
 }

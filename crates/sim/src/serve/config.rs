@@ -36,6 +36,8 @@ pub struct ServeConfig {
     pub popularity_zipf: f64,
     /// The autoscaler.
     pub autoscale: Autoscale,
+    /// What clients wait for, and what counts as good service.
+    pub clients: Clients,
     /// Background batch load from the openb trace.
     pub batch: Batch,
     /// Per GPU model: speed and memory.
@@ -87,6 +89,38 @@ pub struct Autoscale {
     pub max_concurrency: u32,
     /// Seconds demand must stay below the replica count before idle replicas are removed.
     pub scale_down_delay_s: f64,
+}
+
+/// Clients and service-level objectives: a request whose first token has not come within the timeout is
+/// abandoned (the engine drops it), one that finds its service's queue full is refused, and one served
+/// within its class's TTFT objective counts toward SLO attainment and goodput.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Clients {
+    /// Seconds a client waits for the first token before it gives up.
+    pub timeout_s: f64,
+    /// Requests a service queues (waiting for a replica with room) before it refuses more.
+    pub queue_limit: u32,
+    /// TTFT objective of interactive requests, seconds.
+    pub interactive_slo_s: f64,
+    /// TTFT objective of standard requests, seconds.
+    pub standard_slo_s: f64,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients { timeout_s: 60.0, queue_limit: 1024, interactive_slo_s: 2.0, standard_slo_s: 10.0 }
+    }
+}
+
+impl Clients {
+    /// The TTFT objective of a class.
+    pub fn slo_s(&self, class: LatencyClass) -> f64 {
+        match class {
+            LatencyClass::Interactive => self.interactive_slo_s,
+            LatencyClass::Standard => self.standard_slo_s,
+        }
+    }
 }
 
 /// The background batch load.
@@ -287,6 +321,7 @@ impl Default for ServeConfig {
             memory_headroom: 1.2,
             popularity_zipf: 1.0,
             autoscale: Autoscale::default(),
+            clients: Clients::default(),
             batch: Batch::default(),
             gpus,
             services: vec![
@@ -365,6 +400,10 @@ impl ServeConfig {
         positive(self.autoscale.target_concurrency, "autoscale.target_concurrency")?;
         positive(f64::from(self.autoscale.max_concurrency), "autoscale.max_concurrency")?;
         non_negative(self.autoscale.scale_down_delay_s, "autoscale.scale_down_delay_s")?;
+        positive(self.clients.timeout_s, "clients.timeout_s")?;
+        positive(f64::from(self.clients.queue_limit), "clients.queue_limit")?;
+        positive(self.clients.interactive_slo_s, "clients.interactive_slo_s")?;
+        positive(self.clients.standard_slo_s, "clients.standard_slo_s")?;
         non_negative(self.batch.offered_load, "batch.offered_load")?;
         if !(0.0..=1.0).contains(&self.batch.window_start) {
             return Err(ServeError::Config(format!(

@@ -5,6 +5,9 @@
 //!
 //! The model (every figure is a field of [`ServeConfig`], documented in `docs/serve-sim.md`):
 //! - requests go to services by a seeded Zipf popularity (the traces carry no model ids);
+//! - a client abandons a request without a first token after `clients.timeout_s` (the engine drops it),
+//!   a service refuses requests beyond `clients.queue_limit` waiting, and a request served within its
+//!   class's TTFT objective counts toward SLO attainment and goodput;
 //! - a replica holds `max_concurrency` requests; prefill runs one request at a time per replica at the GPU's
 //!   TFLOPS (2 × parameters × prompt tokens), decode at memory bandwidth (weights per output token);
 //! - the autoscaler aims at `target_concurrency` requests per replica and scales from zero on a request;
@@ -35,7 +38,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use thiserror::Error;
 
-pub use config::{LatencyClass, ServeConfig, Service, Stack, TierBandwidth};
+pub use config::{Clients, LatencyClass, ServeConfig, Service, Stack, TierBandwidth};
 pub use requests::{LlmRequest, read_azure, read_mooncake};
 
 const GB: f64 = 1e9;
@@ -134,6 +137,25 @@ pub struct ServeSample {
     pub pending_batch: u32,
 }
 
+/// How one latency class's requests fared.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct SloFigures {
+    /// Requests of the class.
+    pub requests: usize,
+    /// Served: a first token within the client's timeout.
+    pub served: usize,
+    /// Abandoned by their client (no first token within the timeout).
+    pub timed_out: usize,
+    /// Refused: their service's queue was full.
+    pub refused: usize,
+    /// Served within the class's TTFT objective.
+    pub within_slo: usize,
+    /// `within_slo` as a share of `requests`, %.
+    pub attainment_pct: f64,
+    /// Requests served within the objective per second of the horizon.
+    pub goodput_per_s: f64,
+}
+
 /// One service's figures under one stack.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceResult {
@@ -156,11 +178,13 @@ pub struct StackResult {
     pub name: String,
     /// Placement policy.
     pub policy: String,
-    /// TTFT per latency class, seconds; requests still waiting at the end count with the time they waited.
+    /// TTFT of served requests per latency class, seconds.
     pub ttft: BTreeMap<String, Percentiles>,
+    /// Per latency class: served, timed out, refused, SLO attainment and goodput.
+    pub slo: BTreeMap<String, SloFigures>,
     /// Requests replayed.
     pub requests: usize,
-    /// Requests never served by the end (horizon plus drain).
+    /// Requests still waiting at the end (horizon plus drain), neither served nor abandoned.
     pub unserved: usize,
     /// Requests that arrived while their service had no ready replica.
     pub cold_start_requests: usize,
@@ -530,6 +554,9 @@ enum Event {
     Request {
         index: u32,
     },
+    RequestTimeout {
+        index: u32,
+    },
     Autoscale,
     Sample,
 }
@@ -539,7 +566,9 @@ struct ServiceState {
     queue: VecDeque<u32>,
     replicas: Vec<u32>,
     below_since: Option<f64>,
+    /// TTFT of served requests.
     ttft: Vec<f64>,
+    slo: SloFigures,
     cold_start_requests: usize,
     starts_by_gpu: BTreeMap<String, u64>,
 }
@@ -649,6 +678,7 @@ impl<'p> World<'p> {
                 Event::BatchArrive { pod } => self.batch_arrive(pod)?,
                 Event::BatchDepart { pod, generation } => self.batch_depart(pod, generation)?,
                 Event::Request { index } => self.request(index)?,
+                Event::RequestTimeout { index } => self.request_timeout(index),
                 Event::RequestDone { replica } => {
                     let r = &mut self.replicas[replica as usize];
                     r.in_flight = r.in_flight.saturating_sub(1);
@@ -673,19 +703,28 @@ impl<'p> World<'p> {
                 }
             }
         }
-        Ok(self.finish(end, clock))
+        Ok(self.finish(clock))
     }
 
-    fn finish(mut self, end: f64, clock: Instant) -> StackResult {
-        // Requests still queued count with the time they waited; per-class figures pool the services'.
+    fn finish(mut self, clock: Instant) -> StackResult {
+        // Per-class figures pool the services'.
+        let horizon = self.p.config.horizon_s;
         let mut unserved = 0;
         let mut by_class: BTreeMap<LatencyClass, Vec<f64>> = BTreeMap::new();
-        for (state, model) in self.services.iter_mut().zip(&self.p.services) {
+        let mut slo: BTreeMap<LatencyClass, SloFigures> = BTreeMap::new();
+        for (state, model) in self.services.iter().zip(&self.p.services) {
             unserved += state.queue.len();
-            state.ttft.extend(state.queue.iter().map(|&i| end - self.p.requests[i as usize].at_s));
-            if !state.ttft.is_empty() {
-                by_class.entry(model.config.class).or_default().extend_from_slice(&state.ttft);
-            }
+            by_class.entry(model.config.class).or_default().extend_from_slice(&state.ttft);
+            let f = slo.entry(model.config.class).or_default();
+            f.requests += state.slo.requests;
+            f.served += state.slo.served;
+            f.timed_out += state.slo.timed_out;
+            f.refused += state.slo.refused;
+            f.within_slo += state.slo.within_slo;
+        }
+        for f in slo.values_mut() {
+            f.attainment_pct = if f.requests > 0 { 100.0 * f.within_slo as f64 / f.requests as f64 } else { 0.0 };
+            f.goodput_per_s = f.within_slo as f64 / horizon;
         }
         let services: Vec<ServiceResult> = self
             .services
@@ -699,7 +738,6 @@ impl<'p> World<'p> {
                 replica_starts_by_gpu: std::mem::take(&mut state.starts_by_gpu),
             })
             .collect();
-        let horizon = self.p.config.horizon_s;
         let within: Vec<&ServeSample> = self.samples.iter().filter(|s| s.t_s <= horizon).collect();
         let mean = |f: fn(&ServeSample) -> f64| {
             if within.is_empty() { 0.0 } else { within.iter().map(|s| f(s)).sum::<f64>() / within.len() as f64 }
@@ -708,6 +746,7 @@ impl<'p> World<'p> {
             name: self.stack.name.clone(),
             policy: self.stack.policy.clone(),
             ttft: by_class.iter_mut().map(|(c, v)| (c.name().to_owned(), Percentiles::of(v))).collect(),
+            slo: slo.into_iter().map(|(c, f)| (c.name().to_owned(), f)).collect(),
             requests: self.p.requests.len(),
             unserved,
             cold_start_requests: services.iter().map(|s| s.cold_start_requests).sum(),
@@ -825,6 +864,12 @@ impl<'p> World<'p> {
 
     fn request(&mut self, index: u32) -> Result<(), ServeError> {
         let service = usize::from(self.p.assignment[index as usize]);
+        let clients = self.p.config.clients;
+        self.services[service].slo.requests += 1;
+        if self.services[service].queue.len() >= clients.queue_limit as usize {
+            self.services[service].slo.refused += 1;
+            return Ok(());
+        }
         let state = &self.services[service];
         let ready = state.replicas.iter().any(|&r| self.replicas[r as usize].state == ReplicaState::Ready);
         let active = state.replicas.iter().any(|&r| self.replicas[r as usize].state != ReplicaState::Gone);
@@ -832,12 +877,23 @@ impl<'p> World<'p> {
             self.services[service].cold_start_requests += 1;
         }
         self.services[service].queue.push_back(index);
+        self.at(self.p.requests[index as usize].at_s + clients.timeout_s, Event::RequestTimeout { index });
         if !active {
             // Scale from zero at once: the request is held until a replica is up.
             self.add_replica(service)?;
         }
         self.dispatch(service);
         Ok(())
+    }
+
+    /// The client of a request still queued gives up.
+    fn request_timeout(&mut self, index: u32) {
+        let service = usize::from(self.p.assignment[index as usize]);
+        let queue = &mut self.services[service].queue;
+        if let Some(at) = queue.iter().position(|&i| i == index) {
+            queue.remove(at);
+            self.services[service].slo.timed_out += 1;
+        }
     }
 
     /// Hands queued requests to ready replicas with room, the one whose prefill frees up first.
@@ -859,13 +915,34 @@ impl<'p> World<'p> {
             let Some(replica) = best else { return };
             self.services[service].queue.pop_front();
             let request = self.p.requests[index as usize];
+            let clients = self.p.config.clients;
+            let deadline = request.at_s + clients.timeout_s;
+            let slo = clients.slo_s(self.p.services[service].config.class);
             let r = &mut self.replicas[replica as usize];
             let start = r.prefill_free_at.max(self.now);
+            if start >= deadline {
+                // Its client is gone before the replica could begin: dropped at no cost.
+                self.services[service].slo.timed_out += 1;
+                continue;
+            }
             let first_token = start + f64::from(request.context_tokens) * r.speed.0;
-            r.prefill_free_at = first_token;
             r.in_flight += 1;
+            if first_token > deadline {
+                // The client leaves during prefill; the engine aborts the request then.
+                r.prefill_free_at = deadline;
+                self.services[service].slo.timed_out += 1;
+                self.at(deadline, Event::RequestDone { replica });
+                continue;
+            }
+            r.prefill_free_at = first_token;
             let done = first_token + f64::from(request.generated_tokens) * r.speed.1;
-            self.services[service].ttft.push(first_token - request.at_s);
+            let ttft = first_token - request.at_s;
+            let figures = &mut self.services[service].slo;
+            figures.served += 1;
+            if ttft <= slo {
+                figures.within_slo += 1;
+            }
+            self.services[service].ttft.push(ttft);
             self.at(done, Event::RequestDone { replica });
         }
     }
