@@ -51,6 +51,9 @@ pub struct BoardArgs {
     /// Folder for board.html and board.md
     #[arg(long, default_value = "out/board", value_name = "DIR")]
     out: PathBuf,
+    /// Price of one GPU-hour in US dollars, to value the GPUs placement recovers (an assumption: set your own)
+    #[arg(long, default_value_t = 2.0, value_name = "USD")]
+    gpu_hour_usd: f64,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -184,7 +187,11 @@ pub fn run(args: BoardArgs) -> Result<()> {
     };
     let (objects, warnings) = manifests(&args)?;
     let security = security(&args, &objects)?;
+    if !(args.gpu_hour_usd.is_finite() && args.gpu_hour_usd >= 0.0) {
+        anyhow::bail!("--gpu-hour-usd {}: expected a price of zero or more", args.gpu_hour_usd);
+    }
     let board = Board {
+        gpu_hour_usd: args.gpu_hour_usd,
         date: format_date(as_of),
         inference: inference(&args)?,
         maturity: maturity(&args, as_of, objects, warnings)?,

@@ -82,4 +82,21 @@ fn the_board_report_renders_in_chromium_with_every_section_and_the_markdown_agre
     assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "screenshot of {} bytes", png.len());
+
+    // What it claims (README: "prints on at most four A4 pages") against Chromium's print to PDF.
+    let pdf = out.path().join("board.pdf");
+    let print =
+        chromium(&[&format!("--print-to-pdf={}", pdf.display()), "--no-pdf-header-footer", &page], profile.path());
+    assert!(print.status.success(), "{}", String::from_utf8_lossy(&print.stderr));
+    let pages = pdf_pages(&std::fs::read(&pdf).unwrap());
+    assert!((1..=MAX_PAGES).contains(&pages), "the board prints on {pages} pages; README claims at most {MAX_PAGES}");
+}
+
+/// The page count README states for the printed board.
+const MAX_PAGES: usize = 4;
+
+/// Pages of a PDF as Chromium writes it: its `/Type /Page` objects (not `/Pages`, the tree).
+fn pdf_pages(pdf: &[u8]) -> usize {
+    let needle = b"/Type /Page";
+    pdf.windows(needle.len() + 1).filter(|w| w.starts_with(needle) && w[needle.len()] != b's').count()
 }

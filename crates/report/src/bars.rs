@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 /// Colour-blind-safe colours (Okabe–Ito), one per segment.
-const PALETTE: [&str; 6] = ["#D55E00", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#CC79A7"];
+/// Neighbouring segments differ in hue, not only in shade (vermillion, sky blue, ...).
+const PALETTE: [&str; 6] = ["#D55E00", "#56B4E9", "#009E73", "#E69F00", "#0072B2", "#CC79A7"];
 
 /// A stacked horizontal bar chart.
 #[derive(Debug, Clone, PartialEq)]

@@ -135,10 +135,16 @@ pub struct Board {
     pub maturity: Assessment,
     /// Security of AI-assisted development.
     pub security: Security,
+    /// Price of one GPU-hour, US dollars, for the value of recovered GPUs (an assumption the reader sets).
+    pub gpu_hour_usd: f64,
 }
 
 fn opt2(value: Option<f64>) -> String {
     value.map_or_else(|| "–".to_owned(), |v| format!("{v:.2}"))
+}
+
+fn fmt_usd(value: f64) -> String {
+    if value >= 1e6 { format!("${:.1} M", value / 1e6) } else { format!("${:.0} k", value / 1e3) }
 }
 
 fn fmt_pct(value: f64) -> String {
@@ -186,9 +192,11 @@ fn story(board: &Board) -> Story {
                     .unwrap_or_default()
             ),
             format!(
-                "{:.0} GPUs — {:.0} nodes of 8 — are stranded by placement alone and can be recovered without buying hardware.",
+                "{:.0} GPUs — {:.0} nodes of 8 — are stranded by placement alone and can be recovered without buying hardware: {} a year at ${:.2} per GPU-hour.",
                 stranded(d) - stranded(o),
-                (stranded(d) - stranded(o)) / 8.0
+                (stranded(d) - stranded(o)) / 8.0,
+                fmt_usd((stranded(d) - stranded(o)) * board.gpu_hour_usd * 24.0 * 365.0),
+                board.gpu_hour_usd
             ),
             stranded(d) - stranded(o),
         ),
@@ -386,7 +394,7 @@ fn list_html(items: &[String]) -> String {
 pub fn html(board: &Board) -> String {
     let s = story(board);
     let mut body = format!(
-        r#"<header><h1>GPU platform, maturity and AI-development security</h1><p class="meta">Board report, {} · figures measured by gpuplane</p></header>"#,
+        r#"<header><h1>GPU platform, maturity and AI-development security</h1><p class="meta">Report for the board, {} · placement and serving figures simulated by gpuplane on public traces (openb, Azure LLM 2023); maturity and security measured on the repository</p></header>"#,
         escape(&board.date)
     );
     let _ = write!(body, r#"<section id="summary"><h2>The connected story</h2>{}</section>"#, list_html(&s.connected));
@@ -448,7 +456,10 @@ pub fn markdown(board: &Board) -> String {
     let s = story(board);
     let list =
         |items: &[String]| items.iter().enumerate().map(|(i, t)| format!("{}. {t}\n", i + 1)).collect::<String>();
-    let mut out = format!("# GPU platform, maturity and AI-development security\n\nBoard report, {}.\n\n", board.date);
+    let mut out = format!(
+        "# GPU platform, maturity and AI-development security\n\nReport for the board, {}. Placement and serving figures are simulated by gpuplane on public traces (openb, Azure LLM 2023); maturity and security are measured on the repository.\n\n",
+        board.date
+    );
     out.push_str("## The connected story\n\n");
     out.push_str(&list(&s.connected));
     markdown_section(&mut out, "1. Inference efficiency", &s.inference_position, &s.inference_gap);
@@ -523,6 +534,7 @@ mod tests {
     #[test]
     fn the_gap_counts_the_gpus_placement_recovers() {
         let board = Board {
+            gpu_hour_usd: 2.0,
             date: "2026-11-28".into(),
             inference: Inference::from_json(&sim(), "sim.json", &serve(), "serve.json").unwrap(),
             maturity: gpuplane_assess::assess(&gpuplane_assess::Model::builtin().unwrap(), &Default::default())
