@@ -30,7 +30,8 @@ pub struct BoardArgs {
     /// A `gpuplane sim` result (sim.json) [default: kube-default, bestfit, fgd and gpuplane on the bundled trace, seeds 42–51]
     #[arg(long, value_name = "FILE")]
     sim: Option<PathBuf>,
-    /// A `gpuplane serve-sim` result (serve.json) [default: the bundled conv trace, default configuration, seed 42]
+    /// A `gpuplane serve-sim` result (serve.json; its medians when run with --seeds) [default: the bundled conv
+    /// trace, default configuration, medians of seeds 42–51]
     #[arg(long, value_name = "FILE")]
     serve: Option<PathBuf>,
     /// A `gpuplane assess` result (assessment.json) [default: assess --repo with --manifests]
@@ -98,19 +99,29 @@ fn inference(args: &BoardArgs) -> Result<Inference> {
         Some(path) => {
             let value = read_json(path)?;
             schema(&value, path, gpuplane_report::serve::SERVE_JSON_SCHEMA)?;
-            let result = value
-                .get("result")
-                .cloned()
-                .with_context(|| format!("{}: result: expected the run", path.display()))?;
-            (result, path.display().to_string())
+            // The medians over seeds when the run had them, else its one seed.
+            let (result, what) = match value.get("median").filter(|m| !m.is_null()) {
+                Some(median) => (median.clone(), "medians over its seeds"),
+                None => (
+                    value
+                        .get("result")
+                        .cloned()
+                        .with_context(|| format!("{}: result: expected the run", path.display()))?,
+                    "its seed",
+                ),
+            };
+            (result, format!("{} ({what})", path.display()))
         }
         None => {
             let (trace_name, requests) = crate::serve_sim::requests("conv")?;
             let (_, nodes) = input::nodes(None)?;
             let batch = read_pods(input::BUNDLED_TRACE_NAME, input::BUNDLED_TRACE.as_bytes())?;
             let setup = Setup { config: ServeConfig::default(), nodes, batch, requests };
-            let result = gpuplane_sim::serve::run(&setup, 42)?;
-            (serde_json::to_value(&result)?, format!("gpuplane serve-sim on {trace_name}, seed 42"))
+            let runs = (42..=51).map(|seed| gpuplane_sim::serve::run(&setup, seed)).collect::<Result<Vec<_>, _>>()?;
+            (
+                gpuplane_report::serve::medians(&runs),
+                format!("gpuplane serve-sim on {trace_name}, medians of seeds 42–51"),
+            )
         }
     };
     Inference::from_json(&sim, &sim_source, &serve, &serve_source).map_err(anyhow::Error::msg)

@@ -126,6 +126,14 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
             let varied = Setup { config: scaled_costs(&setup.config, bandwidth, startup), ..setup.clone() };
             variants.push((name.to_owned(), run(&varied, args.seed)?));
         }
+        // The origin's rate per reader, from one stream (0.3 GB/s at the defaults) to twice the configured.
+        let configured = setup.config.bandwidth_gbps.origin;
+        for factor in [0.2, 0.5, 2.0] {
+            let mut config = setup.config.clone();
+            config.bandwidth_gbps.origin = configured * factor;
+            let name = format!("origin {:.2} GB/s per reader", configured * factor);
+            variants.push((name, run(&Setup { config, ..setup.clone() }, args.seed)?));
+        }
     }
 
     let json = serde_json::json!({
@@ -137,6 +145,7 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
         "config_source": args.config.as_ref().map_or(DEFAULT_CONFIG.to_owned(), |p| p.display().to_string()),
         "result": result,
         "seeds": per_seed,
+        "median": (!per_seed.is_empty()).then(|| serve::medians(&per_seed)),
         "sensitivity": variants.iter().map(|(name, r)| serde_json::json!({"costs": name, "result": r})).collect::<Vec<_>>(),
     });
     write_outputs(&args.out, &result, &json)?;
@@ -152,7 +161,7 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
                 print!("Per seed:\n{}", serve::seeds_table(&per_seed, style));
             }
             if !variants.is_empty() {
-                print!("Interactive p99 TTFT when costs change:\n{}", serve::sensitivity_table(&variants, style));
+                print!("Interactive SLO attainment when costs change:\n{}", serve::sensitivity_table(&variants, style));
             }
             let wall: f64 = result.stacks.iter().map(|s| s.wall_s).sum();
             println!("CPU time {wall:.1} s for {} stacks; wrote {}", result.stacks.len(), args.out.display());

@@ -73,29 +73,69 @@ pub fn table(result: &ServeResult, style: Style) -> String {
     format!("{table}\n")
 }
 
-/// Interactive p99 TTFT per stack under each named variant of the costs, with the ranking per row.
+/// Interactive SLO attainment per stack under each named variant of the costs, with the ranking per row.
 pub fn sensitivity_table(variants: &[(String, ServeResult)], style: Style) -> String {
     let mut table = new_table(style);
     let stacks: Vec<String> =
         variants.first().map(|(_, r)| r.stacks.iter().map(|s| s.name.clone()).collect()).unwrap_or_default();
     let mut header = vec!["costs".to_owned()];
-    header.extend(stacks.iter().map(|s| format!("{s} p99 s")));
+    header.extend(stacks.iter().map(|s| format!("{s} interactive SLO %")));
     header.push("ranking (best first)".to_owned());
     table.set_header(header);
     for (name, result) in variants {
-        let p99: Vec<(String, f64)> = result
+        let attained: Vec<(String, f64)> = result
             .stacks
             .iter()
-            .map(|s| (s.name.clone(), s.class(LatencyClass::Interactive).map_or(f64::NAN, |p| p.p99_s)))
+            .map(|s| {
+                let pct = s.slo.get(LatencyClass::Interactive.name()).map_or(f64::NAN, |f| f.attainment_pct);
+                (s.name.clone(), pct)
+            })
             .collect();
         let mut row = vec![name.clone()];
-        row.extend(p99.iter().map(|(_, v)| format!("{v:.1}")));
-        let mut ranked = p99.clone();
-        ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
-        row.push(ranked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" < "));
+        row.extend(attained.iter().map(|(_, v)| format!("{v:.1}")));
+        let mut ranked = attained.clone();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        row.push(ranked.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" > "));
         table.add_row(row);
     }
     format!("{table}\n")
+}
+
+/// Per stack, the median over `results` (one per seed) of the figures the board and README quote.
+pub fn medians(results: &[ServeResult]) -> serde_json::Value {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let Some(first) = results.first() else { return serde_json::json!({"seeds": [], "stacks": []}) };
+    let stacks: Vec<serde_json::Value> = first
+        .stacks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let of = |f: &dyn Fn(&StackResult) -> f64| {
+                median(results.iter().filter_map(|r| r.stacks.get(i)).map(f).collect())
+            };
+            let slo = |class: LatencyClass| {
+                let at = |s: &StackResult| s.slo.get(class.name()).map_or(f64::NAN, |f| f.attainment_pct);
+                let good = |s: &StackResult| s.slo.get(class.name()).map_or(f64::NAN, |f| f.goodput_per_s);
+                serde_json::json!({"attainment_pct": of(&at), "goodput_per_s": of(&good)})
+            };
+            serde_json::json!({
+                "name": s.name,
+                "slo": {"interactive": slo(LatencyClass::Interactive), "standard": slo(LatencyClass::Standard)},
+                "origin_gb": of(&|s| s.origin_gb),
+                "mean_allocated_gpu_pct": of(&|s| s.mean_allocated_gpu_pct),
+                "batch_evictions": of(&|s| s.batch_evictions as f64),
+                "batch_gpu_hours_lost": of(&|s| s.batch_gpu_hours_lost),
+            })
+        })
+        .collect();
+    serde_json::json!({"seeds": results.iter().map(|r| r.seed).collect::<Vec<_>>(), "stacks": stacks})
 }
 
 /// Allocated GPU % over time, one line per stack.
@@ -157,7 +197,7 @@ fn over_time(
     }
 }
 
-/// Interactive p99 TTFT, origin GB and allocated GPU % per stack and seed, with the median over seeds.
+/// Interactive SLO attainment, p99 TTFT and allocated GPU % per stack and seed, with the median and range.
 pub fn seeds_table(results: &[ServeResult], style: Style) -> String {
     let mut table = new_table(style);
     let stacks: Vec<String> =
