@@ -45,7 +45,7 @@ pub fn table(result: &ServeResult, style: Style) -> String {
         "replica starts page-cache / local / peer / origin",
         "origin GB",
         "GPU allocated %",
-        "batch evicted",
+        "batch evicted / GPU-h lost",
     ]);
     for s in &result.stacks {
         let (goodput, timed_out, refused) =
@@ -62,7 +62,7 @@ pub fn table(result: &ServeResult, style: Style) -> String {
             starts(s),
             format!("{:.0}", s.origin_gb),
             format!("{:.1}", s.mean_allocated_gpu_pct),
-            s.batch_evictions.to_string(),
+            format!("{} / {:.0}", s.batch_evictions, s.batch_gpu_hours_lost),
         ]);
     }
     for i in 1..12 {
