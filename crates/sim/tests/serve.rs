@@ -232,10 +232,10 @@ fn clients_give_up_after_their_timeout_and_a_full_queue_refuses() {
         preemption: true,
         fast_gpus: false,
     }];
-    // 40 requests in the first 4 s, each with a prompt a T4 half takes long to prefill.
-    let requests = (0..40)
-        .map(|i| LlmRequest { at_s: f64::from(i) * 0.1, context_tokens: 30_000, generated_tokens: 10 })
-        .collect();
+    // 40 requests in the first 4 s, each with a prompt a T4 half takes about 3 s to serve, and whose KV cache
+    // leaves room for one request at a time there.
+    let requests =
+        (0..40).map(|i| LlmRequest { at_s: f64::from(i) * 0.1, context_tokens: 5_000, generated_tokens: 10 }).collect();
     let setup = Setup { config, nodes: vec![node], batch: vec![], requests };
     let result = run(&setup, 1).unwrap();
     let f = result.stacks[0].slo["interactive"];
@@ -245,4 +245,42 @@ fn clients_give_up_after_their_timeout_and_a_full_queue_refuses() {
     assert!(f.timed_out > 0, "prefills queued past 30 s are abandoned: {f:?}");
     let served = result.stacks[0].class(LatencyClass::Interactive).map_or(0.0, |p| p.max_s);
     assert!(served <= 30.0, "no served request waited longer than its client would: {served}");
+}
+
+#[test]
+fn the_kv_cache_left_by_the_weights_bounds_what_a_replica_holds() {
+    use gpuplane_core::Node;
+    use gpuplane_sim::serve::{LlmRequest, Stack, kv_bytes_per_token};
+    let config = ServeConfig::default();
+    let chat = config.services.iter().find(|s| s.name == "chat-8b").unwrap().clone();
+    // Llama 3.1 8B in BF16: 32 layers x 8 KV heads x 128 x (K, V) x 2 bytes = 128 KiB per token.
+    assert_eq!(kv_bytes_per_token(&chat), 131_072.0);
+    // On an A10 (24 GB x 0.9 - 16.1 GB of weights) that is about 42,000 tokens: a 50,000-token request is
+    // refused at once, a 2,000-token one served.
+    let node = Node {
+        name: "a10".into(),
+        cpu_milli: 64_000,
+        memory_bytes: 512 << 30,
+        gpu_count: 1,
+        gpu_model: Some("A10".into()),
+        labels: Default::default(),
+        taints: vec![],
+    };
+    let mut config = ServeConfig { horizon_s: 200.0, drain_s: 100.0, ..config };
+    config.services = vec![gpuplane_sim::serve::Service { min_replicas: 1, max_replicas: 1, ..chat }];
+    config.stacks = vec![Stack {
+        name: "s".into(),
+        policy: "bestfit".into(),
+        model_cache: false,
+        locality_weight: 0.0,
+        preemption: true,
+        fast_gpus: false,
+    }];
+    let requests = vec![
+        LlmRequest { at_s: 100.0, context_tokens: 50_000, generated_tokens: 10 },
+        LlmRequest { at_s: 101.0, context_tokens: 2_000, generated_tokens: 10 },
+    ];
+    let result = run(&Setup { config, nodes: vec![node], batch: vec![], requests }, 1).unwrap();
+    let f = result.stacks[0].slo["interactive"];
+    assert_eq!((f.refused, f.served), (1, 1), "{f:?}");
 }

@@ -30,8 +30,12 @@ pub struct ServeConfig {
     pub bandwidth_gbps: TierBandwidth,
     /// Disk each node's model cache may use, GB.
     pub node_cache_gb: f64,
-    /// GPU memory a replica needs beyond its weights (KV cache, activations), as a factor on the weights.
+    /// GPU memory a replica needs beyond its weights (KV cache, activations), as a factor on the weights:
+    /// the placement rule (GPU models with less are not accepted).
     pub memory_headroom: f64,
+    /// Share of GPU memory the engine uses (vLLM's `gpu_memory_utilization`); what the weights leave of it
+    /// holds the KV cache, which bounds the requests a replica holds at once.
+    pub gpu_memory_utilization: f64,
     /// Zipf exponent of model popularity: request i goes to service k with probability ∝ 1 / k^s.
     pub popularity_zipf: f64,
     /// The autoscaler.
@@ -85,7 +89,8 @@ pub struct Autoscale {
     pub interval_s: f64,
     /// Requests in flight per replica the autoscaler aims for.
     pub target_concurrency: f64,
-    /// Requests a replica holds at once (prefill queue plus decoding); more wait in the service queue.
+    /// Requests a replica holds at once at most (vLLM's `max_num_seqs`), if their KV cache fits; more wait
+    /// in the service queue.
     pub max_concurrency: u32,
     /// Seconds demand must stay below the replica count before idle replicas are removed.
     pub scale_down_delay_s: f64,
@@ -178,6 +183,12 @@ pub struct Service {
     pub params_b: f64,
     /// Weight bytes read at start, GB.
     pub weight_gb: f64,
+    /// Transformer layers (for the KV cache's size).
+    pub layers: u32,
+    /// Key-value heads per layer (grouped-query attention).
+    pub kv_heads: u32,
+    /// Dimension of one head.
+    pub head_dim: u32,
     /// GPUs per replica.
     pub gpus: u8,
     /// Milli-GPU per GPU: 1000 for whole GPUs, less for a shared GPU (then `gpus` is 1).
@@ -239,7 +250,7 @@ impl Stack {
 
 impl Default for Autoscale {
     fn default() -> Self {
-        Autoscale { interval_s: 10.0, target_concurrency: 8.0, max_concurrency: 16, scale_down_delay_s: 300.0 }
+        Autoscale { interval_s: 10.0, target_concurrency: 8.0, max_concurrency: 256, scale_down_delay_s: 300.0 }
     }
 }
 
@@ -258,6 +269,7 @@ fn service(
     name: &str,
     params_b: f64,
     weight_gb: f64,
+    (layers, kv_heads, head_dim): (u32, u32, u32),
     gpus: u8,
     gpu_milli: u16,
     class: LatencyClass,
@@ -268,6 +280,9 @@ fn service(
         name: name.to_owned(),
         params_b,
         weight_gb,
+        layers,
+        kv_heads,
+        head_dim,
         gpus,
         gpu_milli,
         cpu_milli: 4_000 * u64::from(gpus),
@@ -319,20 +334,21 @@ impl Default for ServeConfig {
             },
             node_cache_gb: 400.0,
             memory_headroom: 1.2,
+            gpu_memory_utilization: 0.9,
             popularity_zipf: 1.0,
             autoscale: Autoscale::default(),
             clients: Clients::default(),
             batch: Batch::default(),
             gpus,
             services: vec![
-                service("chat-8b", 8.0, 16.1, 1, 1000, Interactive, 1, 32),
-                service("code-7b", 7.6, 15.2, 1, 1000, Interactive, 1, 32),
-                service("assist-3b", 3.2, 6.4, 1, 500, Interactive, 0, 32),
-                service("summarize-14b", 14.8, 29.5, 2, 1000, Standard, 0, 16),
-                service("rerank-1b", 1.2, 2.4, 1, 250, Standard, 0, 16),
-                service("chat-70b", 70.6, 141.0, 8, 1000, Interactive, 0, 4),
-                service("vision-11b", 10.6, 21.3, 1, 1000, Standard, 0, 16),
-                service("draft-0.5b", 0.5, 1.0, 1, 200, Interactive, 0, 16),
+                service("chat-8b", 8.0, 16.1, (32, 8, 128), 1, 1000, Interactive, 1, 32),
+                service("code-7b", 7.6, 15.2, (28, 4, 128), 1, 1000, Interactive, 1, 32),
+                service("assist-3b", 3.2, 6.4, (28, 8, 128), 1, 500, Interactive, 0, 32),
+                service("summarize-14b", 14.8, 29.5, (48, 8, 128), 2, 1000, Standard, 0, 16),
+                service("rerank-1b", 1.2, 2.4, (16, 8, 64), 1, 250, Standard, 0, 16),
+                service("chat-70b", 70.6, 141.0, (80, 8, 128), 8, 1000, Interactive, 0, 4),
+                service("vision-11b", 10.6, 21.3, (40, 8, 128), 1, 1000, Standard, 0, 16),
+                service("draft-0.5b", 0.5, 1.0, (24, 2, 64), 1, 200, Interactive, 0, 16),
             ],
             // The ladder from kube-default: each rung adds one thing to the one before, so each one's share
             // shows; the last, "gpuplane", adds the model-locality term and is the whole stack.
@@ -395,6 +411,12 @@ impl ServeConfig {
         }
         non_negative(self.node_cache_gb, "node_cache_gb")?;
         positive(self.memory_headroom, "memory_headroom")?;
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            return Err(ServeError::Config(format!(
+                "gpu_memory_utilization must be above 0 and at most 1, got {}",
+                self.gpu_memory_utilization
+            )));
+        }
         non_negative(self.popularity_zipf, "popularity_zipf")?;
         positive(self.autoscale.interval_s, "autoscale.interval_s")?;
         positive(self.autoscale.target_concurrency, "autoscale.target_concurrency")?;
@@ -423,6 +445,9 @@ impl ServeConfig {
             let at = |f: &str| format!("services[{}].{f}", s.name);
             positive(s.params_b, &at("params_b"))?;
             positive(s.weight_gb, &at("weight_gb"))?;
+            for (v, f) in [(s.layers, "layers"), (s.kv_heads, "kv_heads"), (s.head_dim, "head_dim")] {
+                positive(f64::from(v), &at(f))?;
+            }
             positive(s.memory_gb, &at("memory_gb"))?;
             if !(1..=8).contains(&s.gpus) {
                 return Err(ServeError::Config(format!("{} must be from 1 to 8, got {}", at("gpus"), s.gpus)));

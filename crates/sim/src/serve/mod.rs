@@ -8,7 +8,8 @@
 //! - a client abandons a request without a first token after `clients.timeout_s` (the engine drops it),
 //!   a service refuses requests beyond `clients.queue_limit` waiting, and a request served within its
 //!   class's TTFT objective counts toward SLO attainment and goodput;
-//! - a replica holds `max_concurrency` requests; prefill runs one request at a time per replica at the GPU's
+//! - a replica holds requests while their KV cache (prompt and output tokens) fits in the GPU memory its
+//!   weights leave, at most `max_concurrency`; prefill runs one request at a time per replica at the GPU's
 //!   TFLOPS (2 × parameters × prompt tokens), decode at memory bandwidth (weights per output token);
 //! - the autoscaler aims at `target_concurrency` requests per replica and scales from zero on a request;
 //! - a new replica is ready after scheduling, the weight read (page cache, local cache, peer, origin) and
@@ -280,7 +281,7 @@ struct ServiceModel {
     fast_request: Option<PodRequest>,
     bytes: f64,
     /// Per cluster model index: prefill seconds per prompt token, decode seconds per output token.
-    speed: Vec<Option<(f64, f64)>>,
+    speed: Vec<Option<Speed>>,
 }
 
 /// What every stack shares: the cluster, the batch window, the requests and their services.
@@ -398,11 +399,27 @@ fn batch_window(
     Ok((pods, compression))
 }
 
+/// Bytes of KV cache one token holds: keys and values, every layer, every KV head, BF16.
+pub fn kv_bytes_per_token(s: &Service) -> f64 {
+    2.0 * f64::from(s.layers) * f64::from(s.kv_heads) * f64::from(s.head_dim) * 2.0
+}
+
+/// What a replica of a service can do on one GPU model.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Speed {
+    /// Seconds of prefill per prompt token.
+    prefill: f64,
+    /// Seconds per output token.
+    decode: f64,
+    /// Tokens of KV cache the GPU memory left by the weights holds.
+    kv_tokens: f64,
+}
+
 fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result<ServiceModel, ServeError> {
     let share = f64::from(s.gpu_milli) / 1000.0;
     let per_gpu_gb = s.weight_gb / f64::from(s.gpus) * config.memory_headroom;
     let mut accepted = Vec::new();
-    let speed: Vec<Option<(f64, f64)>> = cluster
+    let speed: Vec<Option<Speed>> = cluster
         .models()
         .iter()
         .map(|model| {
@@ -414,7 +431,9 @@ fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result
             let flops = spec.tflops * 1e12 * f64::from(s.gpus) * share;
             let prefill = 2.0 * s.params_b * 1e9 / flops;
             let decode = s.weight_gb * GB / (spec.memory_bandwidth_gbps * GB * f64::from(s.gpus) * share);
-            Some((prefill, decode))
+            let memory = spec.memory_gb * GB * f64::from(s.gpus) * share * config.gpu_memory_utilization;
+            let kv_tokens = ((memory - s.weight_gb * GB) / kv_bytes_per_token(s)).max(0.0);
+            Some(Speed { prefill, decode, kv_tokens })
         })
         .collect();
     if accepted.is_empty() {
@@ -529,8 +548,10 @@ struct Replica {
     placement: Option<Placement>,
     in_flight: u32,
     prefill_free_at: f64,
-    /// Per-token costs on the node it runs on.
-    speed: (f64, f64),
+    /// Per-token costs and KV capacity on the node it runs on.
+    speed: Speed,
+    /// KV-cache tokens held by its requests.
+    kv_used: f64,
     /// When its weights are in memory (the page-cache source for another replica on its node).
     loaded_at: f64,
 }
@@ -544,6 +565,8 @@ enum Event {
     },
     RequestDone {
         replica: u32,
+        /// KV-cache tokens it held.
+        tokens: u32,
     },
     ReplicaReady {
         replica: u32,
@@ -679,9 +702,10 @@ impl<'p> World<'p> {
                 Event::BatchDepart { pod, generation } => self.batch_depart(pod, generation)?,
                 Event::Request { index } => self.request(index)?,
                 Event::RequestTimeout { index } => self.request_timeout(index),
-                Event::RequestDone { replica } => {
+                Event::RequestDone { replica, tokens } => {
                     let r = &mut self.replicas[replica as usize];
                     r.in_flight = r.in_flight.saturating_sub(1);
+                    r.kv_used = (r.kv_used - f64::from(tokens)).max(0.0);
                     let service = r.service;
                     self.dispatch(service);
                 }
@@ -900,13 +924,28 @@ impl<'p> World<'p> {
     fn dispatch(&mut self, service: usize) {
         let max = self.p.config.autoscale.max_concurrency;
         while let Some(&index) = self.services[service].queue.front() {
-            let best = self.services[service]
-                .replicas
+            let request = self.p.requests[index as usize];
+            let tokens = request.context_tokens.saturating_add(request.generated_tokens);
+            let ready = |r: &Replica| r.state == ReplicaState::Ready;
+            let replicas = &self.services[service].replicas;
+            if replicas.iter().any(|&r| ready(&self.replicas[r as usize]))
+                && replicas
+                    .iter()
+                    .map(|&r| &self.replicas[r as usize])
+                    .filter(|r| ready(r))
+                    .all(|r| f64::from(tokens) > r.speed.kv_tokens)
+            {
+                // Longer than any ready replica's whole KV cache: the engine refuses it at once.
+                self.services[service].queue.pop_front();
+                self.services[service].slo.refused += 1;
+                continue;
+            }
+            let best = replicas
                 .iter()
                 .copied()
                 .filter(|&r| {
                     let r = &self.replicas[r as usize];
-                    r.state == ReplicaState::Ready && r.in_flight < max
+                    ready(r) && r.in_flight < max && r.kv_used + f64::from(tokens) <= r.speed.kv_tokens
                 })
                 .min_by(|&a, &b| {
                     let (ra, rb) = (&self.replicas[a as usize], &self.replicas[b as usize]);
@@ -914,7 +953,6 @@ impl<'p> World<'p> {
                 });
             let Some(replica) = best else { return };
             self.services[service].queue.pop_front();
-            let request = self.p.requests[index as usize];
             let clients = self.p.config.clients;
             let deadline = request.at_s + clients.timeout_s;
             let slo = clients.slo_s(self.p.services[service].config.class);
@@ -925,17 +963,18 @@ impl<'p> World<'p> {
                 self.services[service].slo.timed_out += 1;
                 continue;
             }
-            let first_token = start + f64::from(request.context_tokens) * r.speed.0;
+            let first_token = start + f64::from(request.context_tokens) * r.speed.prefill;
             r.in_flight += 1;
+            r.kv_used += f64::from(tokens);
             if first_token > deadline {
                 // The client leaves during prefill; the engine aborts the request then.
                 r.prefill_free_at = deadline;
                 self.services[service].slo.timed_out += 1;
-                self.at(deadline, Event::RequestDone { replica });
+                self.at(deadline, Event::RequestDone { replica, tokens });
                 continue;
             }
             r.prefill_free_at = first_token;
-            let done = first_token + f64::from(request.generated_tokens) * r.speed.1;
+            let done = first_token + f64::from(request.generated_tokens) * r.speed.decode;
             let ttft = first_token - request.at_s;
             let figures = &mut self.services[service].slo;
             figures.served += 1;
@@ -943,7 +982,7 @@ impl<'p> World<'p> {
                 figures.within_slo += 1;
             }
             self.services[service].ttft.push(ttft);
-            self.at(done, Event::RequestDone { replica });
+            self.at(done, Event::RequestDone { replica, tokens });
         }
     }
 
@@ -1028,7 +1067,8 @@ impl<'p> World<'p> {
             placement: None,
             in_flight: 0,
             prefill_free_at: 0.0,
-            speed: (0.0, 0.0),
+            speed: Speed::default(),
+            kv_used: 0.0,
             loaded_at: f64::INFINITY,
         });
         self.services[service].replicas.push(id as u32);
@@ -1072,7 +1112,7 @@ impl<'p> World<'p> {
         let model_index = self.cluster.nodes()[node].model.map(usize::from);
         let gpu_name = model_index.and_then(|m| self.cluster.models().get(m)).cloned().unwrap_or_default();
         *self.services[service].starts_by_gpu.entry(gpu_name).or_default() += 1;
-        let speed = model_index.and_then(|m| model.speed.get(m).copied().flatten()).unwrap_or((0.0, 0.0));
+        let speed = model_index.and_then(|m| model.speed.get(m).copied().flatten()).unwrap_or_default();
         let ready = loaded + config.engine_startup_s;
         self.loads.push(LoadRecord {
             service,
