@@ -2,6 +2,7 @@
 //! timeouts, cold starts, origin bytes, allocation), the sensitivity table, and SVG charts of allocation and waiting replicas over time.
 
 use comfy_table::CellAlignment;
+use gpuplane_sim::Spread;
 use gpuplane_sim::serve::{LatencyClass, ServeResult, StackResult};
 
 use crate::svg::{LineChart, Series};
@@ -103,14 +104,6 @@ pub fn sensitivity_table(variants: &[(String, ServeResult)], style: Style) -> St
 
 /// Per stack, the median over `results` (one per seed) of the figures the board and README quote.
 pub fn medians(results: &[ServeResult]) -> serde_json::Value {
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
     let Some(first) = results.first() else { return serde_json::json!({"seeds": [], "stacks": []}) };
     let stacks: Vec<serde_json::Value> = first
         .stacks
@@ -118,7 +111,8 @@ pub fn medians(results: &[ServeResult]) -> serde_json::Value {
         .enumerate()
         .map(|(i, s)| {
             let of = |f: &dyn Fn(&StackResult) -> f64| {
-                median(results.iter().filter_map(|r| r.stacks.get(i)).map(f).collect())
+                let mut values: Vec<f64> = results.iter().filter_map(|r| r.stacks.get(i)).map(f).collect();
+                Spread::of(&mut values).map_or(f64::NAN, |s| s.median)
             };
             let slo = |class: LatencyClass| {
                 let at = |s: &StackResult| s.slo.get(class.name()).map_or(f64::NAN, |f| f.attainment_pct);
@@ -218,31 +212,22 @@ pub fn seeds_table(results: &[ServeResult], style: Style) -> String {
         }));
         table.add_row(row);
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
-    let columns: Vec<Vec<[f64; 3]>> =
-        (0..stacks.len()).map(|i| results.iter().filter_map(|r| r.stacks.get(i)).map(cell).collect()).collect();
-    let of = |cells: &[[f64; 3]], k: usize| cells.iter().map(|c| c[k]).collect::<Vec<f64>>();
-    let mut row = vec!["median".to_owned()];
-    for cells in &columns {
-        row.push(format!("{:.1} / {:.1} / {:.1}", median(of(cells, 0)), median(of(cells, 1)), median(of(cells, 2))));
+    // Per stack, the spread over seeds of each of the three figures.
+    let spreads: Vec<[Option<Spread>; 3]> = (0..stacks.len())
+        .map(|i| {
+            let cells: Vec<[f64; 3]> = results.iter().filter_map(|r| r.stacks.get(i)).map(cell).collect();
+            std::array::from_fn(|k| Spread::of(&mut cells.iter().map(|c| c[k]).collect::<Vec<f64>>()))
+        })
+        .collect();
+    let mut median_row = vec!["median".to_owned()];
+    let mut range_row = vec!["min–max".to_owned()];
+    for spread in &spreads {
+        let [a, b, c] = spread.map(|s| s.map_or(f64::NAN, |s| s.median));
+        median_row.push(format!("{a:.1} / {b:.1} / {c:.1}"));
+        let [a, b, c] = spread.map(|s| s.map_or("–".to_owned(), |s| format!("{:.1}–{:.1}", s.min, s.max)));
+        range_row.push(format!("{a} / {b} / {c}"));
     }
-    table.add_row(row);
-    let mut row = vec!["min–max".to_owned()];
-    for cells in &columns {
-        let range = |k: usize| {
-            let v = of(cells, k);
-            let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-            format!("{lo:.1}–{hi:.1}")
-        };
-        row.push(format!("{} / {} / {}", range(0), range(1), range(2)));
-    }
-    table.add_row(row);
+    table.add_row(median_row);
+    table.add_row(range_row);
     format!("{table}\n")
 }
