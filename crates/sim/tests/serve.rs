@@ -4,8 +4,11 @@
 
 use std::path::PathBuf;
 
+use gpuplane_core::Node;
 use gpuplane_core::openb::{read_nodes, read_pods};
-use gpuplane_sim::serve::{LatencyClass, Link, LoadRecord, ServeConfig, ServeResult, Setup, read_azure, run};
+use gpuplane_sim::serve::{
+    LatencyClass, Link, LlmRequest, LoadRecord, ServeConfig, ServeResult, Setup, Stack, read_azure, run,
+};
 use proptest::prelude::*;
 
 fn data(path: &str) -> PathBuf {
@@ -19,6 +22,31 @@ fn setup(config: ServeConfig) -> Setup {
         nodes: read_nodes("nodes", open("openb/openb_node_list_gpu_node.csv")).unwrap(),
         batch: read_pods("batch", open("openb/openb_pod_list_default.csv")).unwrap(),
         requests: read_azure("conv", open("azure-llm-2023/AzureLLMInferenceTrace_conv.csv")).unwrap(),
+    }
+}
+
+/// A node with `gpus` GPUs of `model` and room for anything else.
+fn gpu_node(name: &str, model: &str, gpus: u8) -> Node {
+    Node {
+        name: name.into(),
+        cpu_milli: 64_000,
+        memory_bytes: 512 << 30,
+        gpu_count: gpus,
+        gpu_model: Some(model.into()),
+        labels: Default::default(),
+        taints: vec![],
+    }
+}
+
+/// A BestFit stack without the model cache or locality.
+fn bestfit_stack(name: &str, preemption: bool, fast_gpus: bool) -> Stack {
+    Stack {
+        name: name.into(),
+        policy: "bestfit".into(),
+        model_cache: false,
+        locality_weight: 0.0,
+        preemption,
+        fast_gpus,
     }
 }
 
@@ -89,34 +117,20 @@ fn a_service_no_gpu_can_hold_is_named() {
 
 #[test]
 fn interactive_replicas_prefer_fast_gpu_models_only_when_the_stack_says_so() {
-    use gpuplane_core::Node;
-    use gpuplane_sim::serve::{LlmRequest, Stack};
-    let node = |name: &str, model: &str| Node {
-        name: name.into(),
-        cpu_milli: 64_000,
-        memory_bytes: 512 << 30,
-        gpu_count: 8,
-        gpu_model: Some(model.into()),
-        labels: Default::default(),
-        taints: vec![],
-    };
     let mut config = ServeConfig { horizon_s: 120.0, drain_s: 60.0, ..ServeConfig::default() };
     // Only the 3B assistant (interactive, half a GPU): it fits a P100 half (8 GB) and a G3 half (20 GB).
     config.services.retain(|s| s.name == "assist-3b");
     config.services[0].min_replicas = 2;
-    let stack = |name: &str, fast_gpus: bool| Stack {
-        name: name.into(),
-        policy: "bestfit".into(),
-        model_cache: false,
-        locality_weight: 0.0,
-        preemption: false,
-        fast_gpus,
-    };
-    config.stacks = vec![stack("any", false), stack("fast", true)];
+    config.stacks = vec![bestfit_stack("any", false, false), bestfit_stack("fast", false, true)];
     let requests =
         (0..50).map(|i| LlmRequest { at_s: f64::from(i), context_tokens: 500, generated_tokens: 20 }).collect();
     // "a-p100" sorts first, so a policy blind to speed starts there.
-    let setup = Setup { config, nodes: vec![node("a-p100", "P100"), node("b-g3", "G3")], batch: vec![], requests };
+    let setup = Setup {
+        config,
+        nodes: vec![gpu_node("a-p100", "P100", 8), gpu_node("b-g3", "G3", 8)],
+        batch: vec![],
+        requests,
+    };
     let result = run(&setup, 3).unwrap();
     let starts = |stack: usize| result.stacks[stack].services[0].replica_starts_by_gpu.clone();
     assert_eq!(starts(0).keys().collect::<Vec<_>>(), ["P100"], "{:?}", starts(0));
@@ -208,35 +222,17 @@ proptest! {
 
 #[test]
 fn clients_give_up_after_their_timeout_and_a_full_queue_refuses() {
-    use gpuplane_core::Node;
-    use gpuplane_sim::serve::{LlmRequest, Stack};
     // One T4 node serving the 3B assistant on half a GPU: long prompts prefill slowly there.
-    let node = Node {
-        name: "t4".into(),
-        cpu_milli: 64_000,
-        memory_bytes: 512 << 30,
-        gpu_count: 1,
-        gpu_model: Some("T4".into()),
-        labels: Default::default(),
-        taints: vec![],
-    };
     let mut config = ServeConfig { horizon_s: 100.0, drain_s: 100.0, ..ServeConfig::default() };
     config.services.retain(|s| s.name == "assist-3b");
     config.clients.queue_limit = 10;
     config.clients.timeout_s = 30.0;
-    config.stacks = vec![Stack {
-        name: "s".into(),
-        policy: "bestfit".into(),
-        model_cache: false,
-        locality_weight: 0.0,
-        preemption: true,
-        fast_gpus: false,
-    }];
+    config.stacks = vec![bestfit_stack("s", true, false)];
     // 40 requests in the first 4 s, each with a prompt a T4 half takes about 3 s to serve, and whose KV cache
     // leaves room for one request at a time there.
     let requests =
         (0..40).map(|i| LlmRequest { at_s: f64::from(i) * 0.1, context_tokens: 5_000, generated_tokens: 10 }).collect();
-    let setup = Setup { config, nodes: vec![node], batch: vec![], requests };
+    let setup = Setup { config, nodes: vec![gpu_node("t4", "T4", 1)], batch: vec![], requests };
     let result = run(&setup, 1).unwrap();
     let f = result.stacks[0].slo["interactive"];
     assert_eq!(f.requests, 40);
@@ -249,38 +245,21 @@ fn clients_give_up_after_their_timeout_and_a_full_queue_refuses() {
 
 #[test]
 fn the_kv_cache_left_by_the_weights_bounds_what_a_replica_holds() {
-    use gpuplane_core::Node;
-    use gpuplane_sim::serve::{LlmRequest, Stack, kv_bytes_per_token};
+    use gpuplane_sim::serve::kv_bytes_per_token;
     let config = ServeConfig::default();
     let chat = config.services.iter().find(|s| s.name == "chat-8b").unwrap().clone();
     // Llama 3.1 8B in BF16: 32 layers x 8 KV heads x 128 x (K, V) x 2 bytes = 128 KiB per token.
     assert_eq!(kv_bytes_per_token(&chat), 131_072.0);
     // On an A10 (24 GB x 0.9 - 16.1 GB of weights) that is about 42,000 tokens: a 50,000-token request is
     // refused at once, a 2,000-token one served.
-    let node = Node {
-        name: "a10".into(),
-        cpu_milli: 64_000,
-        memory_bytes: 512 << 30,
-        gpu_count: 1,
-        gpu_model: Some("A10".into()),
-        labels: Default::default(),
-        taints: vec![],
-    };
     let mut config = ServeConfig { horizon_s: 200.0, drain_s: 100.0, ..config };
     config.services = vec![gpuplane_sim::serve::Service { min_replicas: 1, max_replicas: 1, ..chat }];
-    config.stacks = vec![Stack {
-        name: "s".into(),
-        policy: "bestfit".into(),
-        model_cache: false,
-        locality_weight: 0.0,
-        preemption: true,
-        fast_gpus: false,
-    }];
+    config.stacks = vec![bestfit_stack("s", true, false)];
     let requests = vec![
         LlmRequest { at_s: 100.0, context_tokens: 50_000, generated_tokens: 10 },
         LlmRequest { at_s: 101.0, context_tokens: 2_000, generated_tokens: 10 },
     ];
-    let result = run(&Setup { config, nodes: vec![node], batch: vec![], requests }, 1).unwrap();
+    let result = run(&Setup { config, nodes: vec![gpu_node("a10", "A10", 1)], batch: vec![], requests }, 1).unwrap();
     let f = result.stacks[0].slo["interactive"];
     assert_eq!((f.refused, f.served), (1, 1), "{f:?}");
 }
