@@ -52,17 +52,6 @@ impl ControlPlane {
         self.dir.path().join("kubeconfig")
     }
 
-    /// Starts the stock kube-scheduler with a KubeSchedulerConfiguration file.
-    fn start_kube_scheduler(&self, config: &Path) {
-        let status = Command::new(repo().join("scripts/controlplane"))
-            .arg("scheduler")
-            .arg(self.dir.path())
-            .arg(config)
-            .status()
-            .expect("scripts/controlplane runs");
-        assert!(status.success(), "kube-scheduler did not start");
-    }
-
     /// A binary the harness built (kubectl, ...).
     fn binary(&self, name: &str) -> PathBuf {
         let out = Command::new(repo().join("scripts/controlplane")).arg("build").output().unwrap();
@@ -86,6 +75,78 @@ impl Drop for ControlPlane {
 /// A child process killed on drop.
 struct Running(Child);
 
+impl Running {
+    fn spawn(mut command: Command) -> Running {
+        Running(command.spawn().unwrap())
+    }
+}
+
+/// The gpuplane binary against the test control plane, its standard error in `log`.
+fn gpuplane(plane: &ControlPlane, log: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gpuplane"));
+    command.env("KUBECONFIG", plane.kubeconfig()).stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
+    command
+}
+
+/// `gpuplane scheduler` as the scenarios run it: FGD, metrics on a free port, no locality term.
+const SCHEDULER: [&str; 7] =
+    ["scheduler", "--policy", "fgd", "--metrics-listen", "127.0.0.1:0", "--locality-weight", "0"];
+
+/// The TLS material of the webhook server tests: a certificate for 127.0.0.1, and the client CA.
+fn tls_fixture(name: &str) -> PathBuf {
+    repo().join("crates/kube/tests/fixtures/tls").join(name)
+}
+
+/// `gpuplane extender` on 127.0.0.1:`port` over HTTPS, accepting only clients of the fixture client CA.
+fn extender(plane: &ControlPlane, port: u16, log: &Path) -> Running {
+    let mut command = gpuplane(plane, log);
+    command
+        .args(["extender", "--policy", "fgd", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(tls_fixture("cert-1.pem"))
+        .arg("--tls-key")
+        .arg(tls_fixture("key-1.pem"))
+        .arg("--client-ca")
+        .arg(tls_fixture("client-ca.pem"));
+    Running::spawn(command)
+}
+
+/// A KubeSchedulerConfiguration for the test control plane — the default profile, no leader election — and
+/// with an extender port, deploy/'s extender settings (managedResources, HTTPS with a client certificate).
+fn kube_scheduler_config(plane: &ControlPlane, extender_port: Option<u16>) -> String {
+    let mut config = format!(
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  kubeconfig: {}\nleaderElection:\n  leaderElect: false\n",
+        plane.kubeconfig().display()
+    );
+    if let Some(port) = extender_port {
+        config.push_str(&format!(
+            "extenders:\n- urlPrefix: https://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  preemptVerb: preempt\n  bindVerb: bind\n  weight: 5\n  nodeCacheCapable: true\n  ignorable: false\n  httpTimeout: 5s\n  managedResources:\n  - {{name: nvidia.com/gpu, ignoredByScheduler: false}}\n  - {{name: gpuplane.io/gpu-milli, ignoredByScheduler: false}}\n  tlsConfig:\n    certFile: {}\n    keyFile: {}\n    caFile: {}\n",
+            tls_fixture("client-cert.pem").display(),
+            tls_fixture("client-key.pem").display(),
+            tls_fixture("ca.pem").display()
+        ));
+    }
+    config
+}
+
+/// The stock kube-scheduler of the harness's build with `config` (written to `work`), logging to `log`.
+fn kube_scheduler(plane: &ControlPlane, config: &str, work: &Path, log: &Path) -> Running {
+    let path = work.join(format!("kube-scheduler-{}.yaml", free_port()));
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(plane.binary("kube-scheduler"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
+        .arg("--authentication-kubeconfig")
+        .arg(plane.kubeconfig())
+        .arg("--authorization-kubeconfig")
+        .arg(plane.kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    Running::spawn(command)
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -101,28 +162,15 @@ fn control_plane_scenarios() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let client = plane.client().await;
-        let t = Instant::now();
-        openb_nodes_become_ready(&client).await;
-        eprintln!("e2e: 1213 kwok GPU nodes Ready in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        secondary_scheduler_places_like_the_simulator(&plane, &client).await;
-        eprintln!("e2e: secondary scheduler scenario in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        a_killed_leader_is_replaced_without_double_binding(&plane, &client).await;
-        eprintln!("e2e: leader failover scenario in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        an_interactive_pod_preempts_batch_within_its_disruption_budget(&plane, &client).await;
-        eprintln!("e2e: preemption scenario in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        stock_scheduler_with_the_extender_over_tls(&plane, &client).await;
-        eprintln!("e2e: extender scenario in {:.1} s", t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        the_webhook_through_real_webhook_configurations(&plane, &client).await;
-        eprintln!("e2e: admission webhook scenario in {:.1} s", t.elapsed().as_secs_f64());
+        timed("1213 kwok GPU nodes Ready", openb_nodes_become_ready(&client)).await;
+        timed("secondary scheduler scenario", secondary_scheduler_places_like_the_simulator(&plane, &client)).await;
+        timed("leader failover scenario", a_killed_leader_is_replaced_without_double_binding(&plane, &client)).await;
+        timed("preemption scenario", an_interactive_pod_preempts_batch_within_its_disruption_budget(&plane, &client))
+            .await;
+        timed("extender scenario", stock_scheduler_with_the_extender_over_tls(&plane, &client)).await;
+        timed("admission webhook scenario", the_webhook_through_real_webhook_configurations(&plane, &client)).await;
         // Last: it registers the webhook, whose Service has no endpoints here.
-        let t = Instant::now();
-        deploy_is_admitted_under_pod_security(&plane, &client).await;
-        eprintln!("e2e: kubectl apply -k deploy/ scenario in {:.1} s", t.elapsed().as_secs_f64());
+        timed("kubectl apply -k deploy/ scenario", deploy_is_admitted_under_pod_security(&plane, &client)).await;
     });
     let summary =
         format!("start-up {:.1} s, scenarios {:.1} s", up.as_secs_f64(), (started.elapsed() - up).as_secs_f64());
@@ -148,7 +196,6 @@ fn control_plane_benchmark() {
         let trace: Vec<_> =
             read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().take(pods_per_run).collect();
         let work = tempfile::tempdir().unwrap();
-        let tls = repo().join("crates/kube/tests/fixtures/tls");
         let mut rows = Vec::new();
         let modes = [
             "kube-scheduler",
@@ -157,7 +204,7 @@ fn control_plane_benchmark() {
             "gpuplane scheduler",
         ];
         for mode in modes {
-            let (scheduler_name, _running) = start_for_benchmark(&plane, mode, work.path(), &tls);
+            let (scheduler_name, _running) = start_for_benchmark(&plane, mode, work.path());
             let namespace = format!("bench-{}", rows.len());
             let row = burst(&client, &namespace, &trace, scheduler_name).await;
             eprintln!(
@@ -189,72 +236,28 @@ struct BurstResult {
 }
 
 /// Starts the scheduler of a benchmark mode; the scheduler name its pods use, and what to stop after.
-fn start_for_benchmark(plane: &ControlPlane, mode: &str, work: &Path, tls: &Path) -> (&'static str, Vec<Running>) {
-    let kube_scheduler = |config: String| {
-        let path = work.join(format!("kube-scheduler-{}.yaml", config.len()));
-        std::fs::write(&path, config).unwrap();
-        Running(
-            Command::new(plane.binary("kube-scheduler"))
-                .arg("--config")
-                .arg(&path)
-                .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
-                .arg("--authentication-kubeconfig")
-                .arg(plane.kubeconfig())
-                .arg("--authorization-kubeconfig")
-                .arg(plane.kubeconfig())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(work.join(format!("{}.log", mode.replace(' ', "-")))).unwrap())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let base = format!(
-        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  kubeconfig: {}\nleaderElection:\n  leaderElect: false\n",
-        plane.kubeconfig().display()
-    );
+fn start_for_benchmark(plane: &ControlPlane, mode: &str, work: &Path) -> (&'static str, Vec<Running>) {
+    let log = work.join(format!("{}.log", mode.replace([' ', ','], "-")));
     match mode {
-        "kube-scheduler" => ("default-scheduler", vec![kube_scheduler(base)]),
+        "kube-scheduler" => {
+            ("default-scheduler", vec![kube_scheduler(plane, &kube_scheduler_config(plane, None), work, &log)])
+        }
         // As large clusters often run it: the API client's default 50 requests/s (burst 100) raised.
         "kube-scheduler, client QPS 1000" => {
-            let raised = base.replace("clientConnection:\n", "clientConnection:\n  qps: 1000\n  burst: 2000\n");
-            ("default-scheduler", vec![kube_scheduler(raised)])
+            let raised = kube_scheduler_config(plane, None)
+                .replace("clientConnection:\n", "clientConnection:\n  qps: 1000\n  burst: 2000\n");
+            ("default-scheduler", vec![kube_scheduler(plane, &raised, work, &log)])
         }
         "kube-scheduler + gpuplane extender" => {
             let port = free_port();
-            let extender = Running(
-                Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-                    .args(["extender", "--policy", "fgd", "--listen", &format!("127.0.0.1:{port}")])
-                    .arg("--tls-cert")
-                    .arg(tls.join("cert-1.pem"))
-                    .arg("--tls-key")
-                    .arg(tls.join("key-1.pem"))
-                    .arg("--client-ca")
-                    .arg(tls.join("client-ca.pem"))
-                    .env("KUBECONFIG", plane.kubeconfig())
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(work.join("extender.log")).unwrap())
-                    .spawn()
-                    .unwrap(),
-            );
-            let config = format!(
-                "{base}extenders:\n- urlPrefix: https://127.0.0.1:{port}\n  filterVerb: filter\n  prioritizeVerb: prioritize\n  preemptVerb: preempt\n  bindVerb: bind\n  weight: 5\n  nodeCacheCapable: true\n  ignorable: false\n  httpTimeout: 5s\n  managedResources:\n  - {{name: nvidia.com/gpu, ignoredByScheduler: false}}\n  - {{name: gpuplane.io/gpu-milli, ignoredByScheduler: false}}\n  tlsConfig:\n    certFile: {tls}/client-cert.pem\n    keyFile: {tls}/client-key.pem\n    caFile: {tls}/ca.pem\n",
-                tls = tls.display()
-            );
-            ("default-scheduler", vec![extender, kube_scheduler(config)])
+            let extender = extender(plane, port, &work.join("extender.log"));
+            let config = kube_scheduler_config(plane, Some(port));
+            ("default-scheduler", vec![extender, kube_scheduler(plane, &config, work, &log)])
         }
         _ => {
-            let scheduler = Running(
-                Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-                    .args(["scheduler", "--policy", "fgd", "--lease-name", "", "--metrics-listen", "127.0.0.1:0"])
-                    .args(["--locality-weight", "0"])
-                    .env("KUBECONFIG", plane.kubeconfig())
-                    .env("RUST_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(work.join("gpuplane-scheduler.log")).unwrap())
-                    .spawn()
-                    .unwrap(),
-            );
-            ("gpuplane", vec![scheduler])
+            let mut command = gpuplane(plane, &log);
+            command.args(SCHEDULER).args(["--lease-name", ""]).env("RUST_LOG", "warn");
+            ("gpuplane", vec![Running::spawn(command)])
         }
     }
 }
@@ -416,16 +419,9 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
 
     // The scheduler starts after every pod exists, so its queue holds them in list (name) order, and its
     // FGD workload is theirs, as the simulator's is.
-    let _scheduler = Running(
-        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-            .args(["scheduler", "--policy", "fgd", "--lease-name", "", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--locality-weight", "0"])
-            .env("KUBECONFIG", plane.kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.path().join("scheduler.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut scheduler = gpuplane(plane, &work.path().join("scheduler.log"));
+    scheduler.args(SCHEDULER).args(["--lease-name", ""]);
+    let _scheduler = Running::spawn(scheduler);
     wait_for("every pod bound", Duration::from_secs(240), || async {
         let list = pods.list(&ListParams::default()).await.unwrap();
         list.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).count() == PODS
@@ -613,16 +609,9 @@ async fn a_killed_leader_is_replaced_without_double_binding(plane: &ControlPlane
     restricted_namespace(client, "failover").await;
     let work = tempfile::tempdir().unwrap();
     let replica = |identity: &str| {
-        Running(
-            Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-                .args(["scheduler", "--policy", "fgd", "--lease-namespace", "default", "--identity", identity])
-                .args(["--metrics-listen", "127.0.0.1:0", "--locality-weight", "0"])
-                .env("KUBECONFIG", plane.kubeconfig())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(work.path().join(format!("{identity}.log"))).unwrap())
-                .spawn()
-                .unwrap(),
-        )
+        let mut command = gpuplane(plane, &work.path().join(format!("{identity}.log")));
+        command.args(SCHEDULER).args(["--lease-namespace", "default", "--identity", identity]);
+        Running::spawn(command)
     };
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let holder = || async {
@@ -737,16 +726,9 @@ async fn an_interactive_pod_preempts_batch_within_its_disruption_budget(plane: &
         .unwrap()
     };
     let work = tempfile::tempdir().unwrap();
-    let _scheduler = Running(
-        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-            .args(["scheduler", "--policy", "fgd", "--lease-name", "", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--locality-weight", "0"])
-            .env("KUBECONFIG", plane.kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.path().join("scheduler.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut scheduler = gpuplane(plane, &work.path().join("scheduler.log"));
+    scheduler.args(SCHEDULER).args(["--lease-name", ""]);
+    let _scheduler = Running::spawn(scheduler);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "preempt");
     for name in ["batch-1", "batch-2"] {
         pods.create(&PostParams::default(), &pod(name, "batch", "e2e-batch")).await.unwrap();
@@ -810,61 +792,14 @@ async fn stock_scheduler_with_the_extender_over_tls(plane: &ControlPlane, client
         read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().skip(PODS + 300).take(N).collect();
     restricted_namespace(client, "extender").await;
     let work = tempfile::tempdir().unwrap();
-    let tls = repo().join("crates/kube/tests/fixtures/tls");
     let port = free_port();
-    let _extender = Running(
-        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-            .args(["extender", "--policy", "fgd", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(tls.join("cert-1.pem"))
-            .arg("--tls-key")
-            .arg(tls.join("key-1.pem"))
-            .arg("--client-ca")
-            .arg(tls.join("client-ca.pem"))
-            .env("KUBECONFIG", plane.kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.path().join("extender.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let _extender = extender(plane, port, &work.path().join("extender.log"));
     wait_for("the extender to listen", Duration::from_secs(120), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
     })
     .await;
-    let config = work.path().join("kube-scheduler.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "apiVersion: kubescheduler.config.k8s.io/v1
-kind: KubeSchedulerConfiguration
-clientConnection:
-  kubeconfig: {kubeconfig}
-leaderElection:
-  leaderElect: false
-extenders:
-- urlPrefix: https://127.0.0.1:{port}
-  filterVerb: filter
-  prioritizeVerb: prioritize
-  preemptVerb: preempt
-  bindVerb: bind
-  weight: 5
-  nodeCacheCapable: true
-  ignorable: false
-  httpTimeout: 5s
-  managedResources:
-  - {{name: nvidia.com/gpu, ignoredByScheduler: false}}
-  - {{name: gpuplane.io/gpu-milli, ignoredByScheduler: false}}
-  tlsConfig:
-    certFile: {tls}/client-cert.pem
-    keyFile: {tls}/client-key.pem
-    caFile: {tls}/ca.pem
-",
-            kubeconfig = plane.kubeconfig().display(),
-            tls = tls.display()
-        ),
-    )
-    .unwrap();
-    plane.start_kube_scheduler(&config);
+    let config = kube_scheduler_config(plane, Some(port));
+    let _kube_scheduler = kube_scheduler(plane, &config, work.path(), &work.path().join("kube-scheduler.log"));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "extender");
     let objects = openb_pods(&trace, "x", "default-scheduler", true);
@@ -981,22 +916,16 @@ async fn the_webhook_through_real_webhook_configurations(plane: &ControlPlane, c
     quotas.create(&PostParams::default(), &quota).await.unwrap();
 
     let work = tempfile::tempdir().unwrap();
-    let tls = repo().join("crates/kube/tests/fixtures/tls");
     let port = free_port();
-    let _webhook = Running(
-        Command::new(env!("CARGO_BIN_EXE_gpuplane"))
-            .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(tls.join("cert-1.pem"))
-            .arg("--tls-key")
-            .arg(tls.join("key-1.pem"))
-            .env("KUBECONFIG", plane.kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(work.path().join("webhook.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let ca = k8s_openapi::ByteString(std::fs::read(tls.join("ca.pem")).unwrap());
+    let mut webhook = gpuplane(plane, &work.path().join("webhook.log"));
+    webhook
+        .args(["webhook", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(tls_fixture("cert-1.pem"))
+        .arg("--tls-key")
+        .arg(tls_fixture("key-1.pem"));
+    let _webhook = Running::spawn(webhook);
+    let ca = k8s_openapi::ByteString(std::fs::read(tls_fixture("ca.pem")).unwrap());
     let hook = |name: &str, path: &str| {
         json!({
             "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "None", "failurePolicy": "Fail",
@@ -1071,6 +1000,13 @@ async fn the_webhook_through_real_webhook_configurations(plane: &ControlPlane, c
     eprintln!(
         "e2e: webhook steered a GPU pod, refused NVIDIA_VISIBLE_DEVICES=all twice, admitted 1 of 10 concurrent half-GPU pods at 1.5 of 2 GPUs"
     );
+}
+
+/// Runs a scenario and prints how long it took.
+async fn timed(what: &str, scenario: impl std::future::Future<Output = ()>) {
+    let started = Instant::now();
+    scenario.await;
+    eprintln!("e2e: {what} in {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// Polls `check` every 250 ms until it holds, or fails after `limit`.
