@@ -928,13 +928,13 @@ impl<'p> World<'p> {
             let tokens = request.context_tokens.saturating_add(request.generated_tokens);
             let ready = |r: &Replica| r.state == ReplicaState::Ready;
             let replicas = &self.services[service].replicas;
-            if replicas.iter().any(|&r| ready(&self.replicas[r as usize]))
-                && replicas
-                    .iter()
-                    .map(|&r| &self.replicas[r as usize])
-                    .filter(|r| ready(r))
-                    .all(|r| f64::from(tokens) > r.speed.kv_tokens)
-            {
+            let largest_cache = replicas
+                .iter()
+                .map(|&r| &self.replicas[r as usize])
+                .filter(|r| ready(r))
+                .map(|r| r.speed.kv_tokens)
+                .reduce(f64::max);
+            if largest_cache.is_some_and(|c| f64::from(tokens) > c) {
                 // Longer than any ready replica's whole KV cache: the engine refuses it at once.
                 self.services[service].queue.pop_front();
                 self.services[service].slo.refused += 1;
