@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::ServeError;
 
+/// Longest horizon or drain, seconds: a week of requests (the public traces span an hour to a day).
+pub const MAX_SPAN_S: f64 = 7.0 * 86_400.0;
+/// Most samples of the cluster a run keeps.
+pub const MAX_SAMPLES: f64 = 100_000.0;
+
 /// The serving simulation's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -38,6 +43,8 @@ pub struct ServeConfig {
     pub gpu_memory_utilization: f64,
     /// Zipf exponent of model popularity: request i goes to service k with probability ∝ 1 / k^s.
     pub popularity_zipf: f64,
+    /// The inference engine's batching limits.
+    pub engine: Batching,
     /// The autoscaler.
     pub autoscale: Autoscale,
     /// What clients wait for, and what counts as good service.
@@ -54,7 +61,7 @@ pub struct ServeConfig {
 
 /// Read rates, GB/s, from the fastest tier to the slowest.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TierBandwidth {
     /// Another replica of the model runs on the node: the weights are in its page cache.
     pub page_cache: f64,
@@ -66,6 +73,12 @@ pub struct TierBandwidth {
     pub origin: f64,
     /// The cluster's link to the origin, shared by every origin read at the same time.
     pub origin_shared: f64,
+}
+
+impl Default for TierBandwidth {
+    fn default() -> Self {
+        TierBandwidth { page_cache: 8.0, local: 2.0, peer: 1.25, origin: 1.5, origin_shared: 3.125 }
+    }
 }
 
 impl TierBandwidth {
@@ -89,11 +102,24 @@ pub struct Autoscale {
     pub interval_s: f64,
     /// Requests in flight per replica the autoscaler aims for.
     pub target_concurrency: f64,
-    /// Requests a replica holds at once at most (vLLM's `max_num_seqs`), if their KV cache fits; more wait
-    /// in the service queue.
-    pub max_concurrency: u32,
     /// Seconds demand must stay below the replica count before idle replicas are removed.
     pub scale_down_delay_s: f64,
+}
+
+/// The inference engine's scheduler limits (vLLM's names and defaults for GPUs under 70 GB).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Batching {
+    /// Requests a replica holds at once at most, if their KV cache fits; more wait in the service queue.
+    pub max_num_seqs: u32,
+    /// Tokens one engine step takes at most: a token for each decoding sequence, then prompt chunks.
+    pub max_num_batched_tokens: u32,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching { max_num_seqs: 256, max_num_batched_tokens: 2048 }
+    }
 }
 
 /// Clients and service-level objectives: a request whose first token has not come within the timeout is
@@ -250,7 +276,7 @@ impl Stack {
 
 impl Default for Autoscale {
     fn default() -> Self {
-        Autoscale { interval_s: 10.0, target_concurrency: 8.0, max_concurrency: 256, scale_down_delay_s: 300.0 }
+        Autoscale { interval_s: 10.0, target_concurrency: 8.0, scale_down_delay_s: 300.0 }
     }
 }
 
@@ -325,17 +351,12 @@ impl Default for ServeConfig {
             scheduling_latency_s: 1.0,
             engine_startup_s: 20.0,
             termination_grace_s: 30.0,
-            bandwidth_gbps: TierBandwidth {
-                page_cache: 8.0,
-                local: 2.0,
-                peer: 1.25,
-                origin: 1.5,
-                origin_shared: 3.125,
-            },
+            bandwidth_gbps: TierBandwidth::default(),
             node_cache_gb: 400.0,
             memory_headroom: 1.2,
             gpu_memory_utilization: 0.9,
             popularity_zipf: 1.0,
+            engine: Batching::default(),
             autoscale: Autoscale::default(),
             clients: Clients::default(),
             batch: Batch::default(),
@@ -395,6 +416,18 @@ impl ServeConfig {
         positive(self.horizon_s, "horizon_s")?;
         non_negative(self.drain_s, "drain_s")?;
         positive(self.sample_interval_s, "sample_interval_s")?;
+        for (v, field) in [(self.horizon_s, "horizon_s"), (self.drain_s, "drain_s")] {
+            if v > MAX_SPAN_S {
+                return Err(ServeError::Config(format!("{field} must be at most {MAX_SPAN_S} s (a week), got {v}")));
+            }
+        }
+        let samples = (self.horizon_s + self.drain_s) / self.sample_interval_s;
+        if samples > MAX_SAMPLES {
+            return Err(ServeError::Config(format!(
+                "sample_interval_s {} gives {samples:.0} samples over horizon_s + drain_s; at most {MAX_SAMPLES} are kept",
+                self.sample_interval_s
+            )));
+        }
         non_negative(self.scheduling_latency_s, "scheduling_latency_s")?;
         non_negative(self.engine_startup_s, "engine_startup_s")?;
         non_negative(self.termination_grace_s, "termination_grace_s")?;
@@ -420,7 +453,14 @@ impl ServeConfig {
         non_negative(self.popularity_zipf, "popularity_zipf")?;
         positive(self.autoscale.interval_s, "autoscale.interval_s")?;
         positive(self.autoscale.target_concurrency, "autoscale.target_concurrency")?;
-        positive(f64::from(self.autoscale.max_concurrency), "autoscale.max_concurrency")?;
+        positive(f64::from(self.engine.max_num_seqs), "engine.max_num_seqs")?;
+        if self.engine.max_num_batched_tokens < self.engine.max_num_seqs {
+            // vLLM refuses this too: a step must hold a decode token for every sequence.
+            return Err(ServeError::Config(format!(
+                "engine.max_num_batched_tokens ({}) must be at least engine.max_num_seqs ({})",
+                self.engine.max_num_batched_tokens, self.engine.max_num_seqs
+            )));
+        }
         non_negative(self.autoscale.scale_down_delay_s, "autoscale.scale_down_delay_s")?;
         positive(self.clients.timeout_s, "clients.timeout_s")?;
         positive(f64::from(self.clients.queue_limit), "clients.queue_limit")?;
@@ -506,6 +546,24 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_nested_section_keeps_its_other_defaults() {
+        let c =
+            ServeConfig::from_yaml("c.yaml", "bandwidth_gbps: {peer: 0.3}\nengine: {max_num_batched_tokens: 8192}\n")
+                .unwrap();
+        let defaults = ServeConfig::default();
+        assert_eq!(c.bandwidth_gbps, TierBandwidth { peer: 0.3, ..defaults.bandwidth_gbps });
+        assert_eq!(c.engine, Batching { max_num_batched_tokens: 8192, ..defaults.engine });
+    }
+
+    #[test]
+    fn spans_that_would_exhaust_memory_are_refused_before_running() {
+        let err = ServeConfig::from_yaml("c.yaml", "horizon_s: 1e12\n").unwrap_err().to_string();
+        assert!(err.contains("horizon_s must be at most"), "{err}");
+        let err = ServeConfig::from_yaml("c.yaml", "sample_interval_s: 0.001\n").unwrap_err().to_string();
+        assert!(err.contains("sample_interval_s"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_their_field() {
         let err = ServeConfig::from_yaml("c.yaml", "batch:\n  window_start: 2\n").unwrap_err().to_string();
         assert!(err.contains("c.yaml") && err.contains("batch.window_start"), "{err}");
@@ -513,6 +571,8 @@ mod tests {
         assert!(err.contains("horizon_s"), "{err}");
         let err = ServeConfig::from_yaml("c.yaml", "stacks:\n  - {name: x, policy: magic}\n").unwrap_err().to_string();
         assert!(err.contains("stacks[x].policy") && err.contains("magic"), "{err}");
+        let err = ServeConfig::from_yaml("c.yaml", "engine: {max_num_batched_tokens: 64}\n").unwrap_err().to_string();
+        assert!(err.contains("engine.max_num_batched_tokens (64)") && err.contains("max_num_seqs (256)"), "{err}");
         let err = ServeConfig::from_yaml("c.yaml", "horizon: 5\n").unwrap_err().to_string();
         assert!(err.contains("horizon"), "{err}");
     }

@@ -9,8 +9,10 @@
 //!   a service refuses requests beyond `clients.queue_limit` waiting, and a request served within its
 //!   class's TTFT objective counts toward SLO attainment and goodput;
 //! - a replica holds requests while their KV cache (prompt and output tokens) fits in the GPU memory its
-//!   weights leave, at most `max_concurrency`; prefill runs one request at a time per replica at the GPU's
-//!   TFLOPS (2 × parameters × prompt tokens), decode at memory bandwidth (weights per output token);
+//!   weights leave, at most `engine.max_num_seqs`, and runs them as vLLM's scheduler does ([`batching`]):
+//!   steps of at most `engine.max_num_batched_tokens` tokens, decodes first, then chunked prompts; a step
+//!   lasts the longer of its compute (2 × parameters × tokens at the GPU's TFLOPS) and its memory reads
+//!   (the weights and the decoding sequences' KV cache at its bandwidth);
 //! - the autoscaler aims at `target_concurrency` requests per replica and scales from zero on a request;
 //! - a new replica is ready after scheduling, the weight read (page cache, local cache, peer, origin) and
 //!   the engine start; a replica that fits nowhere waits, or evicts batch pods if its stack preempts, and
@@ -19,6 +21,7 @@
 //!   filled), and reads of one origin link, one peer's NIC or one node's disk share its bandwidth
 //!   ([`Link`]), first come, first served.
 
+pub mod batching;
 pub mod config;
 pub mod requests;
 
@@ -39,7 +42,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 use thiserror::Error;
 
-pub use config::{Clients, LatencyClass, ServeConfig, Service, Stack, TierBandwidth};
+pub use config::{Batching, Clients, LatencyClass, ServeConfig, Service, Stack, TierBandwidth};
+
+use batching::{Batcher, Output, StepCost};
 pub use requests::{LlmRequest, read_azure, read_mooncake};
 
 const GB: f64 = 1e9;
@@ -280,7 +285,7 @@ struct ServiceModel {
     /// when that excludes some.
     fast_request: Option<PodRequest>,
     bytes: f64,
-    /// Per cluster model index: prefill seconds per prompt token, decode seconds per output token.
+    /// Per cluster model index: step costs and KV capacity, if the model can hold a replica.
     speed: Vec<Option<Speed>>,
 }
 
@@ -407,10 +412,8 @@ pub fn kv_bytes_per_token(s: &Service) -> f64 {
 /// What a replica of a service can do on one GPU model.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Speed {
-    /// Seconds of prefill per prompt token.
-    prefill: f64,
-    /// Seconds per output token.
-    decode: f64,
+    /// What an engine step costs.
+    cost: StepCost,
     /// Tokens of KV cache the GPU memory left by the weights holds.
     kv_tokens: f64,
 }
@@ -429,11 +432,15 @@ fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result
             }
             accepted.push(model.clone());
             let flops = spec.tflops * 1e12 * f64::from(s.gpus) * share;
-            let prefill = 2.0 * s.params_b * 1e9 / flops;
-            let decode = s.weight_gb * GB / (spec.memory_bandwidth_gbps * GB * f64::from(s.gpus) * share);
+            let bandwidth = spec.memory_bandwidth_gbps * GB * f64::from(s.gpus) * share;
+            let cost = StepCost {
+                per_token_s: 2.0 * s.params_b * 1e9 / flops,
+                weights_s: s.weight_gb * GB / bandwidth,
+                kv_per_token_s: kv_bytes_per_token(s) / bandwidth,
+            };
             let memory = spec.memory_gb * GB * f64::from(s.gpus) * share * config.gpu_memory_utilization;
             let kv_tokens = ((memory - s.weight_gb * GB) / kv_bytes_per_token(s)).max(0.0);
-            Some(Speed { prefill, decode, kv_tokens })
+            Some(Speed { cost, kv_tokens })
         })
         .collect();
     if accepted.is_empty() {
@@ -547,8 +554,11 @@ struct Replica {
     state: ReplicaState,
     placement: Option<Placement>,
     in_flight: u32,
-    prefill_free_at: f64,
-    /// Per-token costs and KV capacity on the node it runs on.
+    /// Its engine's batches.
+    batcher: Batcher,
+    /// When its next engine event is queued for, microseconds (earlier queued events are stale).
+    step_at: Option<u64>,
+    /// Step costs and KV capacity on the node it runs on.
     speed: Speed,
     /// KV-cache tokens held by its requests.
     kv_used: f64,
@@ -563,10 +573,8 @@ enum Event {
         pod: u32,
         generation: u32,
     },
-    RequestDone {
+    ReplicaStep {
         replica: u32,
-        /// KV-cache tokens it held.
-        tokens: u32,
     },
     ReplicaReady {
         replica: u32,
@@ -611,6 +619,10 @@ struct World<'p> {
     pending_batch: VecDeque<u32>,
     services: Vec<ServiceState>,
     replicas: Vec<Replica>,
+    /// Per request: the replica prefilling its prompt, until its first token.
+    prefilling: Vec<Option<u32>>,
+    /// Engine outputs being handled.
+    outputs: Vec<Output>,
     /// Per node: cached models, and bytes held.
     node_cache: Vec<Vec<CacheEntry>>,
     node_cache_bytes: Vec<f64>,
@@ -652,6 +664,8 @@ impl<'p> World<'p> {
             pending_batch: VecDeque::new(),
             services: vec![ServiceState::default(); p.services.len()],
             replicas: Vec::new(),
+            prefilling: vec![None; p.requests.len()],
+            outputs: Vec::new(),
             node_cache: vec![Vec::new(); nodes],
             node_cache_bytes: vec![0.0; nodes],
             holders: vec![0; p.services.len()],
@@ -702,12 +716,11 @@ impl<'p> World<'p> {
                 Event::BatchDepart { pod, generation } => self.batch_depart(pod, generation)?,
                 Event::Request { index } => self.request(index)?,
                 Event::RequestTimeout { index } => self.request_timeout(index),
-                Event::RequestDone { replica, tokens } => {
-                    let r = &mut self.replicas[replica as usize];
-                    r.in_flight = r.in_flight.saturating_sub(1);
-                    r.kv_used = (r.kv_used - f64::from(tokens)).max(0.0);
-                    let service = r.service;
-                    self.dispatch(service);
+                Event::ReplicaStep { replica } => {
+                    if self.replicas[replica as usize].step_at == Some(micros(t)) {
+                        self.replicas[replica as usize].step_at = None;
+                        self.step(replica as usize, |b, now, out| b.advance(now, out));
+                    }
                 }
                 Event::ReplicaReady { replica } => {
                     let r = &mut self.replicas[replica as usize];
@@ -736,6 +749,7 @@ impl<'p> World<'p> {
         let mut unserved = 0;
         let mut by_class: BTreeMap<LatencyClass, Vec<f64>> = BTreeMap::new();
         let mut slo: BTreeMap<LatencyClass, SloFigures> = BTreeMap::new();
+        unserved += self.prefilling.iter().flatten().count();
         for (state, model) in self.services.iter().zip(&self.p.services) {
             unserved += state.queue.len();
             by_class.entry(model.config.class).or_default().extend_from_slice(&state.ttft);
@@ -910,22 +924,95 @@ impl<'p> World<'p> {
         Ok(())
     }
 
-    /// The client of a request still queued gives up.
+    /// The client of a request without a first token gives up: it leaves the queue, or its replica
+    /// drops its prompt.
     fn request_timeout(&mut self, index: u32) {
         let service = usize::from(self.p.assignment[index as usize]);
         let queue = &mut self.services[service].queue;
         if let Some(at) = queue.iter().position(|&i| i == index) {
             queue.remove(at);
             self.services[service].slo.timed_out += 1;
+        } else if let Some(replica) = self.prefilling[index as usize] {
+            let replica = replica as usize;
+            let mut aborted = false;
+            self.engine_do(replica, |b, now, out| aborted = b.abort(now, index, out));
+            if aborted {
+                self.prefilling[index as usize] = None;
+                self.services[service].slo.timed_out += 1;
+                self.release_request(replica, index);
+            }
+            self.dispatch(service);
+            self.schedule_step(replica);
         }
     }
 
-    /// Hands queued requests to ready replicas with room, the one whose prefill frees up first.
+    /// KV-cache tokens a request holds on its replica: its prompt and its whole output.
+    fn kv_tokens(&self, index: u32) -> f64 {
+        let r = self.p.requests[index as usize];
+        f64::from(r.context_tokens) + f64::from(r.generated_tokens)
+    }
+
+    fn release_request(&mut self, replica: usize, index: u32) {
+        let tokens = self.kv_tokens(index);
+        let r = &mut self.replicas[replica];
+        r.in_flight = r.in_flight.saturating_sub(1);
+        r.kv_used = (r.kv_used - tokens).max(0.0);
+    }
+
+    /// Does `f` to a replica's engine now and handles what came out, then gives the room to queued
+    /// requests and queues the engine's next event.
+    fn step(&mut self, replica: usize, f: impl FnOnce(&mut Batcher, f64, &mut Vec<Output>)) {
+        self.engine_do(replica, f);
+        let service = self.replicas[replica].service;
+        self.dispatch(service);
+        self.schedule_step(replica);
+    }
+
+    /// Does `f` to a replica's engine now and handles what came out: first tokens count toward the SLO,
+    /// finished requests free their room.
+    fn engine_do(&mut self, replica: usize, f: impl FnOnce(&mut Batcher, f64, &mut Vec<Output>)) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        f(&mut self.replicas[replica].batcher, self.now, &mut outputs);
+        let service = self.replicas[replica].service;
+        let clients = self.p.config.clients;
+        let slo = clients.slo_s(self.p.services[service].config.class);
+        for output in outputs.drain(..) {
+            match output {
+                Output::FirstToken { id, at_s } => {
+                    self.prefilling[id as usize] = None;
+                    let ttft = at_s - self.p.requests[id as usize].at_s;
+                    let state = &mut self.services[service];
+                    state.slo.served += 1;
+                    if ttft <= slo {
+                        state.slo.within_slo += 1;
+                    }
+                    state.ttft.push(ttft);
+                }
+                Output::Finished { id, .. } => self.release_request(replica, id),
+            }
+        }
+        self.outputs = outputs;
+    }
+
+    /// Queues the replica engine's next event unless it is queued already.
+    fn schedule_step(&mut self, replica: usize) {
+        let next = self.replicas[replica].batcher.next_change_s().map(micros);
+        if next != self.replicas[replica].step_at {
+            self.replicas[replica].step_at = next;
+            if let Some(at) = next {
+                self.seq += 1;
+                self.events.push(Reverse((at, self.seq, Event::ReplicaStep { replica: replica as u32 })));
+            }
+        }
+    }
+
+    /// Hands queued requests to ready replicas with room, the one with the least prompt work queued.
     fn dispatch(&mut self, service: usize) {
-        let max = self.p.config.autoscale.max_concurrency;
+        let max = self.p.config.engine.max_num_seqs;
+        let mut touched: Vec<usize> = Vec::new();
         while let Some(&index) = self.services[service].queue.front() {
             let request = self.p.requests[index as usize];
-            let tokens = request.context_tokens.saturating_add(request.generated_tokens);
+            let tokens = self.kv_tokens(index);
             let ready = |r: &Replica| r.state == ReplicaState::Ready;
             let replicas = &self.services[service].replicas;
             let largest_cache = replicas
@@ -934,7 +1021,7 @@ impl<'p> World<'p> {
                 .filter(|r| ready(r))
                 .map(|r| r.speed.kv_tokens)
                 .reduce(f64::max);
-            if largest_cache.is_some_and(|c| f64::from(tokens) > c) {
+            if largest_cache.is_some_and(|c| tokens > c) {
                 // Longer than any ready replica's whole KV cache: the engine refuses it at once.
                 self.services[service].queue.pop_front();
                 self.services[service].slo.refused += 1;
@@ -945,44 +1032,28 @@ impl<'p> World<'p> {
                 .copied()
                 .filter(|&r| {
                     let r = &self.replicas[r as usize];
-                    ready(r) && r.in_flight < max && r.kv_used + f64::from(tokens) <= r.speed.kv_tokens
+                    ready(r) && r.in_flight < max && r.kv_used + tokens <= r.speed.kv_tokens
                 })
-                .min_by(|&a, &b| {
-                    let (ra, rb) = (&self.replicas[a as usize], &self.replicas[b as usize]);
-                    ra.prefill_free_at.total_cmp(&rb.prefill_free_at).then(a.cmp(&b))
+                .min_by_key(|&r| {
+                    let r = &self.replicas[r as usize];
+                    (r.batcher.queued_prompt_tokens(), r.in_flight)
                 });
-            let Some(replica) = best else { return };
+            let Some(replica) = best else { break };
             self.services[service].queue.pop_front();
-            let clients = self.p.config.clients;
-            let deadline = request.at_s + clients.timeout_s;
-            let slo = clients.slo_s(self.p.services[service].config.class);
             let r = &mut self.replicas[replica as usize];
-            let start = r.prefill_free_at.max(self.now);
-            if start >= deadline {
-                // Its client is gone before the replica could begin: dropped at no cost.
-                self.services[service].slo.timed_out += 1;
-                continue;
-            }
-            let first_token = start + f64::from(request.context_tokens) * r.speed.prefill;
             r.in_flight += 1;
-            r.kv_used += f64::from(tokens);
-            if first_token > deadline {
-                // The client leaves during prefill; the engine aborts the request then.
-                r.prefill_free_at = deadline;
-                self.services[service].slo.timed_out += 1;
-                self.at(deadline, Event::RequestDone { replica, tokens });
-                continue;
+            r.kv_used += tokens;
+            self.prefilling[index as usize] = Some(replica);
+            // A run ending within the clock's microsecond may report here rather than at its own event.
+            self.engine_do(replica as usize, |b, now, out| {
+                b.admit(now, index, request.context_tokens, request.generated_tokens, out);
+            });
+            if !touched.contains(&(replica as usize)) {
+                touched.push(replica as usize);
             }
-            r.prefill_free_at = first_token;
-            let done = first_token + f64::from(request.generated_tokens) * r.speed.decode;
-            let ttft = first_token - request.at_s;
-            let figures = &mut self.services[service].slo;
-            figures.served += 1;
-            if ttft <= slo {
-                figures.within_slo += 1;
-            }
-            self.services[service].ttft.push(ttft);
-            self.at(done, Event::RequestDone { replica, tokens });
+        }
+        for r in touched {
+            self.schedule_step(r);
         }
     }
 
@@ -1066,7 +1137,8 @@ impl<'p> World<'p> {
             state: ReplicaState::Pending,
             placement: None,
             in_flight: 0,
-            prefill_free_at: 0.0,
+            batcher: Batcher::new(1, StepCost::default()),
+            step_at: None,
             speed: Speed::default(),
             kv_used: 0.0,
             loaded_at: f64::INFINITY,
@@ -1130,7 +1202,7 @@ impl<'p> World<'p> {
         replica.state = ReplicaState::Starting;
         replica.placement = Some(placement);
         replica.speed = speed;
-        replica.prefill_free_at = ready;
+        replica.batcher = Batcher::new(config.engine.max_num_batched_tokens, speed.cost);
         replica.loaded_at = loaded;
         if self.stack.model_cache {
             self.cache_insert(node, service, loaded);
