@@ -69,13 +69,47 @@ fn schema(value: &serde_json::Value, path: &Path, expected: &str) -> Result<()> 
     }
 }
 
-fn inference(args: &BoardArgs) -> Result<Inference> {
-    let (sim, sim_source) = match &args.sim {
+/// The simulation results given as files, read and checked before anything is computed.
+struct GivenResults {
+    sim: Option<(serde_json::Value, String)>,
+    serve: Option<(serde_json::Value, String)>,
+}
+
+fn given_results(args: &BoardArgs) -> Result<GivenResults> {
+    let sim = match &args.sim {
         Some(path) => {
             let value = read_json(path)?;
             schema(&value, path, gpuplane_report::SIM_JSON_SCHEMA)?;
-            (value, path.display().to_string())
+            Some((value, path.display().to_string()))
         }
+        None => None,
+    };
+    let serve = match &args.serve {
+        Some(path) => {
+            let value = read_json(path)?;
+            schema(&value, path, gpuplane_report::serve::SERVE_JSON_SCHEMA)?;
+            // The medians over seeds when the run had them, else its one seed.
+            let (result, what) = match value.get("median").filter(|m| !m.is_null()) {
+                Some(median) => (median.clone(), "medians over its seeds"),
+                None => (
+                    value
+                        .get("result")
+                        .cloned()
+                        .with_context(|| format!("{}: result: expected the run", path.display()))?,
+                    "its seed",
+                ),
+            };
+            Some((result, format!("{} ({what})", path.display())))
+        }
+        None => None,
+    };
+    Ok(GivenResults { sim, serve })
+}
+
+/// The inference figures: from the given results, or simulated on the bundled data.
+fn inference(given: GivenResults) -> Result<Inference> {
+    let (sim, sim_source) = match given.sim {
+        Some(given) => given,
         None => {
             let (nodes_name, nodes) = input::nodes(None)?;
             let (trace_name, trace) = input::trace(None)?;
@@ -91,33 +125,28 @@ fn inference(args: &BoardArgs) -> Result<Inference> {
                 record_decisions: false,
                 defrag: 0,
             };
-            let result = run_experiment(&experiment, &|_| {})?;
+            let bar = crate::sim::progress_bar(40, "placement runs (4 policies × seeds 42–51)");
+            let result = run_experiment(&experiment, &|_| bar.inc(1))?;
+            bar.finish_and_clear();
             (sim_json(&result, &trace_name, &nodes_name), format!("gpuplane sim on {trace_name}, seeds 42–51"))
         }
     };
-    let (serve, serve_source) = match &args.serve {
-        Some(path) => {
-            let value = read_json(path)?;
-            schema(&value, path, gpuplane_report::serve::SERVE_JSON_SCHEMA)?;
-            // The medians over seeds when the run had them, else its one seed.
-            let (result, what) = match value.get("median").filter(|m| !m.is_null()) {
-                Some(median) => (median.clone(), "medians over its seeds"),
-                None => (
-                    value
-                        .get("result")
-                        .cloned()
-                        .with_context(|| format!("{}: result: expected the run", path.display()))?,
-                    "its seed",
-                ),
-            };
-            (result, format!("{} ({what})", path.display()))
-        }
+    let (serve, serve_source) = match given.serve {
+        Some(given) => given,
         None => {
             let (trace_name, requests) = crate::serve_sim::requests("conv")?;
             let (_, nodes) = input::nodes(None)?;
             let batch = read_pods(input::BUNDLED_TRACE_NAME, input::BUNDLED_TRACE.as_bytes())?;
             let setup = Setup { config: ServeConfig::default(), nodes, batch, requests };
-            let runs = (42..=51).map(|seed| gpuplane_sim::serve::run(&setup, seed)).collect::<Result<Vec<_>, _>>()?;
+            let bar = crate::sim::progress_bar(10, "serving runs (seeds 42–51)");
+            let runs = (42..=51)
+                .map(|seed| {
+                    let run = gpuplane_sim::serve::run(&setup, seed);
+                    bar.inc(1);
+                    run
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            bar.finish_and_clear();
             (
                 gpuplane_report::serve::medians(&runs),
                 format!("gpuplane serve-sim on {trace_name}, medians of seeds 42–51"),
@@ -196,16 +225,19 @@ pub fn run(args: BoardArgs) -> Result<()> {
         }
         None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default(),
     };
-    let (objects, warnings) = manifests(&args)?;
-    let security = security(&args, &objects)?;
     if !(args.gpu_hour_usd.is_finite() && args.gpu_hour_usd >= 0.0) {
         anyhow::bail!("--gpu-hour-usd {}: expected a price of zero or more", args.gpu_hour_usd);
     }
+    // Every given file is read and checked before the simulations run.
+    let given = given_results(&args)?;
+    let (objects, warnings) = manifests(&args)?;
+    let security = security(&args, &objects)?;
+    let maturity = maturity(&args, as_of, objects, warnings)?;
     let board = Board {
         gpu_hour_usd: args.gpu_hour_usd,
         date: format_date(as_of),
-        inference: inference(&args)?,
-        maturity: maturity(&args, as_of, objects, warnings)?,
+        inference: inference(given)?,
+        maturity,
         security,
     };
     let html = board::html(&board);

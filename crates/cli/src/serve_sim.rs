@@ -105,36 +105,48 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
             read_pods(input::BUNDLED_TRACE_NAME, input::BUNDLED_TRACE.as_bytes())?,
         ),
     };
-    let setup = Setup { config, nodes, batch, requests };
-    let result = run(&setup, args.seed)?;
-
-    let mut per_seed: Vec<ServeResult> = Vec::new();
-    if let Some(list) = &args.seeds {
-        for seed in crate::sim::parse_seeds(list)? {
-            per_seed.push(if seed == args.seed { result.clone() } else { run(&setup, seed)? });
-        }
-    }
-    let mut variants: Vec<(String, ServeResult)> = Vec::new();
+    let seeds = args.seeds.as_deref().map(crate::sim::parse_seeds).transpose()?.unwrap_or_default();
+    let mut varied: Vec<(String, ServeConfig)> = Vec::new();
     if args.sensitivity {
-        variants.push(("as configured".to_owned(), result.clone()));
         for (name, bandwidth, startup) in [
             ("bandwidths 50 %", 0.5, 1.0),
             ("bandwidths 150 %", 1.5, 1.0),
             ("startup costs 50 %", 1.0, 0.5),
             ("startup costs 150 %", 1.0, 1.5),
         ] {
-            let varied = Setup { config: scaled_costs(&setup.config, bandwidth, startup), ..setup.clone() };
-            variants.push((name.to_owned(), run(&varied, args.seed)?));
+            varied.push((name.to_owned(), scaled_costs(&config, bandwidth, startup)));
         }
         // The origin's rate per reader, from one stream (0.3 GB/s at the defaults) to twice the configured.
-        let configured = setup.config.bandwidth_gbps.origin;
+        let configured = config.bandwidth_gbps.origin;
         for factor in [0.2, 0.5, 2.0] {
-            let mut config = setup.config.clone();
-            config.bandwidth_gbps.origin = configured * factor;
-            let name = format!("origin {:.2} GB/s per reader", configured * factor);
-            variants.push((name, run(&Setup { config, ..setup.clone() }, args.seed)?));
+            let mut c = config.clone();
+            c.bandwidth_gbps.origin = configured * factor;
+            varied.push((format!("origin {:.2} GB/s per reader", configured * factor), c));
         }
     }
+    let setup = Setup { config, nodes, batch, requests };
+    let runs = 1 + seeds.iter().filter(|&&s| s != args.seed).count() + varied.len();
+    let bar = crate::sim::progress_bar(runs as u64, "serving runs");
+    let run_one = |setup: &Setup, seed: u64, what: &str| {
+        bar.set_message(format!("{what}, seed {seed}"));
+        let result = run(setup, seed);
+        bar.inc(1);
+        result
+    };
+    let result = run_one(&setup, args.seed, "as configured")?;
+    let mut per_seed: Vec<ServeResult> = Vec::new();
+    for &seed in &seeds {
+        per_seed.push(if seed == args.seed { result.clone() } else { run_one(&setup, seed, "as configured")? });
+    }
+    let mut variants: Vec<(String, ServeResult)> = Vec::new();
+    if args.sensitivity {
+        variants.push(("as configured".to_owned(), result.clone()));
+        for (name, config) in varied {
+            let r = run_one(&Setup { config, ..setup.clone() }, args.seed, &name)?;
+            variants.push((name, r));
+        }
+    }
+    bar.finish_and_clear();
 
     let json = serde_json::json!({
         "schema": serve::SERVE_JSON_SCHEMA,

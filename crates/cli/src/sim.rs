@@ -79,6 +79,19 @@ enum OutputFormat {
 }
 
 /// Parses "42-51", "1,5,7-9" into seeds.
+/// A progress bar of `len` units on standard error (drawn only when it is a terminal).
+pub(crate) fn progress_bar(len: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{elapsed:>4}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     let mut seeds = Vec::new();
     for part in text.split(',').map(str::trim) {
@@ -134,12 +147,7 @@ pub fn run(args: SimArgs) -> Result<()> {
 
     let modes = if args.defrag > 0 { 2 } else { 1 };
     let runs = (modes * experiment.policies.len() * experiment.seeds.len()) as u64;
-    let bar = ProgressBar::with_draw_target(Some(runs), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {pos}/{len} runs {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(runs, "runs");
     let result = run_experiment(&experiment, &|r| {
         bar.set_message(format!("{} seed {}", gpuplane_sim::key(r.policy, r.defrag), r.seed));
         bar.inc(1);

@@ -495,6 +495,26 @@ fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
 }
 
 #[test]
+fn serve_sim_and_board_check_their_arguments_before_simulating() {
+    let dir = tempfile::tempdir().unwrap();
+    // A configuration only the simulation itself rejects (no GPU of the cluster holds the service), so an
+    // error about the arguments shows they were checked first.
+    let unplaceable = write(
+        dir.path(),
+        "big.yaml",
+        "services:\n  - {name: huge, params_b: 1000, weight_gb: 2000, layers: 1, kv_heads: 1, head_dim: 1, gpus: 1, \
+         cpu_milli: 1000, memory_gb: 1, class: interactive, max_replicas: 1}\n",
+    );
+    assert_fails(&gpuplane(&["serve-sim", "--config", &unplaceable], dir.path()), "services[huge]");
+    assert_fails(&gpuplane(&["serve-sim", "--config", &unplaceable, "--seeds", "5-1"], dir.path()), "--seeds");
+    let partial = write(dir.path(), "partial.yaml", "bandwidth_gbps: {peer: 0.3}\nhorizon_s: 1e12\n");
+    assert_fails(&gpuplane(&["serve-sim", "--config", &partial], dir.path()), "horizon_s must be at most");
+    // The board reads the files it is given before it looks at the repository or simulates anything.
+    let not_json = write(dir.path(), "serve.json", "not json");
+    assert_fails(&gpuplane(&["board", "--repo", "not-a-repo", "--serve", &not_json], dir.path()), "serve.json");
+}
+
+#[test]
 fn node_agent_names_a_bad_inventory_before_touching_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
     assert_fails(&gpuplane(&["node", "--node-name", "n1", "--inventory", "missing.yaml"], dir.path()), "missing.yaml");
