@@ -484,7 +484,7 @@ fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s/serve.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], "gpuplane.serve-sim/v1");
-    assert_eq!(json["result"]["stacks"].as_array().unwrap().len(), 6, "the ladder of six stacks");
+    assert_eq!(json["result"]["stacks"].as_array().unwrap().len(), 7, "the ladder of seven stacks");
     assert_eq!(json["config"]["horizon_s"], 300.0);
     assert_eq!(json["seeds"].as_array().unwrap().len(), 2);
 

@@ -378,6 +378,7 @@ impl Default for ServeConfig {
                 stack("binpack", "bestfit", false, 0.0, false),
                 stack("fgd", "fgd", false, 0.0, false),
                 stack("+ model cache", "kube-default", true, 0.0, false),
+                stack("+ fast-GPU affinity", "kube-default", true, 0.0, true),
                 stack("+ gpuplane placement", "gpuplane", true, 0.0, true),
                 stack("gpuplane", "gpuplane", true, 0.3, true),
             ],
