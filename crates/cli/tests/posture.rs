@@ -371,3 +371,117 @@ fn sarif_from_checkov_zizmor_and_clippy_is_read_with_normalised_paths_and_levels
     // Every finding is blamed to the one commit, which no marker attributes to an AI assistant.
     assert!(findings.iter().all(|f| f["ai"] == false), "{findings:?}");
 }
+
+/// One commit of the attribution fixture: who wrote it, who committed it, and what it says.
+struct Fixture {
+    author: (&'static str, &'static str),
+    committer: (&'static str, &'static str),
+    message: &'static str,
+    /// The assistant the commit should be attributed to, `None` for a person's own.
+    expected: Option<&'static str>,
+}
+
+#[test]
+fn attribution_of_a_fixture_history_is_exact_per_assistant() {
+    let ada = ("Ada", "ada@example.com");
+    let fixtures = [
+        // aider's own edit (author suffix), its co-author trailer and its message prefix.
+        Fixture {
+            author: ("Ada (aider)", "ada@example.com"),
+            committer: ("Ada (aider)", "ada@example.com"),
+            message: "feat: parse",
+            expected: Some("aider"),
+        },
+        Fixture {
+            author: ada,
+            committer: ada,
+            message: "fix: x\n\nCo-authored-by: aider (gpt-4o) <aider@aider.chat>",
+            expected: Some("aider"),
+        },
+        Fixture { author: ada, committer: ada, message: "aider: rename helper", expected: Some("aider") },
+        // The user's own change and an /undo revert committed through aider: only the committer says aider.
+        Fixture { author: ada, committer: ("Ada (aider)", "ada@example.com"), message: "copy", expected: None },
+        Fixture {
+            author: ada,
+            committer: ("Ada (aider)", "ada@example.com"),
+            message: "Revert \"feat: parse\"",
+            expected: None,
+        },
+        // Someone at the tool's company.
+        Fixture {
+            author: ("Paul", "paul@aider.chat"),
+            committer: ("Paul", "paul@aider.chat"),
+            message: "docs",
+            expected: None,
+        },
+        Fixture {
+            author: ada,
+            committer: ada,
+            message: "cache\n\n🤖 Generated with [Claude Code](https://claude.com/claude-code)\n\nCo-Authored-By: Claude <noreply@anthropic.com>",
+            expected: Some("Claude Code"),
+        },
+        Fixture {
+            author: ("Copilot", "198982749+Copilot@users.noreply.github.com"),
+            committer: ada,
+            message: "agent fix",
+            expected: Some("GitHub Copilot"),
+        },
+        Fixture {
+            author: ("Cursor Agent", "cursoragent@cursor.com"),
+            committer: ada,
+            message: "refactor",
+            expected: Some("Cursor"),
+        },
+        Fixture {
+            author: ada,
+            committer: ada,
+            message: "mm: fix\n\nAssisted-by: claude-code:opus-4\nSigned-off-by: Ada <ada@example.com>",
+            expected: Some("Assisted-by"),
+        },
+        // A person named Claude, a dependency bot, a plain commit.
+        Fixture {
+            author: ("Claude Shannon", "claude@example.com"),
+            committer: ("Claude Shannon", "claude@example.com"),
+            message: "entropy",
+            expected: None,
+        },
+        Fixture {
+            author: ("dependabot[bot]", "49699333+dependabot[bot]@users.noreply.github.com"),
+            committer: ada,
+            message: "Bump x",
+            expected: None,
+        },
+        Fixture { author: ada, committer: ada, message: "plain", expected: None },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let mut ids = Vec::new();
+    for (n, f) in fixtures.iter().enumerate() {
+        std::fs::write(repo.join("f.txt"), n.to_string()).unwrap();
+        git(&repo, &["add", "-A"]);
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .env("GIT_AUTHOR_NAME", f.author.0)
+            .env("GIT_AUTHOR_EMAIL", f.author.1)
+            .env("GIT_COMMITTER_NAME", f.committer.0)
+            .env("GIT_COMMITTER_EMAIL", f.committer.1)
+            .args(["-c", "commit.gpgsign=false", "commit", "-q", "-m", f.message])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        ids.push(git(&repo, &["rev-parse", "HEAD"]));
+    }
+    let out = gpuplane(&["posture", "attribute", "--json"], &repo);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), fixtures.len());
+    for (f, id) in fixtures.iter().zip(&ids) {
+        let row = rows.iter().find(|r| r["id"] == id.as_str()).unwrap();
+        let tool = row["attribution"]["tool"].as_str();
+        assert_eq!(tool, f.expected, "{:?}: {}", f.message, row["attribution"]);
+        assert_eq!(row["attribution"]["ai"], f.expected.is_some());
+    }
+}

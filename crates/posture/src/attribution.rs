@@ -1,6 +1,7 @@
-//! Attribution of commits to AI assistants from the markers the tools leave: author and committer
-//! addresses, co-author and tool trailers, bot logins in GitHub noreply addresses, message footers and
-//! name suffixes. Identities match by address, never by display name. The markers are data.
+//! Attribution of commits to AI assistants from the exact markers the tools leave: author and committer
+//! addresses, co-author and tool trailers, bot logins in GitHub noreply addresses, message footers, author
+//! name suffixes and subject prefixes. Identities match by whole address, never by display name or by an
+//! address's domain. The markers are data.
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -61,9 +62,6 @@ pub struct ToolMarkers {
     /// Exact addresses.
     #[serde(default)]
     pub emails: Vec<String>,
-    /// Address domains.
-    #[serde(default)]
-    pub email_domains: Vec<String>,
     /// Logins inside `<id>+<login>@users.noreply.github.com`.
     #[serde(default)]
     pub logins: Vec<String>,
@@ -73,9 +71,10 @@ pub struct ToolMarkers {
     /// Regular expressions over the whole message.
     #[serde(default)]
     pub footers: Vec<String>,
-    /// Author or committer name endings, such as ` (aider)`.
+    /// Author name endings, such as ` (aider)` (a committer's name is not read: tools commit people's own
+    /// changes under theirs).
     #[serde(default)]
-    pub name_suffixes: Vec<String>,
+    pub author_name_suffixes: Vec<String>,
     /// Subject beginnings.
     #[serde(default)]
     pub subject_prefixes: Vec<String>,
@@ -169,9 +168,7 @@ impl Markers {
     }
 
     fn identity_match(tool: &ToolMarkers, email: &str) -> bool {
-        let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
         tool.emails.iter().any(|e| e.eq_ignore_ascii_case(email))
-            || tool.email_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
             || noreply_login(email).is_some_and(|l| tool.logins.iter().any(|x| x.eq_ignore_ascii_case(l)))
     }
 
@@ -201,10 +198,9 @@ impl Markers {
                     found.push((Confidence::Medium, name.clone(), format!("message: {}", m.as_str())));
                 }
             }
-            for (role, person) in [("author", &commit.author_name), ("committer", &commit.committer_name)] {
-                if tool.name_suffixes.iter().any(|s| person.ends_with(s.as_str())) {
-                    found.push((Confidence::Low, name.clone(), format!("{role} name {person}")));
-                }
+            let author = &commit.author_name;
+            if tool.author_name_suffixes.iter().any(|s| author.ends_with(s.as_str())) {
+                found.push((Confidence::Low, name.clone(), format!("author name {author}")));
             }
             if tool.subject_prefixes.iter().any(|p| subject.starts_with(p.as_str())) {
                 found.push((Confidence::Low, name.clone(), format!("subject: {subject}")));
@@ -279,6 +275,22 @@ mod tests {
         assert!(!markers.attribute(&commit(("Ada", "ada@example.com"), body)).ai);
         let renovate = commit(("renovate[bot]", "29139614+renovate[bot]@users.noreply.github.com"), "Update x");
         assert!(!markers.attribute(&renovate).ai);
+    }
+
+    #[test]
+    fn a_tools_domain_and_a_committer_suffix_alone_are_not_markers() {
+        let markers = Markers::builtin().unwrap();
+        // Someone at the company that makes the tool.
+        assert!(!markers.attribute(&commit(("Paul", "paul@aider.chat"), "copy")).ai);
+        // The user's own change committed through aider (/commit) and an /undo revert: committer suffix only.
+        let mut own = commit(("Paul", "paul@example.com"), "copy");
+        own.committer_name = "Paul (aider)".into();
+        assert!(!markers.attribute(&own).ai);
+        own.author_name = "Paul (aider)".into();
+        assert_eq!(markers.attribute(&own).tool.as_deref(), Some("aider"), "aider's own edit");
+        let trailer =
+            commit(("Paul", "paul@example.com"), "feat: x\n\nCo-authored-by: aider (gpt-4o) <aider@aider.chat>");
+        assert_eq!(markers.attribute(&trailer).confidence, Some(Confidence::High));
     }
 
     #[test]
