@@ -247,7 +247,8 @@ pub fn read_manifest_dir(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| AssessError::Io { path: path.display().to_string(), message: e.to_string() })?
         .into_iter()
-        .filter(|e| e.file_type().is_file() && is_yaml(&e.path().to_string_lossy()))
+        // A file named on its own is read whatever its name ends with; in a folder, YAML files.
+        .filter(|e| e.file_type().is_file() && (e.depth() == 0 || is_yaml(&e.path().to_string_lossy())))
         .map(|e| e.into_path())
         .collect();
     files.sort();

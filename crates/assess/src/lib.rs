@@ -65,13 +65,12 @@ impl AssessError {
 
     /// A YAML error in a document that starts `line_offset` lines into the file.
     pub(crate) fn yaml_at(source_name: &str, e: &serde_saphyr::Error, line_offset: usize) -> AssessError {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
-        let message = e.to_string();
+        let (line, column, message) = gpuplane_core::yaml_error_parts(e);
         AssessError::Yaml {
             source_name: source_name.to_owned(),
-            line: line + line_offset,
-            column,
-            message: message.lines().next().unwrap_or_default().to_owned(),
+            line: line as usize + line_offset,
+            column: column as usize,
+            message,
         }
     }
 

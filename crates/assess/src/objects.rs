@@ -71,20 +71,51 @@ impl KubeObject {
     }
 }
 
-/// Reads every Kubernetes object of a YAML file; documents that are not Kubernetes objects are skipped.
+/// YAML nodes one document may hold: well above a List of tens of thousands of objects, still a bound.
+const MAX_YAML_NODES: usize = 20_000_000;
+
+/// Reads every Kubernetes object of a YAML file (or a JSON one: text starting with `{` or `[`);
+/// documents that are not Kubernetes objects are skipped.
 pub fn read_objects(source_name: &str, text: &str) -> Result<Vec<KubeObject>, AssessError> {
     let mut objects = Vec::new();
+    if text.trim_start().starts_with(['{', '[']) {
+        let value: Value = serde_json::from_str(text).map_err(|e| AssessError::Yaml {
+            source_name: source_name.to_owned(),
+            line: e.line(),
+            column: e.column(),
+            message: format!("not JSON: {}", json_message(&e)),
+        })?;
+        match value {
+            Value::Array(items) => items.into_iter().for_each(|v| push_objects(source_name, 1, v, &mut objects)),
+            value => push_objects(source_name, 1, value, &mut objects),
+        }
+        return Ok(objects);
+    }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    budget.max_events = 4 * MAX_YAML_NODES;
     for (start, document) in documents(text) {
         if document.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             continue;
         }
-        let value: Value =
-            serde_saphyr::from_str(document).map_err(|e| AssessError::yaml_at(source_name, &e, start - 1))?;
+        let mut options = serde_saphyr::Options::default();
+        options.budget = Some(budget.clone());
+        let value: Value = serde_saphyr::from_str_with_options(document, options)
+            .map_err(|e| AssessError::yaml_at(source_name, &e, start - 1))?;
         // The object's line is its first line of content, after any comments heading the document.
         let skipped = document.lines().take_while(|l| l.trim().is_empty() || l.trim_start().starts_with('#')).count();
         push_objects(source_name, start + skipped, value, &mut objects);
     }
     Ok(objects)
+}
+
+/// serde_json's message without the " at line L column C" it ends with (the error names the place).
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
 }
 
 fn push_objects(source_name: &str, line: usize, value: Value, out: &mut Vec<KubeObject>) {

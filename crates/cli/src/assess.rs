@@ -72,7 +72,7 @@ fn read(path: &Path) -> Result<String> {
 /// Runs `gpuplane assess`.
 pub fn run(args: AssessArgs) -> Result<()> {
     if args.print_model {
-        print!("{BUILTIN_MODEL}");
+        out!("{BUILTIN_MODEL}")?;
         return Ok(());
     }
     let model = match &args.model {
@@ -131,12 +131,12 @@ pub fn run(args: AssessArgs) -> Result<()> {
     }
     match args.format {
         OutputFormat::Table => {
-            print!("{}", report::terminal(&assessment));
-            println!("Wrote {}/assessment.{{json,md,html}}", args.out.display());
+            out!("{}", report::terminal(&assessment))?;
+            outln!("Wrote {}/assessment.{{json,md,html}}", args.out.display())?;
         }
-        OutputFormat::Markdown => print!("{markdown}"),
-        OutputFormat::Json => println!("{json}"),
-        OutputFormat::Html => print!("{html}"),
+        OutputFormat::Markdown => out!("{markdown}")?,
+        OutputFormat::Json => outln!("{json}")?,
+        OutputFormat::Html => out!("{html}")?,
     }
     Ok(())
 }

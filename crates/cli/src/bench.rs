@@ -167,19 +167,19 @@ fn scheduler(args: SchedulerBenchArgs) -> Result<()> {
     let burst: HashMap<String, _> = arrivals.into_iter().collect();
     let (mut ns, placed, waiting) = drive(&mut s, &burst, start);
     let elapsed = t0.elapsed();
-    println!(
+    outln!(
         "scheduler burst: {} pending pods on 1,213 nodes ({:.0} % of GPUs allocated first), FGD, one core",
         args.pods,
         allocated * 100.0
-    );
-    println!("  queued in {:.1} ms; drained in {:.1} ms", queued.as_secs_f64() * 1e3, elapsed.as_secs_f64() * 1e3);
-    println!(
+    )?;
+    outln!("  queued in {:.1} ms; drained in {:.1} ms", queued.as_secs_f64() * 1e3, elapsed.as_secs_f64() * 1e3)?;
+    outln!(
         "  bound {placed}, unschedulable {waiting}; {:.0} pods/s end to end (bind and watch confirmation included)",
         args.pods as f64 / elapsed.as_secs_f64()
-    );
+    )?;
     ns.sort_unstable();
     let at = |q: f64| ns.get(((ns.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0) as f64 / 1e3;
-    println!("  per attempt: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs", at(0.5), at(0.99), at(1.0));
+    outln!("  per attempt: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs", at(0.5), at(0.99), at(1.0))?;
     Ok(())
 }
 
@@ -280,36 +280,35 @@ fn extender(args: ExtenderBenchArgs) -> Result<()> {
         load(router(ext), None, args.clients, args.seconds, ["/filter", "/prioritize"], bodies)?;
 
     let total = filter_ns.len() + prioritize_ns.len();
-    println!(
+    outln!(
         "extender load test: 1,213 nodes ({:.0} % of GPUs allocated), {} clients, {:.1} s, requests of {} KiB (all node names)",
         args.fill * 100.0,
         args.clients,
         elapsed.as_secs_f64(),
         body_bytes / 1024
-    );
-    println!("  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10}", "verb", "requests", "req/s", "p50 ms", "p99 ms", "max ms");
+    )?;
+    outln!("  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10}", "verb", "requests", "req/s", "p50 ms", "p99 ms", "max ms")?;
     for (verb, mut ns) in [("filter", filter_ns), ("prioritize", prioritize_ns)] {
-        print_row(verb, &mut ns, elapsed);
+        print_row(verb, &mut ns, elapsed)?;
     }
-    println!("  {:<12} {:>9} {:>10.0}", "both", total, total as f64 / elapsed.as_secs_f64());
+    outln!("  {:<12} {:>9} {:>10.0}", "both", total, total as f64 / elapsed.as_secs_f64())?;
     Ok(())
 }
 
-fn print_row(verb: &str, ns: &mut [u64], elapsed: Duration) {
+fn print_row(verb: &str, ns: &mut [u64], elapsed: Duration) -> std::io::Result<()> {
     if ns.is_empty() {
-        println!("  {verb:<12} {:>9}", 0);
-        return;
+        return outln!("  {verb:<12} {:>9}", 0);
     }
     ns.sort_unstable();
     let at = |q: f64| ns[((ns.len() - 1) as f64 * q).round() as usize] as f64 / 1e6;
-    println!(
+    outln!(
         "  {verb:<12} {:>9} {:>10.0} {:>10.2} {:>10.2} {:>10.2}",
         ns.len(),
         ns.len() as f64 / elapsed.as_secs_f64(),
         at(0.5),
         at(0.99),
         at(1.0)
-    );
+    )
 }
 
 /// One keep-alive connection that sends requests to the two paths in turn until the deadline; returns
@@ -480,20 +479,17 @@ fn webhook(args: WebhookBenchArgs) -> Result<()> {
     let (mutate_ns, validate_ns, elapsed) =
         load(app, tls, args.clients, args.seconds, ["/mutate", "/validate"], bodies)?;
     let total = mutate_ns.len() + validate_ns.len();
-    println!(
+    outln!(
         "webhook load test: {} clients over {}, {:.1} s, AdmissionReviews of trace pods",
         args.clients,
         if args.plain_http { "HTTP" } else { "HTTPS (TLS 1.3, keep-alive)" },
         elapsed.as_secs_f64()
-    );
-    println!(
-        "  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "path", "reviews", "reviews/s", "p50 ms", "p99 ms", "max ms"
-    );
+    )?;
+    outln!("  {:<12} {:>9} {:>10} {:>10} {:>10} {:>10}", "path", "reviews", "reviews/s", "p50 ms", "p99 ms", "max ms")?;
     for (path, mut ns) in [("mutate", mutate_ns), ("validate", validate_ns)] {
-        print_row(path, &mut ns, elapsed);
+        print_row(path, &mut ns, elapsed)?;
     }
-    println!("  {:<12} {:>9} {:>10.0}", "both", total, total as f64 / elapsed.as_secs_f64());
+    outln!("  {:<12} {:>9} {:>10.0}", "both", total, total as f64 / elapsed.as_secs_f64())?;
     Ok(())
 }
 

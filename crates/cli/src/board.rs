@@ -247,7 +247,7 @@ pub fn run(args: BoardArgs) -> Result<()> {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    print!("{markdown}");
-    println!("\nWrote {}/board.{{html,md}}", args.out.display());
+    out!("{markdown}")?;
+    outln!("\nWrote {}/board.{{html,md}}", args.out.display())?;
     Ok(())
 }

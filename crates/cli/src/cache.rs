@@ -342,7 +342,7 @@ fn fetch(args: FetchArgs) -> Result<()> {
     let started = Instant::now();
     let report = service::runtime()?.block_on(fetcher.fetch_model(&store, &manifest))?;
     let elapsed = started.elapsed();
-    println!(
+    outln!(
         "{}: {} files, {:.1} MiB fetched in {:.2} s ({:.0} MiB/s), {:.1} MiB resumed, {:.1} MiB already stored",
         manifest.model,
         report.files,
@@ -351,11 +351,11 @@ fn fetch(args: FetchArgs) -> Result<()> {
         mib_per_s(report.fetched_bytes, elapsed),
         report.resumed_bytes as f64 / (1 << 20) as f64,
         report.reused_bytes as f64 / (1 << 20) as f64,
-    );
+    )?;
     if !report.evicted.is_empty() {
-        println!("evicted to make room: {}", report.evicted.join(", "));
+        outln!("evicted to make room: {}", report.evicted.join(", "))?;
     }
-    println!("files under {}", args.root.join("models").join(&manifest.model).display());
+    outln!("files under {}", args.root.join("models").join(&manifest.model).display())?;
     Ok(())
 }
 
@@ -363,26 +363,26 @@ fn ls(args: LsArgs) -> Result<()> {
     let store = Store::open(&args.root, u64::MAX)?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    println!("{:<40} {:>7} {:>12} {:>12}  pinned by", "model", "files", "MiB", "last use");
+    outln!("{:<40} {:>7} {:>12} {:>12}  pinned by", "model", "files", "MiB", "last use")?;
     for (name, m) in store.models() {
         let age = now.saturating_sub(m.last_used);
         let pins = m.pinned_by.iter().cloned().collect::<Vec<_>>().join(", ");
         if m.is_ready() {
-            println!("{name:<40} {:>7} {:>12.1} {:>10} s  {pins}", m.files.len(), mib(m.bytes()), age);
+            outln!("{name:<40} {:>7} {:>12.1} {:>10} s  {pins}", m.files.len(), mib(m.bytes()), age)?;
         }
         if let Some(f) = &m.fetching {
             let bytes = f.files.iter().fold(0u64, |t, f| t.saturating_add(f.size));
             let since = now.saturating_sub(f.since);
-            println!("{name:<40} {:>7} {:>12.1}   fetching for {since} s", f.files.len(), mib(bytes));
+            outln!("{name:<40} {:>7} {:>12.1}   fetching for {since} s", f.files.len(), mib(bytes))?;
         }
     }
     let partial = store.partial_bytes();
-    println!(
+    outln!(
         "{:.1} MiB stored (shared files once), {:.1} MiB in partial downloads, {:.1} MiB stray (left by failed fetches)",
         mib(store.used_bytes()),
         mib(partial),
         mib(store.stray_bytes())
-    );
+    )?;
     Ok(())
 }
 
@@ -591,34 +591,39 @@ fn bench(args: BenchArgs) -> Result<()> {
     let limited_rate = mib_per_s(size, limited);
     let aria_rate = mib_per_s(size, aria);
     let ceiling_rate = mib_per_s(size, ceiling);
-    println!(
+    outln!(
         "fetch bench: {} MiB file from {} on 127.0.0.1, limit_rate {} MiB/s per connection",
-        args.size_mib, server, args.rate_mib
-    );
-    println!("  {:<58} {:>9} {:>9} {:>11}", "client", "MiB/s", "vs curl", "vs ceiling");
-    println!("  {:<58} {:>9.0} {:>8.1}×", "curl, one stream, rate-limited", curl_rate, 1.0);
+        args.size_mib,
+        server,
+        args.rate_mib
+    )?;
+    outln!("  {:<58} {:>9} {:>9} {:>11}", "client", "MiB/s", "vs curl", "vs ceiling")?;
+    outln!("  {:<58} {:>9.0} {:>8.1}×", "curl, one stream, rate-limited", curl_rate, 1.0)?;
     let label = format!(
         "gpuplane, {} × {} MiB ranges, rate-limited (verified, on disk)",
         config.concurrency,
         config.chunk_bytes >> 20
     );
-    println!(
+    outln!(
         "  {label:<58} {limited_rate:>9.0} {:>8.1}× {:>10.0} %",
         limited_rate / curl_rate,
         100.0 * limited_rate / ceiling_rate
-    );
-    println!(
+    )?;
+    outln!(
         "  {:<58} {aria_rate:>9.0} {:>8.1}× {:>10.0} %",
         "aria2c -x16 -s16, SHA-256 checked, rate-limited (on disk)",
         aria_rate / curl_rate,
         100.0 * aria_rate / ceiling_rate
-    );
-    println!(
+    )?;
+    outln!(
         "  {:<58} {:>9.0} {:>9} {:>11}",
-        "gpuplane, same settings, no rate limit (the ceiling)", ceiling_rate, "", "100 %"
-    );
-    println!("  gpuplane against aria2c: {:.2}×", limited_rate / aria_rate);
-    println!("  {:<58} {:>9.0}", "curl, one stream, no rate limit, to /dev/null (context)", mib_per_s(size, curl_full));
+        "gpuplane, same settings, no rate limit (the ceiling)",
+        ceiling_rate,
+        "",
+        "100 %"
+    )?;
+    outln!("  gpuplane against aria2c: {:.2}×", limited_rate / aria_rate)?;
+    outln!("  {:<58} {:>9.0}", "curl, one stream, no rate limit, to /dev/null (context)", mib_per_s(size, curl_full))?;
     Ok(())
 }
 

@@ -54,14 +54,14 @@ pub fn run(args: LintArgs) -> Result<()> {
                 eprintln!("warning: {w}");
             }
             if findings.is_empty() {
-                println!("{} objects, no findings", objects.len());
+                outln!("{} objects, no findings", objects.len())?;
             } else {
-                println!("{}", lint_table(&findings, Style::Terminal));
+                outln!("{}", lint_table(&findings, Style::Terminal))?;
                 let errors = findings.iter().filter(|f| f.level == Level::Error).count();
-                println!("{} objects: {} findings, {errors} errors", objects.len(), findings.len());
+                outln!("{} objects: {} findings, {errors} errors", objects.len(), findings.len())?;
             }
         }
-        LintFormat::Sarif => println!("{log}"),
+        LintFormat::Sarif => outln!("{log}")?,
     }
     if findings.iter().any(|f| f.level == Level::Error) { Err(GateFailed.into()) } else { Ok(()) }
 }

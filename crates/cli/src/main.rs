@@ -2,6 +2,23 @@
 //! ordinary applications. Subcommands parse their arguments, call the library crates, and print.
 #![forbid(unsafe_code)]
 
+/// Writes to standard output and returns the `io::Result`: a closed pipe (`gpuplane … | head -1`) becomes an
+/// error the subcommand returns, which `main` ends quietly, where `print!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod assess;
 mod bench;
 mod board;
@@ -64,6 +81,9 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// 128 + SIGPIPE (13): what a shell reports for a writer whose reader closed the pipe.
+const SIGPIPE_STATUS: u8 = 141;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -88,10 +108,11 @@ fn main() -> ExitCode {
             if err.downcast_ref::<posture::GateFailed>().is_some() {
                 return ExitCode::FAILURE;
             }
+            // The reader went away (`| head`): stop quietly with the status a process ended by SIGPIPE has.
             if err.chain().any(|e| {
                 e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) {
-                return ExitCode::SUCCESS;
+                return ExitCode::from(SIGPIPE_STATUS);
             }
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

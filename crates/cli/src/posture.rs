@@ -210,11 +210,11 @@ fn run_scan(args: ScanArgs) -> Result<()> {
     }
     match args.format {
         Format::Table => {
-            print!("{}", report::report(&result, Style::Terminal));
-            println!("Wrote {}/{{posture.json,findings.sarif,posture.md,posture.html}}", args.out.display());
+            out!("{}", report::report(&result, Style::Terminal))?;
+            outln!("Wrote {}/{{posture.json,findings.sarif,posture.md,posture.html}}", args.out.display())?;
         }
-        Format::Markdown => print!("{markdown}"),
-        Format::Json => println!("{json}"),
+        Format::Markdown => out!("{markdown}")?,
+        Format::Json => outln!("{json}")?,
     }
     Ok(())
 }
@@ -236,7 +236,7 @@ fn run_gate(args: GateArgs) -> Result<()> {
     let commits = history::commits(&root, &format!("{}..{}", args.base, args.head))?;
     let ai_commits: Vec<String> = commits.iter().filter(|c| markers.attribute(c).ai).map(|c| c.id.clone()).collect();
     let verdict = judge(&config, &findings, &changed, ai_commits);
-    print!("{}", report::verdict(&verdict));
+    out!("{}", report::verdict(&verdict))?;
     if verdict.passed { Ok(()) } else { Err(GateFailed.into()) }
 }
 
@@ -256,20 +256,20 @@ fn run_tune(args: TuneArgs) -> Result<()> {
     };
     let advice = tune(&result.rules, args.min_triaged, args.min_precision, args.max_effective_fp);
     if advice.is_empty() {
-        println!(
+        outln!(
             "No rule has {} or more triaged findings with precision ≥ {:.0} % or effective false positives > {:.0} %: nothing to change.",
             args.min_triaged,
             args.min_precision * 100.0,
             args.max_effective_fp * 100.0
-        );
+        )?;
         return Ok(());
     }
     for a in &advice {
-        println!("{} {}: {}", a.action, a.rule, a.because);
+        outln!("{} {}: {}", a.action, a.rule, a.because)?;
     }
     let new = tuned(&config, &advice);
-    println!("\n--- gate config\n+++ tuned gate config");
-    print!("{}", line_diff(&config.to_yaml(), &new.to_yaml()));
+    outln!("\n--- gate config\n+++ tuned gate config")?;
+    out!("{}", line_diff(&config.to_yaml(), &new.to_yaml()))?;
     Ok(())
 }
 
@@ -286,7 +286,7 @@ fn run_attribute(args: AttributeArgs) -> Result<()> {
             .iter()
             .map(|(id, subject, a)| serde_json::json!({"id": id, "subject": subject, "attribution": a}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
     let ai = rows.iter().filter(|(_, _, a)| a.ai).count();
@@ -298,22 +298,22 @@ fn run_attribute(args: AttributeArgs) -> Result<()> {
     }
     for (id, subject, a) in rows.iter().filter(|(_, _, a)| a.ai) {
         let confidence = a.confidence.map(|c| format!("{c:?}").to_lowercase()).unwrap_or_default();
-        println!(
+        outln!(
             "{} {:<50.50} {} ({confidence}): {}",
             &id[..id.len().min(10)],
             subject,
             a.tool.as_deref().unwrap_or("?"),
             a.evidence.join("; ")
-        );
+        )?;
     }
     let mut tools: Vec<_> = by_tool.into_iter().collect();
     tools.sort();
     let tools: Vec<String> = tools.iter().map(|(t, n)| format!("{t} {n}")).collect();
-    println!(
+    outln!(
         "{ai} of {} commits in {} AI-assisted by their markers{}",
         rows.len(),
         args.range,
         if tools.is_empty() { String::new() } else { format!(" ({})", tools.join(", ")) }
-    );
+    )?;
     Ok(())
 }

@@ -168,17 +168,17 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
     match args.format {
         OutputFormat::Table | OutputFormat::Markdown => {
             let style = if matches!(args.format, OutputFormat::Table) { Style::Terminal } else { Style::Markdown };
-            print!("{header}{}", serve::table(&result, style));
+            out!("{header}{}", serve::table(&result, style))?;
             if !per_seed.is_empty() {
-                print!("Per seed:\n{}", serve::seeds_table(&per_seed, style));
+                out!("Per seed:\n{}", serve::seeds_table(&per_seed, style))?;
             }
             if !variants.is_empty() {
-                print!("Interactive SLO attainment when costs change:\n{}", serve::sensitivity_table(&variants, style));
+                out!("Interactive SLO attainment when costs change:\n{}", serve::sensitivity_table(&variants, style))?;
             }
             let wall: f64 = result.stacks.iter().map(|s| s.wall_s).sum();
-            println!("CPU time {wall:.1} s for {} stacks; wrote {}", result.stacks.len(), args.out.display());
+            outln!("CPU time {wall:.1} s for {} stacks; wrote {}", result.stacks.len(), args.out.display())?;
         }
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
     }
     Ok(())
 }

@@ -157,12 +157,12 @@ pub fn run(args: SimArgs) -> Result<()> {
     let json = sim_json(&result, &trace_name, &nodes_name);
     write_outputs(&args.out, &result, &json)?;
     match args.format {
-        OutputFormat::Table => print!("{}", table::summary(&result, Style::Terminal)),
-        OutputFormat::Markdown => print!("{}", table::summary(&result, Style::Markdown)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        OutputFormat::Table => out!("{}", table::summary(&result, Style::Terminal))?,
+        OutputFormat::Markdown => out!("{}", table::summary(&result, Style::Markdown))?,
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
     }
     if !matches!(args.format, OutputFormat::Json) {
-        println!("wrote {}", args.out.display());
+        outln!("wrote {}", args.out.display())?;
     }
     Ok(())
 }

@@ -145,22 +145,27 @@ fn variant(args: VariantArgs) -> Result<()> {
     sum_path.push(".sha256");
     write(Path::new(&sum_path), format!("{digest}  {file_name}\n"))?;
     let (b, v) = (variant::shares(&base), variant::shares(&pods));
-    println!(
+    outln!(
         "{:<22} {:>8} {:>9} {:>9} {:>10} {:>18}",
-        "", "pods", "cpu-only", "sharing", "multi-gpu", "model-constrained"
-    );
+        "",
+        "pods",
+        "cpu-only",
+        "sharing",
+        "multi-gpu",
+        "model-constrained"
+    )?;
     for (label, s) in [(base_name.as_str(), b), (args.out.to_str().unwrap_or("variant"), v)] {
         let label: String = label.chars().rev().take(22).collect::<Vec<_>>().into_iter().rev().collect();
-        println!(
+        outln!(
             "{label:<22} {:>8} {:>8.1}% {:>8.1}% {:>9.1}% {:>17.1}%",
             s.pods,
             100.0 * s.cpu_only,
             100.0 * s.sharing,
             100.0 * s.multi_gpu,
             100.0 * s.model_constrained
-        );
+        )?;
     }
-    println!("sha256 {digest}");
+    outln!("sha256 {digest}")?;
     Ok(())
 }
 
@@ -269,8 +274,8 @@ fn sweep(args: SweepArgs) -> Result<()> {
     write(&args.out.join("sweep.csv"), csv)?;
     write(&args.out.join("sweep.md"), md.clone())?;
     write(&args.out.join("heatmap.svg"), map.render())?;
-    print!("{md}");
-    println!("wrote {}", args.out.display());
+    out!("{md}")?;
+    outln!("wrote {}", args.out.display())?;
     Ok(())
 }
 
@@ -297,7 +302,7 @@ fn arrivals(args: ArrivalsArgs) -> Result<()> {
     write(&args.out.join("arrivals.csv"), write_pods(&records))?;
     write(&simon.join("nodes.yaml"), export::nodes_yaml(&nodes))?;
     write(&simon.join("pods.yaml"), export::pods_yaml(&pods))?;
-    println!("{} arrivals for seed {} (tune {}) in {}", pods.len(), args.seed, args.tune, args.out.display());
+    outln!("{} arrivals for seed {} (tune {}) in {}", pods.len(), args.seed, args.tune, args.out.display())?;
     Ok(())
 }
 

@@ -576,3 +576,66 @@ fn assess_names_the_place_of_bad_input() {
     let out = gpuplane(&["assess", &repo, "--platform", "nope", "--out", "out"], dir.path());
     assert_fails(&out, "--platform: nope: expected the name of an assessed repository");
 }
+
+#[test]
+fn a_closed_pipe_ends_a_subcommand_quietly_with_the_sigpipe_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = write(
+        dir.path(),
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n",
+    );
+    // A pipe whose reader is gone before gpuplane writes anything (`gpuplane … | head -0`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_gpuplane"))
+        .args(["lint", &pod])
+        .current_dir(dir.path())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "nothing on stderr: {stderr}");
+}
+
+#[test]
+fn lint_reads_a_named_file_whatever_its_extension_and_names_a_yaml_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bypass = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [
+        {"name": "c", "image": "i", "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}]}}"#;
+    for name in ["bypass.json", "bypass.yml.txt"] {
+        let path = write(dir.path(), name, bypass);
+        let out = gpuplane(&["lint", &path], dir.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{name}: the GPU bypass is an error: {stdout}");
+        assert!(stdout.contains("GPU001") && stdout.contains("1 objects"), "{stdout}");
+    }
+    // In a folder, only YAML files are manifests.
+    let out = gpuplane(&["lint", "."], dir.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 objects"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let bad = write(dir.path(), "bad.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  labels: [a\n");
+    let out = gpuplane(&["lint", &bad], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_fails(&out, "bad.yaml: line ");
+    assert_eq!(stderr.matches("column").count(), 1, "the place once: {stderr}");
+    let bad_json = write(dir.path(), "bad.json", "{\"apiVersion\": \"v1\",\n \"kind\": }");
+    assert_fails(&gpuplane(&["lint", &bad_json], dir.path()), "bad.json: line 2 column");
+}
+
+#[test]
+fn lint_reads_a_large_list_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut list = String::from("apiVersion: v1\nkind: List\nitems:\n");
+    for i in 0..20_000 {
+        list.push_str(&format!(
+            "  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {{name: c{i}, namespace: n, labels: {{app: a, tier: t}}}}\n    data: {{k: v, other: w}}\n"
+        ));
+    }
+    let path = write(dir.path(), "list.yaml", &list);
+    let out = gpuplane(&["lint", &path], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("20000 objects"), "{stdout}");
+}

@@ -75,3 +75,34 @@ pub enum LoadError {
         name: String,
     },
 }
+
+/// Where a YAML error is and what it says: 1-based line and column (0 when unknown) and the message's
+/// first line without the location serde-saphyr puts in front of it, so that a caller naming the file and
+/// the place does not print them twice.
+pub fn yaml_error_parts(e: &serde_saphyr::Error) -> (u64, u64, String) {
+    let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let message = match first.split_once(": ") {
+        Some((at, rest)) if at.starts_with("line ") && at.contains(" column ") => rest,
+        _ => first,
+    };
+    (line, column, message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_yaml_error_names_its_place_once() {
+        let e =
+            serde_saphyr::from_str::<std::collections::BTreeMap<String, Vec<String>>>("a: [x]\nb: [c\n").unwrap_err();
+        let (line, column, message) = yaml_error_parts(&e);
+        assert!(line >= 2 && column > 0, "{line}:{column}");
+        assert!(!message.contains("line ") && !message.starts_with("error"), "{message}");
+        assert!(!message.is_empty());
+    }
+}

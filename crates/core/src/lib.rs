@@ -9,7 +9,7 @@ pub mod openb;
 pub mod quantity;
 pub mod resources;
 
-pub use error::LoadError;
+pub use error::{LoadError, yaml_error_parts};
 pub use quantity::{Quantity, QuantityError};
 pub use resources::{
     GpuRequest, MAX_GPUS_PER_NODE, MILLI_PER_GPU, Node, Pod, Taint, TaintEffect, Toleration, TolerationOperator,

@@ -52,8 +52,8 @@ pub struct ManifestPod {
 /// Reads Kubernetes `Node`, `Pod`, and `List`/`NodeList`/`PodList` objects from YAML text.
 pub fn read_manifests(source_name: &str, text: &str) -> Result<Manifests, LoadError> {
     let documents: Vec<Option<Object>> = serde_saphyr::from_multiple(text).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        LoadError::Yaml { source_name: source_name.to_owned(), line, column, message: first_line(&e.to_string()) }
+        let (line, column, message) = crate::error::yaml_error_parts(&e);
+        LoadError::Yaml { source_name: source_name.to_owned(), line, column, message }
     })?;
     let mut out = Manifests::default();
     let mut reader = ObjectReader { source_name, node_names: HashSet::new() };
@@ -64,10 +64,6 @@ pub fn read_manifests(source_name: &str, text: &str) -> Result<Manifests, LoadEr
         return Err(LoadError::Empty { source_name: source_name.to_owned(), what: "Node or Pod objects" });
     }
     Ok(out)
-}
-
-fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).to_owned()
 }
 
 struct ObjectReader<'a> {

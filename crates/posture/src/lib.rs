@@ -66,13 +66,12 @@ impl PostureError {
     }
 
     pub(crate) fn yaml(source_name: &str, e: &serde_saphyr::Error) -> PostureError {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
-        let message = e.to_string();
+        let (line, column, message) = gpuplane_core::yaml_error_parts(e);
         PostureError::Parse {
             source_name: source_name.to_owned(),
-            line,
-            column,
-            message: message.lines().next().unwrap_or_default().to_owned(),
+            line: line as usize,
+            column: column as usize,
+            message,
         }
     }
 
