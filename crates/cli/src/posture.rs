@@ -197,8 +197,7 @@ fn run_scan(args: ScanArgs) -> Result<()> {
     let json = serde_json::to_string_pretty(&result)?;
     let mut all = result.findings.clone();
     all.extend(result.gone.iter().cloned());
-    let rules: Vec<(String, String, String)> = Vec::new();
-    let sarif_out = serde_json::to_string_pretty(&sarif::write(&all, &rules))?;
+    let sarif_out = serde_json::to_string_pretty(&sarif::write(&all, &result.tools))?;
     let markdown = format!("# Security posture\n\n{}", report::report(&result, Style::Markdown));
     let html = report::html(&result);
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;

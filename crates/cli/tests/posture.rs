@@ -167,6 +167,17 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
     let move_commit = commit(&repo, &[("app/run.py", &moved)], "Document the runner", 10);
     let (bandit, semgrep) = scan_with_real_scanners(&repo, work.path(), "2");
     let baseline1 = format!("{out1}/findings.sarif");
+    // One run per scanner, with the scanner's own rules (their help text included), valid SARIF 2.1.0.
+    assert_valid_sarif(Path::new(&baseline1));
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&baseline1).unwrap()).unwrap();
+    let mut drivers: Vec<&str> =
+        written["runs"].as_array().unwrap().iter().map(|r| r["tool"]["driver"]["name"].as_str().unwrap()).collect();
+    drivers.sort();
+    assert_eq!(drivers, ["Bandit", "Semgrep OSS"]);
+    let bandit_run =
+        written["runs"].as_array().unwrap().iter().find(|r| r["tool"]["driver"]["name"] == "Bandit").unwrap();
+    let rule = bandit_run["tool"]["driver"]["rules"].as_array().unwrap().iter().find(|r| r["id"] == "B602").unwrap();
+    assert!(rule["helpUri"].is_string() || rule["help"].is_object(), "Bandit's description of B602: {rule}");
     let out2 = work.path().join("out2").display().to_string();
     let second = scan_json(&repo, &["--sarif", &bandit, &semgrep, "--baseline", &baseline1, "--out", &out2]);
     assert_eq!(rules_of(&second, "unchanged").len(), 5);
@@ -259,6 +270,26 @@ fn posture_errors_name_the_place() {
     let out = gpuplane(&["posture", "attribute", "--repo", &plain], &repo);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("not a git repository"), "{stderr}");
+}
+
+/// Validates a SARIF log against the SARIF 2.1.0 JSON schema (tests/fixtures, from OASIS) with the
+/// `jsonschema` package of the scanners' virtual environment, and checks that every run describes rules.
+fn assert_valid_sarif(path: &Path) {
+    let checkov = run("sh", &["-c", "command -v checkov"], Path::new("."), "pip install checkov");
+    let bin = Path::new(String::from_utf8_lossy(&checkov.stdout).trim()).parent().unwrap().to_owned();
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sarif-schema-2.1.0.json");
+    let check = "import json, sys, jsonschema\n\
+                 schema = json.load(open(sys.argv[1]))\n\
+                 log = json.load(open(sys.argv[2]))\n\
+                 jsonschema.Draft7Validator(schema).validate(log)\n\
+                 assert all(run['tool']['driver'].get('rules') for run in log['runs']), 'a run without rules'\n";
+    let out = Command::new(bin.join("python3"))
+        .args(["-c", check])
+        .arg(&schema)
+        .arg(path)
+        .output()
+        .expect("the scanners' python3 (scripts/test installs it with jsonschema)");
+    assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
 }
 
 fn run(program: &str, args: &[&str], dir: &Path, installed_by: &str) -> Output {
@@ -483,5 +514,33 @@ fn attribution_of_a_fixture_history_is_exact_per_assistant() {
         let tool = row["attribution"]["tool"].as_str();
         assert_eq!(tool, f.expected, "{:?}: {}", f.message, row["attribution"]);
         assert_eq!(row["attribution"]["ai"], f.expected.is_some());
+    }
+}
+
+#[test]
+fn lint_sarif_is_valid_with_its_rules_and_paths_relative_to_the_repository() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(repo.join("k8s")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("k8s/llm.yaml"), INFERENCE_DEPLOYMENT).unwrap();
+    let sarif = work.path().join("lint.sarif");
+    // Run from inside the repository's k8s folder, naming the file as typed there.
+    let out = gpuplane(&["lint", "llm.yaml", "--sarif", &sarif.display().to_string()], &repo.join("k8s"));
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_valid_sarif(&sarif);
+    let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sarif).unwrap()).unwrap();
+    let run = &log["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "gpuplane-lint");
+    let results = run["results"].as_array().unwrap();
+    assert!(!results.is_empty());
+    for r in results {
+        let artifact = &r["locations"][0]["physicalLocation"]["artifactLocation"];
+        assert_eq!(
+            (artifact["uri"].as_str(), artifact["uriBaseId"].as_str()),
+            (Some("k8s/llm.yaml"), Some("%SRCROOT%"))
+        );
+        let index = r["ruleIndex"].as_u64().unwrap() as usize;
+        assert_eq!(run["tool"]["driver"]["rules"][index]["id"], r["ruleId"]);
     }
 }

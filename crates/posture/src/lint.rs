@@ -136,15 +136,8 @@ impl Linter<'_> {
             None => format!("{} {}/{}", object.kind(), object.namespace().unwrap_or("default"), object.name()),
         };
         let message = format!("{place}: {detail}");
-        let finding = Finding::new(
-            "gpuplane-lint",
-            id,
-            r.level,
-            Severity::from_level(r.level),
-            &object.source,
-            object.line,
-            message,
-        );
+        let finding =
+            Finding::new(TOOL, id, r.level, Severity::from_level(r.level), &object.source, object.line, message);
         // The object and container identify the finding wherever the document moves in the file.
         self.out.push(Finding { fingerprint: format!("{id}:{place}"), ..finding });
     }
@@ -270,7 +263,10 @@ fn has_gpu_quota(quota: &Value) -> bool {
     })
 }
 
-/// The rules as (id, short description, help) for SARIF.
+/// The tool name lint findings carry (and their SARIF run's driver name).
+pub const TOOL: &str = "gpuplane-lint";
+
+/// The lint rules for a SARIF run: id, short description, help.
 pub fn sarif_rules() -> Vec<(String, String, String)> {
     RULES.iter().map(|r| (r.id.to_owned(), r.short.to_owned(), r.help.to_owned())).collect()
 }

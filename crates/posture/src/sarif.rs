@@ -1,7 +1,9 @@
 //! SARIF 2.1.0 in and out. Reading keeps what posture needs from any scanner — tool, rule, level
 //! (result, then the rule's default, then "warning"), security severity, CWE tags, location, message,
 //! suppressions — and normalises paths (file URIs, `./`, a scanner's repeated folder prefix) to the
-//! repository root. Writing emits gpuplane's findings with their fingerprints and baseline states.
+//! repository root, and each tool's rules as the scanner wrote them. Writing emits one run per tool with
+//! those rules (so a code-scanning UI shows their help) and the findings with their fingerprints and
+//! baseline states.
 
 use std::path::Path;
 
@@ -34,7 +36,29 @@ struct Tool {
 struct Driver {
     name: String,
     #[serde(default)]
-    rules: Vec<Rule>,
+    rules: Vec<Value>,
+}
+
+/// A tool and its rules, each as the tool described it (`reportingDescriptor` objects).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolRules {
+    /// `tool.driver.name`.
+    pub name: String,
+    /// Its rules, verbatim: id, descriptions, help, help URI, properties.
+    pub rules: Vec<Value>,
+}
+
+impl ToolRules {
+    /// A tool whose rules are given as (id, short description, help text).
+    pub fn from_help(name: &str, rules: &[(String, String, String)]) -> ToolRules {
+        let rules = rules
+            .iter()
+            .map(|(id, short, help)| {
+                json!({"id": id, "shortDescription": {"text": short}, "fullDescription": {"text": short}, "help": {"text": help}})
+            })
+            .collect();
+        ToolRules { name: name.to_owned(), rules }
+    }
 }
 
 #[derive(Deserialize)]
@@ -152,6 +176,15 @@ fn normalise_path(uri: &str, root: &Path) -> String {
 
 /// Reads one SARIF file into findings; paths are made relative to `root`.
 pub fn read(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, PostureError> {
+    read_with_rules(source_name, text, root).map(|(findings, _)| findings)
+}
+
+/// Reads one SARIF file into findings and each run's tool with its rules.
+pub fn read_with_rules(
+    source_name: &str,
+    text: &str,
+    root: &Path,
+) -> Result<(Vec<Finding>, Vec<ToolRules>), PostureError> {
     let log: Log = serde_json::from_str(text).map_err(|e| PostureError::json(source_name, &e))?;
     match log.version.as_deref() {
         Some("2.1.0") => {}
@@ -161,12 +194,29 @@ pub fn read(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, 
     let runs = log.runs.ok_or_else(|| PostureError::invalid(source_name, "runs", "an array of runs"))?;
     let cwe = Regex::new(r"(?i)\bcwe-(\d+)").map_err(|e| PostureError::invalid(source_name, "cwe", &e.to_string()))?;
     let mut findings = Vec::new();
+    let mut tools = Vec::new();
     for (r, run) in runs.into_iter().enumerate() {
         let tool = run.tool.driver.name.clone();
+        let rules = run
+            .tool
+            .driver
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                serde_json::from_value::<Rule>(v.clone()).map_err(|e| {
+                    PostureError::invalid(
+                        source_name,
+                        &format!("runs[{r}].tool.driver.rules[{i}]"),
+                        &format!("a rule ({e})"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<Rule>, _>>()?;
         for (n, result) in run.results.into_iter().enumerate() {
             let rule = match (&result.rule_id, result.rule_index) {
-                (Some(id), _) => run.tool.driver.rules.iter().find(|rule| &rule.id == id),
-                (None, Some(index)) => run.tool.driver.rules.get(index),
+                (Some(id), _) => rules.iter().find(|rule| &rule.id == id),
+                (None, Some(index)) => rules.get(index),
                 (None, None) => None,
             };
             let rule_id = result.rule_id.clone().or_else(|| rule.map(|r| r.id.clone())).ok_or_else(|| {
@@ -217,46 +267,83 @@ pub fn read(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, 
                 ..Finding::new(&tool, &rule_id, level, severity, &path, line, message)
             });
         }
+        tools.push(ToolRules { name: tool, rules: run.tool.driver.rules });
     }
-    Ok(findings)
+    Ok((findings, tools))
 }
 
-/// Writes findings as one SARIF 2.1.0 run of gpuplane, keeping each finding's tool and rule.
-pub fn write(findings: &[Finding], rules: &[(String, String, String)]) -> Value {
-    let results: Vec<Value> = findings
-        .iter()
-        .map(|f| {
-            let mut result = json!({
-                "ruleId": f.rule,
-                "level": f.level.as_str(),
-                "message": {"text": f.message},
-                "locations": [{"physicalLocation": {
-                    "artifactLocation": {"uri": f.path, "uriBaseId": "%SRCROOT%"},
-                    "region": {"startLine": f.line.max(1)}
-                }}],
-                "partialFingerprints": {FINGERPRINT_KEY: f.fingerprint},
-                "properties": {"tool": f.tool, "severity": f.severity.as_str(), "cwe": f.cwe, "commit": f.commit, "ai": f.ai, "introduced": f.introduced},
-            });
-            if let Some(state) = f.state {
-                result["baselineState"] = json!(state.as_str());
-            }
-            if let Some(s) = &f.suppression {
-                let mut suppression = json!({"kind": s.kind, "status": s.status});
-                if let Some(j) = &s.justification {
-                    suppression["justification"] = json!(j);
+/// Writes findings as SARIF 2.1.0: one run per tool (the tools given first, in order, then any other a
+/// finding names), each with its rules — the given descriptions verbatim, plus a bare `id` for a rule a
+/// finding uses that none describes — and its results pointing at them by id and index. A path relative
+/// to the repository is written against `%SRCROOT%`; an absolute one as a `file://` URI.
+pub fn write(findings: &[Finding], tools: &[ToolRules]) -> Value {
+    let mut runs: Vec<ToolRules> = Vec::new();
+    for t in tools {
+        match runs.iter_mut().find(|r| r.name == t.name) {
+            Some(run) => {
+                for rule in &t.rules {
+                    if !run.rules.iter().any(|r| r.get("id") == rule.get("id")) {
+                        run.rules.push(rule.clone());
+                    }
                 }
-                result["suppressions"] = json!([suppression]);
             }
-            result
-        })
-        .collect();
-    let rules: Vec<Value> = rules
+            None => runs.push(t.clone()),
+        }
+    }
+    for f in findings {
+        let index = match runs.iter().position(|r| r.name == f.tool) {
+            Some(i) => i,
+            None => {
+                runs.push(ToolRules { name: f.tool.clone(), rules: Vec::new() });
+                runs.len() - 1
+            }
+        };
+        let run = &mut runs[index];
+        if !run.rules.iter().any(|r| r.get("id").and_then(Value::as_str) == Some(f.rule.as_str())) {
+            run.rules.push(json!({"id": f.rule}));
+        }
+    }
+    let runs: Vec<Value> = runs
         .iter()
-        .map(|(id, short, help)| json!({"id": id, "shortDescription": {"text": short}, "help": {"text": help}}))
+        .map(|run| {
+            let results: Vec<Value> =
+                findings.iter().filter(|f| f.tool == run.name).map(|f| result(f, &run.rules)).collect();
+            json!({"tool": {"driver": {"name": run.name, "rules": run.rules}}, "results": results})
+        })
         .collect();
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
-        "runs": [{"tool": {"driver": {"name": "gpuplane", "rules": rules}}, "results": results}]
+        "runs": runs
     })
+}
+
+fn result(f: &Finding, rules: &[Value]) -> Value {
+    let artifact = if f.path.starts_with('/') {
+        json!({"uri": format!("file://{}", f.path)})
+    } else {
+        json!({"uri": f.path, "uriBaseId": "%SRCROOT%"})
+    };
+    let mut result = json!({
+        "ruleId": f.rule,
+        "level": f.level.as_str(),
+        "message": {"text": f.message},
+        "locations": [{"physicalLocation": {"artifactLocation": artifact, "region": {"startLine": f.line.max(1)}}}],
+        "partialFingerprints": {FINGERPRINT_KEY: f.fingerprint},
+        "properties": {"tool": f.tool, "severity": f.severity.as_str(), "cwe": f.cwe, "commit": f.commit, "ai": f.ai, "introduced": f.introduced},
+    });
+    if let Some(index) = rules.iter().position(|r| r.get("id").and_then(Value::as_str) == Some(f.rule.as_str())) {
+        result["ruleIndex"] = json!(index);
+    }
+    if let Some(state) = f.state {
+        result["baselineState"] = json!(state.as_str());
+    }
+    if let Some(s) = &f.suppression {
+        let mut suppression = json!({"kind": s.kind, "status": s.status});
+        if let Some(j) = &s.justification {
+            suppression["justification"] = json!(j);
+        }
+        result["suppressions"] = json!([suppression]);
+    }
+    result
 }

@@ -90,6 +90,9 @@ pub struct Scan {
     pub rules: Vec<RuleStats>,
     /// Engagement.
     pub engagement: Engagement,
+    /// The scanners and their rules, as their SARIF described them (for the SARIF this scan writes).
+    #[serde(skip)]
+    pub tools: Vec<sarif::ToolRules>,
 }
 
 /// Reads the findings of a previous scan's `findings.sarif`.
@@ -113,8 +116,11 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
         commits.iter().map(|c| (c.id.clone(), input.markers.attribute(c))).collect();
 
     let mut findings = Vec::new();
+    let mut tools = Vec::new();
     for (name, text) in &input.sarif {
-        findings.extend(sarif::read(name, text, &root)?);
+        let (found, described) = sarif::read_with_rules(name, text, &root)?;
+        findings.extend(found);
+        tools.extend(described);
     }
     // Scanner-provided fingerprints are not trusted to be stable: compute ours for every finding.
     for f in &mut findings {
@@ -192,5 +198,6 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
         cohorts,
         rules,
         engagement,
+        tools,
     })
 }

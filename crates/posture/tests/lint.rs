@@ -123,7 +123,7 @@ fn findings_become_sarif_with_a_help_text_per_rule_and_fingerprints_that_survive
     assert_eq!(findings[0].fingerprint, moved_findings[0].fingerprint);
     assert_ne!(findings[0].line, moved_findings[0].line);
 
-    let log = sarif::write(&findings, &sarif_rules());
+    let log = sarif::write(&findings, &[sarif::ToolRules::from_help(gpuplane_posture::lint::TOOL, &sarif_rules())]);
     assert_eq!(log["version"], "2.1.0");
     let rules = log["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap();
     assert_eq!(rules.len(), RULES.len());
