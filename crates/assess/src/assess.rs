@@ -275,14 +275,22 @@ fn is_test_data(file: &str) -> bool {
     file.split('/').rev().skip(1).any(|folder| TEST_FOLDERS.contains(&folder))
 }
 
-/// Objects in the repositories' tracked YAML files (outside test data); a file that does not parse
-/// becomes a warning.
+/// Objects in the repositories' tracked YAML files (outside test data, not kustomize patches); a template
+/// or a file that does not parse becomes a warning.
 fn repo_objects(repos: &[Repository], warnings: &mut Vec<String>) -> Vec<KubeObject> {
     let mut objects = Vec::new();
     for repo in repos {
+        let patches = kustomize_patches(repo);
         for file in repo.files.iter().filter(|f| is_yaml(f) && !is_test_data(f)) {
             let Some(text) = repo.read(file) else { continue };
-            if text.contains("{{") || !text.contains("apiVersion") || !text.contains("kind") {
+            if !text.contains("apiVersion") || !text.contains("kind") {
+                continue;
+            }
+            if patches.contains(file) {
+                continue;
+            }
+            if text.contains("{{") {
+                warnings.push(format!("{}:{file}: skipped: a template ({{{{ … }}}}), not plain YAML", repo.name));
                 continue;
             }
             match read_objects(&format!("{}:{file}", repo.name), &text) {
@@ -292,6 +300,52 @@ fn repo_objects(repos: &[Repository], warnings: &mut Vec<String>) -> Vec<KubeObj
         }
     }
     objects
+}
+
+/// The files a kustomization applies as patches: partial objects that change a workload defined elsewhere,
+/// not workloads of their own.
+fn kustomize_patches(repo: &Repository) -> std::collections::HashSet<String> {
+    let mut patches = std::collections::HashSet::new();
+    for file in repo.files.iter().filter(|f| {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        matches!(name, "kustomization.yaml" | "kustomization.yml" | "Kustomization")
+    }) {
+        let Some(text) = repo.read(file) else { continue };
+        let Ok(value) = serde_saphyr::from_str::<serde_json::Value>(&text) else { continue };
+        let folder = file.rsplit_once('/').map_or("", |(d, _)| d);
+        let mut add = |path: &str| {
+            let joined = if folder.is_empty() { path.to_owned() } else { format!("{folder}/{path}") };
+            patches.insert(normalise(&joined));
+        };
+        for key in ["patchesStrategicMerge", "patchesJson6902", "patches"] {
+            for entry in value.get(key).and_then(serde_json::Value::as_array).into_iter().flatten() {
+                match entry {
+                    serde_json::Value::String(path) => add(path),
+                    other => {
+                        if let Some(path) = other.get("path").and_then(serde_json::Value::as_str) {
+                            add(path);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    patches
+}
+
+/// `a/./b/../c` as `a/c`.
+fn normalise(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
 }
 
 /// Evaluates the model against the evidence.

@@ -58,6 +58,14 @@ pub fn run_git(repo: &Path, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Folders that hold copies of other projects (Go modules, Node packages, third-party trees).
+const VENDORED: [&str; 5] = ["vendor", "third_party", "third-party", "node_modules", "bower_components"];
+
+/// Whether a tracked path lies in a vendored folder.
+pub fn is_vendored(path: &str) -> bool {
+    path.split('/').rev().skip(1).any(|folder| VENDORED.contains(&folder))
+}
+
 fn git(repo: &Path, args: &[&str]) -> Result<String, AssessError> {
     run_git(repo, args).map_err(|message| AssessError::Git { repo: repo.display().to_string(), message })
 }
@@ -74,7 +82,12 @@ impl Repository {
         let top = git(path, &["rev-parse", "--show-toplevel"])?;
         let root = PathBuf::from(top.trim());
         let name = root.file_name().map_or_else(|| root.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let files = git(&root, &["ls-files", "-z"])?.split('\0').filter(|f| !f.is_empty()).map(str::to_owned).collect();
+        // Vendored code is someone else's project: its CI files, manifests and Dockerfiles are no evidence.
+        let files = git(&root, &["ls-files", "-z"])?
+            .split('\0')
+            .filter(|f| !f.is_empty() && !is_vendored(f))
+            .map(str::to_owned)
+            .collect();
         let commits = if git(&root, &["rev-parse", "--verify", "--quiet", "HEAD"]).is_ok() {
             parse_log(&git(&root, &["log", "--all", "-z", "--format=%H%x1f%P%x1f%ct%x1f%ae%x1f%B"])?)
         } else {

@@ -395,3 +395,41 @@ fn bad_inputs_name_the_place() {
     let err = read_baseline("old.json", "{\"schema\": \"gpuplane.sim/v1\"}").unwrap_err().to_string();
     assert!(err.starts_with("old.json: schema: expected gpuplane.assess/v1"), "{err}");
 }
+
+#[test]
+fn vendored_files_and_kustomize_patches_are_no_workloads_and_a_skipped_template_is_named() {
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata: {name: debug, namespace: ml}\nspec:\n  containers:\n    - name: shell\n      image: ubuntu\n      env: [{name: NVIDIA_VISIBLE_DEVICES, value: all}]\n";
+    let patch = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: llm}\nspec:\n  template:\n    spec:\n      containers:\n        - name: server\n          env: [{name: NVIDIA_VISIBLE_DEVICES, value: all}]\n";
+    let files = [
+        ("vendor/github.com/acme/tool/deploy/pod.yaml", bad),
+        ("third_party/chart/pod.yaml", bad),
+        (
+            "deploy/overlays/prod/kustomization.yaml",
+            "resources: [../../base]\npatches:\n  - path: gpu.yaml\npatchesStrategicMerge: [./more.yaml]\n",
+        ),
+        ("deploy/overlays/prod/gpu.yaml", patch),
+        ("deploy/overlays/prod/more.yaml", patch),
+        (
+            "chart/templates/deploy.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}\n",
+        ),
+    ];
+    let rule_status = |extra: &[(&str, &str)]| {
+        let org = tempfile::tempdir().unwrap();
+        let all: Vec<(&str, &str)> = files.iter().copied().chain(extra.iter().copied()).collect();
+        repo(org.path(), "platform", &all, &[3], false);
+        let inputs =
+            Inputs { repos: discover(org.path()).unwrap(), as_of: parse_date(AS_OF).unwrap(), ..Inputs::default() };
+        let result = assess(&Model::builtin().unwrap(), &inputs).unwrap();
+        (check(&result, "gpu.no-visible-devices-all").status, result.warnings)
+    };
+    let (status, warnings) = rule_status(&[]);
+    assert_ne!(status, Status::Fail, "vendored copies and patches are not the platform's workloads");
+    assert!(
+        warnings.iter().any(|w| w.contains("chart/templates/deploy.yaml") && w.contains("template")),
+        "{warnings:?}"
+    );
+    // The same pod as the platform's own manifest fails the rule.
+    let (status, _) = rule_status(&[("deploy/debug-pod.yaml", bad)]);
+    assert_eq!(status, Status::Fail);
+}

@@ -111,10 +111,7 @@ pub fn read_baseline(source_name: &str, text: &str, root: &Path) -> Result<Vec<F
 /// Runs the scan.
 pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
     let root = history::root(&input.repo)?;
-    let commits: Vec<Commit> = history::commits(&root, &input.range)?;
-    let attributions: HashMap<String, Attribution> =
-        commits.iter().map(|c| (c.id.clone(), input.markers.attribute(c))).collect();
-
+    // The SARIF first: a malformed file is reported before the history is read.
     let mut findings = Vec::new();
     let mut tools = Vec::new();
     for (name, text) in &input.sarif {
@@ -122,6 +119,10 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
         findings.extend(found);
         tools.extend(described);
     }
+    let commits: Vec<Commit> = history::commits(&root, &input.range)?;
+    let attributions: HashMap<String, Attribution> =
+        commits.iter().map(|c| (c.id.clone(), input.markers.attribute(c))).collect();
+
     // Scanner-provided fingerprints are not trusted to be stable: compute ours for every finding.
     for f in &mut findings {
         f.fingerprint.clear();
