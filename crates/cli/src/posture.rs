@@ -157,10 +157,6 @@ fn markers(common: &Common) -> Result<Markers> {
     })
 }
 
-fn sarif_texts(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
-    paths.iter().map(|p| Ok((p.display().to_string(), read(p)?))).collect()
-}
-
 fn triage(path: &Option<PathBuf>) -> Result<Triage> {
     Ok(match path {
         Some(p) => Triage::parse(&p.display().to_string(), &read(p)?)?,
@@ -188,22 +184,27 @@ fn run_scan(args: ScanArgs) -> Result<()> {
     let input = ScanInput {
         repo: args.common.repo.clone(),
         range: args.range.clone(),
-        sarif: sarif_texts(&args.sarif)?,
+        sarif: args.sarif.clone(),
         baseline: baseline(&args.baseline, &args.common.repo)?,
         triage: triage(&args.triage)?,
         markers: markers(&args.common)?,
     };
     let result = scan(&input)?;
-    let json = serde_json::to_string_pretty(&result)?;
-    let mut all = result.findings.clone();
-    all.extend(result.gone.iter().cloned());
-    let sarif_out = serde_json::to_string_pretty(&sarif::write(&all, &result.tools))?;
     let markdown = format!("# Security posture\n\n{}", report::report(&result, Style::Markdown));
     let html = report::html(&result);
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    for (name, text) in
-        [("posture.json", &json), ("findings.sarif", &sarif_out), ("posture.md", &markdown), ("posture.html", &html)]
-    {
+    // The JSON and the SARIF go straight to their files: a large scan never sits in memory as text.
+    let create = |name: &str| {
+        let path = args.out.join(name);
+        std::fs::File::create(&path)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    serde_json::to_writer_pretty(create("posture.json")?, &result)?;
+    let all: Vec<&finding::Finding> = result.findings.iter().chain(&result.gone).collect();
+    sarif::write_to(create("findings.sarif")?, &all, &result.tools)
+        .with_context(|| format!("cannot write {}/findings.sarif", args.out.display()))?;
+    for (name, text) in [("posture.md", &markdown), ("posture.html", &html)] {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -213,7 +214,11 @@ fn run_scan(args: ScanArgs) -> Result<()> {
             outln!("Wrote {}/{{posture.json,findings.sarif,posture.md,posture.html}}", args.out.display())?;
         }
         Format::Markdown => out!("{markdown}")?,
-        Format::Json => outln!("{json}")?,
+        Format::Json => {
+            // Through io::Error, so that a closed pipe is recognised as one.
+            serde_json::to_writer_pretty(std::io::stdout().lock(), &result).map_err(std::io::Error::from)?;
+            outln!()?;
+        }
     }
     Ok(())
 }
@@ -226,8 +231,8 @@ fn run_gate(args: GateArgs) -> Result<()> {
     };
     let markers = markers(&args.common)?;
     let mut findings = Vec::new();
-    for (name, text) in sarif_texts(&args.sarif)? {
-        findings.extend(sarif::read(&name, &text, &root)?);
+    for path in &args.sarif {
+        findings.extend(sarif::read_file(path, &root)?.0);
     }
     // One weakness reported by two tools at one place blocks once.
     let findings = finding::merge_duplicates(findings);
@@ -243,7 +248,7 @@ fn run_tune(args: TuneArgs) -> Result<()> {
     let input = ScanInput {
         repo: args.common.repo.clone(),
         range: "HEAD".to_owned(),
-        sarif: sarif_texts(&args.sarif)?,
+        sarif: args.sarif.clone(),
         baseline: baseline(&args.baseline, &args.common.repo)?,
         triage: triage(&args.triage)?,
         markers: markers(&args.common)?,

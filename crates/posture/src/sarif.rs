@@ -15,19 +15,6 @@ use crate::PostureError;
 use crate::finding::{Finding, Level, Severity, Suppression};
 
 #[derive(Deserialize)]
-struct Log {
-    version: Option<String>,
-    runs: Option<Vec<Run>>,
-}
-
-#[derive(Deserialize)]
-struct Run {
-    tool: Tool,
-    #[serde(default)]
-    results: Vec<SarifResult>,
-}
-
-#[derive(Deserialize)]
 struct Tool {
     driver: Driver,
 }
@@ -174,29 +161,70 @@ fn normalise_path(uri: &str, root: &Path) -> String {
     path
 }
 
-/// Reads one SARIF file into findings; paths are made relative to `root`.
+/// Reads one SARIF log given as text into findings; paths are made relative to `root`.
 pub fn read(source_name: &str, text: &str, root: &Path) -> Result<Vec<Finding>, PostureError> {
     read_with_rules(source_name, text, root).map(|(findings, _)| findings)
 }
 
-/// Reads one SARIF file into findings and each run's tool with its rules.
+/// Reads one SARIF log given as text into findings and each run's tool with its rules.
 pub fn read_with_rules(
     source_name: &str,
     text: &str,
     root: &Path,
 ) -> Result<(Vec<Finding>, Vec<ToolRules>), PostureError> {
-    let log: Log = serde_json::from_str(text).map_err(|e| PostureError::json(source_name, &e))?;
-    match log.version.as_deref() {
+    read_log(source_name, || Ok(text.as_bytes()), root)
+}
+
+/// Reads one SARIF file into findings and each run's tool with its rules, streaming: the file is read
+/// twice (its tools and rules, then its results one at a time), so memory holds the findings, not the log.
+pub fn read_file(path: &Path, root: &Path) -> Result<(Vec<Finding>, Vec<ToolRules>), PostureError> {
+    let name = path.display().to_string();
+    let open = || {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| PostureError::invalid(&name, "file", &format!("a readable SARIF file ({e})")))
+    };
+    read_log(&name, open, root)
+}
+
+/// The tools of a log, its results skipped.
+#[derive(Deserialize)]
+struct LogHead {
+    version: Option<String>,
+    runs: Option<Vec<RunHead>>,
+}
+
+#[derive(Deserialize)]
+struct RunHead {
+    tool: Tool,
+}
+
+/// What converting a run's results needs: its tool, its rules, where paths are relative to.
+struct Context<'a> {
+    source_name: &'a str,
+    root: &'a Path,
+    cwe: Regex,
+    runs: Vec<(String, Vec<Rule>)>,
+    findings: Vec<Finding>,
+    /// A result that could not be converted; it stops the reading.
+    error: Option<PostureError>,
+}
+
+fn read_log<R: std::io::Read>(
+    source_name: &str,
+    open: impl Fn() -> Result<R, PostureError>,
+    root: &Path,
+) -> Result<(Vec<Finding>, Vec<ToolRules>), PostureError> {
+    let head: LogHead = serde_json::from_reader(open()?).map_err(|e| PostureError::json(source_name, &e))?;
+    match head.version.as_deref() {
         Some("2.1.0") => {}
         Some(other) => return Err(PostureError::invalid(source_name, "version", &format!("2.1.0, found {other}"))),
         None => return Err(PostureError::invalid(source_name, "version", "2.1.0 (a SARIF log)")),
     }
-    let runs = log.runs.ok_or_else(|| PostureError::invalid(source_name, "runs", "an array of runs"))?;
-    let cwe = Regex::new(r"(?i)\bcwe-(\d+)").map_err(|e| PostureError::invalid(source_name, "cwe", &e.to_string()))?;
-    let mut findings = Vec::new();
+    let runs = head.runs.ok_or_else(|| PostureError::invalid(source_name, "runs", "an array of runs"))?;
     let mut tools = Vec::new();
+    let mut parsed = Vec::new();
     for (r, run) in runs.into_iter().enumerate() {
-        let tool = run.tool.driver.name.clone();
         let rules = run
             .tool
             .driver
@@ -213,63 +241,200 @@ pub fn read_with_rules(
                 })
             })
             .collect::<Result<Vec<Rule>, _>>()?;
-        for (n, result) in run.results.into_iter().enumerate() {
-            let rule = match (&result.rule_id, result.rule_index) {
-                (Some(id), _) => rules.iter().find(|rule| &rule.id == id),
-                (None, Some(index)) => rules.get(index),
-                (None, None) => None,
-            };
-            let rule_id = result.rule_id.clone().or_else(|| rule.map(|r| r.id.clone())).ok_or_else(|| {
-                PostureError::invalid(source_name, &format!("runs[{r}].results[{n}]"), "a ruleId or ruleIndex")
-            })?;
-            let level = parse_level(result.level.as_deref())
-                .or_else(|| parse_level(rule.and_then(|r| r.default_configuration.as_ref()?.level.as_deref())))
-                .unwrap_or(Level::Warning);
-            let properties = rule.and_then(|r| r.properties.as_ref());
-            let security_severity = properties
-                .and_then(|p| p.get("security-severity"))
-                .and_then(|v| v.as_str().and_then(|s| s.parse::<f64>().ok()).or_else(|| v.as_f64()));
-            let mut cwes: Vec<String> = properties
-                .and_then(|p| p.get("tags"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .filter_map(|tag| cwe.captures(tag).map(|c| format!("CWE-{}", &c[1])))
-                .collect();
-            cwes.sort();
-            cwes.dedup();
-            let physical = result.locations.first().and_then(|l| l.physical.as_ref());
-            let path = physical
-                .and_then(|p| p.artifact.as_ref()?.uri.as_deref())
-                .map(|uri| normalise_path(uri, root))
-                .unwrap_or_default();
-            let line = physical.and_then(|p| p.region.as_ref()?.start_line).unwrap_or(0);
-            let suppression = result.suppressions.first().map(|s| Suppression {
-                kind: s.kind.clone(),
-                status: s.status.clone().unwrap_or_else(|| "accepted".to_owned()),
-                justification: s.justification.clone().filter(|j| !j.trim().is_empty()),
-            });
-            let fingerprint = result
-                .partial_fingerprints
-                .as_ref()
-                .and_then(|p| p.get(FINGERPRINT_KEY))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let severity = security_severity.map_or_else(|| Severity::from_level(level), Severity::from_score);
-            let message = result.message.text.unwrap_or_default();
-            findings.push(Finding {
-                cwe: cwes,
-                fingerprint: fingerprint.unwrap_or_default(),
-                suppression,
-                // gpuplane's own findings.sarif keeps when each finding was introduced.
-                introduced: result.properties.as_ref().and_then(|p| p.get("introduced")).and_then(Value::as_i64),
-                ..Finding::new(&tool, &rule_id, level, severity, &path, line, message)
-            });
-        }
-        tools.push(ToolRules { name: tool, rules: run.tool.driver.rules });
+        parsed.push((run.tool.driver.name.clone(), rules));
+        tools.push(ToolRules { name: run.tool.driver.name, rules: run.tool.driver.rules });
     }
-    Ok((findings, tools))
+    let cwe = Regex::new(r"(?i)\bcwe-(\d+)").map_err(|e| PostureError::invalid(source_name, "cwe", &e.to_string()))?;
+    let mut context = Context { source_name, root, cwe, runs: parsed, findings: Vec::new(), error: None };
+    let mut deserializer = serde_json::Deserializer::from_reader(open()?);
+    let outcome = serde::de::DeserializeSeed::deserialize(stream::LogSeed(&mut context), &mut deserializer);
+    if let Some(error) = context.error.take() {
+        return Err(error);
+    }
+    outcome.map_err(|e| PostureError::json(source_name, &e))?;
+    Ok((context.findings, tools))
+}
+
+impl Context<'_> {
+    /// Converts result `n` of run `r`.
+    fn push(&mut self, r: usize, n: usize, result: SarifResult) -> Result<(), PostureError> {
+        let source_name = self.source_name;
+        let Some((tool, rules)) = self.runs.get(r) else {
+            return Err(PostureError::invalid(source_name, &format!("runs[{r}]"), "a run with a tool"));
+        };
+        let rule = match (&result.rule_id, result.rule_index) {
+            (Some(id), _) => rules.iter().find(|rule| &rule.id == id),
+            (None, Some(index)) => rules.get(index),
+            (None, None) => None,
+        };
+        let rule_id = result.rule_id.clone().or_else(|| rule.map(|r| r.id.clone())).ok_or_else(|| {
+            PostureError::invalid(source_name, &format!("runs[{r}].results[{n}]"), "a ruleId or ruleIndex")
+        })?;
+        let level = parse_level(result.level.as_deref())
+            .or_else(|| parse_level(rule.and_then(|r| r.default_configuration.as_ref()?.level.as_deref())))
+            .unwrap_or(Level::Warning);
+        let properties = rule.and_then(|r| r.properties.as_ref());
+        let security_severity = properties
+            .and_then(|p| p.get("security-severity"))
+            .and_then(|v| v.as_str().and_then(|s| s.parse::<f64>().ok()).or_else(|| v.as_f64()));
+        let mut cwes: Vec<String> = properties
+            .and_then(|p| p.get("tags"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|tag| self.cwe.captures(tag).map(|c| format!("CWE-{}", &c[1])))
+            .collect();
+        cwes.sort();
+        cwes.dedup();
+        let physical = result.locations.first().and_then(|l| l.physical.as_ref());
+        let path = physical
+            .and_then(|p| p.artifact.as_ref()?.uri.as_deref())
+            .map(|uri| normalise_path(uri, self.root))
+            .unwrap_or_default();
+        let line = physical.and_then(|p| p.region.as_ref()?.start_line).unwrap_or(0);
+        let suppression = result.suppressions.first().map(|s| Suppression {
+            kind: s.kind.clone(),
+            status: s.status.clone().unwrap_or_else(|| "accepted".to_owned()),
+            justification: s.justification.clone().filter(|j| !j.trim().is_empty()),
+        });
+        let fingerprint = result
+            .partial_fingerprints
+            .as_ref()
+            .and_then(|p| p.get(FINGERPRINT_KEY))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let severity = security_severity.map_or_else(|| Severity::from_level(level), Severity::from_score);
+        let message = result.message.text.unwrap_or_default();
+        let finding = Finding {
+            cwe: cwes,
+            fingerprint: fingerprint.unwrap_or_default(),
+            suppression,
+            // gpuplane's own findings.sarif keeps when each finding was introduced.
+            introduced: result.properties.as_ref().and_then(|p| p.get("introduced")).and_then(Value::as_i64),
+            ..Finding::new(tool, &rule_id, level, severity, &path, line, message)
+        };
+        self.findings.push(finding);
+        Ok(())
+    }
+}
+
+/// Visitors that walk `runs[].results[]` and hand each result to the [`Context`] as it is parsed.
+mod stream {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::{Context, SarifResult};
+
+    pub(super) struct LogSeed<'c, 'a>(pub &'c mut Context<'a>);
+
+    impl<'de> DeserializeSeed<'de> for LogSeed<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for LogSeed<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a SARIF log")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "runs" {
+                    map.next_value_seed(Runs(&mut *self.0))?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    struct Runs<'c, 'a>(&'c mut Context<'a>);
+
+    impl<'de> DeserializeSeed<'de> for Runs<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Runs<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of runs")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut r = 0;
+            while seq.next_element_seed(Run { context: &mut *self.0, r })?.is_some() {
+                r += 1;
+            }
+            Ok(())
+        }
+    }
+
+    struct Run<'c, 'a> {
+        context: &'c mut Context<'a>,
+        r: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Run<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Run<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a run")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key == "results" {
+                    map.next_value_seed(Results { context: &mut *self.context, r: self.r })?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    struct Results<'c, 'a> {
+        context: &'c mut Context<'a>,
+        r: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Results<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Results<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of results")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut n = 0;
+            while let Some(result) = seq.next_element::<SarifResult>()? {
+                if let Err(e) = self.context.push(self.r, n, result) {
+                    let message = e.to_string();
+                    self.context.error = Some(e);
+                    return Err(de::Error::custom(message));
+                }
+                n += 1;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Writes findings as SARIF 2.1.0: one run per tool (the tools given first, in order, then any other a
@@ -277,6 +442,42 @@ pub fn read_with_rules(
 /// finding uses that none describes — and its results pointing at them by id and index. A path relative
 /// to the repository is written against `%SRCROOT%`; an absolute one as a `file://` URI.
 pub fn write(findings: &[Finding], tools: &[ToolRules]) -> Value {
+    let refs: Vec<&Finding> = findings.iter().collect();
+    let mut bytes = Vec::new();
+    // Writing to memory cannot fail, and what is written is JSON.
+    if write_to(&mut bytes, &refs, tools).is_err() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+}
+
+/// [`write`], streamed to `out` one result at a time (a result per line), so that a log of any size
+/// needs no more memory than the findings themselves.
+pub fn write_to<W: std::io::Write>(mut out: W, findings: &[&Finding], tools: &[ToolRules]) -> std::io::Result<()> {
+    let runs = runs_of(findings, tools);
+    out.write_all(br#"{"$schema": "https://json.schemastore.org/sarif-2.1.0.json", "version": "2.1.0", "runs": ["#)?;
+    for (r, run) in runs.iter().enumerate() {
+        if r > 0 {
+            out.write_all(b",")?;
+        }
+        out.write_all(b"\n{\"tool\": {\"driver\": ")?;
+        serde_json::to_writer(&mut out, &json!({"name": run.name, "rules": run.rules}))?;
+        out.write_all(b"}, \"results\": [")?;
+        let mut first = true;
+        for f in findings.iter().filter(|f| f.tool == run.name) {
+            out.write_all(if first { b"\n" } else { b",\n" })?;
+            first = false;
+            serde_json::to_writer(&mut out, &result(f, &run.rules))?;
+        }
+        out.write_all(b"]}")?;
+    }
+    out.write_all(b"\n]}\n")?;
+    out.flush()
+}
+
+/// The runs to write: each tool with its rules, and a bare rule for every rule id a finding uses that its
+/// tool does not describe.
+fn runs_of(findings: &[&Finding], tools: &[ToolRules]) -> Vec<ToolRules> {
     let mut runs: Vec<ToolRules> = Vec::new();
     for t in tools {
         match runs.iter_mut().find(|r| r.name == t.name) {
@@ -303,19 +504,7 @@ pub fn write(findings: &[Finding], tools: &[ToolRules]) -> Value {
             run.rules.push(json!({"id": f.rule}));
         }
     }
-    let runs: Vec<Value> = runs
-        .iter()
-        .map(|run| {
-            let results: Vec<Value> =
-                findings.iter().filter(|f| f.tool == run.name).map(|f| result(f, &run.rules)).collect();
-            json!({"tool": {"driver": {"name": run.name, "rules": run.rules}}, "results": results})
-        })
-        .collect();
-    json!({
-        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
-        "version": "2.1.0",
-        "runs": runs
-    })
+    runs
 }
 
 fn result(f: &Finding, rules: &[Value]) -> Value {
@@ -346,4 +535,53 @@ fn result(f: &Finding, rules: &[Value]) -> Value {
         result["suppressions"] = json!([suppression]);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn results_before_their_tool_still_find_their_rules_and_a_bad_result_is_named() {
+        // JSON objects are unordered: a run may list its results before its tool.
+        let text = r#"{"version": "2.1.0", "runs": [
+            {"results": [{"ruleIndex": 1, "message": {"text": "m"},
+                          "locations": [{"physicalLocation": {"artifactLocation": {"uri": "a.py"}, "region": {"startLine": 3}}}]}],
+             "tool": {"driver": {"name": "T", "rules": [{"id": "A"},
+                 {"id": "B", "defaultConfiguration": {"level": "error"}, "properties": {"tags": ["CWE-78"]}}]}}}]}"#;
+        let (findings, tools) = read_with_rules("t.sarif", text, Path::new("/nonexistent")).unwrap();
+        assert_eq!(findings.len(), 1);
+        let f = &findings[0];
+        assert_eq!((f.tool.as_str(), f.rule.as_str(), f.level, f.line), ("T", "B", Level::Error, 3));
+        assert_eq!(f.cwe, ["CWE-78"]);
+        assert_eq!(tools[0].rules.len(), 2);
+
+        let bad = r#"{"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "T"}},
+            "results": [{"ruleId": "A", "message": {"text": "ok"}}, {"message": {"text": "no rule"}}]}]}"#;
+        let err = read("b.sarif", bad, Path::new(".")).unwrap_err().to_string();
+        assert!(err.contains("b.sarif") && err.contains("runs[0].results[1]"), "{err}");
+        let err = read(
+            "c.sarif",
+            r#"{"version": "2.1.0", "runs": [{"tool": {"driver": {"name": "T"}}, "results": [1]}]}"#,
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("c.sarif") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn the_streamed_log_equals_the_built_one_and_reads_back() {
+        let f = Finding::new("T", "A", Level::Warning, Severity::Medium, "src/a.rs", 7, "m".to_owned());
+        let findings = vec![f.clone(), Finding { rule: "B".into(), ..f.clone() }];
+        let tools = [ToolRules { name: "T".into(), rules: vec![json!({"id": "A", "help": {"text": "why"}})] }];
+        let log = write(&findings, &tools);
+        assert_eq!(log["runs"].as_array().unwrap().len(), 1);
+        let rules = log["runs"][0]["tool"]["driver"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 2, "the described rule and a bare one for B");
+        assert_eq!(log["runs"][0]["results"][1]["ruleIndex"], 1);
+        let back = read("w.sarif", &log.to_string(), Path::new(".")).unwrap();
+        assert_eq!(back.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+    }
 }

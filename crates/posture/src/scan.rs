@@ -26,8 +26,8 @@ pub struct ScanInput {
     pub repo: PathBuf,
     /// Commits to attribute and rate, such as `HEAD` (all history) or `v1.0..HEAD`.
     pub range: String,
-    /// SARIF files, with their names for errors.
-    pub sarif: Vec<(String, String)>,
+    /// SARIF files (read streaming).
+    pub sarif: Vec<std::path::PathBuf>,
     /// Findings of a previous scan (its findings.sarif), for baseline states.
     pub baseline: Option<Vec<Finding>>,
     /// Triage decisions.
@@ -114,8 +114,8 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
     // The SARIF first: a malformed file is reported before the history is read.
     let mut findings = Vec::new();
     let mut tools = Vec::new();
-    for (name, text) in &input.sarif {
-        let (found, described) = sarif::read_with_rules(name, text, &root)?;
+    for path in &input.sarif {
+        let (found, described) = sarif::read_file(path, &root)?;
         findings.extend(found);
         tools.extend(described);
     }

@@ -78,11 +78,24 @@ pub fn rules_table(scan: &Scan, style: Style) -> String {
     table.to_string()
 }
 
-/// Findings with state, severity, place and attribution.
+/// Findings a table or page lists at most; every finding is in posture.json and findings.sarif.
+pub const FINDINGS_LISTED: usize = 200;
+
+/// A line saying how many findings a listing left out, if any.
+fn left_out(total: usize) -> Option<String> {
+    (total > FINDINGS_LISTED).then(|| {
+        format!(
+            "… and {} more findings (the first {FINDINGS_LISTED} are listed; posture.json and findings.sarif have all {total})",
+            total - FINDINGS_LISTED
+        )
+    })
+}
+
+/// Findings with state, severity, place and attribution (the first [`FINDINGS_LISTED`]).
 pub fn findings_table(findings: &[Finding], style: Style) -> String {
     let mut table = new_table(style);
     table.set_header(vec!["state", "severity", "tool:rule", "place", "commit", "AI", "message"]);
-    for f in findings {
+    for f in findings.iter().take(FINDINGS_LISTED) {
         let message: String = f.message.lines().next().unwrap_or_default().chars().take(70).collect();
         table.add_row(vec![
             f.state.map_or("–", |s| s.as_str()).to_owned(),
@@ -94,7 +107,10 @@ pub fn findings_table(findings: &[Finding], style: Style) -> String {
             message,
         ]);
     }
-    table.to_string()
+    match left_out(findings.len()) {
+        Some(line) => format!("{table}\n{line}"),
+        None => table.to_string(),
+    }
 }
 
 /// One sentence on how findings were acted on.
@@ -283,10 +299,12 @@ pub fn html(scan: &Scan) -> String {
     let e = &scan.engagement;
     body.push_str(&format!("<p>{}</p>", escape(&engagement_text(e))));
     body.push_str("<h2>Findings</h2>");
+    let total = scan.findings.len() + scan.gone.len();
     let findings = scan
         .findings
         .iter()
         .chain(&scan.gone)
+        .take(FINDINGS_LISTED)
         .map(|f| {
             vec![
                 f.state.map_or("–", |s| s.as_str()).to_owned(),
@@ -300,5 +318,8 @@ pub fn html(scan: &Scan) -> String {
         })
         .collect();
     body.push_str(&html::table(&["state", "severity", "tool:rule", "place", "commit", "AI", "message"], findings));
+    if let Some(line) = left_out(total) {
+        body.push_str(&format!("<p>{}</p>", escape(&line)));
+    }
     html::page("Security posture", &body)
 }
