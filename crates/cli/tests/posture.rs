@@ -117,7 +117,14 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
     std::fs::write(repo.join(".git/info/exclude"), "rules.yml\n").unwrap();
     let base = commit(&repo, &[("app/util.py", "def add(a, b):\n    return a + b\n")], "Add util", 0);
     let run_py = "import subprocess\n\n\ndef run(cmd):\n    subprocess.call(cmd, shell=True)\n\n\ndef calc(expr):\n    return eval(expr)\n";
-    commit(&repo, &[("app/run.py", run_py)], "Add runner\n\nCo-authored-by: Claude <noreply@anthropic.com>", 1);
+    // With notes no scanner reads: they count in the all-files rate, not in the scanned-files one.
+    let notes = "# Runner\n\nRuns commands.\n\n- one\n- two\n- three\n- four\n- five\n- six\n- seven\n";
+    commit(
+        &repo,
+        &[("app/run.py", run_py), ("docs/runner.md", notes)],
+        "Add runner\n\nCo-authored-by: Claude <noreply@anthropic.com>",
+        1,
+    );
     commit(
         &repo,
         &[("app/hash.py", "import hashlib\n\n\ndef digest(data):\n    return hashlib.md5(data).hexdigest()\n")],
@@ -144,17 +151,19 @@ fn real_scanners_ai_cohort_rates_fingerprints_baseline_triage_and_gate() {
         (Some("app/run.py"), Some(5), Some(true))
     );
 
-    // Cohorts: the AI commit added 9 lines and 4 findings (B404, B602, B307, python-eval); the two other
-    // commits added 7 lines and 1 finding (B324, MD5).
+    // Cohorts: the AI commit added 9 lines of Python, 11 of notes, and 4 findings (B404, B602, B307,
+    // python-eval); the two other commits added 7 lines and 1 finding (B324, MD5).
     let cohort =
         |name: &str| first["cohorts"].as_array().unwrap().iter().find(|c| c["cohort"] == name).unwrap().clone();
     let ai = cohort("ai-assisted");
     let other = cohort("other");
     assert_eq!(
         (ai["commits"].as_u64(), ai["added_lines"].as_u64(), ai["findings"].as_u64()),
-        (Some(1), Some(9), Some(4))
+        (Some(1), Some(20), Some(4))
     );
-    assert!((ai["per_kloc"].as_f64().unwrap() - 4000.0 / 9.0).abs() < 1e-6);
+    assert!((ai["per_kloc"].as_f64().unwrap() - 4000.0 / 20.0).abs() < 1e-6);
+    assert_eq!(ai["scanned_added_lines"].as_u64(), Some(9), "Bandit reads .py; Semgrep found things in .py");
+    assert!((ai["per_scanned_kloc"].as_f64().unwrap() - 4000.0 / 9.0).abs() < 1e-6);
     assert_eq!(ai["per_100_commits"].as_f64(), Some(400.0));
     assert_eq!(
         (other["commits"].as_u64(), other["added_lines"].as_u64(), other["findings"].as_u64()),

@@ -235,6 +235,7 @@ mod tests {
             message: message.into(),
             added: 0,
             deleted: 0,
+            added_by_file: Vec::new(),
         }
     }
 

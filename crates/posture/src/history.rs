@@ -27,6 +27,8 @@ pub struct Commit {
     pub added: u64,
     /// Lines deleted (text files).
     pub deleted: u64,
+    /// Lines added per file (text files), for rates over the files a scanner reads.
+    pub added_by_file: Vec<(String, u64)>,
 }
 
 pub(crate) fn git(repo: &Path, args: &[&str]) -> Result<String, PostureError> {
@@ -45,6 +47,9 @@ pub fn root(repo: &Path) -> Result<std::path::PathBuf, PostureError> {
     Ok(std::path::PathBuf::from(git(repo, &["rev-parse", "--show-toplevel"])?.trim()))
 }
 
+/// Lines added and deleted by a commit, and added per file.
+type LineCounts = (u64, u64, Vec<(String, u64)>);
+
 /// The commits of `range` (such as `main..HEAD`, or `HEAD` for all history), newest first.
 pub fn commits(repo: &Path, range: &str) -> Result<Vec<Commit>, PostureError> {
     let log = git(repo, &["log", "-z", "--format=%H%x1f%an%x1f%ae%x1f%cn%x1f%ce%x1f%ct%x1f%B", range, "--"])?;
@@ -62,11 +67,12 @@ pub fn commits(repo: &Path, range: &str) -> Result<Vec<Commit>, PostureError> {
                 message: f.next().unwrap_or_default().trim_end().to_owned(),
                 added: 0,
                 deleted: 0,
+                added_by_file: Vec::new(),
             })
         })
         .collect();
     let numstat = git(repo, &["log", "--format=%x00%H", "--numstat", range, "--"])?;
-    let mut counts: HashMap<&str, (u64, u64)> = HashMap::new();
+    let mut counts: HashMap<&str, LineCounts> = HashMap::new();
     for block in numstat.split('\0').filter(|b| !b.trim().is_empty()) {
         let mut lines = block.lines();
         let Some(id) = lines.next() else { continue };
@@ -74,18 +80,20 @@ pub fn commits(repo: &Path, range: &str) -> Result<Vec<Commit>, PostureError> {
         for line in lines {
             let mut parts = line.split('\t');
             // Binary files show "-": they have no line counts.
-            if let (Some(Ok(a)), Some(Ok(d))) =
-                (parts.next().map(str::parse::<u64>), parts.next().map(str::parse::<u64>))
+            if let (Some(Ok(a)), Some(Ok(d)), Some(path)) =
+                (parts.next().map(str::parse::<u64>), parts.next().map(str::parse::<u64>), parts.next())
             {
                 entry.0 += a;
                 entry.1 += d;
+                entry.2.push((path.to_owned(), a));
             }
         }
     }
     for commit in &mut commits {
-        if let Some(&(added, deleted)) = counts.get(commit.id.as_str()) {
+        if let Some((added, deleted, by_file)) = counts.remove(commit.id.as_str()) {
             commit.added = added;
             commit.deleted = deleted;
+            commit.added_by_file = by_file;
         }
     }
     Ok(commits)

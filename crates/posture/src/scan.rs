@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PostureError;
 use crate::attribution::{Attribution, Markers};
-use crate::cohort::{CohortStats, blame_findings, cohorts};
+use crate::cohort::{CohortStats, Coverage, blame_findings, cohorts};
 use crate::finding::{Finding, compare_baseline, fingerprint, merge_duplicates};
 use crate::history::{self, Commit};
 use crate::sarif;
@@ -90,6 +90,9 @@ pub struct Scan {
     pub rules: Vec<RuleStats>,
     /// Engagement.
     pub engagement: Engagement,
+    /// The files each scanner reads (the rates per scanned KLOC count lines added to them).
+    #[serde(default)]
+    pub coverage: Coverage,
     /// The scanners and their rules, as their SARIF described them (for the SARIF this scan writes).
     #[serde(skip)]
     pub tools: Vec<sarif::ToolRules>,
@@ -136,7 +139,8 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
     let head = input.range.rsplit("..").next().filter(|h| !h.is_empty()).unwrap_or("HEAD");
     blame_findings(&root, head, &mut findings, &attributions)?;
 
-    let cohorts = cohorts(&commits, &attributions, &findings);
+    let coverage = Coverage::of(tools.iter().map(|t| t.name.as_str()), &findings);
+    let cohorts = cohorts(&commits, &attributions, &findings, &coverage);
     let rules = rule_stats(&findings, &gone, &input.triage);
     let mut engagement = Engagement {
         findings: findings.len() + gone.len(),
@@ -199,6 +203,7 @@ pub fn scan(input: &ScanInput) -> Result<Scan, PostureError> {
         cohorts,
         rules,
         engagement,
+        coverage,
         tools,
     })
 }

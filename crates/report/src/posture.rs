@@ -27,6 +27,7 @@ pub fn cohorts_table(scan: &Scan, style: Style) -> String {
         "added lines",
         "findings",
         "per KLOC",
+        "per scanned KLOC",
         "per 100 commits",
         "by severity",
     ]);
@@ -38,11 +39,12 @@ pub fn cohorts_table(scan: &Scan, style: Style) -> String {
             c.added_lines.to_string(),
             c.findings.to_string(),
             opt(c.per_kloc, 2),
+            opt(c.per_scanned_kloc, 2),
             opt(c.per_100_commits, 1),
             if severity.is_empty() { "–".to_owned() } else { severity.join(", ") },
         ]);
     }
-    for column in 1..6 {
+    for column in 1..7 {
         if let Some(c) = table.column_mut(column) {
             c.set_cell_alignment(CellAlignment::Right);
         }
@@ -265,12 +267,13 @@ pub fn html(scan: &Scan) -> String {
                 c.added_lines.to_string(),
                 c.findings.to_string(),
                 opt(c.per_kloc, 2),
+                opt(c.per_scanned_kloc, 2),
                 opt(c.per_100_commits, 1),
             ]
         })
         .collect();
     body.push_str(&html::table(
-        &["cohort", "commits", "added lines", "findings", "per KLOC", "per 100 commits"],
+        &["cohort", "commits", "added lines", "findings", "per KLOC", "per scanned KLOC", "per 100 commits"],
         cohorts,
     ));
     body.push_str("<h2>Rules</h2>");
