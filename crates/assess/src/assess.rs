@@ -414,6 +414,28 @@ pub fn assess(model: &Model, inputs: &Inputs) -> Result<Assessment, AssessError>
         });
     }
 
+    // An area about some workloads only (GPU capacity: GPU workloads) does not apply to a platform whose
+    // objects hold none of them.
+    for area in model.areas.iter().filter(|a| !a.applies_to.is_empty()) {
+        if context.objects.is_empty() {
+            continue;
+        }
+        let scope =
+            area.applies_to.iter().map(crate::objects::Condition::compile).collect::<Result<Vec<_>, _>>().map_err(
+                |expected| AssessError::invalid("model", &format!("areas: {}: applies_to", area.id), &expected),
+            )?;
+        let in_scope =
+            context.objects.iter().filter_map(KubeObject::pod_spec).any(|spec| scope.iter().all(|c| c.test(spec)));
+        if !in_scope {
+            for check in checks.iter_mut().filter(|c| c.area == area.id) {
+                check.status = Status::NotApplicable;
+                check.reason = format!("no workload among the objects read is in the scope of {}", area.name);
+                check.coverage = None;
+                check.evidence.clear();
+                check.missing.clear();
+            }
+        }
+    }
     let areas: Vec<AreaResult> = model.areas.iter().map(|area| area_result(area, &checks)).collect();
     let weighted: Vec<(f64, f64)> = areas.iter().filter_map(|a| a.score.map(|s| (a.weight, s))).collect();
     let total_weight: f64 = weighted.iter().map(|(w, _)| w).sum();
@@ -558,8 +580,14 @@ impl Context<'_> {
             Evaluation::Dora { metric, at_least, at_most, scope, coverage } => {
                 self.dora(*metric, *at_least, *at_most, *scope, *coverage)
             }
-            Evaluation::Namespaces { filter, kinds, have, coverage } => {
-                self.namespaces(&compile(filter)?, kinds, &compile(have)?, coverage.unwrap_or(self.model.threshold))
+            Evaluation::Namespaces { filter, kinds, have, except, coverage } => {
+                let except = except
+                    .as_deref()
+                    .map(Regex::new)
+                    .transpose()
+                    .map_err(|_| ("except".to_owned(), "a valid regular expression".to_owned()))?;
+                let share = coverage.unwrap_or(self.model.threshold);
+                self.namespaces(&compile(filter)?, kinds, &compile(have)?, except.as_ref(), share)
             }
             Evaluation::Survey { question, at_least, at_most } => self.survey(question, *at_least, *at_most),
             Evaluation::AnyOf { of } => {
@@ -722,6 +750,7 @@ impl Context<'_> {
         filter: &[CompiledCondition],
         kinds: &[String],
         have: &[CompiledCondition],
+        except: Option<&Regex>,
         share: f64,
     ) -> Outcome {
         if self.objects.is_empty() {
@@ -733,6 +762,7 @@ impl Context<'_> {
             .iter()
             .filter(|o| o.pod_spec().is_some_and(|spec| filter.iter().all(|c| c.test(spec))))
             .map(namespace)
+            .filter(|ns| !except.is_some_and(|e| e.is_match(ns)))
             .collect();
         in_scope.sort();
         in_scope.dedup();

@@ -91,6 +91,11 @@ pub struct Area {
     /// Weight in the overall score.
     #[serde(default = "one")]
     pub weight: f64,
+    /// Conditions on a workload's pod spec that put a platform in the area's scope: when objects were
+    /// read and no workload meets them (no GPU workload for GPU capacity), every check of the area is
+    /// not applicable. Empty: always in scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applies_to: Vec<crate::objects::Condition>,
 }
 
 fn one() -> f64 {
@@ -249,6 +254,9 @@ pub enum Evaluation {
         /// What that object must satisfy.
         #[serde(default)]
         have: Vec<Condition>,
+        /// Namespaces left out, by a regular expression on their names (such as the cluster's own `kube-*`).
+        #[serde(default)]
+        except: Option<String>,
         /// Share of the namespaces that must [default: the model threshold].
         #[serde(default)]
         coverage: Option<f64>,
@@ -420,6 +428,11 @@ impl Model {
             if area.weight < 0.0 {
                 return Err(bad(format!("areas: {}: weight", area.id), "a weight of at least 0"));
             }
+            for (n, condition) in area.applies_to.iter().enumerate() {
+                condition
+                    .compile()
+                    .map_err(|expected| bad(format!("areas: {}: applies_to[{n}]", area.id), &expected))?;
+            }
         }
         let mut questions = HashSet::new();
         for q in &self.questions {
@@ -502,8 +515,11 @@ fn validate_evaluation(evaluation: &Evaluation, questions: &HashSet<&str>) -> Re
                 return Err(("at_least".into(), "at_least or at_most".into()));
             }
         }
-        Evaluation::Namespaces { filter, have, coverage, kinds } => {
+        Evaluation::Namespaces { filter, have, coverage, kinds, except } => {
             share(coverage)?;
+            if let Some(pattern) = except {
+                Regex::new(pattern).map_err(|e| ("except".to_owned(), regex_expected(&e)))?;
+            }
             conditions("where", filter)?;
             conditions("have", have)?;
             if kinds.is_empty() {

@@ -155,6 +155,16 @@ spec:
     spec:
       containers:
         - {name: plugin, image: 'nvcr.io/nvidia/k8s-device-plugin:v0.17.0'}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: team-a}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: ml}
+spec: {podSelector: {}, policyTypes: [Ingress]}
 ";
 
 const AUDIT_POLICY: &str = "apiVersion: kyverno.io/v1\nkind: ClusterPolicy\nmetadata: {name: require-limits}\nspec:\n  validationFailureAction: Audit\n  rules: [{name: limits, validate: {message: set limits}}]\n";
@@ -413,6 +423,11 @@ fn vendored_files_and_kustomize_patches_are_no_workloads_and_a_skipped_template_
             "chart/templates/deploy.yaml",
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}\n",
         ),
+        // A GPU workload of the platform's own, so that GPU capacity applies.
+        (
+            "deploy/llm.yaml",
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: llm, namespace: ml}\nspec:\n  containers:\n    - {name: server, image: vllm, resources: {limits: {nvidia.com/gpu: 1}}}\n",
+        ),
     ];
     let rule_status = |extra: &[(&str, &str)]| {
         let org = tempfile::tempdir().unwrap();
@@ -424,7 +439,7 @@ fn vendored_files_and_kustomize_patches_are_no_workloads_and_a_skipped_template_
         (check(&result, "gpu.no-visible-devices-all").status, result.warnings)
     };
     let (status, warnings) = rule_status(&[]);
-    assert_ne!(status, Status::Fail, "vendored copies and patches are not the platform's workloads");
+    assert_eq!(status, Status::Pass, "vendored copies and patches are not the platform's workloads");
     assert!(
         warnings.iter().any(|w| w.contains("chart/templates/deploy.yaml") && w.contains("template")),
         "{warnings:?}"
@@ -432,4 +447,33 @@ fn vendored_files_and_kustomize_patches_are_no_workloads_and_a_skipped_template_
     // The same pod as the platform's own manifest fails the rule.
     let (status, _) = rule_status(&[("deploy/debug-pod.yaml", bad)]);
     assert_eq!(status, Status::Fail);
+}
+
+#[test]
+fn gpu_capacity_does_not_apply_without_gpu_workloads_and_network_policies_and_codeql_count() {
+    let org = tempfile::tempdir().unwrap();
+    let codeql = "on: [push]\njobs:\n  analyze:\n    runs-on: ubuntu-latest\n    steps:\n      - uses: github/codeql-action/init@v3\n      - uses: github/codeql-action/analyze@v3\n";
+    repo(org.path(), "shop", &[(".github/workflows/codeql.yml", codeql)], &[3], false);
+    let manifests = org.path().join("manifests");
+    write(
+        &manifests,
+        "web.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  template:\n    spec:\n      containers: [{name: web, image: nginx}]\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: proxy, namespace: kube-system}\nspec:\n  template:\n    spec:\n      containers: [{name: proxy, image: kube-proxy}]\n",
+    );
+    let inputs = Inputs {
+        repos: discover(org.path()).unwrap(),
+        manifests: read_manifest_dir(&manifests, &mut Vec::new()).unwrap(),
+        as_of: parse_date(AS_OF).unwrap(),
+        ..Inputs::default()
+    };
+    let result = assess(&Model::builtin().unwrap(), &inputs).unwrap();
+    // No GPU workload: no device plugin to install, no GPU level.
+    assert_eq!(check(&result, "gpu.device-plugin").status, Status::NotApplicable);
+    assert_eq!(result.areas.iter().find(|a| a.id == "gpu").unwrap().level, None);
+    assert!(!result.plan.iter().any(|m| m.check.starts_with("gpu.")), "{:?}", result.plan);
+    // CodeQL uploads SARIF itself.
+    assert_eq!(check(&result, "governance.sast-sarif").status, Status::Pass);
+    // The shop namespace has no NetworkPolicy (kube-system is the cluster's own and left out).
+    let policies = check(&result, "governance.network-policies");
+    assert_eq!((policies.status, policies.missing.clone()), (Status::Fail, vec!["namespace shop".to_owned()]));
 }
