@@ -367,6 +367,15 @@ pub fn assess(model: &Model, inputs: &Inputs) -> Result<Assessment, AssessError>
         ));
     }
     let mut warnings = inputs.warnings.clone();
+    if active.is_empty() && !inputs.repos.is_empty() {
+        let last = inputs.repos.iter().filter_map(Repository::last_commit_time).max();
+        warnings.push(format!(
+            "no repository has a commit in the {} days before {} (the last is from {}): every repository check is not measurable; give --as-of to assess them as of then",
+            model.active_days,
+            format_date(inputs.as_of),
+            last.map_or_else(|| "never".to_owned(), format_date)
+        ));
+    }
     // The same object (group, kind, namespace, name) in a manifests folder and a repository — or the
     // manifests folder inside an assessed repository — counts once, first where it was found.
     let mut seen = std::collections::HashSet::new();
@@ -719,6 +728,10 @@ impl Context<'_> {
         for repo in &repos {
             let index = self.inputs.repos.iter().position(|r| std::ptr::eq(r, *repo)).unwrap_or_default();
             let dora = &self.dora[index];
+            if dora.deployment_tags == 0 {
+                missing.push(format!("{} (no deployment tag in its history: it may deploy on merge)", repo.name));
+                continue;
+            }
             let value = match metric {
                 DoraMetric::Deployments => Some(dora.deployments as f64),
                 DoraMetric::DeploymentsPerWeek => Some(dora.deployments_per_week),
@@ -739,7 +752,10 @@ impl Context<'_> {
             if ok { evidence.push(text) } else { missing.push(text) }
         }
         if measured == 0 {
-            let reason = format!("no deployment tags matching `{}` in the window", self.model.dora.deploy_tags);
+            let reason = format!(
+                "not measurable from git: no deployment tags matching `{}` to measure (tag deployments, or give the figures by survey)",
+                self.model.dora.deploy_tags
+            );
             return Outcome { missing, ..Outcome::new(Status::NotMeasurable, reason) };
         }
         self.repo_outcome(scope, coverage, repos.len(), evidence, missing)

@@ -13,6 +13,10 @@ use crate::repo::{Commit, Repository};
 /// The metrics over a window ending at the assessment date.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dora {
+    /// Deployment tags in the whole history up to the assessment date: with none, the repository may
+    /// deploy on merge or from a CD system, and its deployments cannot be counted from git.
+    #[serde(default)]
+    pub deployment_tags: usize,
     /// Deployments in the window.
     pub deployments: usize,
     /// Deployments per week in the window.
@@ -86,6 +90,7 @@ pub fn measure(
     let judged: Vec<usize> = in_window.iter().copied().filter(|&i| i + 1 < tags.len()).collect();
     let failures: Vec<usize> = judged.iter().copied().filter(|&i| failed(i)).collect();
     Dora {
+        deployment_tags: tags.len(),
         deployments: in_window.len(),
         deployments_per_week: in_window.len() as f64 / (f64::from(window_days.max(1)) / 7.0),
         lead_time_hours: median(lead_times),

@@ -477,3 +477,26 @@ fn gpu_capacity_does_not_apply_without_gpu_workloads_and_network_policies_and_co
     let policies = check(&result, "governance.network-policies");
     assert_eq!((policies.status, policies.missing.clone()), (Status::Fail, vec!["namespace shop".to_owned()]));
 }
+
+#[test]
+fn a_repository_without_deployment_tags_is_not_measurable_and_a_stale_one_is_named() {
+    let org = tempfile::tempdir().unwrap();
+    repo(org.path(), "web", &[("main.py", "print('hi')\n")], &[20, 10, 3], false);
+    let inputs =
+        Inputs { repos: discover(org.path()).unwrap(), as_of: parse_date(AS_OF).unwrap(), ..Inputs::default() };
+    let result = assess(&Model::builtin().unwrap(), &inputs).unwrap();
+    // Deploying on merge leaves no tags: that is no evidence of never deploying.
+    let frequency = check(&result, "delivery.deploy-frequency");
+    assert_eq!(frequency.status, Status::NotMeasurable, "{}", frequency.reason);
+    assert!(frequency.missing.iter().any(|m| m.contains("may deploy on merge")), "{:?}", frequency.missing);
+    assert!(result.warnings.is_empty(), "{:?}", result.warnings);
+
+    // Its last commit long before the assessment date: said in the warnings, not only as level 1 everywhere.
+    let late = Inputs { as_of: parse_date("2027-06-01").unwrap(), ..inputs };
+    let result = assess(&Model::builtin().unwrap(), &late).unwrap();
+    assert!(
+        result.warnings.iter().any(|w| w.contains("no repository has a commit in the 90 days before 2027-06-01")),
+        "{:?}",
+        result.warnings
+    );
+}
