@@ -500,3 +500,23 @@ fn a_repository_without_deployment_tags_is_not_measurable_and_a_stale_one_is_nam
         result.warnings
     );
 }
+
+#[test]
+fn level_two_in_adoption_and_interfaces_needs_no_backstage() {
+    let org = tempfile::tempdir().unwrap();
+    for name in ["cart", "pay"] {
+        let files = [
+            ("README.md", "# service\n"),
+            ("CODEOWNERS", "# owners\n* @acme/payments\n"),
+            ("opslevel.yml", "version: 1\nservice:\n  name: svc\n  owner: payments\n"),
+        ];
+        repo(org.path(), name, &files, &[3], false);
+    }
+    let inputs =
+        Inputs { repos: discover(org.path()).unwrap(), as_of: parse_date(AS_OF).unwrap(), ..Inputs::default() };
+    let result = assess(&Model::builtin().unwrap(), &inputs).unwrap();
+    assert_eq!(check(&result, "adoption.catalog").status, Status::Pass);
+    assert_eq!(check(&result, "interfaces.owner").status, Status::Pass);
+    let level = |id: &str| result.areas.iter().find(|a| a.id == id).unwrap().level;
+    assert_eq!((level("adoption"), level("interfaces")), (Some(2), Some(2)));
+}
