@@ -34,6 +34,8 @@ pub struct Inputs {
     pub as_of: i64,
     /// Things skipped while reading, reported with the result.
     pub warnings: Vec<String>,
+    /// A Helm binary to render the repositories' charts with; without one they are read tolerantly.
+    pub helm: Option<std::path::PathBuf>,
 }
 
 /// Outcome of one check.
@@ -277,11 +279,18 @@ fn is_test_data(file: &str) -> bool {
 
 /// Objects in the repositories' tracked YAML files (outside test data, not kustomize patches); a template
 /// or a file that does not parse becomes a warning.
-fn repo_objects(repos: &[Repository], warnings: &mut Vec<String>) -> Vec<KubeObject> {
+fn repo_objects(repos: &[Repository], helm: Option<&Path>, warnings: &mut Vec<String>) -> Vec<KubeObject> {
     let mut objects = Vec::new();
     for repo in repos {
         let patches = kustomize_patches(repo);
-        for file in repo.files.iter().filter(|f| is_yaml(f) && !is_test_data(f)) {
+        let charts: Vec<String> = crate::helm::chart_dirs(repo)
+            .into_iter()
+            .filter(|dir| !is_test_data(&format!("{dir}/Chart.yaml")))
+            .collect();
+        for dir in &charts {
+            objects.extend(crate::helm::chart_objects(repo, dir, helm, warnings));
+        }
+        for file in repo.files.iter().filter(|f| is_yaml(f) && !is_test_data(f) && !crate::helm::in_chart(f, &charts)) {
             let Some(text) = repo.read(file) else { continue };
             if !text.contains("apiVersion") || !text.contains("kind") {
                 continue;
@@ -383,7 +392,7 @@ pub fn assess(model: &Model, inputs: &Inputs) -> Result<Assessment, AssessError>
         .manifests
         .iter()
         .cloned()
-        .chain(repo_objects(&inputs.repos, &mut warnings))
+        .chain(repo_objects(&inputs.repos, inputs.helm.as_deref(), &mut warnings))
         .filter(|o| seen.insert(o.identity()))
         .collect();
     let deploy_tags = Regex::new(&model.dora.deploy_tags)

@@ -7,6 +7,7 @@ pub mod assess;
 pub mod baseline;
 pub mod dora;
 pub mod glob;
+pub mod helm;
 pub mod model;
 pub mod objects;
 pub mod repo;

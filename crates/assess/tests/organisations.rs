@@ -215,6 +215,7 @@ fn defined_organisation(org: &Path) -> (Inputs, PathBuf) {
         survey: Some(survey),
         as_of: parse_date(AS_OF).unwrap(),
         warnings,
+        helm: None,
     };
     (inputs, manifests)
 }
@@ -519,4 +520,64 @@ fn level_two_in_adoption_and_interfaces_needs_no_backstage() {
     assert_eq!(check(&result, "interfaces.owner").status, Status::Pass);
     let level = |id: &str| result.areas.iter().find(|a| a.id == id).unwrap().level;
     assert_eq!((level("adoption"), level("interfaces")), (Some(2), Some(2)));
+}
+
+const CHART_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-llm
+  namespace: ml
+  labels:
+    {{- include \"llm.labels\" . | nindent 4 }}
+spec:
+  template:
+    spec:
+      containers:
+        - name: server
+          image: vllm
+          env:
+            - name: NVIDIA_VISIBLE_DEVICES
+              value: {{ .Values.visibleDevices | quote }}
+          resources:
+            limits:
+              nvidia.com/gpu: {{ .Values.gpus }}
+";
+
+#[test]
+fn a_helm_chart_is_rendered_with_helm_and_read_approximately_without() {
+    let org = tempfile::tempdir().unwrap();
+    let files = [
+        ("charts/llm/Chart.yaml", "apiVersion: v2\nname: llm\nversion: 0.1.0\n"),
+        ("charts/llm/values.yaml", "gpus: 1\nvisibleDevices: all\n"),
+        ("charts/llm/templates/_helpers.tpl", "{{- define \"llm.labels\" -}}\napp: llm\n{{- end }}\n"),
+        ("charts/llm/templates/deploy.yaml", CHART_DEPLOYMENT),
+    ];
+    repo(org.path(), "serving", &files, &[3], false);
+    let helm = std::env::var_os("GPUPLANE_HELM")
+        .map(PathBuf::from)
+        .expect("GPUPLANE_HELM: scripts/test builds Helm with scripts/helm and sets it");
+    let assess_with = |helm: Option<PathBuf>| {
+        let inputs = Inputs {
+            repos: discover(org.path()).unwrap(),
+            as_of: parse_date(AS_OF).unwrap(),
+            helm,
+            ..Inputs::default()
+        };
+        assess(&Model::builtin().unwrap(), &inputs).unwrap()
+    };
+    // Rendered with the chart's values: the pod gets every GPU through its environment.
+    let rendered = assess_with(Some(helm));
+    let rule = check(&rendered, "gpu.no-visible-devices-all");
+    assert_eq!(rule.status, Status::Fail, "{:?}", rendered.warnings);
+    assert!(rule.missing[0].contains("serving:charts/llm/templates/deploy.yaml"), "{:?}", rule.missing);
+    assert!(rendered.warnings.is_empty(), "{:?}", rendered.warnings);
+    // Without Helm the values are unknown: the workload is still seen (GPU capacity applies), the warning
+    // says the chart was approximated.
+    let approximated = assess_with(None);
+    assert_ne!(check(&approximated, "gpu.tolerations").status, Status::NotApplicable);
+    assert!(
+        approximated.warnings.iter().any(|w| w.contains("serving:charts/llm") && w.contains("without Helm")),
+        "{:?}",
+        approximated.warnings
+    );
 }

@@ -27,6 +27,10 @@ pub struct AssessArgs {
     /// Also read the objects of the cluster of the current kubeconfig context (read-only, all namespaces)
     #[arg(long)]
     cluster: bool,
+    /// Helm binary that renders the repositories' charts (`helm template`, default values) [default: `helm`
+    /// on PATH, if any; without one, charts are read approximately, with a warning]
+    #[arg(long, value_name = "FILE")]
+    helm: Option<PathBuf>,
     /// Attested answers to the model's survey questions (YAML `answers:`)
     #[arg(long, value_name = "FILE")]
     survey: Option<PathBuf>,
@@ -114,7 +118,8 @@ pub fn run(args: AssessArgs) -> Result<()> {
         Some(path) => Some(Survey::parse(&path.display().to_string(), &read(path)?, &model)?),
         None => None,
     };
-    let inputs = Inputs { repos, platform: args.platform.clone(), manifests, survey, as_of, warnings };
+    let helm = args.helm.clone().or_else(helm_on_path);
+    let inputs = Inputs { repos, platform: args.platform.clone(), manifests, survey, as_of, warnings, helm };
     let mut assessment = assess(&model, &inputs)?;
     if let Some(path) = &args.baseline {
         let previous = read_baseline(&path.display().to_string(), &read(path)?)?;
@@ -139,4 +144,9 @@ pub fn run(args: AssessArgs) -> Result<()> {
         OutputFormat::Html => out!("{html}")?,
     }
     Ok(())
+}
+
+/// `helm` from PATH, if there is one.
+pub(crate) fn helm_on_path() -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join("helm")).find(|p| p.is_file())
 }

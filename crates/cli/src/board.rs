@@ -179,6 +179,7 @@ fn maturity(args: &BoardArgs, as_of: i64, objects: Vec<KubeObject>, warnings: Ve
         survey: None,
         as_of,
         warnings,
+        helm: crate::assess::helm_on_path(),
     };
     Ok(assess(&Model::builtin()?, &inputs)?)
 }
