@@ -552,4 +552,13 @@ fn lint_sarif_is_valid_with_its_rules_and_paths_relative_to_the_repository() {
         let index = r["ruleIndex"].as_u64().unwrap() as usize;
         assert_eq!(run["tool"]["driver"]["rules"][index]["id"], r["ruleId"]);
     }
+    // Each finding points at its field's line, not at the object's first line.
+    let line_of = |needle: &str| INFERENCE_DEPLOYMENT.lines().position(|l| l.contains(needle)).unwrap() as u64 + 1;
+    let start = |rule: &str| {
+        results.iter().find(|r| r["ruleId"] == rule).unwrap()["locations"][0]["physicalLocation"]["region"]["startLine"]
+            .as_u64()
+    };
+    assert_eq!(start("K8S002"), Some(line_of("hostIPC")));
+    assert_eq!(start("GPU003"), Some(line_of("privileged")));
+    assert_eq!(start("K8S004"), Some(line_of("- name: server")));
 }

@@ -122,11 +122,35 @@ fn truthy(v: Option<&Value>) -> bool {
 
 struct Linter<'o> {
     object: &'o KubeObject,
+    /// The text of the file the object is in, when it can be read: findings point at the field's line.
+    text: Option<&'o str>,
     out: Vec<Finding>,
+}
+
+/// The line of the field a finding is about: from the object's first line, the next line holding each
+/// needle in turn (the container's name, then the field), within the object's document.
+fn locate(text: &str, from: usize, needles: &[&str]) -> Option<usize> {
+    let mut line = from.max(1);
+    let lines: Vec<&str> = text.lines().collect();
+    for needle in needles {
+        let found = lines
+            .iter()
+            .enumerate()
+            .skip(line - 1)
+            .take_while(|(i, l)| *i + 1 == line || !(l.trim_end() == "---" || l.starts_with("--- ")))
+            .find(|(_, l)| l.contains(needle))?;
+        line = found.0 + 1;
+    }
+    Some(line)
 }
 
 impl Linter<'_> {
     fn report(&mut self, id: &str, container: Option<&str>, detail: String) {
+        self.report_at(id, container, detail, &[]);
+    }
+
+    /// Reports a finding at the line of its field, found by `needles` (after the container's name).
+    fn report_at(&mut self, id: &str, container: Option<&str>, detail: String, needles: &[&str]) {
         let r = rule(id);
         let object = self.object;
         let place = match container {
@@ -136,8 +160,13 @@ impl Linter<'_> {
             None => format!("{} {}/{}", object.kind(), object.namespace().unwrap_or("default"), object.name()),
         };
         let message = format!("{place}: {detail}");
-        let finding =
-            Finding::new(TOOL, id, r.level, Severity::from_level(r.level), &object.source, object.line, message);
+        let mut path: Vec<&str> = Vec::new();
+        if let Some(c) = container {
+            path.extend(["containers", c]);
+        }
+        path.extend(needles);
+        let line = self.text.and_then(|t| locate(t, object.line, &path)).unwrap_or(object.line);
+        let finding = Finding::new(TOOL, id, r.level, Severity::from_level(r.level), &object.source, line, message);
         // The object and container identify the finding wherever the document moves in the file.
         self.out.push(Finding { fingerprint: format!("{id}:{place}"), ..finding });
     }
@@ -152,25 +181,32 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
         .filter_map(|o| o.namespace())
         .collect();
     let mut reported_namespaces = HashSet::new();
+    // Each file once, for the lines of the fields (objects read from a repository name `repo:path`, which
+    // is no file here: those keep the object's line).
+    let mut texts: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+    for object in objects {
+        texts.entry(object.source.as_str()).or_insert_with(|| std::fs::read_to_string(&object.source).ok());
+    }
     for object in objects {
         let Some(spec) = object.pod_spec() else { continue };
-        let mut l = Linter { object, out: Vec::new() };
+        let text = texts.get(object.source.as_str()).and_then(|t| t.as_deref());
+        let mut l = Linter { object, text, out: Vec::new() };
         // gpuplane's scheduler also takes fractional GPUs from the pod annotation gpuplane.io/gpu-milli.
         let annotated = pod_annotations(object).is_some_and(|a| a.get("gpuplane.io/gpu-milli").is_some());
         let pod_gpu = annotated || containers(spec).iter().any(|c| container_gpu(c));
         for flag in ["hostNetwork", "hostPID", "hostIPC"] {
             if truthy(spec.get(flag)) {
-                l.report("K8S002", None, format!("{flag}: true"));
+                l.report_at("K8S002", None, format!("{flag}: true"), &[flag]);
             }
         }
         for volume in spec.get("volumes").and_then(Value::as_array).into_iter().flatten() {
             let Some(path) = volume.pointer("/hostPath/path").and_then(Value::as_str) else { continue };
             if path.starts_with("/dev/nvidia") {
-                l.report("GPU004", None, format!("hostPath {path}"));
+                l.report_at("GPU004", None, format!("hostPath {path}"), &["volumes", path]);
             }
             let sockets = ["containerd.sock", "docker.sock", "crio.sock", "/run/containerd", "/var/run/docker"];
             if sockets.iter().any(|s| path.contains(s)) {
-                l.report("GPU005", None, format!("hostPath {path}"));
+                l.report_at("GPU005", None, format!("hostPath {path}"), &["volumes", path]);
             }
         }
         let tolerates_gpu = spec.get("tolerations").and_then(Value::as_array).into_iter().flatten().any(|t| {
@@ -180,7 +216,7 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
         });
         // Node agents (device plugins, exporters, caches) run as DaemonSets on GPU nodes by design.
         if tolerates_gpu && !pod_gpu && object.kind() != "DaemonSet" {
-            l.report("GPU007", None, "tolerates the GPU taint but requests no GPU".into());
+            l.report_at("GPU007", None, "tolerates the GPU taint but requests no GPU".into(), &["tolerations"]);
         }
         for c in containers(spec) {
             let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
@@ -193,7 +229,8 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
                 && !has_gpu(c.pointer("/resources/limits"))
                 && !matches!(value, "void" | "none" | "")
             {
-                l.report("GPU001", Some(name), format!("NVIDIA_VISIBLE_DEVICES={value} without a GPU limit"));
+                let detail = format!("NVIDIA_VISIBLE_DEVICES={value} without a GPU limit");
+                l.report_at("GPU001", Some(name), detail, &["NVIDIA_VISIBLE_DEVICES"]);
             }
             for key in GPU_RESOURCES {
                 let request = c.pointer("/resources/requests").and_then(|r| r.get(key));
@@ -201,21 +238,22 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
                 if let Some(request) = request
                     && limit.is_none_or(|l| l.to_string().trim_matches('"') != request.to_string().trim_matches('"'))
                 {
-                    l.report(
+                    l.report_at(
                         "GPU002",
                         Some(name),
                         format!(
                             "requests {key}: {request} with limit {}",
                             limit.map_or("none".into(), Value::to_string)
                         ),
+                        &["requests", key],
                     );
                 }
             }
             let privileged = truthy(c.pointer("/securityContext/privileged"));
             if privileged {
-                l.report("K8S001", Some(name), "securityContext.privileged: true".into());
+                l.report_at("K8S001", Some(name), "securityContext.privileged: true".into(), &["privileged"]);
                 if gpu || visible.is_some() {
-                    l.report("GPU003", Some(name), "privileged container with GPU access".into());
+                    l.report_at("GPU003", Some(name), "privileged container with GPU access".into(), &["privileged"]);
                 }
             }
             let added: Vec<&str> = c
@@ -227,7 +265,7 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
                 .filter(|cap| *cap != "NET_BIND_SERVICE")
                 .collect();
             if !added.is_empty() {
-                l.report("K8S003", Some(name), format!("capabilities added: {}", added.join(", ")));
+                l.report_at("K8S003", Some(name), format!("capabilities added: {}", added.join(", ")), &["add"]);
             }
             let limits = c.pointer("/resources/limits");
             let missing: Vec<&str> =
