@@ -267,6 +267,10 @@ fn posture_errors_name_the_place() {
     std::fs::write(&bad, "{\"version\": \"2.0.0\", \"runs\": []}").unwrap();
     let out = gpuplane(&["posture", "scan", "--sarif", &bad_arg], &repo);
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.sarif: version: expected 2.1.0, found 2.0.0"));
+    // The SARIF is checked before the history is read: a range git would refuse is not reached.
+    let out = gpuplane(&["posture", "scan", "--sarif", &bad_arg, "--range", "no-such-ref"], &repo);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.sarif: version") && !stderr.contains("no-such-ref"), "{stderr}");
 
     let markers = dir.path().join("markers.yaml");
     std::fs::write(&markers, "format: 7\n").unwrap();
