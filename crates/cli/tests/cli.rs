@@ -41,6 +41,15 @@ fn small_run_writes_every_output() {
     assert_eq!(json["schema"], "gpuplane.sim/v1");
     assert_eq!(json["result"]["policies"].as_array().unwrap().len(), 8);
     assert_eq!(json["result"]["cluster"]["gpus"], 10);
+    // The relaxed-problem yardsticks beside the policies: offline packing never leaves more than online.
+    let yardsticks = &json["result"]["yardsticks"];
+    let offline = yardsticks["offline_first_fit_decreasing_pct"]["median"].as_f64().unwrap();
+    let online = yardsticks["online_best_fit_pct"]["median"].as_f64().unwrap();
+    assert!(offline <= online, "{yardsticks}");
+    assert!(
+        stdout.contains("Yardsticks on a relaxed problem") && stdout.contains("above offline yardstick"),
+        "{stdout}"
+    );
 
     // Defragmentation mode adds a row per policy, with its migrations.
     let args =

@@ -53,6 +53,10 @@ pub fn summary(result: &ExperimentResult, style: Style) -> String {
     if defrag {
         header.push("migrations".to_owned());
     }
+    let offline = result.yardsticks.map(|y| y.offline_first_fit_decreasing_pct.median);
+    if offline.is_some() {
+        header.push("above offline yardstick".to_owned());
+    }
     header.extend(["decision p50/p99 µs".to_owned(), "wall s".to_owned()]);
     table.set_header(header);
     for p in &result.policies {
@@ -65,6 +69,10 @@ pub fn summary(result: &ExperimentResult, style: Style) -> String {
         if defrag {
             row.push(if p.defrag > 0 { format!("{:.0}", p.migrations.median) } else { "–".to_owned() });
         }
+        if let Some(limit) = offline {
+            let at_full = p.curve.iter().find(|c| c.arrived_pct == 100).map(|c| c.unallocated_gpu_pct.median);
+            row.push(at_full.map_or("–".to_owned(), |u| format!("{:+.2}", u - limit)));
+        }
         row.push(format!("{} / {}", micros(p.decision_p50_ns), micros(p.decision_p99_ns)));
         row.push(format!("{wall:.1}"));
         table.add_row(row);
@@ -74,8 +82,17 @@ pub fn summary(result: &ExperimentResult, style: Style) -> String {
             col.set_cell_alignment(CellAlignment::Right);
         }
     }
+    let yardsticks = result.yardsticks.map_or(String::new(), |y| {
+        let spread = |s: gpuplane_sim::Spread| format!("{:.2} % ({:.2}–{:.2})", s.median, s.min, s.max);
+        format!(
+            "Yardsticks on a relaxed problem (the arrived GPU-sharing pods alone on whole GPUs: no nodes, no CPU, no \
+             other pods): offline first-fit decreasing leaves {} of the GPUs free, online best fit in arrival order {}.\n",
+            spread(y.offline_first_fit_decreasing_pct),
+            spread(y.online_best_fit_pct)
+        )
+    });
     format!(
-        "Unallocated GPU % at arrived workload (median, min–max over {} seeds); {} nodes, {} GPUs, {} trace pods, tune {}\n{table}\nwall time {:.1} s for {} runs (CPU time per policy in the last column)\n",
+        "Unallocated GPU % at arrived workload (median, min–max over {} seeds); {} nodes, {} GPUs, {} trace pods, tune {}\n{table}\n{yardsticks}wall time {:.1} s for {} runs (CPU time per policy in the last column)\n",
         result.seeds.len(),
         result.cluster.nodes,
         result.cluster.gpus,

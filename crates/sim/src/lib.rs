@@ -212,6 +212,15 @@ pub struct TargetSummary {
     pub coverage: f64,
 }
 
+/// The relaxed-problem yardsticks over seeds, as % of the cluster's GPUs left free.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Yardsticks {
+    /// First-fit decreasing, knowing every pod in advance.
+    pub offline_first_fit_decreasing_pct: Spread,
+    /// Best fit in arrival order.
+    pub online_best_fit_pct: Spread,
+}
+
 /// Everything an experiment produced.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExperimentResult {
@@ -227,6 +236,10 @@ pub struct ExperimentResult {
     pub seeds: Vec<u64>,
     /// Per policy, in the order asked.
     pub policies: Vec<PolicySummary>,
+    /// How well the arrived GPU-sharing pods could be packed on a relaxed problem (no nodes, no CPU), as
+    /// unallocated GPU %: offline first-fit decreasing and online best fit (see [`yardstick`]); `None`
+    /// without sharing pods.
+    pub yardsticks: Option<Yardsticks>,
     /// Every run.
     pub runs: Vec<RunResult>,
     /// Wall time of the whole experiment, in milliseconds.
@@ -285,6 +298,20 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
         .iter()
         .map(|&(p, d)| summarise(p, d, runs.iter().filter(|r| r.policy == p && r.defrag == d)))
         .collect();
+    let capacity = cluster.total_gpu_milli();
+    let share_sets: Vec<Vec<u16>> = arrivals.iter().map(|a| yardstick::arrived_shares(a, capacity)).collect();
+    let pct = |waste: u64| 100.0 * waste as f64 / capacity as f64;
+    let yardsticks = share_sets.iter().any(|s| !s.is_empty()).then(|| {
+        let mut offline: Vec<f64> = share_sets.iter().map(|s| pct(yardstick::first_fit_decreasing_waste(s))).collect();
+        let mut online: Vec<f64> = share_sets.iter().map(|s| pct(yardstick::online_best_fit_waste(s))).collect();
+        (Spread::of(&mut offline), Spread::of(&mut online))
+    });
+    let yardsticks = match yardsticks {
+        Some((Some(offline), Some(online))) => {
+            Some(Yardsticks { offline_first_fit_decreasing_pct: offline, online_best_fit_pct: online })
+        }
+        _ => None,
+    };
     Ok(ExperimentResult {
         cluster: ClusterSummary {
             nodes: cluster.len(),
@@ -300,6 +327,7 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
         tune: exp.tune,
         seeds: exp.seeds.clone(),
         policies,
+        yardsticks,
         runs,
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
     })

@@ -2,7 +2,7 @@
 //! leave on a relaxed problem — one pool of 1,000-milli GPUs, no nodes, no CPU. Offline first-fit
 //! decreasing sees every pod in advance; online best fit takes them in arrival order, as a scheduler must.
 
-use gpuplane_core::MILLI_PER_GPU;
+use gpuplane_core::{MILLI_PER_GPU, Pod};
 
 const GPU: usize = MILLI_PER_GPU as usize;
 
@@ -38,6 +38,23 @@ pub fn online_best_fit_waste(shares: &[u16]) -> u64 {
     gpus_with_free.iter().enumerate().map(|(free, &count)| free as u64 * count).sum()
 }
 
+/// The GPU shares (milli) of the sharing pods among `arrivals` until their GPU demand reaches `capacity`
+/// milli: the pods the policies see up to 100 % arrived workload.
+pub fn arrived_shares(arrivals: &[Pod], capacity: u64) -> Vec<u16> {
+    let mut arrived = 0u64;
+    let mut shares = Vec::new();
+    for pod in arrivals {
+        arrived += u64::from(pod.gpu.total_milli());
+        if arrived > capacity {
+            break;
+        }
+        if pod.gpu.count == 1 && pod.gpu.milli_per_gpu < MILLI_PER_GPU as u16 {
+            shares.push(pod.gpu.milli_per_gpu);
+        }
+    }
+    shares
+}
+
 fn sharing(shares: &[u16]) -> impl Iterator<Item = usize> + '_ {
     shares.iter().map(|&m| usize::from(m)).filter(|&m| m < GPU)
 }
@@ -64,6 +81,21 @@ mod tests {
         assert_eq!(online_best_fit_waste(&[1000, 2000, 810]), 190);
         assert_eq!(first_fit_decreasing_waste(&[1000, 810]), 190);
         assert_eq!(first_fit_decreasing_waste(&[]), 0);
+    }
+
+    #[test]
+    fn the_yardsticks_see_the_sharing_pods_that_arrive_before_capacity() {
+        let pod = |count: u8, milli: u16| {
+            gpuplane_core::Pod::with_requests(
+                "p",
+                1000,
+                1 << 30,
+                gpuplane_core::GpuRequest { count, milli_per_gpu: milli },
+            )
+        };
+        // 2,000 milli of capacity: 500 + 1000 (whole, skipped) + 250 arrive; the next 500 would exceed it.
+        let arrivals = [pod(1, 500), pod(1, 1000), pod(0, 0), pod(1, 250), pod(1, 500)];
+        assert_eq!(arrived_shares(&arrivals, 2000), [500, 250]);
     }
 
     proptest! {
