@@ -290,12 +290,11 @@ fn repo_objects(repos: &[Repository], helm: Option<&Path>, warnings: &mut Vec<St
         for dir in &charts {
             objects.extend(crate::helm::chart_objects(repo, dir, helm, warnings));
         }
-        for file in repo.files.iter().filter(|f| is_yaml(f) && !is_test_data(f) && !crate::helm::in_chart(f, &charts)) {
+        let plain =
+            |f: &&String| is_yaml(f) && !is_test_data(f) && !crate::helm::in_chart(f, &charts) && !patches.contains(*f);
+        for file in repo.files.iter().filter(plain) {
             let Some(text) = repo.read(file) else { continue };
             if !text.contains("apiVersion") || !text.contains("kind") {
-                continue;
-            }
-            if patches.contains(file) {
                 continue;
             }
             if text.contains("{{") {
@@ -434,10 +433,8 @@ pub fn assess(model: &Model, inputs: &Inputs) -> Result<Assessment, AssessError>
 
     // An area about some workloads only (GPU capacity: GPU workloads) does not apply to a platform whose
     // objects hold none of them.
-    for area in model.areas.iter().filter(|a| !a.applies_to.is_empty()) {
-        if context.objects.is_empty() {
-            continue;
-        }
+    let scoped = model.areas.iter().filter(|a| !a.applies_to.is_empty() && !context.objects.is_empty());
+    for area in scoped {
         let scope =
             area.applies_to.iter().map(crate::objects::Condition::compile).collect::<Result<Vec<_>, _>>().map_err(
                 |expected| AssessError::invalid("model", &format!("areas: {}: applies_to", area.id), &expected),

@@ -122,16 +122,15 @@ fn truthy(v: Option<&Value>) -> bool {
 
 struct Linter<'o> {
     object: &'o KubeObject,
-    /// The text of the file the object is in, when it can be read: findings point at the field's line.
-    text: Option<&'o str>,
+    /// The lines of the file the object is in, when it can be read: findings point at the field's line.
+    lines: Option<&'o [String]>,
     out: Vec<Finding>,
 }
 
 /// The line of the field a finding is about: from the object's first line, the next line holding each
 /// needle in turn (the container's name, then the field), within the object's document.
-fn locate(text: &str, from: usize, needles: &[&str]) -> Option<usize> {
+fn locate(lines: &[String], from: usize, needles: &[&str]) -> Option<usize> {
     let mut line = from.max(1);
-    let lines: Vec<&str> = text.lines().collect();
     for needle in needles {
         let found = lines
             .iter()
@@ -165,7 +164,7 @@ impl Linter<'_> {
             path.extend(["containers", c]);
         }
         path.extend(needles);
-        let line = self.text.and_then(|t| locate(t, object.line, &path)).unwrap_or(object.line);
+        let line = self.lines.and_then(|l| locate(l, object.line, &path)).unwrap_or(object.line);
         let finding = Finding::new(TOOL, id, r.level, Severity::from_level(r.level), &object.source, line, message);
         // The object and container identify the finding wherever the document moves in the file.
         self.out.push(Finding { fingerprint: format!("{id}:{place}"), ..finding });
@@ -183,14 +182,16 @@ pub fn lint(objects: &[KubeObject]) -> Vec<Finding> {
     let mut reported_namespaces = HashSet::new();
     // Each file once, for the lines of the fields (objects read from a repository name `repo:path`, which
     // is no file here: those keep the object's line).
-    let mut texts: std::collections::HashMap<&str, Option<String>> = std::collections::HashMap::new();
+    let mut files: std::collections::HashMap<&str, Option<Vec<String>>> = std::collections::HashMap::new();
     for object in objects {
-        texts.entry(object.source.as_str()).or_insert_with(|| std::fs::read_to_string(&object.source).ok());
+        files.entry(object.source.as_str()).or_insert_with(|| {
+            std::fs::read_to_string(&object.source).ok().map(|t| t.lines().map(str::to_owned).collect())
+        });
     }
     for object in objects {
         let Some(spec) = object.pod_spec() else { continue };
-        let text = texts.get(object.source.as_str()).and_then(|t| t.as_deref());
-        let mut l = Linter { object, text, out: Vec::new() };
+        let lines = files.get(object.source.as_str()).and_then(|l| l.as_deref());
+        let mut l = Linter { object, lines, out: Vec::new() };
         // gpuplane's scheduler also takes fractional GPUs from the pod annotation gpuplane.io/gpu-milli.
         let annotated = pod_annotations(object).is_some_and(|a| a.get("gpuplane.io/gpu-milli").is_some());
         let pod_gpu = annotated || containers(spec).iter().any(|c| container_gpu(c));

@@ -124,11 +124,6 @@ impl Batcher {
         self.prompt_tokens
     }
 
-    /// Sequences decoding.
-    pub fn decoding(&self) -> usize {
-        self.decoding.len()
-    }
-
     /// Takes every run that has ended by `now_s`, reporting what came out of each.
     pub fn advance(&mut self, now_s: f64, out: &mut Vec<Output>) {
         while let Some(run) = self.run.take() {

@@ -996,12 +996,12 @@ impl<'p> World<'p> {
 
     /// Queues the replica engine's next event unless it is queued already.
     fn schedule_step(&mut self, replica: usize) {
-        let next = self.replicas[replica].batcher.next_change_s().map(micros);
+        let next_s = self.replicas[replica].batcher.next_change_s();
+        let next = next_s.map(micros);
         if next != self.replicas[replica].step_at {
             self.replicas[replica].step_at = next;
-            if let Some(at) = next {
-                self.seq += 1;
-                self.events.push(Reverse((at, self.seq, Event::ReplicaStep { replica: replica as u32 })));
+            if let Some(at) = next_s {
+                self.at(at, Event::ReplicaStep { replica: replica as u32 });
             }
         }
     }
