@@ -124,6 +124,7 @@ fn inference(given: GivenResults) -> Result<Inference> {
                 replay: false,
                 record_decisions: false,
                 defrag: 0,
+                windows: vec![1],
             };
             let bar = crate::sim::progress_bar(40, "placement runs (4 policies × seeds 42–51)");
             let result = run_experiment(&experiment, &|_| bar.inc(1))?;

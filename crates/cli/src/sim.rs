@@ -43,6 +43,10 @@ pub struct SimArgs {
     /// placed pods (migrations, counted in the table); 0 turns it off
     #[arg(long, default_value_t = 0, value_name = "N")]
     defrag: usize,
+    /// Scheduling windows, comma-separated pod counts: the scheduler waits for this many pending pods
+    /// and places them jointly (1 is one pod at a time); each policy runs with each window
+    #[arg(long, default_value = "1", value_name = "W,..")]
+    window: String,
     /// Replay the trace in file order: no shuffle, no inflation (for `gpuplane trace arrivals` output)
     #[arg(long)]
     replay: bool,
@@ -92,6 +96,21 @@ pub(crate) fn progress_bar(len: u64, unit: &str) -> ProgressBar {
     bar
 }
 
+/// Parses `--window`: comma-separated pod counts, each 1 to [`gpuplane_sim::MAX_WINDOW`].
+pub fn parse_windows(text: &str) -> Result<Vec<usize>> {
+    let mut windows = Vec::new();
+    for item in text.split(',').map(str::trim) {
+        let w: usize =
+            item.parse().ok().filter(|w| (1..=gpuplane_sim::MAX_WINDOW).contains(w)).with_context(|| {
+                format!("--window: {item:?} is not a pod count from 1 to {}", gpuplane_sim::MAX_WINDOW)
+            })?;
+        if !windows.contains(&w) {
+            windows.push(w);
+        }
+    }
+    Ok(windows)
+}
+
 pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
     let mut seeds = Vec::new();
     for part in text.split(',').map(str::trim) {
@@ -121,6 +140,7 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>> {
 pub fn run(args: SimArgs) -> Result<()> {
     let policies = Policy::parse_list(&args.policy).context("--policy")?;
     let seeds = parse_seeds(&args.seeds)?;
+    let windows = parse_windows(&args.window)?;
     let tune_ok = args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE;
     if !args.replay && !tune_ok {
         bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
@@ -143,13 +163,14 @@ pub fn run(args: SimArgs) -> Result<()> {
         replay: args.replay,
         record_decisions: args.decisions,
         defrag: args.defrag,
+        windows,
     };
 
     let modes = if args.defrag > 0 { 2 } else { 1 };
-    let runs = (modes * experiment.policies.len() * experiment.seeds.len()) as u64;
+    let runs = (modes * experiment.windows.len() * experiment.policies.len() * experiment.seeds.len()) as u64;
     let bar = progress_bar(runs, "runs");
     let result = run_experiment(&experiment, &|r| {
-        bar.set_message(format!("{} seed {}", gpuplane_sim::key(r.policy, r.defrag), r.seed));
+        bar.set_message(format!("{} seed {}", gpuplane_sim::key(r.policy, r.defrag, r.window), r.seed));
         bar.inc(1);
     })?;
     bar.finish_and_clear();
@@ -192,7 +213,7 @@ fn decisions_csv(result: &gpuplane_sim::ExperimentResult) -> String {
                 Some((node, gpus)) => (node.as_str(), gpus.iter().map(u8::to_string).collect::<Vec<_>>().join("-")),
                 None => ("", String::new()),
             };
-            let key = gpuplane_sim::key(r.policy, r.defrag);
+            let key = gpuplane_sim::key(r.policy, r.defrag, r.window);
             out.push_str(&format!("{key},{},{i},{},{node},{gpus}\n", r.seed, d.pod));
         }
     }

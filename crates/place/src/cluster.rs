@@ -1,8 +1,10 @@
 //! The cluster snapshot the engine decides on: per-node free CPU, memory and per-GPU milli, with a
-//! stamp that changes whenever a node changes so scorers can memoise per node state.
+//! stamp that changes whenever a node changes so scorers can memoise per node state. Stamps are unique
+//! process-wide, so a clone (a scratch copy to try placements on) shares its original's memo.
 //! Binding and releasing are checked here: no GPU ever exceeds 1000 milli, no node its CPU or memory.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gpuplane_core::{GpuRequest, MAX_GPUS_PER_NODE, MILLI_PER_GPU, Node, Pod, Taint, Toleration};
@@ -112,7 +114,8 @@ pub struct NodeState {
     pub model: Option<u8>,
     /// GPU pods on the node per class (see [`gpu_class`]), for class-clustering scorers.
     pub gpu_pods_by_class: [u16; GPU_CLASSES],
-    /// Changes on every bind or release; scorers memoise on it.
+    /// A fresh number (unique in the process) on every bind or release, 0 when never changed; scorers
+    /// memoise on it.
     pub stamp: u64,
     /// True when the node has a taint that keeps pods without a toleration away.
     pub has_hard_taints: bool,
@@ -178,6 +181,13 @@ pub enum BindError {
 }
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
+/// Source of node stamps: one counter for every cluster, so that within a cluster and all its clones
+/// the same stamp always means the same node state.
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
+
+fn next_stamp() -> u64 {
+    NEXT_STAMP.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Static facts of a node that never change during placement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,31 +205,18 @@ pub struct NodeInfo {
 }
 
 /// The cluster snapshot: static node facts and their mutable state.
-#[derive(Debug)]
+///
+/// A clone keeps its original's [`Cluster::id`]: node stamps are unique process-wide, so memos keyed on
+/// (id, stamp) stay valid for both. The static facts are shared, so a clone copies only node states.
+#[derive(Debug, Clone)]
 pub struct Cluster {
     id: u64,
-    info: Vec<NodeInfo>,
+    info: Arc<[NodeInfo]>,
     state: Vec<NodeState>,
-    name_rank: Vec<u32>,
-    models: Vec<String>,
-    clock: u64,
+    name_rank: Arc<[u32]>,
+    models: Arc<[String]>,
     total_gpu_milli: u64,
     allocated_gpu_milli: u64,
-}
-
-impl Clone for Cluster {
-    fn clone(&self) -> Self {
-        Cluster {
-            id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            info: self.info.clone(),
-            state: self.state.clone(),
-            name_rank: self.name_rank.clone(),
-            models: self.models.clone(),
-            clock: self.clock,
-            total_gpu_milli: self.total_gpu_milli,
-            allocated_gpu_milli: self.allocated_gpu_milli,
-        }
-    }
 }
 
 /// Why a cluster could not be built.
@@ -292,17 +289,16 @@ impl Cluster {
         }
         Ok(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            info,
+            info: info.into(),
             state,
-            name_rank,
-            models,
-            clock: 0,
+            name_rank: name_rank.into(),
+            models: models.into(),
             total_gpu_milli,
             allocated_gpu_milli: 0,
         })
     }
 
-    /// A number unique to this cluster value (clones get a new one); caches key on it.
+    /// A number unique to this cluster and its clones; caches key on it with the node stamps.
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -343,7 +339,7 @@ impl Cluster {
         if !valid {
             return Err(ClusterError::TieRank { nodes: self.info.len() });
         }
-        self.name_rank = rank;
+        self.name_rank = rank.into();
         Ok(())
     }
 
@@ -410,8 +406,7 @@ impl Cluster {
         if let Some(class) = gpu_class(pod.gpu) {
             node.gpu_pods_by_class[class] += 1;
         }
-        self.clock += 1;
-        node.stamp = self.clock;
+        node.stamp = next_stamp();
         Ok(())
     }
 
@@ -445,8 +440,7 @@ impl Cluster {
         if let Some(c) = class {
             node.gpu_pods_by_class[c] -= 1;
         }
-        self.clock += 1;
-        node.stamp = self.clock;
+        node.stamp = next_stamp();
         Ok(())
     }
 }

@@ -144,6 +144,8 @@ pub struct Engine {
     learned: Learned,
     scores: Vec<(NodeId, i64)>,
     ties: Vec<NodeId>,
+    /// A profile to measure one node's fragment in without allocating.
+    scratch_profile: FragProfile,
 }
 
 impl Engine {
@@ -175,6 +177,7 @@ impl Engine {
             learned,
             scores: Vec::new(),
             ties: Vec::new(),
+            scratch_profile: FragProfile::default(),
         })
     }
 
@@ -401,6 +404,25 @@ impl Engine {
             _ => policy::best_fit_gpu(node, milli).unwrap_or(0),
         };
         vec![GpuShare { index, milli }]
+    }
+
+    /// The fragment the policy minimises, of one node as it stands, in milli-GPUs: FGD's expected
+    /// fragment, or gpuplane's combined one, against the workload the engine scores with. `None` for the
+    /// policies that measure no fragmentation, or before the engine has decided on this cluster.
+    pub(crate) fn node_fragment(&mut self, node: &NodeState) -> Option<f64> {
+        if !matches!(self.policy, Policy::Fgd | Policy::Gpuplane) {
+            return None;
+        }
+        let target = self.scoring.as_ref()?;
+        let mut profile = std::mem::take(&mut self.scratch_profile);
+        target.profile(node.cpu_free, node.gpus(), node.model, &mut profile);
+        let fragment = if self.policy == Policy::Gpuplane {
+            target.combined_fragment_with(&profile, node.cpu_free, &[], PACKED_FGD_WEIGHT)
+        } else {
+            target.fragment_with(&profile, node.cpu_free, &[])
+        };
+        self.scratch_profile = profile;
+        Some(fragment)
     }
 
     /// Resets the memo for a new cluster and returns the memo slot of a shape.

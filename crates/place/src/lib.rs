@@ -36,6 +36,7 @@ pub mod filter;
 pub mod frag;
 pub mod locality;
 pub mod policy;
+pub mod window;
 
 pub use cluster::{
     BindError, Cluster, ClusterError, GpuShare, ModelSet, NodeId, NodeState, Placement, PodRequest, Shape,

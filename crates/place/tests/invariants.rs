@@ -199,3 +199,61 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A window's placements pass every filter on the snapshot as the window leaves it, fit together
+    /// whichever order they are bound in, never place less GPU milli than the window in arrival order
+    /// (the candidate one pod at a time would give), and leave the caller's snapshot untouched.
+    #[test]
+    fn window_placements_fit_together_in_any_order(
+        nodes in prop::collection::vec(node_strategy(), 1..10),
+        pods in prop::collection::vec(pod_strategy(), 1..60),
+        window in 1usize..24,
+        seed in any::<u64>(),
+    ) {
+        let nodes: Vec<Node> = nodes.into_iter().enumerate().map(|(i, n)| build_node(i, n)).collect();
+        let pods: Vec<Pod> = pods.into_iter().enumerate().map(|(i, p)| build_pod(i, p)).collect();
+        let base = Cluster::new(&nodes).unwrap();
+        let requests: Vec<_> = pods.iter().map(|p| base.request(p)).collect();
+        let target = Arc::new(TargetWorkload::from_requests(&requests, 0.95).unwrap());
+        for policy in [Policy::BestFit, Policy::Fgd, Policy::Gpuplane] {
+            let config = || EngineConfig { policy, target: Some(Arc::clone(&target)), seed, tie_break: TieBreak::LowestName };
+            let mut engine = Engine::new(config()).unwrap();
+            let mut one_by_one = Engine::new(config()).unwrap();
+            let mut cluster = base.clone();
+            for batch in requests.chunks(window) {
+                batch.iter().for_each(|r| engine.observe(r));
+                let before = cluster.nodes().to_vec();
+                let decisions = engine.decide_window(&cluster, batch);
+                prop_assert_eq!(cluster.nodes(), &before[..]);
+                prop_assert_eq!(decisions.len(), batch.len());
+                // Arrival order on a copy: what the window must at least match in GPU milli placed.
+                let mut alone = cluster.clone();
+                let mut alone_milli = 0u64;
+                for r in batch {
+                    one_by_one.observe(r);
+                    if let Decision::Place(p) = one_by_one.decide(&alone, r) {
+                        alone.bind(r, &p).unwrap();
+                        alone_milli += u64::from(r.gpu.total_milli());
+                    }
+                }
+                let mut window_milli = 0u64;
+                // Bind backwards: any order must fit.
+                for (r, d) in batch.iter().zip(&decisions).rev() {
+                    if let Decision::Place(p) = d {
+                        prop_assert_eq!(p.gpus.len(), if r.gpu.is_none() { 0 } else { usize::from(r.gpu.count) });
+                        cluster.bind(r, p).unwrap();
+                        window_milli += u64::from(r.gpu.total_milli());
+                    }
+                }
+                if policy != Policy::Gpuplane {
+                    // Neither learns from arrivals, so the window's arrival-order candidate is exactly
+                    // the one-by-one run (gpuplane's window has observed the whole batch first).
+                    prop_assert!(window_milli >= alone_milli, "window placed {window_milli} < {alone_milli}");
+                }
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ pub fn samples(result: &ExperimentResult) -> String {
             let _ = writeln!(
                 out,
                 "{},{},{},{:.4},{:.4},{:.4},{:.4}",
-                gpuplane_sim::key(run.policy, run.defrag),
+                gpuplane_sim::key(run.policy, run.defrag, run.window),
                 run.seed,
                 s.arrived_pct,
                 s.allocated_gpu_pct,

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::{Serialize, Serializer};
 use thiserror::Error;
 
-pub use run::{DecisionLatency, RunResult, Sample};
+pub use run::{DecisionLatency, RunResult, Sample, WindowWait};
 
 pub use gpuplane_place::frag::TARGET_COVERAGE;
 
@@ -48,6 +48,9 @@ pub enum SimError {
     /// The engine could not be built.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A window size of 0 or above [`MAX_WINDOW`], or no window size at all.
+    #[error("window sizes must be 1 to {MAX_WINDOW} pods, got {0:?}")]
+    Window(Vec<usize>),
     /// The target workload could not be built.
     #[error(transparent)]
     Workload(#[from] WorkloadError),
@@ -80,6 +83,10 @@ pub enum Ties {
 /// and a larger ratio would only make memory grow (every seed's arrivals are held at once).
 pub const MAX_TUNE: f64 = 10.0;
 
+/// The largest scheduling window, in pods: a window is placed on a scratch copy of the cluster, and
+/// beyond a few thousand pods the wait, not the packing, is what a user would notice.
+pub const MAX_WINDOW: usize = 4096;
+
 /// An experiment: every policy × every seed on one trace and one cluster.
 #[derive(Debug, Clone)]
 pub struct Experiment {
@@ -102,6 +109,8 @@ pub struct Experiment {
     /// When above 0, every policy also runs in defragmentation mode, moving at most this many placed
     /// pods to place one that fits nowhere.
     pub defrag: usize,
+    /// Window sizes to run every policy with (pods placed jointly; 1 is one pod at a time).
+    pub windows: Vec<usize>,
 }
 
 /// Median, minimum and maximum of one metric over seeds.
@@ -151,6 +160,12 @@ pub struct PolicySummary {
     pub policy: Policy,
     /// Most pods moved per failing pod; 0 is no defragmentation.
     pub defrag: usize,
+    /// Pods placed jointly per window; 1 is one pod at a time.
+    pub window: usize,
+    /// Each run's median and 99th-percentile wait for the window to fill, in arrivals, over seeds.
+    pub wait_p50_arrivals: Spread,
+    /// See `wait_p50_arrivals`.
+    pub wait_p99_arrivals: Spread,
     /// Pods moved over a run, over seeds.
     pub migrations: Spread,
     /// Median, min and max over seeds at each arrived percent.
@@ -163,25 +178,40 @@ pub struct PolicySummary {
     pub decision_p50_ns: u64,
 }
 
-/// How a (policy, defragmentation) pair is named: `FGD`, `gpuplane + defrag ≤2`.
-pub fn label(policy: Policy, defrag: usize) -> String {
-    if defrag == 0 { policy.title().to_owned() } else { format!("{} + defrag ≤{defrag}", policy.title()) }
+/// How a (policy, defragmentation, window) variant is named: `FGD`, `gpuplane + defrag ≤2`,
+/// `gpuplane · window 64`.
+pub fn label(policy: Policy, defrag: usize, window: usize) -> String {
+    let mut label = policy.title().to_owned();
+    if defrag > 0 {
+        label += &format!(" + defrag ≤{defrag}");
+    }
+    if window > 1 {
+        label += &format!(" · window {window}");
+    }
+    label
 }
 
-/// Its machine name: `fgd`, `gpuplane+defrag2`.
-pub fn key(policy: Policy, defrag: usize) -> String {
-    if defrag == 0 { policy.name().to_owned() } else { format!("{}+defrag{defrag}", policy.name()) }
+/// Its machine name: `fgd`, `gpuplane+defrag2`, `gpuplane+window64`.
+pub fn key(policy: Policy, defrag: usize, window: usize) -> String {
+    let mut key = policy.name().to_owned();
+    if defrag > 0 {
+        key += &format!("+defrag{defrag}");
+    }
+    if window > 1 {
+        key += &format!("+window{window}");
+    }
+    key
 }
 
 impl PolicySummary {
     /// The row's name in tables and charts.
     pub fn label(&self) -> String {
-        label(self.policy, self.defrag)
+        label(self.policy, self.defrag, self.window)
     }
 
     /// The row's machine name in CSV files.
     pub fn key(&self) -> String {
-        key(self.policy, self.defrag)
+        key(self.policy, self.defrag, self.window)
     }
 
     /// The curve point at an arrived percent, if some seed reached it.
@@ -280,15 +310,20 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
             }
         })
         .collect();
+    if exp.windows.is_empty() || exp.windows.iter().any(|&w| w == 0 || w > MAX_WINDOW) {
+        return Err(SimError::Window(exp.windows.clone()));
+    }
     let modes: Vec<usize> = if exp.defrag > 0 { vec![0, exp.defrag] } else { vec![0] };
-    let variants: Vec<(Policy, usize)> =
-        modes.iter().flat_map(|&d| exp.policies.iter().map(move |&p| (p, d))).collect();
-    let jobs: Vec<(Policy, usize, usize)> =
-        variants.iter().flat_map(|&(p, d)| (0..exp.seeds.len()).map(move |s| (p, d, s))).collect();
+    let variants: Vec<(Policy, usize, usize)> = modes
+        .iter()
+        .flat_map(|&d| exp.windows.iter().flat_map(move |&w| exp.policies.iter().map(move |&p| (p, d, w))))
+        .collect();
+    let jobs: Vec<(Policy, usize, usize, usize)> =
+        variants.iter().flat_map(|&(p, d, w)| (0..exp.seeds.len()).map(move |s| (p, d, w, s))).collect();
     let runs: Vec<RunResult> = jobs
         .par_iter()
-        .map(|&(policy, defrag, s)| {
-            let options = run::RunOptions { ties: &exp.ties, defrag, record_decisions: exp.record_decisions };
+        .map(|&(policy, defrag, window, s)| {
+            let options = run::RunOptions { ties: &exp.ties, defrag, record_decisions: exp.record_decisions, window };
             let result = run::run(&cluster, &arrivals[s], policy, &target, exp.seeds[s], &options)?;
             on_run(&result);
             Ok(result)
@@ -296,7 +331,7 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
         .collect::<Result<_, SimError>>()?;
     let policies = variants
         .iter()
-        .map(|&(p, d)| summarise(p, d, runs.iter().filter(|r| r.policy == p && r.defrag == d)))
+        .map(|&(p, d, w)| summarise(p, d, w, runs.iter().filter(|r| r.policy == p && r.defrag == d && r.window == w)))
         .collect();
     let capacity = cluster.total_gpu_milli();
     let share_sets: Vec<Vec<u16>> = arrivals.iter().map(|a| yardstick::arrived_shares(a, capacity)).collect();
@@ -333,7 +368,12 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
     })
 }
 
-fn summarise<'a>(policy: Policy, defrag: usize, runs: impl Iterator<Item = &'a RunResult>) -> PolicySummary {
+fn summarise<'a>(
+    policy: Policy,
+    defrag: usize,
+    window: usize,
+    runs: impl Iterator<Item = &'a RunResult>,
+) -> PolicySummary {
     let runs: Vec<&RunResult> = runs.collect();
     let longest = runs.iter().map(|r| r.samples.len()).max().unwrap_or(0);
     let mut curve = Vec::with_capacity(longest);
@@ -354,9 +394,13 @@ fn summarise<'a>(policy: Policy, defrag: usize, runs: impl Iterator<Item = &'a R
     }
     let zero = Spread { median: 0.0, min: 0.0, max: 0.0 };
     let p50s = Spread::of(&mut runs.iter().map(|r| r.decision_latency.p50_ns as f64).collect::<Vec<_>>());
+    let over_seeds = |f: fn(&RunResult) -> f64| Spread::of(&mut runs.iter().map(|r| f(r)).collect::<Vec<_>>());
     PolicySummary {
         policy,
         defrag,
+        window,
+        wait_p50_arrivals: over_seeds(|r| r.wait.p50_arrivals).unwrap_or(zero),
+        wait_p99_arrivals: over_seeds(|r| r.wait.p99_arrivals).unwrap_or(zero),
         migrations: Spread::of(&mut runs.iter().map(|r| r.migrations as f64).collect::<Vec<_>>()).unwrap_or(zero),
         curve,
         failed_pods: Spread::of(&mut runs.iter().map(|r| r.failed as f64).collect::<Vec<_>>()).unwrap_or(zero),

@@ -151,6 +151,7 @@ pub fn run(config: &SweepConfig, on_point: &dyn Fn(&Point)) -> Result<Vec<Point>
                     replay: false,
                     record_decisions: false,
                     defrag: 0,
+                    windows: vec![1],
                 };
                 let result = run_experiment(&exp, &|_| {})?;
                 let unallocated = result

@@ -35,6 +35,7 @@ fn run_with(policies: &[Policy], seeds: &[u64], defrag: usize) -> ExperimentResu
         replay: false,
         record_decisions: false,
         defrag,
+        windows: vec![1],
     };
     run_experiment(&exp, &|_| {}).expect("experiment runs")
 }
