@@ -125,6 +125,7 @@ fn inference(given: GivenResults) -> Result<Inference> {
                 record_decisions: false,
                 defrag: 0,
                 windows: vec![1],
+                arrival_gap_s: None,
             };
             let bar = crate::sim::progress_bar(40, "placement runs (4 policies × seeds 42–51)");
             let result = run_experiment(&experiment, &|_| bar.inc(1))?;

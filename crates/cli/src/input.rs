@@ -74,15 +74,34 @@ pub fn trace_records(path: Option<&Path>) -> Result<(String, Vec<gpuplane_core::
 
 /// Reads pending pods from an openb pod CSV or from Pod objects in YAML.
 pub fn trace(path: Option<&Path>) -> Result<(String, Vec<Pod>)> {
+    trace_timed(path).map(|(name, pods, _)| (name, pods))
+}
+
+/// The mean time between two pod creations in an openb trace, in seconds: (last − first) ÷ (pods − 1)
+/// over the pods with a creation time; `None` without two of them or with no time between them.
+pub fn mean_arrival_gap_s(pods: &[gpuplane_core::openb::TracePod]) -> Option<f64> {
+    let times: Vec<u64> = pods.iter().filter_map(|p| p.creation_time).collect();
+    let (first, last) = (times.iter().min()?, times.iter().max()?);
+    (times.len() >= 2 && last > first).then(|| (last - first) as f64 / (times.len() - 1) as f64)
+}
+
+/// [`trace`], with the trace's [`mean_arrival_gap_s`] when it is an openb CSV with creation times.
+pub fn trace_timed(path: Option<&Path>) -> Result<(String, Vec<Pod>, Option<f64>)> {
     let Some(path) = path else {
         let pods = read_pods(BUNDLED_TRACE_NAME, BUNDLED_TRACE.as_bytes())?;
-        return Ok((BUNDLED_TRACE_NAME.to_owned(), pods.into_iter().map(|p| p.pod).collect()));
+        let gap = mean_arrival_gap_s(&pods);
+        return Ok((BUNDLED_TRACE_NAME.to_owned(), pods.into_iter().map(|p| p.pod).collect(), gap));
     };
     let name = path.display().to_string();
     let format = format_of(path)?;
     let text = read_text(path)?;
+    let mut gap = None;
     let pods = match format {
-        Format::Csv => read_pods(&name, text.as_bytes())?.into_iter().map(|p| p.pod).collect(),
+        Format::Csv => {
+            let records = read_pods(&name, text.as_bytes())?;
+            gap = mean_arrival_gap_s(&records);
+            records.into_iter().map(|p| p.pod).collect()
+        }
         Format::Yaml => {
             let m = read_manifests(&name, &text)?;
             if let Some(bound) = m.pods.iter().find(|p| p.node_name.is_some()) {
@@ -98,5 +117,5 @@ pub fn trace(path: Option<&Path>) -> Result<(String, Vec<Pod>)> {
             m.pods.into_iter().map(|p| p.pod).collect::<Vec<Pod>>()
         }
     };
-    Ok((name, pods))
+    Ok((name, pods, gap))
 }

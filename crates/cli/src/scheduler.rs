@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gpuplane_kube::scheduler::leader::LeaseConfig;
 use gpuplane_kube::scheduler::run::{InventoryPolling, RunConfig, serve_scheduler};
-use gpuplane_kube::scheduler::{LocalityConfig, SchedulerConfig};
+use gpuplane_kube::scheduler::{LocalityConfig, SchedulerConfig, WindowConfig};
 use gpuplane_kube::serve::{ServeError, shutdown_signal};
 use gpuplane_place::{Bandwidth, Policy};
 
@@ -57,6 +57,13 @@ pub struct SchedulerArgs {
     /// Expected read rates for the locality term, GB/s: local disk, peer, origin
     #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [2.0, 1.25, 0.3])]
     load_gbps: Vec<f64>,
+    /// Scheduling cycles: place up to this many pending pods jointly (1: each pod as it comes). Pods naming
+    /// a model (gpuplane.io/model) are still placed one at a time, with model locality
+    #[arg(long, default_value_t = 1, value_name = "PODS")]
+    window: usize,
+    /// Longest a pending pod waits for its cycle to fill, in milliseconds
+    #[arg(long, default_value_t = 100, value_name = "MS")]
+    window_ms: u64,
     /// Log format on standard error: text or json (level from RUST_LOG, default info)
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -76,6 +83,12 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
     };
     if [local, peer, origin].iter().any(|r| !r.is_finite() || *r <= 0.0) {
         bail!("--load-gbps {local},{peer},{origin}: every rate must be a positive number of GB/s");
+    }
+    if !(1..=gpuplane_sim::MAX_WINDOW).contains(&args.window) {
+        bail!("--window {} is out of range; expected 1 to {} pods", args.window, gpuplane_sim::MAX_WINDOW);
+    }
+    if args.window_ms > 60_000 {
+        bail!("--window-ms {} is out of range; a pod waits at most 60000 ms for its cycle", args.window_ms);
     }
     let bandwidth = Bandwidth { local: local * 1e9, peer: peer * 1e9, origin: origin * 1e9 };
     service::init_logging(&args.log_format);
@@ -97,6 +110,7 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
             scheduler_name: args.scheduler_name,
             preemption: args.preemption,
             locality: LocalityConfig { weight: args.locality_weight, bandwidth },
+            window: WindowConfig { pods: args.window, wait: Duration::from_millis(args.window_ms) },
             ..SchedulerConfig::default()
         },
         lease,

@@ -146,7 +146,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
     }
     let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;
-    let (trace_name, trace) = input::trace(args.trace.as_deref())?;
+    let (trace_name, trace, arrival_gap_s) = input::trace_timed(args.trace.as_deref())?;
     let ties = match (&args.tie_order, args.tie_break) {
         (Some(path), _) => Ties::Order(read_tie_order(path)?),
         (None, TieBreakArg::ShuffledNames) => Ties::ShuffledNames,
@@ -164,6 +164,7 @@ pub fn run(args: SimArgs) -> Result<()> {
         record_decisions: args.decisions,
         defrag: args.defrag,
         windows,
+        arrival_gap_s,
     };
 
     let modes = if args.defrag > 0 { 2 } else { 1 };

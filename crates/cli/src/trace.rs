@@ -23,6 +23,38 @@ pub enum TraceCommand {
     Variant(VariantArgs),
     /// Run every policy over a grid of generated variants; table, CSV and a heat map of gpuplane ÷ FGD.
     Sweep(SweepArgs),
+    /// The window curve: unallocated GPUs at 100 % arrived workload against the scheduling window, per
+    /// trace, with FGD and the offline yardstick; table, CSV and an SVG of one panel per trace.
+    Windows(WindowsArgs),
+}
+
+/// Arguments of `gpuplane trace windows`.
+#[derive(Debug, Args)]
+pub struct WindowsArgs {
+    /// openb pod CSVs, or folders whose openb_pod_list_*.csv files are all taken
+    #[arg(long, num_args = 1.., default_value = "data/openb", value_name = "PATH")]
+    traces: Vec<PathBuf>,
+    /// Cluster [default: bundled openb GPU nodes]
+    #[arg(long, value_name = "FILE")]
+    nodes: Option<PathBuf>,
+    /// Policies, comma-separated (fgd gives the reference line, gpuplane the compared column)
+    #[arg(long, default_value = "fgd,gpuplane", value_name = "P,..")]
+    policy: String,
+    /// Window sizes, comma-separated pod counts
+    #[arg(long, default_value = "1,4,16,64,256", value_name = "W,..")]
+    window: String,
+    /// Seeds
+    #[arg(long, default_value = "42-51", value_name = "LIST")]
+    seeds: String,
+    /// Workload inflation
+    #[arg(long, default_value_t = 1.3)]
+    tune: f64,
+    /// The table compares gpuplane's best window of at most this many pods
+    #[arg(long, default_value_t = 64, value_name = "W")]
+    limit: usize,
+    /// Folder for windows.md, windows.csv and windows.svg
+    #[arg(long, default_value = "out/windows", value_name = "DIR")]
+    out: PathBuf,
 }
 
 /// Arguments of `gpuplane trace sweep`.
@@ -114,6 +146,7 @@ pub fn run(command: TraceCommand) -> Result<()> {
         TraceCommand::Arrivals(args) => arrivals(args),
         TraceCommand::Variant(args) => variant(args),
         TraceCommand::Sweep(args) => sweep(args),
+        TraceCommand::Windows(args) => windows(args),
     }
 }
 
@@ -274,6 +307,95 @@ fn sweep(args: SweepArgs) -> Result<()> {
     write(&args.out.join("sweep.csv"), csv)?;
     write(&args.out.join("sweep.md"), md.clone())?;
     write(&args.out.join("heatmap.svg"), map.render())?;
+    out!("{md}")?;
+    outln!("wrote {}", args.out.display())?;
+    Ok(())
+}
+
+/// The traces `--traces` names: files as given, folders by their `openb_pod_list_*.csv` files; the
+/// `default` trace first, then by name. Each with its short name (`cpu050` for openb_pod_list_cpu050.csv).
+fn trace_files(paths: &[PathBuf]) -> Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let entries = std::fs::read_dir(path).with_context(|| format!("cannot read folder {}", path.display()))?;
+            let before = files.len();
+            for entry in entries {
+                let file = entry.with_context(|| format!("cannot read folder {}", path.display()))?.path();
+                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                if name.starts_with("openb_pod_list_") && name.ends_with(".csv") {
+                    files.push(file);
+                }
+            }
+            if files.len() == before {
+                bail!("{}: no openb_pod_list_*.csv files in this folder", path.display());
+            }
+        } else if path.is_file() {
+            files.push(path.clone());
+        } else {
+            bail!("{}: no such file or folder", path.display());
+        }
+    }
+    let short = |p: &Path| {
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        stem.strip_prefix("openb_pod_list_").unwrap_or(stem).to_owned()
+    };
+    let mut named: Vec<(String, PathBuf)> = files.into_iter().map(|f| (short(&f), f)).collect();
+    named.sort_by(|a, b| (a.0 != "default", &a.0).cmp(&(b.0 != "default", &b.0)));
+    named.dedup_by(|a, b| a.1 == b.1);
+    Ok(named)
+}
+
+fn windows(args: WindowsArgs) -> Result<()> {
+    use gpuplane_place::Policy;
+    use gpuplane_report::windows::{self, WindowCurve};
+    use gpuplane_sim::{Experiment, Ties, run_experiment};
+
+    let policies = Policy::parse_list(&args.policy).context("--policy")?;
+    let mut window_sizes = crate::sim::parse_windows(&args.window)?;
+    window_sizes.sort_unstable();
+    let seeds = crate::sim::parse_seeds(&args.seeds)?;
+    let tune_ok = args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE;
+    if !tune_ok {
+        bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
+    }
+    let (_, nodes) = input::nodes(args.nodes.as_deref())?;
+    let traces = trace_files(&args.traces)?;
+    // Read every trace before the first run, so a bad file is named at once.
+    let mut loaded = Vec::with_capacity(traces.len());
+    for (name, path) in &traces {
+        let (_, pods, gap) = input::trace_timed(Some(path))?;
+        loaded.push((name.clone(), pods, gap));
+    }
+    let runs = (loaded.len() * policies.len() * window_sizes.len() * seeds.len()) as u64;
+    let bar = crate::sim::progress_bar(runs, "runs");
+    let mut curves = Vec::with_capacity(loaded.len());
+    for (name, trace, arrival_gap_s) in loaded {
+        let experiment = Experiment {
+            nodes: nodes.clone(),
+            trace,
+            policies: policies.clone(),
+            seeds: seeds.clone(),
+            tune: args.tune,
+            ties: Ties::default(),
+            replay: false,
+            record_decisions: false,
+            defrag: 0,
+            windows: window_sizes.clone(),
+            arrival_gap_s,
+        };
+        bar.set_message(name.clone());
+        let result = run_experiment(&experiment, &|_| bar.inc(1))?;
+        curves.push(WindowCurve::of(&name, &result));
+    }
+    bar.finish_and_clear();
+    let md = windows::table(&curves, args.limit);
+    let title =
+        format!("Unallocated GPUs at 100 % arrived workload against the window (median over seeds {})", args.seeds);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    write(&args.out.join("windows.md"), md.clone())?;
+    write(&args.out.join("windows.csv"), windows::csv(&curves))?;
+    write(&args.out.join("windows.svg"), windows::grid_svg(&curves, 4, &title))?;
     out!("{md}")?;
     outln!("wrote {}", args.out.display())?;
     Ok(())

@@ -163,7 +163,13 @@ fn control_plane_scenarios() {
     runtime.block_on(async {
         let client = plane.client().await;
         timed("1213 kwok GPU nodes Ready", openb_nodes_become_ready(&client)).await;
-        timed("secondary scheduler scenario", secondary_scheduler_places_like_the_simulator(&plane, &client)).await;
+        timed(
+            "secondary scheduler in 16-pod cycles scenario",
+            secondary_scheduler_places_like_the_simulator(&plane, &client, 16),
+        )
+        .await;
+        empty_namespace(&client, "openb-w16").await;
+        timed("secondary scheduler scenario", secondary_scheduler_places_like_the_simulator(&plane, &client, 1)).await;
         timed("leader failover scenario", a_killed_leader_is_replaced_without_double_binding(&plane, &client)).await;
         timed("preemption scenario", an_interactive_pod_preempts_batch_within_its_disruption_budget(&plane, &client))
             .await;
@@ -395,17 +401,21 @@ async fn openb_nodes_become_ready(client: &Client) {
 /// The first [`PODS`] pods of the openb default trace, created pending with `schedulerName: gpuplane` in a
 /// namespace that enforces Pod Security "restricted", then placed by `gpuplane scheduler --policy fgd`:
 /// every pod bound, no GPU given more than 1000 milli, and every placement (node and GPU indices) the one
-/// `gpuplane sim --replay` makes for the same pods in the same order.
-async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, client: &Client) {
+/// `gpuplane sim --replay` makes for the same pods in the same order. With `window` above 1 the scheduler
+/// places them in cycles of `window` pods (`--window`; the pods all exist before it starts, so every cycle
+/// but the last is full) and the simulator in windows of as many (`sim --window`), in namespace
+/// `openb-w{window}`.
+async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, client: &Client, window: usize) {
     let file = repo().join("data/openb/openb_pod_list_default.csv");
     let trace: Vec<_> =
         read_pods("trace", std::fs::File::open(&file).unwrap()).unwrap().into_iter().take(PODS).collect();
-    restricted_namespace(client, "openb").await;
+    let namespace = if window > 1 { format!("openb-w{window}") } else { "openb".to_owned() };
+    restricted_namespace(client, &namespace).await;
 
     // The same pods as an openb CSV, named as the Pod objects, for the simulator.
     let work = tempfile::tempdir().unwrap();
     let mut csv = String::from("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "openb");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let objects = openb_pods(&trace, "p", "gpuplane", false);
     for (object, t) in objects.iter().zip(&trace) {
         let p = &t.pod;
@@ -421,6 +431,7 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
     // FGD workload is theirs, as the simulator's is.
     let mut scheduler = gpuplane(plane, &work.path().join("scheduler.log"));
     scheduler.args(SCHEDULER).args(["--lease-name", ""]);
+    scheduler.args(["--window", &window.to_string(), "--window-ms", "2000"]);
     let _scheduler = Running::spawn(scheduler);
     wait_for("every pod bound", Duration::from_secs(240), || async {
         let list = pods.list(&ListParams::default()).await.unwrap();
@@ -458,6 +469,7 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
     let out = work.path().join("sim");
     let status = Command::new(env!("CARGO_BIN_EXE_gpuplane"))
         .args(["sim", "--replay", "--policy", "fgd", "--seeds", "1", "--tie-break", "lowest-name", "--decisions"])
+        .args(["--window", &format!("1,{window}")])
         .arg("--trace")
         .arg(&csv_path)
         .arg("--out")
@@ -468,11 +480,19 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
         .unwrap();
     assert!(status.success());
     let decisions = std::fs::read_to_string(out.join("decisions.csv")).unwrap();
+    // Rows `policy,seed,index,pod,node,gpus`; the windowed run is keyed `fgd+window{W}`.
+    let key = if window > 1 { format!("fgd+window{window}") } else { "fgd".to_owned() };
+    let rows: Vec<Vec<&str>> = decisions.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let one_at_a_time: HashMap<&str, (&str, &str)> =
+        rows.iter().filter(|c| c[0] == "fgd").map(|c| (c[3], (c[4], c[5]))).collect();
     let mut same = 0;
+    let mut unlike_one_at_a_time = 0;
     let mut first_difference = None;
-    for line in decisions.lines().skip(1) {
-        let cols: Vec<&str> = line.split(',').collect();
+    for cols in rows.iter().filter(|c| c[0] == key) {
         let (pod, node, gpus) = (cols[3], cols[4], cols[5]);
+        if one_at_a_time.get(pod) != Some(&(node, gpus)) {
+            unlike_one_at_a_time += 1;
+        }
         let sim_gpus: Vec<u8> = gpus.split(|c: char| !c.is_ascii_digit()).filter_map(|g| g.parse().ok()).collect();
         let (live_node, live_shares) = &placed[pod];
         let live_gpus: Vec<u8> = live_shares.iter().map(|s| s.0).collect();
@@ -482,7 +502,12 @@ async fn secondary_scheduler_places_like_the_simulator(plane: &ControlPlane, cli
             first_difference = Some(format!("{pod}: scheduler {live_node} {live_gpus:?}, sim {node} {sim_gpus:?}"));
         }
     }
-    eprintln!("e2e: {same} of {PODS} placements identical to gpuplane sim's; worst GPU {worst} milli");
+    if window > 1 {
+        // The cycles must matter: otherwise this would only repeat the one-at-a-time scenario.
+        eprintln!("e2e: window {window}: {unlike_one_at_a_time} of {PODS} placements differ from one pod at a time");
+        assert!(unlike_one_at_a_time > 0, "the windowed placements are the one-at-a-time ones");
+    }
+    eprintln!("e2e: window {window}: {same} of {PODS} placements identical to gpuplane sim's; worst GPU {worst} milli");
     let log = std::fs::read_to_string(work.path().join("scheduler.log")).unwrap_or_default();
     let binds: Vec<&str> = log.lines().filter(|l| l.contains("Binding")).take(5).collect();
     assert_eq!(same, PODS, "first difference: {first_difference:?}; the scheduler's first binds: {binds:#?}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gpuplane_kube::metrics::Metrics;
 use gpuplane_kube::scheduler::budget::Budget;
-use gpuplane_kube::scheduler::{Action, Scheduler, SchedulerConfig};
+use gpuplane_kube::scheduler::{Action, Scheduler, SchedulerConfig, WindowConfig};
 use gpuplane_kube::{BindFailure, Snapshot};
 use gpuplane_place::{Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use k8s_openapi::api::core::v1 as api;
@@ -116,6 +116,49 @@ fn pending_pods_bind_in_priority_order_without_sharing_a_gpu_twice() {
     // The watch confirms; nothing changes.
     s.pod_applied(&confirmed("chat-0", 100_000, 600, &first));
     assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 600);
+}
+
+/// Every action the scheduler has now, in order.
+fn drain(s: &mut Scheduler, now: Instant) -> Vec<Action> {
+    std::iter::from_fn(|| s.next(now)).collect()
+}
+
+#[test]
+fn cycles_wait_for_their_pods_or_their_time_and_place_jointly_in_priority_order() {
+    // Two GPUs, and 400, 400, 600, 600 m asked. Placed as one cycle, the 600s go first and each 400 joins
+    // one of them: both GPUs full.
+    let window = WindowConfig { pods: 4, wait: Duration::from_millis(500) };
+    let nodes = [node("gpu-1", 2, false)];
+    let mut s = scheduler_with(&nodes, &[], SchedulerConfig { window, ..SchedulerConfig::default() });
+    let t0 = Instant::now();
+    for (i, milli) in [400, 400, 600].into_iter().enumerate() {
+        s.pod_applied(&pod(&format!("batch-{i}"), 1000, milli, None));
+    }
+    assert_eq!(s.next(t0), None, "three of four pods: the cycle waits");
+    assert_eq!(s.next_wakeup(), Some(t0 + Duration::from_millis(500)));
+    s.pod_applied(&pod("batch-3", 1000, 600, None));
+    let binds: Vec<_> = drain(&mut s, t0).into_iter().map(|a| bind_of(Some(a))).collect();
+    assert_eq!(binds.len(), 4, "the fourth pod completes the cycle: all placed at once");
+    let mut per_gpu = [0u32; 2];
+    for b in &binds {
+        let (gpu, milli) = b.assignment.split_once(':').unwrap();
+        per_gpu[gpu.parse::<usize>().unwrap()] += milli.parse::<u32>().unwrap();
+    }
+    assert_eq!(per_gpu, [1000, 1000]);
+
+    // A lone pod waits out the cycle's time, then goes alone; a higher-priority pod that arrives while a
+    // cycle is gathering is placed first in it.
+    let nodes = [node("gpu-1", 1, false)];
+    let mut s = scheduler_with(&nodes, &[], SchedulerConfig { window, ..SchedulerConfig::default() });
+    s.pod_applied(&pod("batch-0", 1000, 700, None));
+    assert_eq!(s.next(t0), None);
+    s.pod_applied(&pod("chat-0", 100_000, 700, None));
+    let due = s.next_wakeup().unwrap();
+    assert_eq!(due, t0 + Duration::from_millis(500), "the cycle's clock started with its first pod");
+    assert_eq!(s.next(due - Duration::from_millis(1)), None);
+    let actions = drain(&mut s, due);
+    assert_eq!(bind_of(actions.first().cloned()).name, "chat-0");
+    reported(actions.get(1).cloned(), "ml/batch-0", "0/1 nodes are available: 1 gpu");
 }
 
 #[test]

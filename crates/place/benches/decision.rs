@@ -2,8 +2,10 @@
 //!
 //! The criterion groups time `observe` + `decide` (one arrival) on a half-filled cluster while the
 //! cluster keeps filling; gpuplane's figure includes rebuilding its learned workload every 256 arrivals.
-//! After them, replays of whole fill-ups (the default trace, shuffled, inflated to 130 %) print the
-//! p50 / p99 / max of single decisions for each policy, the figure the latency target is set on.
+//! The `window_per_pod` group times `observe` + `decide_window` for windows of 16 and 64 pods from the
+//! same state, divided by the window's pods. After them, replays of whole fill-ups (the default trace,
+//! shuffled, inflated to 130 %) print the p50 / p99 / max of single decisions for each policy, the figure
+//! the latency target is set on, and the window mode's mean cost per pod as a ratio to FGD's.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,6 +101,73 @@ fn bench_decisions(c: &mut Criterion) {
     group.finish();
 }
 
+/// Places the arrivals from `start` in windows of `window` pods, timing observe + decide_window, until
+/// `pods` pods are decided (starting over from `snapshot` at the end of the arrivals); returns the time.
+fn windows_from(s: &Setup, e: &mut Engine, snapshot: &Cluster, start: usize, window: usize, pods: u64) -> Duration {
+    let mut cluster = snapshot.clone();
+    let (mut next, mut done, mut spent) = (start, 0u64, Duration::ZERO);
+    while done < pods {
+        if next >= s.arrivals.len() {
+            cluster = snapshot.clone();
+            next = start;
+        }
+        let batch = &s.arrivals[next..(next + window).min(s.arrivals.len())];
+        next += batch.len();
+        done += batch.len() as u64;
+        let t0 = Instant::now();
+        batch.iter().for_each(|r| e.observe(r));
+        let decisions = e.decide_window(&cluster, batch);
+        spent += t0.elapsed();
+        for (r, d) in batch.iter().zip(decisions) {
+            if let Decision::Place(p) = d {
+                cluster.bind(r, &p).expect("window placements fit together");
+            }
+        }
+    }
+    // Scale the last, possibly overshooting window away: time per pod × pods asked for.
+    spent.mul_f64(pods as f64 / done as f64)
+}
+
+fn bench_windows(c: &mut Criterion) {
+    let s = setup();
+    let mut group = c.benchmark_group("window_per_pod");
+    for window in [16, 64] {
+        group.bench_function(format!("gpuplane_w{window}"), |b| {
+            b.iter_custom(|iters| {
+                let (cluster, mut e, start) = half_filled(&s, Policy::Gpuplane);
+                windows_from(&s, &mut e, &cluster, start, window, iters)
+            });
+        });
+    }
+    group.finish();
+}
+
+/// Mean engine time per pod over a whole fill-up: FGD one pod at a time against gpuplane in windows,
+/// each the minimum of a few replays, printed as ratios taken in this one run.
+fn print_window_ratios() {
+    const REPLAYS: usize = 3;
+    let s = setup();
+    let pods = s.arrivals.len() as u64;
+    let mean = |policy: Policy, window: usize| {
+        (0..REPLAYS)
+            .map(|_| {
+                let mut e = engine(policy, &s.target);
+                windows_from(&s, &mut e, &s.cluster, 0, window, pods)
+            })
+            .min()
+            .unwrap_or_default()
+            .as_secs_f64()
+            / pods as f64
+    };
+    let fgd = mean(Policy::Fgd, 1);
+    println!("\nMean engine time per pod over a whole fill-up ({pods} arrivals), the minimum of {REPLAYS} replays:");
+    println!("  FGD, one pod at a time     {:>6.1} µs", fgd * 1e6);
+    for window in [1, 16, 64, 256] {
+        let t = mean(Policy::Gpuplane, window);
+        println!("  gpuplane, window {window:<4}      {:>6.1} µs   {:.2} × FGD", t * 1e6, t / fgd);
+    }
+}
+
 /// Replays whole fill-ups and prints decision-time percentiles. Every replay makes the same decisions
 /// (same seed), so each decision's time is taken as its minimum over five replays: on a shared, noisy
 /// machine that filters out the interruptions that are no cost of the engine.
@@ -139,11 +208,12 @@ fn print_percentiles() {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-    targets = bench_decisions
+    targets = bench_decisions, bench_windows
 }
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
     print_percentiles();
+    print_window_ratios();
 }

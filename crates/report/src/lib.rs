@@ -12,6 +12,7 @@ pub mod posture;
 pub mod serve;
 pub mod svg;
 pub mod table;
+pub mod windows;
 
 /// Version tag of the JSON written by `gpuplane sim`.
 pub const SIM_JSON_SCHEMA: &str = "gpuplane.sim/v1";

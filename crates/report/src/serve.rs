@@ -188,6 +188,7 @@ fn over_time(
                 reference: false,
             })
             .collect(),
+        x_ticks: None,
     }
 }
 

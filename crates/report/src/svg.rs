@@ -31,6 +31,9 @@ pub struct LineChart {
     pub y_range: (f64, f64),
     /// Lines.
     pub series: Vec<Series>,
+    /// X ticks at these data values with these labels, instead of evenly spaced round numbers (for an
+    /// axis whose data are a transform, such as log₂ of a window size).
+    pub x_ticks: Option<Vec<(f64, String)>>,
 }
 
 /// Colour-blind-safe palette (Okabe–Ito).
@@ -60,6 +63,12 @@ fn tick_step(span: f64, target: f64) -> f64 {
 impl LineChart {
     /// Renders the chart as an SVG document of the given size in pixels.
     pub fn render(&self, width: f64, height: f64) -> String {
+        self.render_with_id(width, height, "plot")
+    }
+
+    /// [`LineChart::render`], with `id` naming the clip path, so that several charts can sit in one
+    /// document.
+    pub fn render_with_id(&self, width: f64, height: f64, id: &str) -> String {
         let (left, right, top, bottom) = (64.0, 150.0, 40.0, 52.0);
         let plot_w = width - left - right;
         let plot_h = height - top - bottom;
@@ -76,17 +85,32 @@ impl LineChart {
         let _ =
             write!(s, r#"<text x="{}" y="22" font-size="15" font-weight="bold">{}</text>"#, left, escape(&self.title));
         // Grid and ticks.
-        let step = tick_step(x1 - x0, 10.0);
-        let mut x = (x0 / step).ceil() * step;
-        while x <= x1 + 1e-9 {
-            let px = sx(x);
+        let x_ticks: Vec<(f64, String)> = match &self.x_ticks {
+            Some(ticks) => ticks.clone(),
+            None => {
+                let step = tick_step(x1 - x0, 10.0);
+                let mut ticks = Vec::new();
+                let mut x = (x0 / step).ceil() * step;
+                while x <= x1 + 1e-9 {
+                    ticks.push((x, x.to_string()));
+                    x += step;
+                }
+                ticks
+            }
+        };
+        for (x, label) in &x_ticks {
+            let px = sx(*x);
             let _ = write!(
                 s,
                 r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="#e5e5e5"/>"##,
                 top + plot_h
             );
-            let _ = write!(s, r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{x}</text>"#, top + plot_h + 16.0);
-            x += step;
+            let _ = write!(
+                s,
+                r#"<text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                top + plot_h + 16.0,
+                escape(label)
+            );
         }
         let step = tick_step(y1 - y0, 8.0);
         let mut y = (y0 / step).ceil() * step;
@@ -126,7 +150,8 @@ impl LineChart {
         // Lines, clipped to the plot.
         let _ = write!(
             s,
-            r#"<clipPath id="plot"><rect x="{left}" y="{top}" width="{plot_w:.1}" height="{plot_h:.1}"/></clipPath><g clip-path="url(#plot)" fill="none" stroke-width="2">"#
+            r#"<clipPath id="{id}"><rect x="{left}" y="{top}" width="{plot_w:.1}" height="{plot_h:.1}"/></clipPath><g clip-path="url(#{id})" fill="none" stroke-width="2">"#,
+            id = escape(id)
         );
         for (i, series) in self.series.iter().enumerate() {
             let colour = series_colour(i, series);
@@ -199,6 +224,7 @@ pub fn unallocated_chart(result: &ExperimentResult) -> LineChart {
         x_range: (x_min, x_max),
         y_range: (0.0, 30.0),
         series,
+        x_ticks: None,
     }
 }
 
@@ -215,6 +241,7 @@ mod tests {
             x_range: (0.0, 10.0),
             y_range: (0.0, 5.0),
             series: vec![Series { label: "<fgd>".into(), points: vec![(0.0, 0.0), (10.0, 5.0)], reference: false }],
+            x_ticks: None,
         };
         let svg = chart.render(600.0, 400.0);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -19,6 +19,31 @@ fn cell(p: &PolicySummary, pct: u32) -> String {
     }
 }
 
+/// "31 / 63 arrivals (≈ 1.2 / 2.5 h)": the median over seeds of each run's median and 99th-percentile
+/// wait for its window, in arrivals and, with the trace's mean gap between creations, in time.
+fn wait_cell(p: &PolicySummary, gap_s: Option<f64>) -> String {
+    if p.window <= 1 {
+        return "–".to_owned();
+    }
+    let (p50, p99) = (p.wait_p50_arrivals.median, p.wait_p99_arrivals.median);
+    let mut cell = format!("{p50:.0} / {p99:.0} arrivals");
+    if let Some(gap) = gap_s {
+        cell += &format!(" (≈ {} / {})", duration(p50 * gap), duration(p99 * gap));
+    }
+    cell
+}
+
+/// A duration in its largest sensible unit: "45 s", "12 min", "3.4 h".
+pub fn duration(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 5400.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else {
+        format!("{:.1} h", seconds / 3600.0)
+    }
+}
+
 /// Formats nanoseconds as µs with one decimal.
 pub fn micros(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)
@@ -57,12 +82,20 @@ pub fn summary(result: &ExperimentResult, style: Style) -> String {
     if offline.is_some() {
         header.push("above offline yardstick".to_owned());
     }
+    let windows = result.policies.iter().any(|p| p.window > 1);
+    if windows {
+        header.push("window wait p50/p99".to_owned());
+    }
     header.extend(["decision p50/p99 µs".to_owned(), "wall s".to_owned()]);
     table.set_header(header);
     for p in &result.policies {
-        let wall: f64 =
-            result.runs.iter().filter(|r| r.policy == p.policy && r.defrag == p.defrag).map(|r| r.wall_ms).sum::<f64>()
-                / 1000.0;
+        let wall: f64 = result
+            .runs
+            .iter()
+            .filter(|r| (r.policy, r.defrag, r.window) == (p.policy, p.defrag, p.window))
+            .map(|r| r.wall_ms)
+            .sum::<f64>()
+            / 1000.0;
         let mut row = vec![p.label()];
         row.extend(CHECKPOINTS.iter().map(|&c| cell(p, c)));
         row.push(format!("{:.0}", p.failed_pods.median));
@@ -72,6 +105,9 @@ pub fn summary(result: &ExperimentResult, style: Style) -> String {
         if let Some(limit) = offline {
             let at_full = p.curve.iter().find(|c| c.arrived_pct == 100).map(|c| c.unallocated_gpu_pct.median);
             row.push(at_full.map_or("–".to_owned(), |u| format!("{:+.2}", u - limit)));
+        }
+        if windows {
+            row.push(wait_cell(p, result.arrival_gap_s));
         }
         row.push(format!("{} / {}", micros(p.decision_p50_ns), micros(p.decision_p99_ns)));
         row.push(format!("{wall:.1}"));

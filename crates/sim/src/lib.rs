@@ -111,6 +111,8 @@ pub struct Experiment {
     pub defrag: usize,
     /// Window sizes to run every policy with (pods placed jointly; 1 is one pod at a time).
     pub windows: Vec<usize>,
+    /// The trace's mean time between pod creations, in seconds, to state window waits in time.
+    pub arrival_gap_s: Option<f64>,
 }
 
 /// Median, minimum and maximum of one metric over seeds.
@@ -270,6 +272,9 @@ pub struct ExperimentResult {
     /// unallocated GPU %: offline first-fit decreasing and online best fit (see [`yardstick`]); `None`
     /// without sharing pods.
     pub yardsticks: Option<Yardsticks>,
+    /// The trace's mean time between pod creations, in seconds, when it has creation times: a wait of
+    /// k arrivals is about k times this at the trace's own pace.
+    pub arrival_gap_s: Option<f64>,
     /// Every run.
     pub runs: Vec<RunResult>,
     /// Wall time of the whole experiment, in milliseconds.
@@ -363,6 +368,7 @@ pub fn run_experiment(exp: &Experiment, on_run: &(dyn Fn(&RunResult) + Sync)) ->
         seeds: exp.seeds.clone(),
         policies,
         yardsticks,
+        arrival_gap_s: exp.arrival_gap_s,
         runs,
         wall_ms: started.elapsed().as_secs_f64() * 1000.0,
     })

@@ -152,6 +152,7 @@ pub fn run(config: &SweepConfig, on_point: &dyn Fn(&Point)) -> Result<Vec<Point>
                     record_decisions: false,
                     defrag: 0,
                     windows: vec![1],
+                    arrival_gap_s: None,
                 };
                 let result = run_experiment(&exp, &|_| {})?;
                 let unallocated = result

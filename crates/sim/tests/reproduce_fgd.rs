@@ -36,6 +36,7 @@ fn run_with(policies: &[Policy], seeds: &[u64], defrag: usize) -> ExperimentResu
         record_decisions: false,
         defrag,
         windows: vec![1],
+        arrival_gap_s: None,
     };
     run_experiment(&exp, &|_| {}).expect("experiment runs")
 }

@@ -2,6 +2,10 @@
 //! events go in ([`Scheduler::pod_applied`], [`Scheduler::pod_deleted`], [`Scheduler::rebuild`]),
 //! actions come out ([`Scheduler::next`]: bind a pod, or evict victims for a preemptor), and their
 //! outcomes go back in. [`run`] drives it against the API server; tests drive it directly.
+//!
+//! With a window ([`WindowConfig`]), pods are placed in cycles: once `pods` are ready, or the first of
+//! them has waited `wait`, the highest-priority ready pods (at most `pods`) are placed jointly by
+//! [`Engine::decide_window`]. Pods naming a model are placed one at a time, with model locality.
 
 pub mod budget;
 pub mod leader;
@@ -39,6 +43,25 @@ pub struct SchedulerConfig {
     pub preemption_timeout: Duration,
     /// How much a pod's model locality counts against the policy's score.
     pub locality: LocalityConfig,
+    /// Scheduling cycles: how many pending pods are placed jointly, and how long the first waits.
+    pub window: WindowConfig,
+}
+
+/// Scheduling cycles. A cycle takes the highest-priority ready pods, at most `pods` of them, as soon as
+/// `pods` are ready or the first ready pod has waited `wait`; a higher-priority pod joins the cycle being
+/// gathered ahead of the others, so it never waits for a lower-priority window to be placed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Most pods placed jointly; 1 places each pod as it comes (no cycles).
+    pub pods: usize,
+    /// Longest a ready pod waits for its cycle to fill.
+    pub wait: Duration,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig { pods: 1, wait: Duration::ZERO }
+    }
 }
 
 /// The locality term: for a pod naming its model (`gpuplane.io/model`), nodes whose cache agent holds the
@@ -68,6 +91,7 @@ impl Default for SchedulerConfig {
             preemption: true,
             preemption_timeout: Duration::from_secs(120),
             locality: LocalityConfig::default(),
+            window: WindowConfig::default(),
         }
     }
 }
@@ -143,6 +167,10 @@ pub struct Scheduler {
     budgets: Vec<Budget>,
     inventories: Inventories,
     metrics: Arc<Metrics>,
+    /// Actions of a cycle not handed out yet.
+    actions: std::collections::VecDeque<Action>,
+    /// When the cycle being gathered saw its first ready pod.
+    gathering_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -173,6 +201,8 @@ impl Scheduler {
             budgets: Vec::new(),
             inventories: Inventories::default(),
             metrics,
+            actions: std::collections::VecDeque::new(),
+            gathering_since: None,
         }
     }
 
@@ -191,9 +221,13 @@ impl Scheduler {
         self.queue.len()
     }
 
-    /// When the next waiting pod becomes ready, for the driver's timer.
+    /// When the next waiting pod becomes ready, or the cycle being gathered is due, for the driver's timer.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.queue.next_wakeup()
+        let cycle = self.gathering_since.map(|since| since + self.config.window.wait);
+        match (self.queue.next_wakeup(), cycle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Replaces what the nodes' cache agents hold.
@@ -340,6 +374,12 @@ impl Scheduler {
         if let Some((pod, message)) = self.refusals.pop() {
             return Some(Action::ReportUnschedulable { pod, message });
         }
+        if let Some(action) = self.actions.pop_front() {
+            return Some(action);
+        }
+        if self.config.window.pods > 1 {
+            return self.next_in_cycles(now);
+        }
         while let Some(queued) = self.queue.pop(now) {
             let Some(mut pending) = self.pending.remove(&queued.key) else { continue };
             let started = Instant::now();
@@ -360,9 +400,57 @@ impl Scheduler {
         None
     }
 
+    /// Window mode: gathers ready pods into a cycle and, once it is due, places them jointly; the
+    /// cycle's actions are handed out one per call.
+    fn next_in_cycles(&mut self, now: Instant) -> Option<Action> {
+        let window = self.config.window;
+        let ready = self.queue.ready(now);
+        if ready == 0 {
+            self.gathering_since = None;
+            self.metrics.set_queue_depth(self.queue.len());
+            return None;
+        }
+        let since = *self.gathering_since.get_or_insert(now);
+        if ready < window.pods && now < since + window.wait {
+            return None;
+        }
+        self.gathering_since = None;
+        let started = Instant::now();
+        let mut cycle: Vec<(Queued, Pending)> = Vec::with_capacity(window.pods.min(ready));
+        while cycle.len() < window.pods {
+            let Some(queued) = self.queue.pop(now) else { break };
+            let Some(mut pending) = self.pending.remove(&queued.key) else { continue };
+            if pending.model.is_some() && self.config.locality.weight > 0.0 {
+                // Model locality is weighed one pod at a time; such a pod keeps its place in the order.
+                let action = self.attempt(&queued, &mut pending, now, started);
+                self.settle(queued, pending, action, now);
+                continue;
+            }
+            cycle.push((queued, pending));
+        }
+        let requests: Vec<PodRequest> = cycle.iter().map(|(_, p)| self.snapshot.cluster().request(&p.pod)).collect();
+        let decisions = self.engine.decide_window(self.snapshot.cluster(), &requests);
+        for (((queued, mut pending), request), decision) in cycle.into_iter().zip(requests).zip(decisions) {
+            let action = self.act(&queued, &mut pending, request, decision, None, now, started);
+            self.settle(queued, pending, action, now);
+        }
+        self.metrics.set_queue_depth(self.queue.len());
+        self.actions.pop_front()
+    }
+
+    /// What follows an attempt, as [`Scheduler::next`] does it for one pod: a bind goes out; a pod that
+    /// preempts or fits nowhere goes back to wait (its report or eviction goes out).
+    fn settle(&mut self, queued: Queued, pending: Pending, action: Option<Action>, now: Instant) {
+        let waits = !matches!(action, Some(Action::Bind(_)));
+        if waits {
+            self.pending.insert(queued.key.clone(), pending);
+            self.queue.requeue_unschedulable(queued, now);
+        }
+        self.actions.extend(action);
+    }
+
     fn attempt(&mut self, queued: &Queued, pending: &mut Pending, now: Instant, started: Instant) -> Option<Action> {
         let request = self.snapshot.cluster().request(&pending.pod);
-        let key = queued.key.as_str();
         let weight = self.config.locality.weight;
         let locality = pending
             .model
@@ -373,6 +461,23 @@ impl Scheduler {
             Some(l) => self.engine.decide_with_locality(self.snapshot.cluster(), &request, l, weight),
             None => (self.engine.decide(self.snapshot.cluster(), &request), None),
         };
+        self.act(queued, pending, request, decision, explanation, now, started)
+    }
+
+    /// Turns a decision into an action: a placement is assumed in the snapshot and bound; a pod that
+    /// fits nowhere may preempt, or is told why it waits.
+    #[allow(clippy::too_many_arguments)]
+    fn act(
+        &mut self,
+        queued: &Queued,
+        pending: &mut Pending,
+        request: PodRequest,
+        decision: Decision,
+        explanation: Option<gpuplane_place::Explanation>,
+        now: Instant,
+        started: Instant,
+    ) -> Option<Action> {
+        let key = queued.key.as_str();
         match decision {
             Decision::Place(placement) => {
                 if let Some(why) = explanation {

@@ -128,6 +128,12 @@ impl SchedulingQueue {
         self.entries.is_empty()
     }
 
+    /// How many pods are ready now (waiting pods whose time has come are moved to ready first).
+    pub fn ready(&mut self, now: Instant) -> usize {
+        self.promote(now);
+        self.entries.values().filter(|e| matches!(e.place, Where::Ready)).count()
+    }
+
     /// The highest-priority ready pod, taken out of the queue; waiting pods whose time has come are
     /// moved to ready first.
     pub fn pop(&mut self, now: Instant) -> Option<Queued> {
