@@ -63,6 +63,24 @@ fn small_run_writes_every_output() {
     let defrag: Vec<u64> =
         json["result"]["policies"].as_array().unwrap().iter().map(|p| p["defrag"].as_u64().unwrap()).collect();
     assert_eq!(defrag, [0, 0, 2, 2]);
+
+    // Windows add a row per policy and window, with the pods' wait; bad sizes are named.
+    let args = ["sim", "--nodes", &nodes, "--trace", &pods, "--seeds", "1", "--policy", "gpuplane", "--window", "1,4"];
+    let out = gpuplane(&[&args[..], &["--out", "w"]].concat(), dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("gpuplane · window 4") && stdout.contains("window wait p50/p99"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("w/sim.json")).unwrap()).unwrap();
+    let windows: Vec<u64> =
+        json["result"]["policies"].as_array().unwrap().iter().map(|p| p["window"].as_u64().unwrap()).collect();
+    assert_eq!(windows, [1, 4]);
+    // Four pods, one window of four: they wait 3, 2, 1 and 0 arrivals.
+    let run = &json["result"]["runs"][1];
+    assert_eq!((run["window"].as_u64(), run["wait"]["p99_arrivals"].as_f64()), (Some(4), Some(3.0)));
+    for bad in ["0", "4097", "two"] {
+        assert_fails(&gpuplane(&["sim", "--seeds", "1", "--window", bad], dir.path()), "--window");
+    }
 }
 
 #[test]

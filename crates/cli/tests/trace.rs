@@ -117,3 +117,31 @@ fn compare_traces_prints_every_policy_beside_the_paper() {
     assert_eq!(row.matches(" / ").count(), 6, "{row}");
     assert!(row.trim_end().ends_with("% |"), "{row}");
 }
+
+#[test]
+fn the_window_curve_has_a_row_and_a_panel_per_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let traces = d.join("traces");
+    std::fs::create_dir(&traces).unwrap();
+    // Two small traces on the bundled cluster: the default trace's first 600 pods, and its next 600.
+    let text = std::fs::read_to_string(repo().join("data/openb/openb_pod_list_default.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for (name, rows) in [("default", &lines[1..601]), ("later", &lines[601..1201])] {
+        let body = format!("{}\n{}\n", lines[0], rows.join("\n"));
+        std::fs::write(traces.join(format!("openb_pod_list_{name}.csv")), body).unwrap();
+    }
+    let args = ["trace", "windows", "--window", "1,16", "--seeds", "1-2", "--out", "w", "--traces"];
+    let stdout = ok(&gpuplane(&[&args[..], &[traces.to_str().unwrap()]].concat(), d));
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| default") || l.starts_with("| later")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[0].starts_with("| default"), "the default trace comes first: {stdout}");
+    let svg = std::fs::read_to_string(d.join("w/windows.svg")).unwrap();
+    assert_eq!(svg.matches("<clipPath").count(), 2);
+    let csv = std::fs::read_to_string(d.join("w/windows.csv")).unwrap();
+    assert!(csv.contains("later,gpuplane,16,") && csv.contains("default,fgd,1,"), "{csv}");
+    // A folder with no openb trace is named.
+    std::fs::create_dir(d.join("empty")).unwrap();
+    let out = gpuplane(&["trace", "windows", "--traces", "empty"], d);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("empty: no openb_pod_list_"));
+}

@@ -155,7 +155,7 @@ impl LineChart {
         );
         for (i, series) in self.series.iter().enumerate() {
             let colour = series_colour(i, series);
-            let dash = if series.reference { r#" stroke-dasharray="6 4""# } else { "" };
+            let dash = self.dash(i);
             let mut d = String::new();
             for (j, &(x, y)) in series.points.iter().enumerate() {
                 let _ = write!(d, "{}{:.1},{:.1}", if j == 0 { "M" } else { " L" }, sx(x), sy(y));
@@ -167,11 +167,12 @@ impl LineChart {
         // Legend.
         for (i, series) in self.series.iter().enumerate() {
             let colour = series_colour(i, series);
+            let dash = self.dash(i);
             let ly = top + 10.0 + 20.0 * i as f64;
             let lx = left + plot_w + 14.0;
             let _ = write!(
                 s,
-                r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+                r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,
                 lx + 22.0,
                 lx + 28.0,
                 ly + 4.0,
@@ -180,6 +181,18 @@ impl LineChart {
         }
         s.push_str("</svg>\n");
         s
+    }
+}
+
+impl LineChart {
+    /// The dash pattern of series `i`: none for data, and for reference lines dashes, then dots, then
+    /// dash-dots, in the order the references come, so that two of them can be told apart.
+    fn dash(&self, i: usize) -> &'static str {
+        if !self.series[i].reference {
+            return "";
+        }
+        let k = self.series[..i].iter().filter(|s| s.reference).count();
+        [r#" stroke-dasharray="6 4""#, r#" stroke-dasharray="2 3""#, r#" stroke-dasharray="8 3 2 3""#][k % 3]
     }
 }
 

@@ -133,8 +133,8 @@ pub fn csv(curves: &[WindowCurve]) -> String {
     out
 }
 
-/// One trace's panel: each policy's median against log₂ W, with FGD one pod at a time and the offline
-/// yardstick as dashed reference lines.
+/// One trace's panel: each policy's median against log₂ W, with FGD one pod at a time (dashed) and the
+/// offline yardstick (dotted) as reference lines.
 pub fn chart(curve: &WindowCurve) -> LineChart {
     let x = |w: usize| (w as f64).log2();
     let (x0, x1) = (x(curve.windows[0].max(1)), x(*curve.windows.last().unwrap_or(&1)).max(1.0));
@@ -142,7 +142,7 @@ pub fn chart(curve: &WindowCurve) -> LineChart {
         .policies
         .iter()
         .map(|(policy, values)| Series {
-            label: format!("{} in windows", policy.title()),
+            label: format!("{}, W", policy.title()),
             points: curve.windows.iter().zip(values).filter_map(|(&w, s)| Some((x(w), s.as_ref()?.median))).collect(),
             reference: false,
         })
@@ -152,7 +152,7 @@ pub fn chart(curve: &WindowCurve) -> LineChart {
             series.push(Series { label: label.to_owned(), points: vec![(x0, v), (x1, v)], reference: true });
         }
     };
-    reference("FGD, one at a time", curve.median(Policy::Fgd, 1));
+    reference("FGD, W=1", curve.median(Policy::Fgd, 1));
     reference("offline FFD", curve.offline.map(|s| s.median));
     let values: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -240,7 +240,11 @@ mod tests {
         let svg = grid_svg(&[curve(), other], 2, "window curve");
         assert!(svg.contains(r#"clipPath id="plot-0""#) && svg.contains(r#"clipPath id="plot-1""#));
         assert_eq!(svg.matches("<svg").count(), 1, "panels are nested as groups");
-        assert!(svg.contains(">256<") && svg.contains("offline FFD") && svg.contains("FGD, one at a time"));
+        assert!(svg.contains(">256<") && svg.contains("offline FFD") && svg.contains("FGD, W=1"));
+        assert!(
+            svg.contains(r#"stroke-dasharray="6 4""#) && svg.contains(r#"stroke-dasharray="2 3""#),
+            "two distinct references"
+        );
         let rows = csv(&[curve()]);
         assert!(
             rows.contains("default,gpuplane,64,4.1200,4.0200,4.2200\n") && rows.contains("default,offline-ffd,,3.9900")
