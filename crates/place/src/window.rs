@@ -64,8 +64,13 @@ impl WindowOrder {
     }
 }
 
-/// Whether (GPU milli placed, fragmentation) `a` beats `b`: more milli, or as much with less fragmentation.
-fn better(a: (u64, f64), b: (u64, f64)) -> bool {
+/// How a window's assignment is judged: GPU milli placed per priority, highest priority first, then the
+/// fragmentation left.
+type Score = (Vec<u64>, f64);
+
+/// Whether `a` beats `b`: more milli placed at the highest priority where they differ (a window never
+/// trades an important pod for more of the others), or as much everywhere with less fragmentation.
+fn better(a: &Score, b: &Score) -> bool {
     a.0 > b.0 || (a.0 == b.0 && a.1 < b.1 - 1e-9)
 }
 
@@ -73,8 +78,19 @@ fn better(a: (u64, f64), b: (u64, f64)) -> bool {
 struct Candidate {
     cluster: Cluster,
     decisions: Vec<Decision>,
-    placed_milli: u64,
+    /// GPU milli placed per priority rank (0: the window's highest priority).
+    placed: Vec<u64>,
     touched: Vec<NodeId>,
+}
+
+/// Each pod's priority rank in the window: 0 for the highest priority present, 1 for the next, ...; and
+/// the number of ranks.
+fn priority_ranks(pods: &[PodRequest]) -> (Vec<usize>, usize) {
+    let mut levels: Vec<i32> = pods.iter().map(|p| p.priority).collect();
+    levels.sort_unstable_by(|a, b| b.cmp(a));
+    levels.dedup();
+    let ranks = pods.iter().map(|p| levels.iter().position(|&l| l == p.priority).unwrap_or(0)).collect();
+    (ranks, levels.len())
 }
 
 impl Engine {
@@ -92,46 +108,47 @@ impl Engine {
                 orders.push(order);
             }
         }
+        let ranks = priority_ranks(pods);
         let mut candidates: Vec<Candidate> =
-            orders.iter().map(|order| self.place_in_order(cluster, pods, order)).collect();
+            orders.iter().map(|order| self.place_in_order(cluster, pods, &ranks, order)).collect();
         // Most GPU milli placed first; then the least fragmentation over every node any candidate
         // touched (the others are alike in all of them); the earlier order on a tie.
         let mut touched: Vec<NodeId> = candidates.iter().flat_map(|c| c.touched.iter().copied()).collect();
         touched.sort_unstable();
         touched.dedup();
-        let mut best: Option<(usize, (u64, f64))> = None;
+        let mut best: Option<(usize, Score)> = None;
         for (k, c) in candidates.iter().enumerate() {
             let score = self.objective(c, &touched);
-            if best.is_none_or(|(_, b)| better(score, b)) {
+            if best.as_ref().is_none_or(|(_, b)| better(&score, b)) {
                 best = Some((k, score));
             }
         }
         let k = best.map_or(0, |(k, _)| k);
         let chosen = candidates.swap_remove(k);
         // One pass of re-placement, kept only if it does better by the same measure.
-        let improved = self.replace_each(&chosen, pods);
+        let improved = self.replace_each(&chosen, pods, &ranks.0);
         touched.extend(improved.touched.iter().copied());
         touched.sort_unstable();
         touched.dedup();
         let (before, after) = (self.objective(&chosen, &touched), self.objective(&improved, &touched));
-        if better(after, before) { improved.decisions } else { chosen.decisions }
+        if better(&after, &before) { improved.decisions } else { chosen.decisions }
     }
 
-    /// GPU milli placed, and the fragmentation (by the policy's measure; 0 for policies without one) summed
-    /// over `nodes`, of a candidate's cluster.
-    fn objective(&mut self, c: &Candidate, nodes: &[NodeId]) -> (u64, f64) {
+    /// GPU milli placed per priority, and the fragmentation (by the policy's measure; 0 for policies
+    /// without one) summed over `nodes`, of a candidate's cluster.
+    fn objective(&mut self, c: &Candidate, nodes: &[NodeId]) -> Score {
         let fragment = nodes.iter().map(|&n| self.node_fragment(&c.cluster.nodes()[n]).unwrap_or(0.0)).sum();
-        (c.placed_milli, fragment)
+        (c.placed.clone(), fragment)
     }
 
     /// The window re-placed pod by pod, hardest first: each placed pod is taken out and placed again by the
     /// policy with every other pod of the window in place (where it was, if nothing better is found); then
     /// each pod that was not placed is tried once more.
-    fn replace_each(&mut self, from: &Candidate, pods: &[PodRequest]) -> Candidate {
+    fn replace_each(&mut self, from: &Candidate, pods: &[PodRequest], ranks: &[usize]) -> Candidate {
         let mut next = Candidate {
             cluster: from.cluster.clone(),
             decisions: from.decisions.clone(),
-            placed_milli: from.placed_milli,
+            placed: from.placed.clone(),
             touched: Vec::new(),
         };
         let order = WindowOrder::Hardest.of(pods);
@@ -149,7 +166,7 @@ impl Engine {
                 _ => {
                     if next.cluster.bind(&pods[i], &old).is_err() {
                         next.decisions[i] = Decision::Unschedulable(RejectionCounts::default());
-                        next.placed_milli -= u64::from(pods[i].gpu.total_milli());
+                        next.placed[ranks[i]] -= u64::from(pods[i].gpu.total_milli());
                     }
                 }
             }
@@ -163,7 +180,7 @@ impl Engine {
                 && next.cluster.bind(&pods[i], p).is_ok()
             {
                 next.touched.push(p.node);
-                next.placed_milli += u64::from(pods[i].gpu.total_milli());
+                next.placed[ranks[i]] += u64::from(pods[i].gpu.total_milli());
                 next.decisions[i] = decision;
             }
         }
@@ -171,10 +188,16 @@ impl Engine {
     }
 
     /// Places the window's pods one by one in `order` on a scratch copy of `cluster`.
-    fn place_in_order(&mut self, cluster: &Cluster, pods: &[PodRequest], order: &[usize]) -> Candidate {
+    fn place_in_order(
+        &mut self,
+        cluster: &Cluster,
+        pods: &[PodRequest],
+        (ranks, levels): &(Vec<usize>, usize),
+        order: &[usize],
+    ) -> Candidate {
         let mut scratch = cluster.clone();
         let mut decisions = vec![Decision::Unschedulable(RejectionCounts::default()); pods.len()];
-        let (mut placed_milli, mut touched) = (0u64, Vec::with_capacity(order.len()));
+        let (mut placed, mut touched) = (vec![0u64; *levels], Vec::with_capacity(order.len()));
         for &i in order {
             let decision = self.decide(&scratch, &pods[i]);
             if let Decision::Place(placement) = &decision {
@@ -183,12 +206,12 @@ impl Engine {
                 if scratch.bind(&pods[i], placement).is_err() {
                     continue;
                 }
-                placed_milli += u64::from(pods[i].gpu.total_milli());
+                placed[ranks[i]] += u64::from(pods[i].gpu.total_milli());
                 touched.push(placement.node);
             }
             decisions[i] = decision;
         }
-        Candidate { cluster: scratch, decisions, placed_milli, touched }
+        Candidate { cluster: scratch, decisions, placed, touched }
     }
 }
 
@@ -278,6 +301,21 @@ mod tests {
         let decisions = engine(Policy::BestFit).decide_window(&cluster, &pods);
         assert!(matches!(decisions[1], Decision::Place(_)));
         assert!(matches!(decisions[0], Decision::Unschedulable(_)));
+    }
+
+    #[test]
+    fn an_assignment_never_wins_by_trading_a_more_important_pod_for_more_of_the_others() {
+        // Ranks: the window's highest priority first.
+        let cluster = Cluster::new(&[node("a", 1)]).expect("one node");
+        let mut pods = vec![share(&cluster, "b", 100), share(&cluster, "a", 100), share(&cluster, "c", 100)];
+        (pods[0].priority, pods[1].priority, pods[2].priority) = (0, 1000, 0);
+        assert_eq!(priority_ranks(&pods), (vec![1, 0, 1], 2));
+        // 600 m of the important pods beats 900 m of the others with 400 m of important ones.
+        assert!(better(&(vec![600, 0], 50.0), &(vec![400, 900], 0.0)));
+        assert!(!better(&(vec![400, 900], 0.0), &(vec![600, 0], 50.0)));
+        // Equal placements: less fragmentation wins; a tie keeps the earlier.
+        assert!(better(&(vec![600, 100], 10.0), &(vec![600, 100], 20.0)));
+        assert!(!better(&(vec![600, 100], 10.0), &(vec![600, 100], 10.0)));
     }
 
     #[test]

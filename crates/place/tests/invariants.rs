@@ -205,7 +205,8 @@ proptest! {
 
     /// A window's placements pass every filter on the snapshot as the window leaves it, fit together
     /// whichever order they are bound in, never place less GPU milli than the window in arrival order
-    /// (the candidate one pod at a time would give), and leave the caller's snapshot untouched.
+    /// (the candidate one pod at a time would give; the pods here share one priority), and leave the
+    /// caller's snapshot untouched.
     #[test]
     fn window_placements_fit_together_in_any_order(
         nodes in prop::collection::vec(node_strategy(), 1..10),
