@@ -96,6 +96,14 @@ pub(crate) fn progress_bar(len: u64, unit: &str) -> ProgressBar {
     bar
 }
 
+/// Checks `--tune`: a number above 0 and at most [`gpuplane_sim::MAX_TUNE`].
+pub fn check_tune(tune: f64) -> Result<()> {
+    if !(tune.is_finite() && tune > 0.0 && tune <= gpuplane_sim::MAX_TUNE) {
+        bail!("--tune must be a number above 0 and at most {}, got {tune}", gpuplane_sim::MAX_TUNE);
+    }
+    Ok(())
+}
+
 /// Parses `--window`: comma-separated pod counts, each 1 to [`gpuplane_sim::MAX_WINDOW`].
 pub fn parse_windows(text: &str) -> Result<Vec<usize>> {
     let mut windows = Vec::new();
@@ -141,9 +149,8 @@ pub fn run(args: SimArgs) -> Result<()> {
     let policies = Policy::parse_list(&args.policy).context("--policy")?;
     let seeds = parse_seeds(&args.seeds)?;
     let windows = parse_windows(&args.window)?;
-    let tune_ok = args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE;
-    if !args.replay && !tune_ok {
-        bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
+    if !args.replay {
+        check_tune(args.tune)?;
     }
     let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;
     let (trace_name, trace, arrival_gap_s) = input::trace_timed(args.trace.as_deref())?;

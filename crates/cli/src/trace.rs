@@ -355,10 +355,7 @@ fn windows(args: WindowsArgs) -> Result<()> {
     let mut window_sizes = crate::sim::parse_windows(&args.window)?;
     window_sizes.sort_unstable();
     let seeds = crate::sim::parse_seeds(&args.seeds)?;
-    let tune_ok = args.tune.is_finite() && args.tune > 0.0 && args.tune <= gpuplane_sim::MAX_TUNE;
-    if !tune_ok {
-        bail!("--tune must be a number above 0 and at most {}, got {}", gpuplane_sim::MAX_TUNE, args.tune);
-    }
+    crate::sim::check_tune(args.tune)?;
     let (_, nodes) = input::nodes(args.nodes.as_deref())?;
     let traces = trace_files(&args.traces)?;
     // Read every trace before the first run, so a bad file is named at once.

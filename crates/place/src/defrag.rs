@@ -301,15 +301,7 @@ mod tests {
     use gpuplane_core::{GpuRequest, Node, Pod};
 
     fn node(name: &str, gpus: u8) -> Node {
-        Node {
-            name: name.into(),
-            cpu_milli: 64_000,
-            memory_bytes: 256 << 30,
-            gpu_count: gpus,
-            gpu_model: Some("T4".into()),
-            labels: Default::default(),
-            taints: vec![],
-        }
+        crate::test_nodes::gpu_node(name, gpus, "T4")
     }
 
     #[test]

@@ -568,17 +568,7 @@ mod tests {
     use crate::cluster::ModelSet;
     use gpuplane_core::{GpuRequest, Node, Pod};
 
-    fn gpu_node(name: &str, gpus: u8, model: &str) -> Node {
-        Node {
-            name: name.into(),
-            cpu_milli: 64_000,
-            memory_bytes: 256 << 30,
-            gpu_count: gpus,
-            gpu_model: Some(model.into()),
-            labels: Default::default(),
-            taints: vec![],
-        }
-    }
+    use crate::test_nodes::gpu_node;
 
     fn engine(policy: Policy, target: Option<TargetWorkload>) -> Engine {
         Engine::new(EngineConfig { policy, target: target.map(Arc::new), seed: 7, tie_break: TieBreak::LowestName })

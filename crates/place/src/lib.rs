@@ -46,3 +46,22 @@ pub use filter::{Rejection, RejectionCounts};
 pub use frag::{TargetWorkload, WeightedShape, WorkloadError};
 pub use locality::{Bandwidth, Explanation, Locality, Tier};
 pub use policy::{Policy, UnknownPolicy};
+
+/// Nodes for the unit tests of several modules.
+#[cfg(test)]
+mod test_nodes {
+    use gpuplane_core::Node;
+
+    /// A node with 64 cores, 256 GiB and `gpus` GPUs of `model`, no labels or taints.
+    pub(crate) fn gpu_node(name: &str, gpus: u8, model: &str) -> Node {
+        Node {
+            name: name.into(),
+            cpu_milli: 64_000,
+            memory_bytes: 256 << 30,
+            gpu_count: gpus,
+            gpu_model: Some(model.into()),
+            labels: Default::default(),
+            taints: vec![],
+        }
+    }
+}

@@ -102,8 +102,9 @@ impl Engine {
         if let [pod] = pods {
             return vec![self.decide(cluster, pod)];
         }
+        let hardest = WindowOrder::Hardest.of(pods);
         let mut orders: Vec<Vec<usize>> = Vec::with_capacity(WindowOrder::ALL.len());
-        for order in WindowOrder::ALL.map(|o| o.of(pods)) {
+        for order in WindowOrder::ALL.map(|o| if o == WindowOrder::Hardest { hardest.clone() } else { o.of(pods) }) {
             if !orders.contains(&order) {
                 orders.push(order);
             }
@@ -126,7 +127,7 @@ impl Engine {
         let k = best.map_or(0, |(k, _)| k);
         let chosen = candidates.swap_remove(k);
         // One pass of re-placement, kept only if it does better by the same measure.
-        let improved = self.replace_each(&chosen, pods, &ranks.0);
+        let improved = self.replace_each(&chosen, pods, &ranks.0, &hardest);
         touched.extend(improved.touched.iter().copied());
         touched.sort_unstable();
         touched.dedup();
@@ -141,18 +142,17 @@ impl Engine {
         (c.placed.clone(), fragment)
     }
 
-    /// The window re-placed pod by pod, hardest first: each placed pod is taken out and placed again by the
+    /// The window re-placed pod by pod in `order` (hardest first): each placed pod is taken out and placed again by the
     /// policy with every other pod of the window in place (where it was, if nothing better is found); then
     /// each pod that was not placed is tried once more.
-    fn replace_each(&mut self, from: &Candidate, pods: &[PodRequest], ranks: &[usize]) -> Candidate {
+    fn replace_each(&mut self, from: &Candidate, pods: &[PodRequest], ranks: &[usize], order: &[usize]) -> Candidate {
         let mut next = Candidate {
             cluster: from.cluster.clone(),
             decisions: from.decisions.clone(),
             placed: from.placed.clone(),
             touched: Vec::new(),
         };
-        let order = WindowOrder::Hardest.of(pods);
-        for &i in &order {
+        for &i in order {
             let Decision::Place(old) = next.decisions[i].clone() else { continue };
             if next.cluster.release(&pods[i], &old).is_err() {
                 continue;
@@ -171,7 +171,7 @@ impl Engine {
                 }
             }
         }
-        for &i in &order {
+        for &i in order {
             if matches!(next.decisions[i], Decision::Place(_)) {
                 continue;
             }
@@ -220,18 +220,11 @@ mod tests {
     use super::*;
     use crate::engine::{EngineConfig, TieBreak};
     use crate::policy::Policy;
+    use crate::test_nodes::gpu_node;
     use gpuplane_core::{GpuRequest, Node, Pod};
 
     fn node(name: &str, gpus: u8) -> Node {
-        Node {
-            name: name.into(),
-            cpu_milli: 64_000,
-            memory_bytes: 256 << 30,
-            gpu_count: gpus,
-            gpu_model: Some("T4".into()),
-            labels: Default::default(),
-            taints: vec![],
-        }
+        gpu_node(name, gpus, "T4")
     }
 
     fn share(cluster: &Cluster, name: &str, milli: u16) -> PodRequest {

@@ -137,7 +137,8 @@ pub fn csv(curves: &[WindowCurve]) -> String {
 /// offline yardstick (dotted) as reference lines.
 pub fn chart(curve: &WindowCurve) -> LineChart {
     let x = |w: usize| (w as f64).log2();
-    let (x0, x1) = (x(curve.windows[0].max(1)), x(*curve.windows.last().unwrap_or(&1)).max(1.0));
+    let (first, last) = (curve.windows.first().copied().unwrap_or(1), curve.windows.last().copied().unwrap_or(1));
+    let (x0, x1) = (x(first.max(1)), x(last).max(1.0));
     let mut series: Vec<Series> = curve
         .policies
         .iter()
