@@ -323,7 +323,7 @@ fn kustomize_patches(repo: &Repository) -> std::collections::HashSet<String> {
         let folder = file.rsplit_once('/').map_or("", |(d, _)| d);
         let mut add = |path: &str| {
             let joined = if folder.is_empty() { path.to_owned() } else { format!("{folder}/{path}") };
-            patches.insert(normalise(&joined));
+            patches.insert(gpuplane_core::path::lexical(&joined));
         };
         for key in ["patchesStrategicMerge", "patchesJson6902", "patches"] {
             for entry in value.get(key).and_then(serde_json::Value::as_array).into_iter().flatten() {
@@ -339,21 +339,6 @@ fn kustomize_patches(repo: &Repository) -> std::collections::HashSet<String> {
         }
     }
     patches
-}
-
-/// `a/./b/../c` as `a/c`.
-fn normalise(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
 }
 
 /// Evaluates the model against the evidence.

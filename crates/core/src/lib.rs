@@ -6,6 +6,7 @@
 pub mod error;
 pub mod manifest;
 pub mod openb;
+pub mod path;
 pub mod quantity;
 pub mod resources;
 
