@@ -1,7 +1,9 @@
 //! The device plugin service: advertises `gpuplane.io/gpu-milli` (one device per milli-GPU, 1,000 per
 //! GPU) and, when the kubelet allocates N of them to a container, hands it the GPUs the scheduler
-//! assigned to the pod on this node that asked for N — by UUID in `NVIDIA_VISIBLE_DEVICES`, with CUDA MPS
-//! limits sized from the share when MPS is on. The kubelet picks arbitrary device IDs; the assignment
+//! assigned to the pod on this node that asked for N — by UUID in `NVIDIA_VISIBLE_DEVICES` and as the NVIDIA
+//! Container Toolkit's volume-mount device list (which it reads when told to ignore the variable, so that
+//! a container cannot pick GPUs by its own environment), with CUDA MPS limits sized from the share when
+//! MPS is on. The kubelet picks arbitrary device IDs; the assignment
 //! annotation, not the IDs, says which GPUs the container gets, so placement and allocation agree.
 
 use std::collections::{BTreeMap, HashSet};
@@ -18,10 +20,14 @@ use tonic::{Request, Response, Status};
 use crate::api::device_plugin_server::DevicePlugin;
 use crate::api::{
     AllocateRequest, AllocateResponse, ContainerAllocateResponse, ContainerPreferredAllocationResponse, Device,
-    DevicePluginOptions, Empty, ListAndWatchResponse, PreStartContainerRequest, PreStartContainerResponse,
+    DevicePluginOptions, Empty, ListAndWatchResponse, Mount, PreStartContainerRequest, PreStartContainerResponse,
     PreferredAllocationRequest, PreferredAllocationResponse,
 };
 use crate::inventory::Gpu;
+
+/// Where the NVIDIA Container Toolkit reads a container's device list from mounts
+/// (`accept-nvidia-visible-devices-as-volume-mounts`).
+pub const VOLUME_MOUNT_DEVICE_LIST: &str = "/var/run/nvidia-container-devices";
 
 /// The extended resource the plugin advertises: milli-GPUs.
 pub const RESOURCE_NAME: &str = "gpuplane.io/gpu-milli";
@@ -159,9 +165,18 @@ impl GpuPlugin {
         }
         envs.insert("NVIDIA_VISIBLE_DEVICES".to_owned(), uuids.join(","));
         envs.insert("GPUPLANE_GPU_ASSIGNMENT".to_owned(), pod.assignment.clone());
+        // The toolkit's volume-mounts strategy: one empty mount per device under its device-list directory.
+        let mounts = uuids
+            .iter()
+            .map(|uuid| Mount {
+                container_path: format!("{VOLUME_MOUNT_DEVICE_LIST}/{uuid}"),
+                host_path: "/dev/null".to_owned(),
+                read_only: true,
+            })
+            .collect();
         self.pods.mark_allocated(&pod.key).map_err(|e| Status::unavailable(format!("pod {}: {e}", pod.key)))?;
         served.insert(pod.key);
-        Ok(ContainerAllocateResponse { envs: envs.into_iter().collect(), ..Default::default() })
+        Ok(ContainerAllocateResponse { envs: envs.into_iter().collect(), mounts, ..Default::default() })
     }
 }
 

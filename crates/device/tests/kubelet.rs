@@ -139,6 +139,19 @@ async fn registers_lists_allocates_and_re_registers_after_a_kubelet_restart() {
     let envs = &response.container_responses[0].envs;
     assert_eq!(envs["NVIDIA_VISIBLE_DEVICES"], "GPU-00000000-aaaa,GPU-00000001-aaaa");
     assert!(!envs.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"));
+    // The same GPUs as the toolkit's volume-mount device list, for nodes that ignore the variable.
+    let mounts: Vec<(&str, &str, bool)> = response.container_responses[0]
+        .mounts
+        .iter()
+        .map(|m| (m.container_path.as_str(), m.host_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/var/run/nvidia-container-devices/GPU-00000000-aaaa", "/dev/null", true),
+            ("/var/run/nvidia-container-devices/GPU-00000001-aaaa", "/dev/null", true)
+        ]
+    );
     assert!(pods.assigned_pods().unwrap().iter().filter(|p| p.allocated).count() == 2);
 
     // The sharing pod was served: the same request again finds no pod.
