@@ -164,68 +164,20 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
     let cpu_milli = request("cpu", true)?;
     let memory_bytes = request("memory", false)?;
     let whole = request("nvidia.com/gpu", false)?;
-    let annotations = p.metadata.annotations.clone().unwrap_or_default();
-    let annotation = |keys: &[&'static str]| keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.as_str())));
-    let mut gpu = GpuRequest::NONE;
-    if whole > 0 {
-        if whole > MAX_GPUS_PER_NODE as u64 {
-            return Err(err("resources.requests.nvidia.com/gpu", &whole.to_string(), "at most 8 GPUs (one node)"));
-        }
-        gpu = GpuRequest { count: whole as u8, milli_per_gpu: MILLI_PER_GPU as u16 };
-    }
-    let count = annotation(POD_GPU_COUNT_ANNOTATIONS);
-    let milli = annotation(POD_GPU_MILLI_ANNOTATIONS);
-    let annotated = count.is_some() || milli.is_some();
-    if annotated {
-        if whole > 0 {
-            return Err(err("metadata.annotations", "", "either nvidia.com/gpu or GPU-share annotations, not both"));
-        }
-        let count = match count {
-            Some((k, v)) => match v.trim().parse::<u8>() {
-                Ok(n) if usize::from(n) <= MAX_GPUS_PER_NODE => n,
-                _ => return Err(err(k, v, "a GPU count from 0 to 8")),
-            },
-            None => 1,
-        };
-        let milli = match milli {
-            Some((k, v)) => match v.trim().parse::<u16>() {
-                Ok(m) if (1..=MILLI_PER_GPU as u16).contains(&m) => m,
-                _ => return Err(err(k, v, "milli-GPUs per GPU, from 1 to 1000")),
-            },
-            None => MILLI_PER_GPU as u16,
-        };
-        if count > 1 && u32::from(milli) != MILLI_PER_GPU {
-            return Err(err("gpuplane.io/gpu-milli", &milli.to_string(), "1000 when more than one GPU is requested"));
-        }
-        if count > 0 {
-            gpu = GpuRequest { count, milli_per_gpu: milli };
-        }
-    }
     // The device plugin's resource: what the kubelet hands out, and what kube-scheduler's
     // managedResources route to the extender. 250 is a quarter of one GPU, 2000 two whole GPUs.
     let device_milli = request(NODE_GPU_MILLI_RESOURCE, false)?;
-    if device_milli > 0 {
-        let field = format!("resources.requests.{NODE_GPU_MILLI_RESOURCE}");
-        let value = device_milli.to_string();
-        if whole > 0 {
-            return Err(err(&field, &value, "no nvidia.com/gpu request beside it"));
-        }
-        let asked = match device_milli {
-            1..=1000 => GpuRequest { count: 1, milli_per_gpu: device_milli as u16 },
-            m if m % 1000 == 0 && m / 1000 <= MAX_GPUS_PER_NODE as u64 => {
-                GpuRequest { count: (m / 1000) as u8, milli_per_gpu: MILLI_PER_GPU as u16 }
-            }
-            _ => return Err(err(&field, &value, "up to 1000 (one GPU or a share of it) or whole GPUs, at most 8000")),
-        };
-        if annotated && gpu != asked {
-            return Err(err(
-                &field,
-                &value,
-                &format!("{} milli on each of {} GPUs, as the share annotations say", gpu.milli_per_gpu, gpu.count),
-            ));
-        }
-        gpu = asked;
-    }
+    let annotations = p.metadata.annotations.clone().unwrap_or_default();
+    let annotation = |keys: &[&'static str]| keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.as_str())));
+    // Resource requests cannot change once the pod exists (ResourceQuota counts them); annotations can be
+    // edited. So a pod that asks through its requests is read from them alone, and the share annotations
+    // count only for a pod that asks through nothing else.
+    let gpu = if whole > 0 || device_milli > 0 {
+        resource_request(whole, device_milli).map_err(|(field, value, expected)| err(field, &value, expected))?
+    } else {
+        annotated_request(annotation(POD_GPU_COUNT_ANNOTATIONS), annotation(POD_GPU_MILLI_ANNOTATIONS))
+            .map_err(|(field, value, expected)| err(field, value, &expected))?
+    };
     let gpu_models = match annotation(POD_GPU_MODEL_ANNOTATIONS) {
         Some((k, v)) => {
             let models: Vec<String> = v.split('|').map(|m| m.trim().to_owned()).collect();
@@ -265,6 +217,91 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
         node_selector: spec.node_selector.clone().unwrap_or_default(),
         tolerations,
     })
+}
+
+/// The GPU request of a pod that asks through its resource requests: `nvidia.com/gpu` whole GPUs, or the
+/// device plugin's milli-GPUs (up to 1000 on one GPU, or whole GPUs in thousands); not both.
+fn resource_request(whole: u64, device_milli: u64) -> Result<GpuRequest, (&'static str, String, &'static str)> {
+    const MILLI_FIELD: &str = "resources.requests.gpuplane.io/gpu-milli";
+    if whole > 0 && device_milli > 0 {
+        return Err((MILLI_FIELD, device_milli.to_string(), "no nvidia.com/gpu request beside it"));
+    }
+    if whole > 0 {
+        if whole > MAX_GPUS_PER_NODE as u64 {
+            return Err(("resources.requests.nvidia.com/gpu", whole.to_string(), "at most 8 GPUs (one node)"));
+        }
+        return Ok(GpuRequest { count: whole as u8, milli_per_gpu: MILLI_PER_GPU as u16 });
+    }
+    match device_milli {
+        1..=1000 => Ok(GpuRequest { count: 1, milli_per_gpu: device_milli as u16 }),
+        m if m % 1000 == 0 && m / 1000 <= MAX_GPUS_PER_NODE as u64 => {
+            Ok(GpuRequest { count: (m / 1000) as u8, milli_per_gpu: MILLI_PER_GPU as u16 })
+        }
+        _ => Err((
+            MILLI_FIELD,
+            device_milli.to_string(),
+            "up to 1000 (one GPU or a share of it) or whole GPUs, at most 8000",
+        )),
+    }
+}
+
+/// The GPU request the share annotations (`gpuplane.io/gpu-count`, `gpuplane.io/gpu-milli`) spell, for a
+/// pod that asks through no resource request.
+fn annotated_request<'a>(
+    count: Option<(&'static str, &'a str)>,
+    milli: Option<(&'static str, &'a str)>,
+) -> Result<GpuRequest, (&'static str, &'a str, String)> {
+    if count.is_none() && milli.is_none() {
+        return Ok(GpuRequest::NONE);
+    }
+    let count = match count {
+        Some((k, v)) => match v.trim().parse::<u8>() {
+            Ok(n) if usize::from(n) <= MAX_GPUS_PER_NODE => n,
+            _ => return Err((k, v, "a GPU count from 0 to 8".to_owned())),
+        },
+        None => 1,
+    };
+    let milli_per_gpu = match milli {
+        Some((k, v)) => match v.trim().parse::<u16>() {
+            Ok(m) if (1..=MILLI_PER_GPU as u16).contains(&m) => m,
+            _ => return Err((k, v, "milli-GPUs per GPU, from 1 to 1000".to_owned())),
+        },
+        None => MILLI_PER_GPU as u16,
+    };
+    if count > 1 && u32::from(milli_per_gpu) != MILLI_PER_GPU {
+        let (k, v) = milli.unwrap_or(("gpuplane.io/gpu-milli", ""));
+        return Err((k, v, "1000 when more than one GPU is requested".to_owned()));
+    }
+    Ok(if count == 0 { GpuRequest::NONE } else { GpuRequest { count, milli_per_gpu } })
+}
+
+/// True when the pod asks for GPUs through a resource request of its containers (`nvidia.com/gpu` or the
+/// device plugin's `gpuplane.io/gpu-milli`) rather than through share annotations alone.
+pub fn asks_gpu_by_resource(p: &api::Pod) -> bool {
+    let Some(spec) = p.spec.as_ref() else { return false };
+    let names = ["nvidia.com/gpu", NODE_GPU_MILLI_RESOURCE];
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| {
+        let r = c.resources.as_ref();
+        let has =
+            |m: Option<&BTreeMap<String, ApiQuantity>>| m.is_some_and(|m| names.iter().any(|n| m.contains_key(*n)));
+        has(r.and_then(|r| r.requests.as_ref())) || has(r.and_then(|r| r.limits.as_ref()))
+    })
+}
+
+/// The GPU request the share annotations spell (`gpuplane.io/gpu-count`, `gpuplane.io/gpu-milli`), whatever
+/// the resource requests say; [`GpuRequest::NONE`] without them.
+pub fn annotated_gpu(p: &api::Pod) -> Result<GpuRequest, ObjectError> {
+    let annotations = p.metadata.annotations.clone().unwrap_or_default();
+    let annotation = |keys: &[&'static str]| keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.as_str())));
+    annotated_request(annotation(POD_GPU_COUNT_ANNOTATIONS), annotation(POD_GPU_MILLI_ANNOTATIONS)).map_err(
+        |(field, value, expected)| ObjectError {
+            kind: "Pod",
+            name: pod_key(p),
+            field: field.to_owned(),
+            value: value.to_owned(),
+            expected,
+        },
+    )
 }
 
 /// A Node object for a domain node, with the fields [`node`] reads (the inverse of [`node`]).
@@ -394,17 +431,29 @@ mod tests {
 
         let odd = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "1500"}), none.clone()).unwrap_err().to_string();
         assert!(odd.contains("resources.requests.gpuplane.io/gpu-milli") && odd.contains("1500"), "{odd}");
-        let both = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "500", "nvidia.com/gpu": "1"}), none)
+        let both = gpu_pod(serde_json::json!({"gpuplane.io/gpu-milli": "500", "nvidia.com/gpu": "1"}), none.clone())
             .unwrap_err()
             .to_string();
         assert!(both.contains("nvidia.com/gpu"), "{both}");
-        let disagreeing = gpu_pod(
-            serde_json::json!({"gpuplane.io/gpu-milli": "500"}),
+        // Annotations can be edited after admission, requests cannot: a pod that asks through its
+        // requests is read from them, whatever its annotations say.
+        let edited = gpu_pod(
             serde_json::json!({"gpuplane.io/gpu-milli": "250"}),
+            serde_json::json!({"gpuplane.io/gpu-milli": "1000", "gpuplane.io/gpu-count": "4"}),
         )
-        .unwrap_err()
-        .to_string();
-        assert!(disagreeing.contains("250 milli on each of 1 GPUs"), "{disagreeing}");
+        .unwrap();
+        assert_eq!(edited.gpu, GpuRequest { count: 1, milli_per_gpu: 250 });
+        let whole =
+            gpu_pod(serde_json::json!({"nvidia.com/gpu": "1"}), serde_json::json!({"gpuplane.io/gpu-count": "8"}))
+                .unwrap();
+        assert_eq!(whole.gpu, GpuRequest { count: 1, milli_per_gpu: 1000 });
+        // Without a request the annotations are the request.
+        let annotated = gpu_pod(none.clone(), serde_json::json!({"gpuplane.io/gpu-milli": "300"})).unwrap();
+        assert_eq!(annotated.gpu, GpuRequest { count: 1, milli_per_gpu: 300 });
+        let bad = gpu_pod(none, serde_json::json!({"gpuplane.io/gpu-count": "2", "gpuplane.io/gpu-milli": "300"}))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("1000 when more than one GPU"), "{bad}");
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub enum Warning {
         /// `spec.nodeName`.
         node: String,
     },
-    /// A bound GPU pod with no (or a malformed) assignment: it is given the lowest-index GPUs that fit.
+    /// A bound GPU pod with no (or a malformed) assignment, or one whose milli per GPU is not what the pod
+    /// requests: it is given the lowest-index GPUs that fit, at its requested milli.
     GuessedAssignment {
         /// `namespace/name`.
         pod: String,
@@ -144,7 +145,12 @@ impl Snapshot {
             .as_ref()
             .and_then(|a| a.get(ASSIGNMENT_ANNOTATION))
             .and_then(|v| assignment::parse(v).ok())
-            .filter(|shares| shares.len() == usize::from(request.gpu.count));
+            // The annotation says which GPUs; how much of each is the pod's own request. An assignment
+            // that claims another amount is not the scheduler's (annotations can be written by others).
+            .filter(|shares| {
+                shares.len() == usize::from(request.gpu.count)
+                    && shares.iter().all(|s| s.milli == request.gpu.milli_per_gpu)
+            });
         let mut guessed = false;
         let gpus = match annotated {
             Some(shares) => shares,

@@ -283,6 +283,34 @@ fn preemption_takes_the_fewest_pods_with_the_least_gpu_loss_within_budgets() {
 }
 
 #[test]
+fn a_pod_with_preemption_policy_never_waits_and_evicts_nobody() {
+    // As kube-scheduler: preemptionPolicy Never (set on the pod from its PriorityClass) keeps the pod's
+    // place in the queue by priority, but it never takes a lower-priority pod's GPU.
+    let nodes = [node("gpu-a", 1, false)];
+    let mut polite = pod("chat-0", 100_000, 1000, None);
+    polite.spec.as_mut().unwrap().preemption_policy = Some("Never".into());
+    let pods = [pod("train-0", 1000, 1000, Some(("gpu-a", "0:1000"))), polite.clone()];
+    let mut s = scheduler(&nodes, &pods);
+    reported(s.next(Instant::now()), "ml/chat-0", "0/1 nodes are available: 1 gpu");
+    // The same pod with the default policy preempts.
+    polite.spec.as_mut().unwrap().preemption_policy = Some("PreemptLowerPriority".into());
+    let mut s = scheduler(&nodes, &[pods[0].clone(), polite]);
+    assert!(matches!(s.next(Instant::now()), Some(Action::Evict { .. })));
+}
+
+#[test]
+fn attack_a_rewritten_assignment_does_not_free_the_gpu_it_holds() {
+    // A tenant rewrote its bound pod's assignment from 0:1000 to 0:1. The pod still requests 1000 milli:
+    // the snapshot takes the amount from the request, so GPU 0 stays full and nobody else is put on it.
+    let nodes = [node("gpu-a", 1, false)];
+    let pods = [pod("mine", 0, 1000, Some(("gpu-a", "0:1"))), pod("theirs", 0, 900, None)];
+    let mut s = scheduler(&nodes, &[]);
+    let warnings = s.rebuild(&nodes, &pods).unwrap();
+    assert_eq!(warnings, vec![gpuplane_kube::Warning::GuessedAssignment { pod: "ml/mine".into() }]);
+    reported(s.next(Instant::now()), "ml/theirs", "0/1 nodes are available: 1 gpu");
+}
+
+#[test]
 fn pods_of_equal_or_higher_priority_are_never_victims() {
     let nodes = [node("gpu-a", 1, false)];
     let pods = [pod("chat-0", 100_000, 1000, Some(("gpu-a", "0:1000"))), pod("chat-1", 100_000, 1000, None)];
@@ -307,6 +335,16 @@ fn pods_for_other_schedulers_and_unreadable_pods_are_not_queued() {
     let warning = s.pod_applied(&bad).unwrap();
     assert!(format!("{warning:?}").contains("gpuplane.io/gpu-milli"), "{warning:?}");
     assert_eq!(s.queued(), 0);
+    // The unreadable pod is told why it waits (once), rather than staying Pending without a word.
+    match s.next(Instant::now()) {
+        Some(Action::ReportUnschedulable { pod, message }) => {
+            assert_eq!(pod, "ml/bad");
+            assert!(message.contains("cannot schedule") && message.contains("lots"), "{message}");
+        }
+        other => panic!("expected the unreadable pod reported, got {other:?}"),
+    }
+    assert_eq!(s.pod_applied(&bad).map(|_| ()), Some(()));
+    assert_eq!(s.next(Instant::now()), None, "reported once per UID");
 }
 
 #[test]

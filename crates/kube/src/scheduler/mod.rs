@@ -130,6 +130,8 @@ struct Pending {
     model: Option<ModelRef>,
     /// The last reason reported on the pod.
     reported: Option<String>,
+    /// False for `preemptionPolicy: Never`: the pod waits for room and never evicts anyone.
+    may_preempt: bool,
 }
 
 /// A placement the scheduler made that the watch has not shown yet.
@@ -293,12 +295,19 @@ impl Scheduler {
                     self.engine.observe(&self.snapshot.cluster().request(&pod));
                 }
                 let reported = self.pending.remove(&key).and_then(|p| p.reported);
-                self.pending.insert(key, Pending { pod, uid, model, reported });
+                // As kube-scheduler: the Priority admission plugin copies the PriorityClass's policy here.
+                let may_preempt = p.spec.as_ref().and_then(|s| s.preemption_policy.as_deref()) != Some("Never");
+                self.pending.insert(key, Pending { pod, uid, model, reported, may_preempt });
                 self.metrics.set_queue_depth(self.queue.len());
                 None
             }
             Err(e) => {
+                // Never silently pending: the pod is told what gpuplane cannot read, once per UID.
                 self.unqueue(&key);
+                if self.refused.get(&key) != Some(&uid) {
+                    self.refused.insert(key.clone(), uid);
+                    self.refusals.push((key, format!("gpuplane cannot schedule this pod: {e}")));
+                }
                 Some(Warning::Unreadable(e))
             }
         }
@@ -515,7 +524,7 @@ impl Scheduler {
                 Some(Action::Bind(target))
             }
             Decision::Unschedulable(counts) => {
-                let action = self.try_preempt(key, &request, now);
+                let action = self.try_preempt(key, &request, pending.may_preempt, now);
                 let result = if action.is_some() { "preempting" } else { "unschedulable" };
                 self.metrics.observe_decision(result, started.elapsed().as_secs_f64());
                 if action.is_some() {
@@ -532,10 +541,11 @@ impl Scheduler {
         }
     }
 
-    /// Starts a preemption for `key` unless one is under way; the preemptor waits in the queue (it is
-    /// put back by the caller) and runs first once its victims are gone.
-    fn try_preempt(&mut self, key: &str, request: &PodRequest, now: Instant) -> Option<Action> {
-        if !self.config.preemption {
+    /// Starts a preemption for `key` unless one is under way or the pod may not preempt
+    /// (`preemptionPolicy: Never`); the preemptor waits in the queue (it is put back by the caller) and runs
+    /// first once its victims are gone.
+    fn try_preempt(&mut self, key: &str, request: &PodRequest, may_preempt: bool, now: Instant) -> Option<Action> {
+        if !self.config.preemption || !may_preempt {
             return None;
         }
         if let Some(p) = self.preempting.get(key)
