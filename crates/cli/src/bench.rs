@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use gpuplane_kube::objects::api_node;
-use gpuplane_kube::webhook::{self, GpuQuota, Webhook};
+use gpuplane_kube::webhook::{self, Webhook};
 use gpuplane_kube::{BindFailure, BindTarget, Binder, Extender, ExtenderConfig, Snapshot, router};
 use gpuplane_place::{Decision, Engine, EngineConfig, Policy, TargetWorkload, TieBreak};
 use rand::rngs::ChaCha8Rng;
@@ -276,6 +276,13 @@ fn extender(args: ExtenderBenchArgs) -> Result<()> {
     let body_bytes = bodies.iter().map(String::len).sum::<usize>() / bodies.len();
 
     let ext = Arc::new(Extender::new(snapshot, engine(2)?, NoBinder, ExtenderConfig::default()));
+    // The extender evaluates the pods of its own store, never a request's copy: put the bench's pods there.
+    let mut watched = Vec::with_capacity(bodies.len());
+    for body in &bodies {
+        let args: serde_json::Value = serde_json::from_str(body)?;
+        watched.push(Arc::new(serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(args["Pod"].clone())?));
+    }
+    ext.set_pods(watched);
     let (filter_ns, prioritize_ns, elapsed) =
         load(router(ext), None, args.clients, args.seconds, ["/filter", "/prioritize"], bodies)?;
 
@@ -466,14 +473,7 @@ fn webhook(args: WebhookBenchArgs) -> Result<()> {
             .to_string()
         })
         .collect();
-    // A quota that the load never fills, and a view that does not go stale during the run.
-    let mut ledger = webhook::QuotaLedger::new(Duration::MAX);
-    let view = webhook::QuotaView {
-        quotas: [("bench".to_owned(), GpuQuota { hard_milli: u64::MAX / 2, used_milli: 0 })].into(),
-        counted: Default::default(),
-    };
-    ledger.refresh(view, std::time::Instant::now());
-    let hook = Arc::new(Webhook::new(webhook::WebhookConfig::default(), ledger));
+    let hook = Arc::new(Webhook::new(webhook::WebhookConfig::default()));
     let app = webhook::router(hook, 4 << 20);
     let tls = if args.plain_http { None } else { Some(bench_tls()?) };
     let (mutate_ns, validate_ns, elapsed) =

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use gpuplane_kube::serve::{ServeError, WebhookServeConfig, serve_webhook, shutdown_signal};
+use gpuplane_kube::serve::{WebhookServeConfig, serve_webhook, shutdown_signal};
 use gpuplane_kube::webhook::WebhookConfig;
 
 use crate::service;
@@ -96,10 +96,7 @@ pub fn run(args: WebhookArgs) -> Result<()> {
     };
     // An unusable certificate is reported before anything else.
     gpuplane_kube::tls::server_config(config.cert.clone(), config.key.clone())?;
-    service::runtime()?.block_on(async move {
-        let client = kube::Client::try_default().await.map_err(ServeError::Client)?;
-        serve_webhook(client, config, shutdown_signal()).await
-    })?;
+    service::runtime()?.block_on(serve_webhook(config, shutdown_signal()))?;
     Ok(())
 }
 

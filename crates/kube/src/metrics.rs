@@ -182,13 +182,11 @@ impl Metrics {
 /// The content type of [`Metrics::encode`].
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The admission webhook's metrics: reviews by path and outcome, their latency, and whether the GPU
-/// quota view is stale (GPU pods refused).
+/// The admission webhook's metrics: reviews by path and outcome, and their latency.
 pub struct WebhookMetrics {
     registry: Registry,
     reviews: Family<Labels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
-    stale: Gauge,
 }
 
 impl std::fmt::Debug for WebhookMetrics {
@@ -202,19 +200,13 @@ impl Default for WebhookMetrics {
         let mut registry = Registry::with_prefix("gpuplane_webhook");
         let reviews = Family::<Labels, Counter>::default();
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        let stale = Gauge::default();
         registry.register(
             "reviews",
             "AdmissionReviews answered, by path and outcome (allowed, patched, denied with its code, malformed)",
             reviews.clone(),
         );
         registry.register("review_duration_seconds", "Time to decide a review, by path", latency.clone());
-        registry.register(
-            "quota_stale",
-            "1 while the GPU quota view is stale and GPU pods are refused, else 0",
-            stale.clone(),
-        );
-        WebhookMetrics { registry, reviews, latency, stale }
+        WebhookMetrics { registry, reviews, latency }
     }
 }
 
@@ -234,11 +226,6 @@ impl WebhookMetrics {
     /// Counts a request that was not a readable AdmissionReview v1.
     pub fn malformed(&self, path: &'static str) {
         self.reviews.get_or_create(&vec![("path", path.to_owned()), ("outcome", "malformed".to_owned())]).inc();
-    }
-
-    /// Sets the stale gauge.
-    pub fn set_stale(&self, stale: bool) {
-        self.stale.set(i64::from(stale));
     }
 
     /// The OpenMetrics text.

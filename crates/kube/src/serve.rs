@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub limits: crate::server::Limits,
     /// HTTPS (and client certificates, if it asks for them); `None` serves plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The extender's body limit and the schedulers whose pods it serves.
+    pub extender: ExtenderConfig,
 }
 
 /// Why the extender stopped.
@@ -149,8 +151,12 @@ pub async fn serve_extender(
         "Cluster state loaded."
     );
     let engine = live_engine(config.policy, target)?;
-    let binder = KubeBinder::new(client, "gpuplane");
-    let extender = Arc::new(Extender::new(snapshot, engine, binder, ExtenderConfig::default()));
+    let binder = KubeBinder::new(client.clone(), "gpuplane");
+    // The verbs evaluate the pods of this watch (by UID), never the copy a request carries.
+    let lookup = WatchThenApi { pods: pods.clone(), client };
+    let extender = Arc::new(Extender::new(snapshot, engine, binder, config.extender.clone()).with_pod_lookup(lookup));
+    extender.set_pods(pods.state());
+    tracing::info!(schedulers = ?config.extender.scheduler_names, "Serving the pods of these schedulers only.");
 
     let refresher = Arc::clone(&extender);
     let seen_changes = Arc::clone(&changes);
@@ -164,6 +170,7 @@ pub async fn serve_extender(
                 continue;
             }
             applied = now;
+            refresher.set_pods(pods.state());
             // A cluster that cannot be read keeps the previous snapshot; the next change retries.
             match refresher.refresh(&owned(&nodes), &owned(&pods), config.in_flight_ttl) {
                 Ok(warnings) => log_warnings(&warnings),
@@ -177,6 +184,40 @@ pub async fn serve_extender(
         .map_err(|source| ServeError::Io { addr: config.listen, source })?;
     crate::server::serve(listener, config.tls, router(extender), config.limits, shutdown_signal()).await;
     Ok(())
+}
+
+/// Finds a pod the extender's UID index does not hold yet: in the reflector store (updated on every watch
+/// event, before the next rebuild), else with one GET from the API server.
+struct WatchThenApi {
+    pods: Store<api::Pod>,
+    client: Client,
+}
+
+/// How long the extender waits for the API server's answer about one pod (kube-scheduler's extender
+/// `httpTimeout` is typically 5 s).
+const POD_GET_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl crate::extender::PodLookup for WatchThenApi {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<api::Pod>>, crate::extender::LookupError>> {
+        Box::pin(async move {
+            let key = reflector::ObjectRef::new(name).within(namespace);
+            if let Some(pod) = self.pods.get(&key) {
+                return Ok(Some(pod));
+            }
+            let api: Api<api::Pod> = Api::namespaced(self.client.clone(), namespace);
+            match tokio::time::timeout(POD_GET_TIMEOUT, api.get_opt(name)).await {
+                Ok(Ok(pod)) => Ok(pod.map(Arc::new)),
+                Ok(Err(e)) => Err(crate::extender::LookupError(format!("GET pod {namespace}/{name}: {e}"))),
+                Err(_) => Err(crate::extender::LookupError(format!(
+                    "GET pod {namespace}/{name}: no answer within {POD_GET_TIMEOUT:?}"
+                ))),
+            }
+        })
+    }
 }
 
 /// Logs what the snapshot had to skip or guess; each warning once per rebuild.
@@ -236,57 +277,14 @@ pub struct WebhookServeConfig {
     pub limits: crate::server::Limits,
 }
 
-/// Watches ResourceQuotas and Pods for the GPU quota check and serves the admission webhook over TLS
-/// until `shutdown` completes.
+/// Serves the admission webhook over TLS until `shutdown` completes. It needs no API access: every
+/// decision is made from the review alone.
 pub async fn serve_webhook(
-    client: Client,
     config: WebhookServeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let tls = crate::tls::server_config(config.cert.clone(), config.key.clone())?;
-    let webhook = Arc::new(crate::webhook::Webhook::new(config.webhook.clone(), Default::default()));
-    let changes = Arc::new(AtomicU64::new(1));
-    let quotas = counted_watch(Api::<api::ResourceQuota>::all(client.clone()), watcher::Config::default(), &changes);
-    let pods = counted_watch(Api::<api::Pod>::all(client.clone()), unfinished_pods(), &changes);
-    let updater = Arc::clone(&webhook);
-    tokio::spawn(async move {
-        // Until both watches listed once there is no quota to check against: GPU pods are refused.
-        if quotas.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
-            tracing::error!("The ResourceQuota or Pod watch stopped; GPU pods are refused.");
-            return;
-        }
-        let mut applied = 0;
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            let now = changes.load(Ordering::Relaxed);
-            if now == applied {
-                continue;
-            }
-            applied = now;
-            let (view, problems) = crate::webhook::gpu_quotas(&owned(&quotas), &owned(&pods));
-            for p in problems {
-                tracing::warn!(problem = %p, "Left out of the GPU quota count.");
-            }
-            updater.ledger.lock().unwrap_or_else(|p| p.into_inner()).refresh(view, std::time::Instant::now());
-        }
-    });
-    // The watches say nothing when the API server stops answering: ask it every few seconds, and let
-    // the view go stale (GPU pods refused, /healthz 503) when it does not answer.
-    let prober = Arc::clone(&webhook);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
-                Ok(Ok(_)) => {
-                    prober.ledger.lock().unwrap_or_else(|p| p.into_inner()).confirm_fresh(std::time::Instant::now())
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "API server not answering; GPU quotas go stale."),
-                Err(_) => tracing::warn!("API server not answering within 5 s; GPU quotas go stale."),
-            }
-        }
-    });
+    let webhook = Arc::new(crate::webhook::Webhook::new(config.webhook.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Io { addr: config.listen, source })?;

@@ -60,6 +60,10 @@ fn every_manifest_is_a_valid_object() {
                 "ValidatingWebhookConfiguration" => {
                     round_trip::<admissionregistration::v1::ValidatingWebhookConfiguration>(&doc)
                 }
+                "ValidatingAdmissionPolicy" => round_trip::<admissionregistration::v1::ValidatingAdmissionPolicy>(&doc),
+                "ValidatingAdmissionPolicyBinding" => {
+                    round_trip::<admissionregistration::v1::ValidatingAdmissionPolicyBinding>(&doc)
+                }
                 "Deployment" => round_trip::<apps::v1::Deployment>(&doc),
                 "DaemonSet" => round_trip::<apps::v1::DaemonSet>(&doc),
                 "Job" => round_trip::<batch::v1::Job>(&doc),
@@ -136,7 +140,7 @@ fn scheduler_rbac_grants_what_the_scheduler_calls() {
     };
     for (group, resource, verbs) in [
         ("", "nodes", &["list", "watch"][..]),
-        ("", "pods", &["list", "watch", "patch"]),
+        ("", "pods", &["list", "watch"]),
         ("", "pods/binding", &["create"]),
         ("", "pods/eviction", &["create"]),
         ("", "pods/status", &["patch"]),
@@ -149,13 +153,16 @@ fn scheduler_rbac_grants_what_the_scheduler_calls() {
     for verb in ["get", "create", "update"] {
         assert!(granted("Role", "coordination.k8s.io", "leases", verb), "leases {verb}");
     }
+    // The GPU assignment goes onto the pod with its Binding: the scheduler never writes a pod itself.
+    assert!(!granted("ClusterRole", "", "pods", "patch") && !granted("ClusterRole", "", "pods", "update"));
 }
 
 #[test]
 fn webhook_configurations_point_at_the_webhook_service_paths() {
     let service = docs_of("webhook/deployment.yaml").into_iter().find(|d| d["kind"] == "Service").unwrap();
-    for doc in docs_of("webhook/configuration.yaml") {
-        let hook = &doc["webhooks"][0];
+    let docs = docs_of("webhook/configuration.yaml");
+    let hooks = docs.iter().flat_map(|doc| doc["webhooks"].as_array().unwrap().iter().map(move |hook| (doc, hook)));
+    for (doc, hook) in hooks {
         let svc = &hook["clientConfig"]["service"];
         assert_eq!(svc["name"], service["metadata"]["name"]);
         assert_eq!(svc["namespace"], service["metadata"]["namespace"]);

@@ -1,5 +1,7 @@
 //! The extender over HTTP semantics (in process, through the axum router) with messages shaped as
-//! kube-scheduler sends them: filter, prioritize and bind, node-cache-capable and not, and bad input.
+//! kube-scheduler sends them: filter, prioritize and bind, node-cache-capable and not, and bad input. The
+//! extender evaluates the pods of its own store, never the body's copy: every test first puts the pods it
+//! names into the store (`extender(.., pods)`, as the watch would).
 #![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
 
 use std::sync::{Arc, Mutex};
@@ -72,7 +74,12 @@ impl Binder for Recorder {
     }
 }
 
-fn extender(policy: Policy, config: ExtenderConfig) -> (axum::Router, Recorder) {
+/// The Pod objects of `ExtenderArgs`-shaped JSON pods, for the extender's store.
+fn watched(pods: &[Value]) -> Vec<Arc<api::Pod>> {
+    pods.iter().map(|p| Arc::new(serde_json::from_value(p.clone()).unwrap())).collect()
+}
+
+fn extender(policy: Policy, config: ExtenderConfig, pods: &[Value]) -> (axum::Router, Recorder) {
     let (snapshot, _) = cluster();
     let shape = snapshot.cluster().request(&gpuplane_core::Pod::with_requests(
         "t",
@@ -85,6 +92,7 @@ fn extender(policy: Policy, config: ExtenderConfig) -> (axum::Router, Recorder) 
         Engine::new(EngineConfig { policy, target: Some(target), seed: 1, tie_break: TieBreak::LowestName }).unwrap();
     let binder = Recorder::default();
     let ext = Arc::new(Extender::new(snapshot, engine, binder.clone(), config));
+    ext.set_pods(watched(pods));
     (router(ext), binder)
 }
 
@@ -125,7 +133,7 @@ fn snapshot_never_double_books() {
 
 #[tokio::test]
 async fn filter_with_node_names() {
-    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default(), &[filter_args()["Pod"].clone()]);
     let (status, body) = post(&app, "/filter", filter_args().to_string()).await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let raw: Value = serde_json::from_slice(&body).unwrap();
@@ -140,7 +148,7 @@ async fn filter_with_node_names() {
 
 #[tokio::test]
 async fn filter_with_full_nodes_returns_them_unchanged() {
-    let (app, _) = extender(Policy::BestFit, ExtenderConfig::default());
+    let (app, _) = extender(Policy::BestFit, ExtenderConfig::default(), &[filter_args()["Pod"].clone()]);
     let mut args = filter_args();
     let items: Vec<Value> = ["gpu-t4-b", "cpu-1"]
         .iter()
@@ -157,9 +165,9 @@ async fn filter_with_full_nodes_returns_them_unchanged() {
 
 #[tokio::test]
 async fn prioritize_prefers_filling_the_partly_used_gpu() {
-    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
     let mut args = filter_args();
     args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("400");
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default(), &[args["Pod"].clone()]);
     let (status, body) = post(&app, "/prioritize", args.to_string()).await;
     assert_eq!(status, StatusCode::OK);
     let list: Vec<HostPriority> = serde_json::from_slice(&body).unwrap();
@@ -171,12 +179,13 @@ async fn prioritize_prefers_filling_the_partly_used_gpu() {
 
 #[tokio::test]
 async fn bind_writes_the_assignment_and_never_double_books() {
-    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default());
     let mut first = filter_args();
     first["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("300");
     let mut second = first.clone();
     second["Pod"]["metadata"]["name"] = json!("chat-7b-6f9c8d7b5-zz9p1");
     second["Pod"]["metadata"]["uid"] = json!("uid-second");
+    let pods = [first["Pod"].clone(), second["Pod"].clone()];
+    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default(), &pods);
     assert_eq!(post(&app, "/filter", first.to_string()).await.0, StatusCode::OK);
     assert_eq!(post(&app, "/filter", second.to_string()).await.0, StatusCode::OK);
 
@@ -204,9 +213,9 @@ async fn bind_writes_the_assignment_and_never_double_books() {
 
 #[tokio::test]
 async fn failed_binding_releases_the_reservation() {
-    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default());
     let mut args = filter_args();
     args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1000");
+    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default(), &[args["Pod"].clone()]);
     post(&app, "/filter", args.to_string()).await;
     let bind = json!({"PodName": "chat-7b-6f9c8d7b5-x2k4q", "PodNamespace": "serving", "PodUID": "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "Node": "gpu-t4-b"}).to_string();
     *binder.fail.lock().unwrap() = true;
@@ -221,7 +230,10 @@ async fn failed_binding_releases_the_reservation() {
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_with_a_message() {
-    let (app, _) = extender(Policy::Fgd, ExtenderConfig { max_body_bytes: 64 << 10, ..Default::default() });
+    let mut impossible = filter_args();
+    impossible["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1500");
+    let config = ExtenderConfig { max_body_bytes: 64 << 10, ..Default::default() };
+    let (app, _) = extender(Policy::Fgd, config, &[impossible["Pod"].clone()]);
     let (status, body) = post(&app, "/filter", "{\"Pod\": {").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("line 1 column"), "{}", String::from_utf8_lossy(&body));
@@ -232,8 +244,6 @@ async fn bad_input_gets_a_4xx_with_a_message() {
     let (status, body) = post(&app, "/preempt-everything", "{}").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&body).contains("unknown extender verb"));
-    let mut impossible = filter_args();
-    impossible["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1500");
     // A pod no node can take: a 200 that fails every candidate as unresolvable, with the reason.
     let (status, body) = post(&app, "/filter", impossible.to_string()).await;
     assert_eq!(status, StatusCode::OK);
@@ -257,13 +267,17 @@ async fn bad_input_gets_a_4xx_with_a_message() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("was not seen by filter"));
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("(uid z) is unknown"));
 }
 
 #[tokio::test]
-async fn bind_needs_the_uid_of_a_pod_filter_saw() {
-    let (app, binder) = extender(Policy::BestFit, ExtenderConfig::default());
+async fn bind_needs_the_uid_of_a_pod_gpuplane_watches() {
     let args = filter_args();
+    let mut anonymous = filter_args();
+    anonymous["Pod"]["metadata"]["name"] = json!("anonymous");
+    anonymous["Pod"]["metadata"].as_object_mut().unwrap().remove("uid");
+    let (app, binder) =
+        extender(Policy::BestFit, ExtenderConfig::default(), &[args["Pod"].clone(), anonymous["Pod"].clone()]);
     post(&app, "/filter", args.to_string()).await;
     let name = args["Pod"]["metadata"]["name"].as_str().unwrap();
     let bind = |uid: &str| json!({"PodName": name, "PodNamespace": "serving", "PodUID": uid, "Node": "gpu-t4-b"});
@@ -271,14 +285,13 @@ async fn bind_needs_the_uid_of_a_pod_filter_saw() {
     let (status, body) = post(&app, "/bind", bind("").to_string()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("PodUID is required"));
-    // Another UID under the same name: a pod filter never saw.
+    // Another UID under the same name: a pod gpuplane does not know.
     let (_, body) = post(&app, "/bind", bind("uid-someone-else").to_string()).await;
-    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("was not seen by filter"));
-    // A pod filtered without a UID cannot be bound by name either.
-    let mut anonymous = filter_args();
-    anonymous["Pod"]["metadata"]["name"] = json!("anonymous");
-    anonymous["Pod"]["metadata"].as_object_mut().unwrap().remove("uid");
-    post(&app, "/filter", anonymous.to_string()).await;
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("is unknown"));
+    // A pod without a UID cannot be found, filtered or bound by name.
+    let (_, body) = post(&app, "/filter", anonymous.to_string()).await;
+    let result: ExtenderFilterResult = serde_json::from_slice(&body).unwrap();
+    assert!(result.failed_and_unresolvable_nodes.values().all(|why| why.contains("no pod UID")), "{result:?}");
     let (_, body) = post(
         &app,
         "/bind",
@@ -286,7 +299,7 @@ async fn bind_needs_the_uid_of_a_pod_filter_saw() {
             .to_string(),
     )
     .await;
-    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("was not seen by filter"));
+    assert!(serde_json::from_slice::<ExtenderBindingResult>(&body).unwrap().error.contains("is unknown"));
     assert!(binder.calls.lock().unwrap().is_empty(), "nothing was bound");
     let uid = args["Pod"]["metadata"]["uid"].as_str().unwrap();
     let (_, body) = post(&app, "/bind", bind(uid).to_string()).await;
@@ -297,10 +310,10 @@ async fn bind_needs_the_uid_of_a_pod_filter_saw() {
 #[tokio::test]
 async fn fgd_priorities_span_the_extender_range() {
     // FGD's sigmoid gives most candidates one or two values; the extender spreads them over 0–10.
-    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
     let mut args = filter_args();
     args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("400");
     args["NodeNames"] = json!(["gpu-t4-a", "gpu-t4-b", "gpu-a100-1"]);
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default(), &[args["Pod"].clone()]);
     let (_, body) = post(&app, "/prioritize", args.to_string()).await;
     let list: Vec<HostPriority> = serde_json::from_slice(&body).unwrap();
     let best = list.iter().map(|p| p.score).max().unwrap();
@@ -322,11 +335,12 @@ async fn preempt_extends_victims_to_free_the_right_gpu_milli() {
     let engine =
         Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName })
             .unwrap();
-    let app = router(Arc::new(Extender::new(snapshot, engine, Recorder::default(), ExtenderConfig::default())));
-
+    let ext = Arc::new(Extender::new(snapshot, engine, Recorder::default(), ExtenderConfig::default()));
     let mut preemptor = filter_args()["Pod"].clone();
     preemptor["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "500"});
     preemptor["spec"]["priority"] = json!(1000);
+    ext.set_pods(watched(std::slice::from_ref(&preemptor)));
+    let app = router(ext);
     let args = json!({
         "Pod": preemptor,
         "NodeNameToVictims": null,
@@ -349,9 +363,9 @@ async fn preempt_extends_victims_to_free_the_right_gpu_milli() {
 
 #[tokio::test]
 async fn metrics_count_requests_binds_and_pool_fragmentation() {
-    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default());
     let mut args = filter_args();
     args["Pod"]["metadata"]["annotations"]["gpuplane.io/gpu-milli"] = json!("1000");
+    let (app, _) = extender(Policy::Fgd, ExtenderConfig::default(), &[args["Pod"].clone()]);
     post(&app, "/filter", args.to_string()).await;
     let bind = json!({"PodName": "chat-7b-6f9c8d7b5-x2k4q", "PodNamespace": "serving", "PodUID": "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "Node": "gpu-t4-b"});
     post(&app, "/bind", bind.to_string()).await;
@@ -390,6 +404,7 @@ async fn refresh_keeps_bindings_the_watch_has_not_shown_yet() {
     let mut args = filter_args();
     args["Pod"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "700"});
     args["NodeNames"] = json!(["t4-1"]);
+    ext.set_pods(watched(&[args["Pod"].clone()]));
     post(&app, "/filter", args.to_string()).await;
     let bind = json!({"PodName": "chat-7b-6f9c8d7b5-x2k4q", "PodNamespace": "serving", "PodUID": "0b7e6f3a-2c1d-4e5f-8a9b-1c2d3e4f5a6b", "Node": "t4-1"});
     assert_eq!(post(&app, "/bind", bind.to_string()).await.0, StatusCode::OK);

@@ -1,6 +1,7 @@
-//! The extender's HTTPS with client certificates (`gpuplane extender --tls-cert --tls-key --client-ca`): a
-//! client with a certificate the CA signed is served; one without a certificate, or with one from another
-//! CA, is refused in the handshake and never reaches a handler.
+//! The extender's HTTPS with client certificates (`gpuplane extender --tls-cert --tls-key --client-ca
+//! --client-identity`): a client with a certificate the CA signed that names a pinned identity is served; one
+//! without a certificate, with one from another CA, or with one the CA signed for another name (a kubelet's,
+//! say) is refused in the handshake and never reaches a handler.
 #![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gpuplane_kube::server::{Limits, serve};
-use gpuplane_kube::tls::{TlsError, server_config_for_clients};
+use gpuplane_kube::tls::{ClientAuth, TlsError, server_config_for_clients};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,10 +18,11 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
 }
 
-/// A server asking for client certificates from `client-ca.pem`; counts the requests its handler saw.
-async fn start() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let config =
-        server_config_for_clients(fixture("cert-1.pem"), fixture("key-1.pem"), Some(fixture("client-ca.pem"))).unwrap();
+/// A server asking for client certificates from the CAs in `ca` naming one of `identities`; counts the
+/// requests its handler saw.
+async fn start_for(ca: PathBuf, identities: &[&str]) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let clients = ClientAuth { ca, identities: identities.iter().map(|s| (*s).to_owned()).collect() };
+    let config = server_config_for_clients(fixture("cert-1.pem"), fixture("key-1.pem"), Some(clients)).unwrap();
     let served = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&served);
     let app = axum::Router::new().route(
@@ -36,9 +38,19 @@ async fn start() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, served)
 }
 
+/// A server for `client-ca.pem`'s certificates naming `kube-scheduler` (the fixture client's CN).
+async fn start() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    start_for(fixture("client-ca.pem"), &["kube-scheduler"]).await
+}
+
 /// POSTs /filter presenting `client` (certificate and key fixtures), or no certificate; the response,
 /// or the error that ended the exchange.
 async fn post(addr: std::net::SocketAddr, client: Option<(&str, &str)>) -> Result<String, std::io::Error> {
+    post_with(addr, client.map(|(cert, key)| (fixture(cert), fixture(key)))).await
+}
+
+/// As [`post`], with the certificate and key at these paths.
+async fn post_with(addr: std::net::SocketAddr, client: Option<(PathBuf, PathBuf)>) -> Result<String, std::io::Error> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -50,8 +62,8 @@ async fn post(addr: std::net::SocketAddr, client: Option<(&str, &str)>) -> Resul
         None => builder.with_no_client_auth(),
         Some((cert, key)) => builder
             .with_client_auth_cert(
-                vec![CertificateDer::from_pem_file(fixture(cert)).unwrap()],
-                PrivateKeyDer::from_pem_file(fixture(key)).unwrap(),
+                vec![CertificateDer::from_pem_file(cert).unwrap()],
+                PrivateKeyDer::from_pem_file(key).unwrap(),
             )
             .unwrap(),
     };
@@ -81,11 +93,62 @@ async fn only_clients_with_a_certificate_from_the_given_ca_are_served() {
     assert_eq!(served.load(Ordering::SeqCst), 1, "refused clients reached the handler");
 }
 
+/// Runs openssl in `dir`, failing the test with its message.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A client certificate (and key) for `subject`, signed by `ca.pem`/`ca.key` in `dir`.
+fn client_cert(dir: &Path, file: &str, subject: &str) -> (PathBuf, PathBuf) {
+    let ext = dir.join(format!("{file}.ext"));
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
+    let ext = ext.to_str().unwrap();
+    let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
+    openssl(dir, &[&sign[..], &["-out", &pem, "-extfile", ext]].concat());
+    (dir.join(pem), dir.join(key))
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_trusted_ca_for_another_name_is_refused_in_the_handshake() {
+    // A second trusted CA that, like kubeadm's cluster CA, also signs kubelets' client certificates.
+    let dir = tempfile::tempdir().unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cluster CA"];
+    let ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"];
+    openssl(dir.path(), &[&["req", "-x509"][..], &ec, &ca, &ca_ext].concat());
+    let bundle = dir.path().join("bundle.pem");
+    let pems = [std::fs::read(fixture("client-ca.pem")).unwrap(), std::fs::read(dir.path().join("ca.pem")).unwrap()];
+    std::fs::write(&bundle, pems.concat()).unwrap();
+    let (addr, served) = start_for(bundle, &["kube-scheduler", "system:kube-scheduler"]).await;
+
+    let kubelet = client_cert(dir.path(), "kubelet", "/CN=system:node:gpu-1/O=system:nodes");
+    let refused = post_with(addr, Some(kubelet)).await;
+    assert!(refused.as_ref().is_err() || refused.as_ref().is_ok_and(|r| r.is_empty()), "{refused:?}");
+    assert_eq!(served.load(Ordering::SeqCst), 0, "a kubelet's certificate reached the handler");
+
+    // Both CAs are trusted, and either one's certificate for a pinned name is served.
+    let scheduler = client_cert(dir.path(), "scheduler", "/CN=system:kube-scheduler");
+    let ok = post_with(addr, Some(scheduler)).await.unwrap();
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let fixture_client = post(addr, Some(("client-cert.pem", "client-key.pem"))).await.unwrap();
+    assert!(fixture_client.starts_with("HTTP/1.1 200"), "{fixture_client}");
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn a_client_ca_file_without_a_certificate_is_refused_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("ca.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();
-    let err = server_config_for_clients(fixture("cert-1.pem"), fixture("key-1.pem"), Some(empty.clone())).unwrap_err();
+    let clients = ClientAuth { ca: empty.clone(), identities: vec!["kube-scheduler".into()] };
+    let err = server_config_for_clients(fixture("cert-1.pem"), fixture("key-1.pem"), Some(clients)).unwrap_err();
     assert!(matches!(&err, TlsError::Pem { path, .. } if *path == empty), "{err:?}");
 }

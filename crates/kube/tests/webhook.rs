@@ -1,17 +1,14 @@
-//! The admission webhook on AdmissionReview v1 messages shaped as the API server sends them.
+//! The admission webhook on AdmissionReview v1 messages shaped as the API server sends them: steering,
+//! the GPU share written into requests, pool isolation and the routes to a GPU around the device plugin.
 #![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use gpuplane_kube::webhook::{
-    AdmissionReview, GpuQuota, QuotaLedger, QuotaView, Webhook, WebhookConfig, mutate, router, validate,
-};
+use gpuplane_kube::webhook::{AdmissionResponse, AdmissionReview, Webhook, WebhookConfig, mutate, router, validate};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -22,15 +19,6 @@ fn review() -> Value {
 
 fn request(v: &Value) -> gpuplane_kube::webhook::AdmissionRequest {
     serde_json::from_value::<AdmissionReview>(v.clone()).unwrap().request.unwrap()
-}
-
-/// A ledger fresh now, with these quotas and no pods counted by name.
-fn ledger(quotas: &[(&str, GpuQuota)]) -> QuotaLedger {
-    let mut ledger = QuotaLedger::default();
-    let view =
-        QuotaView { quotas: quotas.iter().map(|(n, q)| ((*n).to_owned(), *q)).collect(), counted: Default::default() };
-    ledger.refresh(view, Instant::now());
-    ledger
 }
 
 fn patch_of(resp: &gpuplane_kube::webhook::AdmissionResponse) -> Vec<Value> {
@@ -49,7 +37,7 @@ fn gpu_pod_is_steered_into_the_pool() {
         patch,
         vec![
             json!({"op": "add", "path": "/spec/nodeSelector", "value": {"gpuplane.io/pool": "gpu"}}),
-            json!({"op": "add", "path": "/spec/tolerations/-", "value": {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}}),
+            json!({"op": "add", "path": "/spec/tolerations/-", "value": {"key": "nvidia.com/gpu", "operator": "Exists"}}),
             json!({"op": "add", "path": "/spec/schedulerName", "value": "gpuplane"}),
             json!({"op": "add", "path": "/spec/priorityClassName", "value": "gpuplane-interactive"}),
             json!({"op": "add", "path": "/spec/priority", "value": 100000}),
@@ -82,46 +70,37 @@ fn a_custom_scheduler_and_existing_selector_are_respected() {
     );
 }
 
-#[test]
-fn quota_and_visible_devices_are_enforced() {
-    let config = WebhookConfig::default();
-    let mut quotas = ledger(&[("serving", GpuQuota { hard_milli: 4000, used_milli: 3500 })]);
-    let resp = validate(&config, &mut quotas, &request(&review()), Instant::now());
-    assert!(!resp.allowed);
+/// The validating answer's denial message, or a panic if the review was admitted.
+fn denied(resp: AdmissionResponse) -> String {
+    assert!(!resp.allowed, "admitted");
     let status = resp.status.unwrap();
     assert_eq!(status.code, 403);
-    assert!(status.message.contains("uses 3.500 of its 4.000 GPU quota"), "{}", status.message);
-    let mut quotas = ledger(&[("serving", GpuQuota { hard_milli: 4000, used_milli: 3000 })]);
-    assert!(validate(&config, &mut quotas, &request(&review()), Instant::now()).allowed);
+    status.message
+}
 
+#[test]
+fn visible_devices_all_is_denied_on_a_pod_without_gpus() {
+    let config = WebhookConfig::default();
+    assert!(validate(&config, &request(&review())).allowed);
     let mut sneaky = review();
     sneaky["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
     sneaky["request"]["object"]["spec"]["containers"][0]["env"] =
         json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]);
-    let resp = validate(&config, &mut quotas, &request(&sneaky), Instant::now());
-    assert!(!resp.allowed);
-    assert!(resp.status.unwrap().message.contains("NVIDIA_VISIBLE_DEVICES=all"));
+    assert!(denied(validate(&config, &request(&sneaky))).contains("NVIDIA_VISIBLE_DEVICES=all"));
     let lenient = WebhookConfig { deny_visible_devices_all: false, ..WebhookConfig::default() };
-    assert!(validate(&lenient, &mut quotas, &request(&sneaky), Instant::now()).allowed);
+    assert!(validate(&lenient, &request(&sneaky)).allowed);
 }
 
 #[test]
 fn gpu_pods_cannot_choose_their_visible_devices_either() {
     let config = WebhookConfig::default();
-    let quotas = std::cell::RefCell::new(ledger(&[]));
     let with_env = |env: Value, env_from: Value| {
         let mut r = review();
         r["request"]["object"]["spec"]["containers"][0]["env"] = env;
         r["request"]["object"]["spec"]["containers"][0]["envFrom"] = env_from;
-        validate(&config, &mut quotas.borrow_mut(), &request(&r), Instant::now())
+        validate(&config, &request(&r))
     };
-    let denied = |resp: gpuplane_kube::webhook::AdmissionResponse| {
-        assert!(!resp.allowed);
-        let status = resp.status.unwrap();
-        assert_eq!(status.code, 403);
-        status.message
-    };
-    // The review's pod asks for half a GPU.
+    // The review's pod asks for a GPU.
     for value in ["all", "0,1,2,3,4,5,6,7", "GPU-5f3c0b55"] {
         let message = denied(with_env(json!([{"name": "NVIDIA_VISIBLE_DEVICES", "value": value}]), json!([])));
         assert!(message.contains(&format!("NVIDIA_VISIBLE_DEVICES={value}")), "{message}");
@@ -140,7 +119,7 @@ fn gpu_pods_cannot_choose_their_visible_devices_either() {
     cpu["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
     cpu["request"]["object"]["metadata"]["annotations"] = json!({});
     cpu["request"]["object"]["spec"]["containers"][0]["envFrom"] = json!([{"configMapRef": {"name": "app"}}]);
-    assert!(validate(&config, &mut quotas.borrow_mut(), &request(&cpu), Instant::now()).allowed);
+    assert!(validate(&config, &request(&cpu)).allowed);
 }
 
 #[test]
@@ -184,7 +163,7 @@ async fn post(app: &axum::Router, path: &str, body: impl Into<Body>) -> (StatusC
 
 #[tokio::test]
 async fn http_round_trip_and_bad_input() {
-    let app = router(Arc::new(Webhook::new(WebhookConfig::default(), ledger(&[]))), 1 << 20);
+    let app = router(Arc::new(Webhook::new(WebhookConfig::default())), 1 << 20);
     let (status, body) = post(&app, "/mutate", review().to_string()).await;
     assert_eq!(status, StatusCode::OK);
     let out: Value = serde_json::from_slice(&body).unwrap();
@@ -211,156 +190,172 @@ async fn http_round_trip_and_bad_input() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[test]
-fn gpu_quota_counts_shares_of_unfinished_pods_against_unscoped_quotas() {
-    let quota = |name: &str, ns: &str, hard: &str, scoped: bool| -> k8s_openapi::api::core::v1::ResourceQuota {
-        let mut q = json!({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name, "namespace": ns},
-            "spec": {"hard": {"requests.nvidia.com/gpu": hard, "requests.cpu": "64"}},
-            "status": {"hard": {"requests.nvidia.com/gpu": hard}, "used": {"requests.nvidia.com/gpu": "1"}}});
-        if scoped {
-            q["spec"]["scopeSelector"] =
-                json!({"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["batch"]}]});
-        }
-        serde_json::from_value(q).unwrap()
-    };
-    let pod = |name: &str, ns: &str, milli: &str, phase: &str| -> k8s_openapi::api::core::v1::Pod {
-        serde_json::from_value(
-            json!({"metadata": {"name": name, "namespace": ns, "annotations": {"gpuplane.io/gpu-milli": milli}},
-            "spec": {"containers": [{"name": "c"}]},
-            "status": {"phase": phase}}),
-        )
-        .unwrap()
-    };
-    let quotas =
-        [quota("gpus", "ml", "4", false), quota("tight", "ml", "2500m", false), quota("batch", "web", "1", true)];
-    let pods = [
-        pod("a", "ml", "500", "Running"),
-        pod("b", "ml", "1000", "Pending"),
-        pod("old", "ml", "1000", "Succeeded"),
-        pod("w", "web", "1000", "Running"),
-        pod("bad", "ml", "half", "Running"),
-    ];
-    let (found, problems) = gpuplane_kube::webhook::gpu_quotas(&quotas, &pods);
-    assert_eq!(found.quotas.len(), 1, "the web quota is scoped");
-    assert_eq!(found.quotas["ml"], GpuQuota { hard_milli: 2500, used_milli: 1500 });
-    let mut counted: Vec<&str> = found.counted.iter().map(String::as_str).collect();
-    counted.sort();
-    assert_eq!(counted, ["ml/a", "ml/b"]);
-    assert_eq!(problems.len(), 1);
-    assert!(problems[0].contains("ml/bad") && problems[0].contains("gpuplane.io/gpu-milli"), "{problems:?}");
-
-    let bad = [quota("x", "ml", "lots", false)];
-    let (found, problems) = gpuplane_kube::webhook::gpu_quotas(&bad, &[]);
-    assert!(found.quotas.is_empty());
-    assert!(problems[0].contains("ResourceQuota ml/x") && problems[0].contains("\"lots\""), "{problems:?}");
-}
-
-/// The review's pod in namespace serving, under another name, asking for half a GPU.
-fn half_gpu_pod(name: &str) -> Value {
+/// The review with a pod that asks half a GPU by annotation alone, as tenants write it.
+fn annotated_share() -> Value {
     let mut r = review();
-    r["request"]["object"]["spec"]["containers"][0]["resources"] =
-        json!({"requests": {"cpu": "1", "gpuplane.io/gpu-milli": "500"}, "limits": {"gpuplane.io/gpu-milli": "500"}});
-    r["request"]["uid"] = json!(format!("uid-{name}"));
-    r["request"]["name"] = json!(name);
-    r["request"]["object"]["metadata"]["name"] = json!(name);
+    r["request"]["object"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-milli": "500"});
+    r["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "4"}});
     r
 }
 
-#[tokio::test]
-async fn of_ten_concurrent_half_gpu_pods_only_as_many_as_the_quota_holds_are_admitted() {
-    // 3.5 of 4 GPUs in use: room for one half-GPU pod.
-    let hook = Arc::new(Webhook::new(
-        WebhookConfig::default(),
-        ledger(&[("serving", GpuQuota { hard_milli: 4000, used_milli: 3500 })]),
-    ));
-    let app = router(Arc::clone(&hook), 1 << 20);
-    let reviews = (0..10).map(|i| {
-        let app = app.clone();
-        tokio::spawn(async move { post(&app, "/validate", half_gpu_pod(&format!("burst-{i}")).to_string()).await })
-    });
-    let mut admitted = 0;
-    for review in reviews {
-        let (status, body) = review.await.unwrap();
-        assert_eq!(status, StatusCode::OK);
-        let out: Value = serde_json::from_slice(&body).unwrap();
-        admitted += usize::from(out["response"]["allowed"] == json!(true));
+/// The pod after the mutating webhook's patch, as the API server would apply it.
+fn patched(r: &Value) -> Value {
+    let mut out = r.clone();
+    let resp = mutate(&WebhookConfig::default(), &request(r));
+    for op in patch_of(&resp) {
+        let path: Vec<String> =
+            op["path"].as_str().unwrap()[1..].split('/').map(|p| p.replace("~1", "/").replace("~0", "~")).collect();
+        let mut at = &mut out["request"]["object"];
+        for part in &path[..path.len() - 1] {
+            at = match part.parse::<usize>() {
+                Ok(i) => &mut at[i],
+                Err(_) => &mut at[part.as_str()],
+            };
+        }
+        let last = path.last().unwrap();
+        if last == "-" {
+            at.as_array_mut().unwrap().push(op["value"].clone());
+        } else {
+            at[last.as_str()] = op["value"].clone();
+        }
     }
-    assert_eq!(admitted, 1, "0.5 GPU of quota left");
+    out
+}
 
-    // The watch now shows the admitted pod (counted in its use): still full, and no double count.
-    let admitted_name = (0..10).map(|i| format!("serving/burst-{i}")).collect::<std::collections::HashSet<_>>();
-    let view = QuotaView {
-        quotas: HashMap::from([("serving".to_owned(), GpuQuota { hard_milli: 4000, used_milli: 4000 })]),
-        counted: admitted_name,
-    };
-    hook.ledger.lock().unwrap().refresh(view, Instant::now());
-    let (_, body) = post(&app, "/validate", half_gpu_pod("late").to_string()).await;
-    let out: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(out["response"]["allowed"], json!(false));
-    assert!(out["response"]["status"]["message"].as_str().unwrap().contains("uses 4.000 of its 4.000"), "{out}");
-
-    let metrics = hook.metrics.encode();
-    assert!(metrics.contains(r#"gpuplane_webhook_reviews_total{path="validate",outcome="allowed"} 1"#), "{metrics}");
-    assert!(
-        metrics.contains(r#"gpuplane_webhook_reviews_total{path="validate",outcome="denied_403"} 10"#),
-        "{metrics}"
+#[test]
+fn a_share_asked_by_annotation_is_written_into_the_requests_where_quota_counts_it() {
+    let r = annotated_share();
+    let patch = patch_of(&mutate(&WebhookConfig::default(), &request(&r)));
+    assert_eq!(
+        patch[0],
+        json!({"op": "add", "path": "/spec/containers/0/resources/requests/gpuplane.io~1gpu-milli", "value": "500"})
+    );
+    assert_eq!(
+        patch[1],
+        json!({"op": "add", "path": "/spec/containers/0/resources/limits", "value": {"gpuplane.io/gpu-milli": "500"}})
+    );
+    let after = patched(&r);
+    let resources = &after["request"]["object"]["spec"]["containers"][0]["resources"];
+    assert_eq!(
+        resources,
+        &json!({"requests": {"cpu": "4", "gpuplane.io/gpu-milli": "500"}, "limits": {"gpuplane.io/gpu-milli": "500"}})
+    );
+    // Patched, it passes validation; unpatched (the mutating webhook skipped), it is refused: its share
+    // would not be counted by ResourceQuota.
+    assert!(validate(&WebhookConfig::default(), &request(&after)).allowed);
+    let message = denied(validate(&WebhookConfig::default(), &request(&r)));
+    assert!(message.contains("by annotation only") && message.contains("ResourceQuota"), "{message}");
+    // Two whole GPUs by annotation, on a container without resources: 2000 milli.
+    let mut two = annotated_share();
+    two["request"]["object"]["metadata"]["annotations"] = json!({"gpuplane.io/gpu-count": "2"});
+    two["request"]["object"]["spec"]["containers"][0].as_object_mut().unwrap().remove("resources");
+    let after = patched(&two);
+    assert_eq!(
+        after["request"]["object"]["spec"]["containers"][0]["resources"]["requests"]["gpuplane.io/gpu-milli"],
+        "2000"
     );
 }
 
 #[test]
-fn an_admitted_pod_stops_counting_once_the_watch_shows_it_or_after_its_ttl() {
-    let config = WebhookConfig::default();
-    let start = Instant::now();
-    let mut quotas = ledger(&[("serving", GpuQuota { hard_milli: 1000, used_milli: 0 })]);
-    assert!(validate(&config, &mut quotas, &request(&half_gpu_pod("a")), start).allowed);
-    assert!(validate(&config, &mut quotas, &request(&half_gpu_pod("b")), start).allowed);
-    assert!(!validate(&config, &mut quotas, &request(&half_gpu_pod("c")), start).allowed, "1.0 of 1.0 admitted");
-    // b's create failed after admission (another webhook denied it): it never shows; after the TTL it is
-    // no longer counted, while a (shown by the watch) is, once.
-    let view = QuotaView {
-        quotas: HashMap::from([("serving".to_owned(), GpuQuota { hard_milli: 1000, used_milli: 500 })]),
-        counted: ["serving/a".to_owned()].into(),
-    };
-    quotas.refresh(view, start);
-    assert!(!validate(&config, &mut quotas, &request(&half_gpu_pod("c")), start).allowed);
-    let later = start + gpuplane_kube::webhook::ADMITTED_TTL + Duration::from_secs(1);
-    quotas.confirm_fresh(later);
-    assert!(validate(&config, &mut quotas, &request(&half_gpu_pod("c")), later).allowed);
-    // A dry run is answered but reserves nothing.
-    let mut dry = half_gpu_pod("d");
-    dry["request"]["dryRun"] = json!(true);
-    let mut fresh = ledger(&[("serving", GpuQuota { hard_milli: 500, used_milli: 0 })]);
-    assert!(validate(&config, &mut fresh, &request(&dry), start).allowed);
-    assert!(validate(&config, &mut fresh, &request(&half_gpu_pod("e")), start).allowed);
+fn annotations_that_disagree_with_the_requests_are_refused() {
+    let mut r = annotated_share();
+    r["request"]["object"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"gpuplane.io/gpu-milli": "250"}, "limits": {"gpuplane.io/gpu-milli": "250"}});
+    let message = denied(validate(&WebhookConfig::default(), &request(&r)));
+    assert!(message.contains("500 milli") && message.contains("250"), "{message}");
 }
 
-#[tokio::test]
-async fn gpu_pods_are_refused_and_healthz_fails_while_the_quota_view_is_stale() {
-    let config = WebhookConfig::default();
-    // Never listed: refused, with the reason.
-    let mut unsynced = QuotaLedger::default();
-    let resp = validate(&config, &mut unsynced, &request(&review()), Instant::now());
-    assert!(!resp.allowed);
-    let status = resp.status.unwrap();
-    assert_eq!(status.code, 503);
-    assert!(status.message.contains("have not listed yet"), "{}", status.message);
-    // Listed, then the API server stopped answering for longer than the limit.
-    let mut quiet = QuotaLedger::new(Duration::from_secs(30));
-    let then = Instant::now();
-    quiet.refresh(QuotaView::default(), then);
-    assert!(validate(&config, &mut quiet, &request(&review()), then + Duration::from_secs(29)).allowed);
-    let resp = validate(&config, &mut quiet, &request(&review()), then + Duration::from_secs(31));
-    assert!(resp.status.unwrap().message.contains("has not answered for 31 s"));
-    // Pods without GPUs are not quota-checked and still admitted.
-    let mut cpu = review();
-    cpu["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
-    cpu["request"]["object"]["metadata"]["annotations"] = json!({});
-    assert!(validate(&config, &mut quiet, &request(&cpu), then + Duration::from_secs(31)).allowed);
+/// A pod without GPUs, with `edit` applied to its spec.
+fn cpu_pod(edit: impl FnOnce(&mut Value)) -> gpuplane_kube::webhook::AdmissionRequest {
+    let mut r = review();
+    r["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+    edit(&mut r["request"]["object"]["spec"]);
+    request(&r)
+}
 
-    let app = router(Arc::new(Webhook::new(config.clone(), QuotaLedger::default())), 1 << 20);
-    let resp = app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let app = router(Arc::new(Webhook::new(config, ledger(&[]))), 1 << 20);
-    let resp = app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+#[test]
+fn attack_a_pod_without_gpus_cannot_reach_the_gpu_pool() {
+    let config = WebhookConfig::default();
+    assert!(validate(&config, &cpu_pod(|_| {})).allowed, "an ordinary pod");
+    let routes = [
+        (
+            json!({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}),
+            "tolerates",
+        ),
+        (json!({"tolerations": [{"operator": "Exists"}]}), "tolerates"),
+        (
+            json!({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoExecute"}]}),
+            "tolerates",
+        ),
+        (json!({"nodeSelector": {"gpuplane.io/pool": "gpu"}}), "selects"),
+        (
+            json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpuplane.io/pool", "operator": "In", "values": ["gpu"]}]}]}}}}),
+            "node affinity",
+        ),
+    ];
+    for (fields, why) in routes {
+        let req = cpu_pod(|spec| {
+            for (k, v) in fields.as_object().unwrap() {
+                spec[k] = v.clone();
+            }
+        });
+        let message = denied(validate(&config, &req));
+        assert!(message.contains("asks for no GPU") && message.contains(why), "{why}: {message}");
+    }
+    // A pod asking a MIG slice or another vendor's GPU is a GPU pod: it may tolerate the pool.
+    for resource in ["nvidia.com/mig-1g.10gb", "amd.com/gpu", "gpuplane.io/gpu"] {
+        let req = cpu_pod(|spec| {
+            spec["containers"][0]["resources"]["limits"] = json!({resource: "1"});
+            spec["tolerations"] = json!([{"key": "nvidia.com/gpu", "operator": "Exists"}]);
+        });
+        assert!(validate(&config, &req).allowed, "{resource}");
+    }
+}
+
+#[test]
+fn attack_no_pod_reaches_a_gpu_around_the_device_plugin() {
+    let config = WebhookConfig::default();
+    let mut cdi = review();
+    cdi["request"]["object"]["metadata"]["annotations"] = json!({"cdi.k8s.io/gpu": "nvidia.com/gpu=all"});
+    assert!(denied(validate(&config, &request(&cdi))).contains("CDI"));
+    for path in ["/dev/nvidia0", "/dev", "/", "/opt/../dev/dri"] {
+        let req = cpu_pod(|spec| spec["volumes"] = json!([{"name": "d", "hostPath": {"path": path}}]));
+        assert!(denied(validate(&config, &req)).contains("GPU device nodes"), "{path}");
+    }
+    let models = cpu_pod(|spec| spec["volumes"] = json!([{"name": "m", "hostPath": {"path": "/data/models"}}]));
+    assert!(validate(&config, &models).allowed);
+    // Privileged sees every device: refused on a GPU pod (a pod without GPUs does not run on the pool).
+    let mut privileged = review();
+    privileged["request"]["object"]["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    assert!(denied(validate(&config, &request(&privileged))).contains("privileged"));
+    // A GPU pod created already bound skips gpuplane's assignment; the kubelet's mirror pods may.
+    let mut bound = review();
+    bound["request"]["object"]["spec"]["nodeName"] = json!("gpu-1");
+    assert!(denied(validate(&config, &request(&bound))).contains("spec.nodeName"));
+    bound["request"]["userInfo"]["groups"] = json!(["system:nodes", "system:authenticated"]);
+    assert!(validate(&config, &request(&bound)).allowed);
+}
+
+#[test]
+fn attack_an_ephemeral_container_cannot_choose_visible_devices() {
+    // `kubectl debug POD --env=NVIDIA_VISIBLE_DEVICES=all`: an UPDATE of pods/ephemeralcontainers whose
+    // object is the whole pod.
+    let mut r = review();
+    r["request"]["operation"] = json!("UPDATE");
+    r["request"]["subResource"] = json!("ephemeralcontainers");
+    r["request"]["object"]["spec"]["nodeName"] = json!("gpu-1");
+    r["request"]["object"]["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox",
+        "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]}]);
+    let message = denied(validate(&WebhookConfig::default(), &request(&r)));
+    assert!(message.contains("\"debugger\"") && message.contains("NVIDIA_VISIBLE_DEVICES=all"), "{message}");
+    r["request"]["object"]["spec"]["ephemeralContainers"][0]["env"] = json!([]);
+    r["request"]["object"]["spec"]["ephemeralContainers"][0]["securityContext"] = json!({"privileged": true});
+    assert!(denied(validate(&WebhookConfig::default(), &request(&r))).contains("privileged"));
+    r["request"]["object"]["spec"]["ephemeralContainers"][0]["securityContext"] = json!({});
+    assert!(validate(&WebhookConfig::default(), &request(&r)).allowed, "a plain debug container");
+    // Other updates are not this webhook's: the API server's policy guards the pod's annotations.
+    r["request"]["subResource"] = Value::Null;
+    r["request"]["object"]["spec"]["ephemeralContainers"][0]["securityContext"] = json!({"privileged": true});
+    assert!(validate(&WebhookConfig::default(), &request(&r)).allowed);
 }
