@@ -565,4 +565,18 @@ mod tests {
         let err = server_config_for_clients(fixture("cert-1.pem"), fixture("key-1.pem"), Some(clients)).unwrap_err();
         assert!(matches!(&err, TlsError::NoIdentity { path } if *path == fixture("client-ca.pem")), "{err:?}");
     }
+
+    proptest::proptest! {
+        /// The reader runs only on certificates whose chain verified, but it must still never panic or
+        /// read past its input: any bytes, and any one-byte change of a real certificate, give names or an error.
+        #[test]
+        fn any_bytes_give_names_or_an_error(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+                                            at in 0usize..4096, to in proptest::num::u8::ANY) {
+            let _ = CertNames::read(&bytes);
+            let mut real = der(&fixture("client-cert.pem")).as_ref().to_vec();
+            let i = at % real.len();
+            real[i] = to;
+            let _ = CertNames::read(&real);
+        }
+    }
 }
