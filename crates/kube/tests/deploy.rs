@@ -198,3 +198,28 @@ fn the_cache_agent_is_reachable_only_as_its_docs_say_and_presents_a_bound_token(
     let volume = scheduler["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "cache-agent-token").unwrap();
     assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["audience"], "gpuplane-cache");
 }
+
+#[test]
+fn the_annotation_policy_guards_every_annotation_gpuplane_reads() {
+    use gpuplane_core::manifest::{POD_GPU_COUNT_ANNOTATIONS, POD_GPU_MILLI_ANNOTATIONS, POD_GPU_MODEL_ANNOTATIONS};
+    let docs = docs_of("webhook/policy.yaml");
+    let policy = docs.iter().find(|d| d["metadata"]["name"] == "gpuplane-pod-annotations").unwrap();
+    let variable = |name: &str| -> String {
+        let variables = policy["spec"]["variables"].as_array().unwrap();
+        variables.iter().find(|v| v["name"] == name).unwrap()["expression"].as_str().unwrap().to_owned()
+    };
+    let (asked, placed) = (variable("asked"), variable("placed"));
+    let read = POD_GPU_COUNT_ANNOTATIONS.iter().chain(POD_GPU_MILLI_ANNOTATIONS).chain(POD_GPU_MODEL_ANNOTATIONS);
+    for key in read {
+        assert!(asked.contains(&format!("'{key}'")), "{key} is read by gpuplane but not guarded: {asked}");
+    }
+    for key in
+        [gpuplane_kube::assignment::ASSIGNMENT_ANNOTATION, gpuplane_kube::assignment::ASSIGNMENT_UUIDS_ANNOTATION]
+    {
+        assert!(placed.contains(&format!("'{key}'")), "{key} is not guarded: {placed}");
+    }
+    // Bound to every namespace, denying.
+    let binding = docs.iter().find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding").unwrap();
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
+    assert!(binding["spec"]["matchResources"].is_null(), "the policy binds every namespace");
+}
