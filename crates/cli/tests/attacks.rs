@@ -284,6 +284,10 @@ fn attack_1_annotation_edits_after_admission_do_not_raise_the_gpu_share() {
         }
         let fifth = alice.create(&PostParams::default(), &share_pod("quarter-4", 250, true)).await.unwrap_err();
         assert!(fifth.to_string().contains("exceeded quota"), "{fifth}");
+        // Whole GPUs asked the NVIDIA way count in the same budget (the webhook writes them as milli-GPUs).
+        let whole = tenant_pod("whole", json!({}), json!({"limits": {"nvidia.com/gpu": "4"}}), true);
+        let refused = alice.create(&PostParams::default(), &whole).await.unwrap_err();
+        assert!(refused.to_string().contains("exceeded quota"), "{refused}");
         for i in 0..4 {
             let edit = json!({"metadata": {"annotations": {"gpuplane.io/gpu-milli": "1000"}}});
             let refused =
@@ -324,6 +328,14 @@ fn attack_2_a_bound_pods_assignment_cannot_be_rewritten() {
         // Nor as cluster admin: the API server's policy binds everyone; only a Binding writes it.
         let admin: Api<Pod> = Api::namespaced(client.clone(), "tenant");
         assert!(admin.patch("mine", &PatchParams::default(), &Patch::Merge(&rewrite)).await.is_err());
+        // Nor through the status subresource, which the scheduler may patch (pod conditions).
+        plane.apply("deploy/extender/namespace.yaml");
+        plane.apply("deploy/scheduler/rbac.yaml");
+        let scheduler_sa = plane.client_as_service_account("gpuplane-system", "gpuplane-scheduler").await;
+        let as_scheduler: Api<Pod> = Api::namespaced(scheduler_sa, "tenant");
+        let refused =
+            as_scheduler.patch_status("mine", &PatchParams::default(), &Patch::Merge(&rewrite)).await.unwrap_err();
+        assert!(refused.to_string().contains("gpuplane.io/gpu-assignment"), "{refused}");
         let mut forged = share_pod("forged", 900, false);
         forged.metadata.annotations.as_mut().unwrap().insert("gpuplane.io/gpu-assignment".into(), "1:1".into());
         let refused = alice.create(&PostParams::default(), &forged).await.unwrap_err();
@@ -436,6 +448,14 @@ fn attack_5_a_pod_without_gpus_cannot_reach_gpu_nodes() {
             let refused = alice.create(&PostParams::default(), &pod).await.unwrap_err();
             assert!(refused.to_string().contains(why), "{name}: {refused}");
         }
+        // Tolerations can be added to a pod after creation: refused too.
+        alice.create(&PostParams::default(), &cpu("later", json!({}))).await.unwrap();
+        let add = json!([{"op": "add", "path": "/spec/tolerations/-", "value": {"key": "nvidia.com/gpu", "operator": "Exists"}}]);
+        let refused = alice
+            .patch("later", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(add).unwrap()))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("tolerates the GPU pool's taint"), "{refused}");
         let mut cdi = cpu("cdi", json!({}));
         cdi.metadata.annotations = Some(labels(&[("cdi.k8s.io/gpu", "nvidia.com/gpu=all")]));
         assert!(alice.create(&PostParams::default(), &cdi).await.unwrap_err().to_string().contains("CDI"));

@@ -163,6 +163,7 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
     };
     let cpu_milli = request("cpu", true)?;
     let memory_bytes = request("memory", false)?;
+    gpu_in_one_container(p).map_err(|(field, expected)| err(&field, "", &expected))?;
     let whole = request("nvidia.com/gpu", false)?;
     // The device plugin's resource: what the kubelet hands out, and what kube-scheduler's
     // managedResources route to the extender. 250 is a quarter of one GPU, 2000 two whole GPUs.
@@ -217,6 +218,35 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
         node_selector: spec.node_selector.clone().unwrap_or_default(),
         tolerations,
     })
+}
+
+/// GPUs go to one regular container: the device plugin hands a container the GPUs of a pod that asks for as
+/// many as the container does, so GPUs asked by an init container, a sidecar (which runs beside the others,
+/// so kube-scheduler would add it, not take the larger) or split over several containers could not be served
+/// as placed. Err: the field at fault and what is expected.
+fn gpu_in_one_container(p: &api::Pod) -> Result<(), (String, String)> {
+    let Some(spec) = p.spec.as_ref() else { return Ok(()) };
+    let asks = |c: &api::Container| {
+        let r = c.resources.as_ref();
+        let has = |m: Option<&BTreeMap<String, ApiQuantity>>| {
+            m.is_some_and(|m| ["nvidia.com/gpu", NODE_GPU_MILLI_RESOURCE].iter().any(|n| m.contains_key(*n)))
+        };
+        has(r.and_then(|r| r.requests.as_ref())) || has(r.and_then(|r| r.limits.as_ref()))
+    };
+    if let Some(c) = spec.init_containers.iter().flatten().find(|c| asks(c)) {
+        return Err((
+            format!("spec.initContainers[{}].resources", c.name),
+            "GPUs in one regular container; init containers and sidecars cannot ask for GPUs".to_owned(),
+        ));
+    }
+    let asking: Vec<&str> = spec.containers.iter().filter(|c| asks(c)).map(|c| c.name.as_str()).collect();
+    if asking.len() > 1 {
+        return Err((
+            format!("spec.containers[{}].resources", asking.join(", ")),
+            "GPUs in one container of the pod".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 /// The GPU request of a pod that asks through its resource requests: `nvidia.com/gpu` whole GPUs, or the
@@ -454,6 +484,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(bad.contains("1000 when more than one GPU"), "{bad}");
+    }
+
+    #[test]
+    fn gpus_are_asked_by_one_regular_container() {
+        let pod = |spec: serde_json::Value| -> api::Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "ml"}, "spec": spec}))
+                .unwrap()
+        };
+        let gpu = serde_json::json!({"requests": {"gpuplane.io/gpu-milli": "600"}, "limits": {"gpuplane.io/gpu-milli": "600"}});
+        let sidecar = pod(serde_json::json!({
+            "initContainers": [{"name": "side", "restartPolicy": "Always", "resources": gpu}],
+            "containers": [{"name": "main"}]
+        }));
+        let err = super::pod(&sidecar).unwrap_err().to_string();
+        assert!(err.contains("initContainers[side]") && err.contains("sidecars"), "{err}");
+        let two =
+            pod(serde_json::json!({"containers": [{"name": "a", "resources": gpu}, {"name": "b", "resources": gpu}]}));
+        let err = super::pod(&two).unwrap_err().to_string();
+        assert!(err.contains("containers[a, b]"), "{err}");
+        let one = pod(serde_json::json!({"containers": [{"name": "a", "resources": gpu}, {"name": "b"}]}));
+        assert_eq!(super::pod(&one).unwrap().gpu, GpuRequest { count: 1, milli_per_gpu: 600 });
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn review() -> Value {
 }
 
 fn request(v: &Value) -> gpuplane_kube::webhook::AdmissionRequest {
-    serde_json::from_value::<AdmissionReview>(v.clone()).unwrap().request.unwrap()
+    serde_json::from_str::<AdmissionReview>(&v.to_string()).unwrap().request.unwrap()
 }
 
 fn patch_of(resp: &gpuplane_kube::webhook::AdmissionResponse) -> Vec<Value> {
@@ -36,6 +36,11 @@ fn gpu_pod_is_steered_into_the_pool() {
     assert_eq!(
         patch,
         vec![
+            // One GPU budget: nvidia.com/gpu written as the milli-GPUs gpuplane's device plugin serves.
+            json!({"op": "remove", "path": "/spec/containers/0/resources/requests/nvidia.com~1gpu"}),
+            json!({"op": "add", "path": "/spec/containers/0/resources/requests/gpuplane.io~1gpu-milli", "value": "1000"}),
+            json!({"op": "remove", "path": "/spec/containers/0/resources/limits/nvidia.com~1gpu"}),
+            json!({"op": "add", "path": "/spec/containers/0/resources/limits/gpuplane.io~1gpu-milli", "value": "1000"}),
             json!({"op": "add", "path": "/spec/nodeSelector", "value": {"gpuplane.io/pool": "gpu"}}),
             json!({"op": "add", "path": "/spec/tolerations/-", "value": {"key": "nvidia.com/gpu", "operator": "Exists"}}),
             json!({"op": "add", "path": "/spec/schedulerName", "value": "gpuplane"}),
@@ -213,7 +218,9 @@ fn patched(r: &Value) -> Value {
             };
         }
         let last = path.last().unwrap();
-        if last == "-" {
+        if op["op"] == "remove" {
+            at.as_object_mut().unwrap().remove(last.as_str());
+        } else if last == "-" {
             at.as_array_mut().unwrap().push(op["value"].clone());
         } else {
             at[last.as_str()] = op["value"].clone();
@@ -358,4 +365,77 @@ fn attack_an_ephemeral_container_cannot_choose_visible_devices() {
     r["request"]["subResource"] = Value::Null;
     r["request"]["object"]["spec"]["ephemeralContainers"][0]["securityContext"] = json!({"privileged": true});
     assert!(validate(&WebhookConfig::default(), &request(&r)).allowed);
+}
+
+#[test]
+fn attack_whole_gpus_are_counted_in_the_one_gpu_budget() {
+    // nvidia.com/gpu on a pod gpuplane schedules becomes gpuplane.io/gpu-milli, which the quota counts.
+    let after = patched(&review());
+    let resources = &after["request"]["object"]["spec"]["containers"][0]["resources"];
+    assert_eq!(resources["requests"], json!({"cpu": "4", "memory": "24Gi", "gpuplane.io/gpu-milli": "1000"}));
+    assert_eq!(resources["limits"], json!({"memory": "24Gi", "gpuplane.io/gpu-milli": "1000"}));
+    assert!(validate(&WebhookConfig::default(), &request(&after)).allowed);
+    // A pod of another scheduler keeps its request (that scheduler's pool serves it).
+    let mut other = review();
+    other["request"]["object"]["spec"]["schedulerName"] = json!("volcano");
+    assert!(patch_of(&mutate(&WebhookConfig::default(), &request(&other))).iter().all(|op| op["op"] != "remove"));
+    // A GPU resource gpuplane's pool does not serve is refused on a pod gpuplane schedules.
+    for resource in ["nvidia.com/gpu", "nvidia.com/mig-1g.10gb", "amd.com/gpu"] {
+        let mut r = review();
+        r["request"]["object"]["spec"]["schedulerName"] = json!("gpuplane");
+        r["request"]["object"]["spec"]["containers"][0]["resources"] = json!({"limits": {resource: "1"}});
+        let message = denied(validate(&WebhookConfig::default(), &request(&r)));
+        assert!(message.contains(resource) && message.contains("does not serve"), "{resource}: {message}");
+    }
+}
+
+#[test]
+fn attack_a_pod_cannot_gain_a_way_to_the_pool_by_update() {
+    let update = |old: Value, new: Value| {
+        let mut r = review();
+        r["request"]["operation"] = json!("UPDATE");
+        let base = r["request"]["object"].clone();
+        for (field, spec) in [("object", new), ("oldObject", old)] {
+            r["request"][field] = base.clone();
+            r["request"][field]["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+            for (k, v) in spec.as_object().unwrap() {
+                r["request"][field]["spec"][k] = v.clone();
+            }
+        }
+        validate(&WebhookConfig::default(), &request(&r))
+    };
+    let toleration = json!({"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]});
+    let message = denied(update(json!({}), toleration.clone()));
+    assert!(message.contains("tolerates the GPU pool's taint"), "{message}");
+    let selector = json!({"nodeSelector": {"gpuplane.io/pool": "gpu"}});
+    assert!(denied(update(json!({}), selector)).contains("selects"));
+    // A pod that had the toleration before gpuplane came keeps being updatable (labels, finalizers).
+    assert!(update(toleration.clone(), toleration).allowed);
+    assert!(update(json!({}), json!({"nodeSelector": {"zone": "a"}})).allowed);
+}
+
+#[test]
+fn attack_no_volume_is_mounted_where_the_runtime_reads_a_device_list() {
+    for path in [
+        "/var/run/nvidia-container-devices/all",
+        "/run/nvidia-container-devices",
+        "/var/run//nvidia-container-devices/x",
+    ] {
+        let mut r = review();
+        r["request"]["object"]["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "d", "mountPath": path}]);
+        let message = denied(validate(&WebhookConfig::default(), &request(&r)));
+        assert!(message.contains("device list"), "{path}: {message}");
+    }
+}
+
+#[test]
+fn a_review_over_the_body_limit_is_refused_unread() {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        let app = router(Arc::new(Webhook::new(WebhookConfig::default())), 1 << 16);
+        let (status, _) = post(&app, "/mutate", vec![b' '; 1 << 17]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let (status, _) = post(&app, "/mutate", review().to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+    });
 }

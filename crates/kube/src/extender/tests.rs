@@ -245,3 +245,13 @@ async fn bodies_over_the_limit_get_413_and_just_under_it_are_served() {
     assert!(over.len() > limit);
     assert_eq!(post(&ext, "/filter", over).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn a_call_naming_more_candidates_than_any_cluster_has_is_refused() {
+    // The answer names every candidate: 4 million names would be a 500 MB answer.
+    let (ext, _) = extender(&[pod("victim", "uid-victim", "default-scheduler")], ExtenderConfig::default());
+    let names: Vec<String> = (0..=super::verbs::MAX_CANDIDATES).map(|i| format!("n-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (status, answer) = post(&ext, "/filter", filter_body(&fabricated("victim", "uid-victim"), &names)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+}

@@ -164,9 +164,21 @@ fn invalid(what: &str, e: impl std::fmt::Display) -> BadRequest {
 }
 
 /// Parses an `ExtenderArgs` body once: the pod's identity and the candidates, nothing else.
+/// The most candidate nodes a call may name: four times Kubernetes' largest tested cluster (5,000 nodes).
+/// An answer names every candidate, so this bounds the answer as the body limit bounds the request.
+pub(super) const MAX_CANDIDATES: usize = 20_000;
+
 fn read_call(body: &[u8]) -> Result<Call<'_>, BadRequest> {
     let args: ArgsIn<'_> = serde_json::from_slice(body).map_err(|e| invalid("ExtenderArgs JSON", e))?;
     let pod = args.pod.ok_or_else(|| invalid("ExtenderArgs", "no Pod"))?.identity();
+    let count = args
+        .node_names
+        .as_ref()
+        .map(Vec::len)
+        .or_else(|| args.nodes.as_ref().map(|n| n.items.as_ref().map_or(0, Vec::len)));
+    if let Some(count) = count.filter(|&c| c > MAX_CANDIDATES) {
+        return Err(invalid("ExtenderArgs", format!("{count} candidate nodes; at most {MAX_CANDIDATES}")));
+    }
     match (args.node_names, args.nodes) {
         (Some(names), _) => Ok(Call { pod, names, nodes: None }),
         // Without nodeCacheCapable the passing nodes go back as they came: keep their JSON as sent.

@@ -13,7 +13,7 @@ use std::time::Instant;
 use gpuplane_core::Pod;
 use k8s_openapi::api::core::v1 as api;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub use mutate::mutate;
 pub use validate::{is_gpu_resource, validate};
@@ -56,9 +56,12 @@ pub struct AdmissionRequest {
     /// Who makes the request, as the API server authenticated them.
     #[serde(default)]
     pub user_info: UserInfo,
-    /// The object being admitted.
+    /// The object being admitted, as sent: parsed only into the Pod type, never into a JSON tree.
     #[serde(default)]
-    pub object: Option<Value>,
+    pub object: Option<Box<RawValue>>,
+    /// The object as it was, on UPDATE.
+    #[serde(default)]
+    pub old_object: Option<Box<RawValue>>,
     /// True when the request will not be persisted.
     #[serde(default)]
     pub dry_run: Option<bool>,
@@ -160,29 +163,52 @@ fn deny(uid: &str, code: u16, message: String) -> AdmissionResponse {
 /// is a malformed one.
 fn pod_of(req: &AdmissionRequest) -> Result<Option<(api::Pod, Pod)>, String> {
     let Some(object) = &req.object else { return Ok(None) };
-    if object.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Pod") {
+    let Some(pod) = pod_object(object).map_err(|e| format!("gpuplane: the object is not a valid Pod: {e}"))? else {
         return Ok(None);
-    }
-    let pod: api::Pod =
-        serde_json::from_value(object.clone()).map_err(|e| format!("gpuplane: the object is not a valid Pod: {e}"))?;
+    };
     let domain = objects::pod(&pod).map_err(|e| format!("gpuplane: {e}"))?;
     crate::inventory::model_of(&pod).map_err(|e| format!("gpuplane: {e}"))?;
     Ok(Some((pod, domain)))
 }
 
-/// The webhook's shared state: its settings and its metrics. It keeps nothing between reviews.
-#[derive(Debug, Default)]
+/// A review's object as a Pod; `None` when its `kind` is another.
+fn pod_object(raw: &RawValue) -> Result<Option<api::Pod>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(default)]
+        kind: Option<String>,
+    }
+    let kind: Kind = serde_json::from_str(raw.get())?;
+    if kind.kind.as_deref().is_some_and(|k| k != "Pod") {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get()).map(Some)
+}
+
+/// How many reviews a replica reads and decides at once; more wait, unread.
+pub const MAX_IN_FLIGHT: usize = 8;
+
+/// The webhook's shared state: its settings, its metrics and the reviews in flight. It keeps nothing
+/// between reviews.
+#[derive(Debug)]
 pub struct Webhook {
     /// Settings.
     pub config: WebhookConfig,
     /// Reviews answered, by path and outcome.
     pub metrics: crate::metrics::WebhookMetrics,
+    in_flight: tokio::sync::Semaphore,
+}
+
+impl Default for Webhook {
+    fn default() -> Self {
+        Webhook::new(WebhookConfig::default())
+    }
 }
 
 impl Webhook {
     /// A webhook with `config`.
     pub fn new(config: WebhookConfig) -> Self {
-        Webhook { config, metrics: Default::default() }
+        Webhook { config, metrics: Default::default(), in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT) }
     }
 }
 
@@ -212,10 +238,25 @@ pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::
     async fn answer(
         w: std::sync::Arc<Webhook>,
         path: &'static str,
-        body: axum::body::Bytes,
+        body: axum::body::Body,
+        limit: usize,
         decide: fn(&WebhookConfig, &AdmissionRequest) -> AdmissionResponse,
     ) -> axum::response::Response {
+        // At most MAX_IN_FLIGHT reviews are read and decided at once: a flood of large bodies waits in the
+        // connection, unread, instead of taking the replica's memory (the connection limits and deadlines of
+        // crates/serve bound the waiting).
+        let Ok(_permit) = w.in_flight.acquire().await else {
+            return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        };
         let started = Instant::now();
+        let body = match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                w.metrics.malformed(path);
+                let message = format!("AdmissionReview over {limit} bytes, or its body could not be read\n");
+                return (StatusCode::PAYLOAD_TOO_LARGE, message).into_response();
+            }
+        };
         match read(&body) {
             Ok(req) => {
                 let response = decide(&w.config, &req);
@@ -228,12 +269,13 @@ pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::
             }
         }
     }
-    async fn mutating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {
-        answer(w, "mutate", body, mutate).await
-    }
-    async fn validating(State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Bytes) -> axum::response::Response {
-        answer(w, "validate", body, validate).await
-    }
+    let limit = max_body_bytes;
+    let mutating = move |State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Body| async move {
+        answer(w, "mutate", body, limit, mutate).await
+    };
+    let validating = move |State(w): State<std::sync::Arc<Webhook>>, body: axum::body::Body| async move {
+        answer(w, "validate", body, limit, validate).await
+    };
     async fn metrics(State(w): State<std::sync::Arc<Webhook>>) -> axum::response::Response {
         ([(axum::http::header::CONTENT_TYPE, crate::metrics::OPENMETRICS_CONTENT_TYPE)], w.metrics.encode())
             .into_response()

@@ -1,7 +1,8 @@
 //! The mutating review: a JSON Patch that moves a GPU pod into the GPU pool (node selector, toleration,
-//! `schedulerName`, priority class) and writes a GPU share asked by annotation into the first container's
-//! requests and limits as `gpuplane.io/gpu-milli`, which cannot change after creation and which the API
-//! server's ResourceQuota counts.
+//! `schedulerName`, priority class) and puts its GPUs in its requests and limits as `gpuplane.io/gpu-milli`,
+//! the one resource gpuplane's device plugin serves: a share asked by annotation, and whole GPUs asked as
+//! `nvidia.com/gpu` by a pod gpuplane schedules. Requests cannot change after creation, and the API server's
+//! ResourceQuota counts them: one GPU budget per namespace.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -33,8 +34,14 @@ pub fn mutate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionRespon
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let mut patch: Vec<Value> = Vec::new();
+    let ours = match spec.scheduler_name.as_deref() {
+        None | Some("") | Some("default-scheduler") => true,
+        Some(name) => name == config.scheduler_name,
+    };
     if !objects::asks_gpu_by_resource(&pod) {
         share_into_requests(&spec, domain.gpu.total_milli(), &mut patch);
+    } else if ours {
+        whole_gpus_as_milli(&spec, &mut patch);
     }
     match &spec.node_selector {
         None => patch.push(json!({"op": "add", "path": "/spec/nodeSelector", "value": config.pool_selector})),
@@ -101,6 +108,24 @@ fn share_into_requests(spec: &k8s_openapi::api::core::v1::PodSpec, milli: u32, p
         } else {
             patch.push(
                 json!({"op": "add", "path": format!("{base}/{field}"), "value": {NODE_GPU_MILLI_RESOURCE: value}}),
+            );
+        }
+    }
+}
+
+/// Rewrites `nvidia.com/gpu: N` as `gpuplane.io/gpu-milli: N×1000` in every container's requests and limits:
+/// on gpuplane's pool the device plugin serves only the latter, and one resource name makes one quota.
+fn whole_gpus_as_milli(spec: &k8s_openapi::api::core::v1::PodSpec, patch: &mut Vec<Value>) {
+    for (i, c) in spec.containers.iter().enumerate() {
+        let Some(resources) = &c.resources else { continue };
+        for (field, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+            let Some(q) = map.as_ref().and_then(|m| m.get("nvidia.com/gpu")) else { continue };
+            let Ok(n) = gpuplane_core::Quantity::parse_non_negative(&q.0) else { continue };
+            let base = format!("/spec/containers/{i}/resources/{field}");
+            patch.push(json!({"op": "remove", "path": format!("{base}/nvidia.com~1gpu")}));
+            let milli = (n.value().saturating_mul(1000)).to_string();
+            patch.push(
+                json!({"op": "add", "path": format!("{base}/{}", pointer(NODE_GPU_MILLI_RESOURCE)), "value": milli}),
             );
         }
     }

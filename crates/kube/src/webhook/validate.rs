@@ -3,6 +3,7 @@
 //! asks the runtime for devices (CDI annotations) or mounts them from the host; a GPU pod carries its share
 //! in its requests (where ResourceQuota counts it), is not privileged, and is placed by gpuplane.
 
+use gpuplane_core::manifest::NODE_GPU_MILLI_RESOURCE;
 use gpuplane_core::{Pod, TaintEffect, Toleration, TolerationOperator};
 use k8s_openapi::api::core::v1 as api;
 
@@ -22,15 +23,14 @@ pub fn is_gpu_resource(name: &str) -> bool {
         || resource.contains("gpu")
 }
 
-/// The first GPU resource any container requests or limits, if any.
-fn gpu_resource(spec: &api::PodSpec) -> Option<String> {
+/// The GPU resources the containers (init containers too) request or limit.
+fn gpu_resources(spec: &api::PodSpec) -> impl Iterator<Item = &String> {
     let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
     containers
         .filter_map(|c| c.resources.as_ref())
         .flat_map(|r| r.requests.iter().flatten().chain(r.limits.iter().flatten()))
         .map(|(name, _)| name)
-        .find(|name| is_gpu_resource(name))
-        .cloned()
+        .filter(|name| is_gpu_resource(name))
 }
 
 /// The containers of every kind, by name: containers, init containers, ephemeral containers.
@@ -126,6 +126,23 @@ fn device_route(pod: &api::Pod, spec: &api::PodSpec, asks_gpu: bool) -> Option<S
             ));
         }
     }
+    let mounts =
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).map(|c| (&c.name, &c.volume_mounts));
+    let ephemeral = spec.ephemeral_containers.iter().flatten().map(|c| (&c.name, &c.volume_mounts));
+    for (name, mounts) in mounts.chain(ephemeral) {
+        for mount in mounts.iter().flatten() {
+            let path = format!("/{}", gpuplane_core::path::lexical(&mount.mount_path));
+            if ["/var/run/nvidia-container-devices", "/run/nvidia-container-devices"]
+                .iter()
+                .any(|dir| path == *dir || path.starts_with(&format!("{dir}/")))
+            {
+                return Some(format!(
+                    "container {name:?} mounts a volume at {}, where the NVIDIA runtime reads a device list; only the device plugin may put one there",
+                    mount.mount_path
+                ));
+            }
+        }
+    }
     if asks_gpu && let Some((name, ..)) = all_containers(spec).find(|c| c.3) {
         return Some(format!("container {name:?} is privileged on a GPU pod, which would see every GPU of the node"));
     }
@@ -187,11 +204,22 @@ fn uncounted_share(pod: &api::Pod, domain: &Pod) -> Option<String> {
     }
 }
 
-/// The validating review: pod CREATEs and `pods/ephemeralcontainers` UPDATEs; anything else is admitted.
+/// Which update a review is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Update {
+    /// The pod itself: tolerations may be added, a gated pod's node selector and affinity changed.
+    Pod,
+    /// `kubectl debug`: an ephemeral container added.
+    EphemeralContainers,
+}
+
+/// The validating review: pod CREATEs and UPDATEs, and `pods/ephemeralcontainers` UPDATEs; anything else is
+/// admitted.
 pub fn validate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionResponse {
-    let ephemeral = match (req.operation.as_str(), req.sub_resource.as_deref()) {
-        ("CREATE", None) => false,
-        ("UPDATE", Some("ephemeralcontainers")) => true,
+    let update = match (req.operation.as_str(), req.sub_resource.as_deref()) {
+        ("CREATE", None) => None,
+        ("UPDATE", Some("ephemeralcontainers")) => Some(Update::EphemeralContainers),
+        ("UPDATE", None) => Some(Update::Pod),
         _ => return allow(&req.uid),
     };
     let (pod, domain) = match pod_of(req) {
@@ -200,10 +228,27 @@ pub fn validate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionResp
         Err(message) => return deny(&req.uid, 400, message),
     };
     let Some(spec) = pod.spec.as_ref() else { return allow(&req.uid) };
-    let gpu_resource = gpu_resource(spec);
-    let asks_gpu = !domain.gpu.is_none() || gpu_resource.is_some();
+    let asks_gpu = !domain.gpu.is_none() || gpu_resources(spec).next().is_some();
     let visible = |spec| if config.deny_visible_devices_all { visible_devices_override(spec, asks_gpu) } else { None };
-    let problem = if ephemeral {
+    let refused_pool = || {
+        (!asks_gpu).then(|| pool_route(config, &domain, spec)).flatten().map(|how| {
+            format!(
+                "asks for no GPU but {how}; pods without GPUs stay off the GPU pool (its namespace may be \
+                 exempted by its webhook configuration)"
+            )
+        })
+    };
+    let problem = if update == Some(Update::Pod) {
+        // A pod may gain tolerations after creation, and a node selector or affinity while gated: refused
+        // when the update opens a way to the pool the pod did not have (so a pod admitted before gpuplane
+        // can still be labelled, or have its finalizers removed).
+        let old = req.old_object.as_ref().and_then(|o| super::pod_object(o).ok().flatten());
+        let had_route = old.as_ref().is_some_and(|old| match (objects::pod(old), old.spec.as_ref()) {
+            (Ok(domain), Some(spec)) => pool_route(config, &domain, spec).is_some(),
+            _ => false,
+        });
+        if had_route { None } else { refused_pool() }
+    } else if update == Some(Update::EphemeralContainers) {
         // `kubectl debug` adds an ephemeral container to a running pod: its environment and privileges are
         // checked as a container's at creation would be.
         visible(spec).or_else(|| {
@@ -225,15 +270,20 @@ pub fn validate(config: &WebhookConfig, req: &AdmissionRequest) -> AdmissionResp
             && !req.user_info.groups.iter().any(|g| g == "system:nodes");
         visible(spec)
             .or_else(|| device_route(&pod, spec, asks_gpu))
+            .or_else(refused_pool)
+            .or_else(|| uncounted_share(&pod, &domain))
             .or_else(|| {
-                (!asks_gpu).then(|| pool_route(config, &domain, spec)).flatten().map(|how| {
+                // On gpuplane's pool the device plugin serves gpuplane.io/gpu-milli alone (the mutating webhook
+                // writes nvidia.com/gpu as it); another GPU resource would be neither placed nor counted.
+                let ours = spec.scheduler_name.as_deref() == Some(config.scheduler_name.as_str());
+                let foreign = gpu_resources(spec).find(|name| *name != NODE_GPU_MILLI_RESOURCE);
+                foreign.filter(|_| ours).map(|name| {
                     format!(
-                        "asks for no GPU but {how}; pods without GPUs stay off the GPU pool (its namespace may be \
-                         exempted by its webhook configuration)"
+                        "asks for {name}, which gpuplane's pool does not serve; gpuplane places GPUs as \
+                         {NODE_GPU_MILLI_RESOURCE} (schedule this pod with the scheduler of the pool that has {name})"
                     )
                 })
             })
-            .or_else(|| uncounted_share(&pod, &domain))
             .or_else(|| {
                 bypass.then(|| {
                     "is a GPU pod created with spec.nodeName, which would skip gpuplane's GPU assignment; let the \
