@@ -480,7 +480,7 @@ fn attack_5_a_pod_without_gpus_cannot_reach_gpu_nodes() {
         let refused = alice.create(&PostParams::default(), &share_pod("gpu-down", 500, true)).await.unwrap_err();
         assert!(refused.to_string().contains("failed calling webhook"), "{refused}");
         eprintln!(
-            "attack 5: pool routes refused, MIG pod admitted; webhook down: CPU pod admitted, GPU pod: {refused}"
+            "attack 5: pool routes refused, MIG pod admitted; webhook down: CPU pod admitted, GPU pod refused"
         );
     });
 }
