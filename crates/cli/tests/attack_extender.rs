@@ -9,7 +9,7 @@
 // The shared harness: first, as every attack test has it (inner doc and attributes must precede items).
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,36 +20,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use support::*;
 
-/// Runs openssl in `dir`, failing the test with its message.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA in `dir` (`ca.pem`, `ca.key`), standing for a cluster CA that signs kubelets' client certificates.
-fn cluster_ca(dir: &Path) -> PathBuf {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    let ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=attack test cluster CA"];
-    let ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"];
-    openssl(dir, &[&["req", "-x509"][..], &ec, &ca, &ext].concat());
-    dir.join("ca.pem")
-}
-
-/// A client certificate and key for `subject`, signed by the CA in `dir`.
-fn client_cert(dir: &Path, file: &str, subject: &str) -> (PathBuf, PathBuf) {
-    let ext = dir.join(format!("{file}.ext"));
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
-    let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
-    openssl(dir, &[&sign[..], &["-out", &pem, "-extfile", ext.to_str().unwrap()]].concat());
-    (dir.join(pem), dir.join(key))
-}
+#[path = "../../kube/tests/support/test_ca.rs"]
+mod test_ca;
 
 /// An HTTPS client that trusts the extender's serving CA and presents `cert`/`key`.
 fn https_client(cert: &Path, key: &Path) -> reqwest::Client {
@@ -132,9 +104,9 @@ fn attack_extender_binds_only_its_schedulers_pods_as_the_api_server_has_them() {
 
         // The client CA file trusts the fixture client CA and a cluster CA that also signs kubelets.
         let work = tempfile::tempdir().unwrap();
-        let cluster = cluster_ca(work.path());
+        let cluster = test_ca::TestCa::new("attack test cluster CA");
         let bundle = work.path().join("client-cas.pem");
-        let pems = [std::fs::read(tls_fixture("client-ca.pem")).unwrap(), std::fs::read(&cluster).unwrap()];
+        let pems = [std::fs::read(tls_fixture("client-ca.pem")).unwrap(), std::fs::read(cluster.ca()).unwrap()];
         std::fs::write(&bundle, pems.concat()).unwrap();
         let port = free_port();
         let log = work.path().join("extender.log");
@@ -181,7 +153,7 @@ fn attack_extender_binds_only_its_schedulers_pods_as_the_api_server_has_them() {
         }
 
         // 4. A certificate the trusted cluster CA signed for a kubelet: no handshake, no answer.
-        let (cert, key) = client_cert(work.path(), "kubelet", "/CN=system:node:gpu-1/O=system:nodes");
+        let (cert, key) = cluster.client("kubelet", "/CN=system:node:gpu-1/O=system:nodes", &[]);
         let kubelet = https_client(&cert, &key);
         let stolen = kubelet
             .post(format!("https://127.0.0.1:{port}/bind"))
@@ -192,7 +164,7 @@ fn attack_extender_binds_only_its_schedulers_pods_as_the_api_server_has_them() {
         let error = format!("{:?}", stolen.unwrap_err());
         assert!(error.contains("AccessDenied"), "the handshake did not end in access_denied: {error}");
         // The same CA's certificate for the pinned name is served: the name, not the CA, was refused.
-        let (cert, key) = client_cert(work.path(), "scheduler", "/CN=kube-scheduler");
+        let (cert, key) = cluster.client("scheduler", "/CN=kube-scheduler", &[]);
         let ok = https_client(&cert, &key).get(format!("https://127.0.0.1:{port}/healthz")).send().await.unwrap();
         assert_eq!(ok.status(), 200);
         let text = std::fs::read_to_string(&log).unwrap();

@@ -447,9 +447,14 @@ impl<'a> Der<'a> {
 }
 
 #[cfg(test)]
+#[path = "../tests/support/test_ca.rs"]
+mod test_ca;
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
 
+    use super::test_ca::TestCa;
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
@@ -458,62 +463,6 @@ mod tests {
 
     fn der(path: &Path) -> CertificateDer<'static> {
         CertificateDer::from_pem_file(path).unwrap()
-    }
-
-    /// A CA made with openssl at test time (the fixtures' CA keys are not kept), and client certificates
-    /// it signs.
-    struct TestCa {
-        dir: tempfile::TempDir,
-    }
-
-    impl TestCa {
-        fn new() -> TestCa {
-            let ca = TestCa { dir: tempfile::tempdir().unwrap() };
-            ca.openssl(
-                &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-                    .into_iter()
-                    .chain(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gpuplane unit-test CA"])
-                    .chain(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
-                    .collect::<Vec<_>>(),
-            );
-            ca
-        }
-
-        fn openssl(&self, args: &[&str]) {
-            let out = std::process::Command::new("openssl").args(args).current_dir(self.dir.path()).output().unwrap();
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-
-        fn ca(&self) -> PathBuf {
-            self.dir.path().join("ca.pem")
-        }
-
-        /// A client certificate (clientAuth) with `subject` in openssl's `/CN=…` form and DNS SANs.
-        fn client(&self, file: &str, subject: &str, dns: &[&str]) -> PathBuf {
-            let mut ext =
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
-                    .to_owned();
-            if !dns.is_empty() {
-                let sans: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
-                ext.push_str(&format!("subjectAltName={}\n", sans.join(",")));
-            }
-            std::fs::write(self.dir.path().join(format!("{file}.ext")), ext).unwrap();
-            let (key, csr, pem, ext) =
-                (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"), format!("{file}.ext"));
-            self.openssl(
-                &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key]
-                    .into_iter()
-                    .chain(["-out", &csr, "-subj", subject])
-                    .collect::<Vec<_>>(),
-            );
-            self.openssl(
-                &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]
-                    .into_iter()
-                    .chain(["-out", &pem, "-days", "2", "-extfile", &ext])
-                    .collect::<Vec<_>>(),
-            );
-            self.dir.path().join(pem)
-        }
     }
 
     fn verifier(ca: PathBuf, identities: &[&str]) -> Arc<dyn ClientCertVerifier> {
@@ -534,29 +483,27 @@ mod tests {
 
     #[test]
     fn a_certificate_of_a_trusted_ca_naming_another_identity_is_refused() {
-        let ca = TestCa::new();
-        let node = der(&ca.client("node", "/CN=system:node:gpu-1/O=system:nodes", &[]));
-        let now = UnixTime::now();
+        let ca = TestCa::new("gpuplane unit-test CA");
+        let node = der(&ca.client("node", "/CN=system:node:gpu-1/O=system:nodes", &[]).0);
         let pinned = verifier(ca.ca(), &["system:kube-scheduler"]);
-        let refused = pinned.verify_client_cert(&node, &[], now).unwrap_err();
+        let refused = pinned.verify_client_cert(&node, &[], UnixTime::now()).unwrap_err();
         assert_eq!(refused, rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
         // The same certificate passes when its name is the pinned one: the chain was never the reason.
-        assert!(verifier(ca.ca(), &["system:node:gpu-1"]).verify_client_cert(&node, &[], now).is_ok());
-        let scheduler = der(&ca.client("scheduler", "/CN=system:kube-scheduler/O=system:kube-scheduler", &[]));
-        assert!(pinned.verify_client_cert(&scheduler, &[], now).is_ok());
+        assert!(verifier(ca.ca(), &["system:node:gpu-1"]).verify_client_cert(&node, &[], UnixTime::now()).is_ok());
+        let scheduler = der(&ca.client("scheduler", "/CN=system:kube-scheduler/O=system:kube-scheduler", &[]).0);
+        assert!(pinned.verify_client_cert(&scheduler, &[], UnixTime::now()).is_ok());
     }
 
     #[test]
     fn several_common_names_do_not_count_but_a_dns_name_does() {
-        let ca = TestCa::new();
-        let now = UnixTime::now();
+        let ca = TestCa::new("gpuplane unit-test CA");
         let pinned = verifier(ca.ca(), &["system:kube-scheduler", "scheduler.example"]);
         // Go reads the last CN, others the first: a certificate with two is not taken as either.
-        let two = der(&ca.client("two", "/CN=system:kube-scheduler/CN=system:node:gpu-1", &[]));
+        let two = der(&ca.client("two", "/CN=system:kube-scheduler/CN=system:node:gpu-1", &[]).0);
         assert_eq!(CertNames::read(two.as_ref()).unwrap().common_names, ["system:kube-scheduler", "system:node:gpu-1"]);
-        assert!(pinned.verify_client_cert(&two, &[], now).is_err());
-        let by_san = der(&ca.client("san", "/CN=anything", &["other.example", "scheduler.example"]));
-        assert!(pinned.verify_client_cert(&by_san, &[], now).is_ok());
+        assert!(pinned.verify_client_cert(&two, &[], UnixTime::now()).is_err());
+        let by_san = der(&ca.client("san", "/CN=anything", &["other.example", "scheduler.example"]).0);
+        assert!(pinned.verify_client_cert(&by_san, &[], UnixTime::now()).is_ok());
     }
 
     #[test]

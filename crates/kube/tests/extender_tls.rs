@@ -93,49 +93,25 @@ async fn only_clients_with_a_certificate_from_the_given_ca_are_served() {
     assert_eq!(served.load(Ordering::SeqCst), 1, "refused clients reached the handler");
 }
 
-/// Runs openssl in `dir`, failing the test with its message.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A client certificate (and key) for `subject`, signed by `ca.pem`/`ca.key` in `dir`.
-fn client_cert(dir: &Path, file: &str, subject: &str) -> (PathBuf, PathBuf) {
-    let ext = dir.join(format!("{file}.ext"));
-    std::fs::write(
-        &ext,
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    let (key, csr, pem) = (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"));
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
-    let ext = ext.to_str().unwrap();
-    let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
-    openssl(dir, &[&sign[..], &["-out", &pem, "-extfile", ext]].concat());
-    (dir.join(pem), dir.join(key))
-}
+#[path = "support/test_ca.rs"]
+mod test_ca;
 
 #[tokio::test]
 async fn a_certificate_from_a_trusted_ca_for_another_name_is_refused_in_the_handshake() {
     // A second trusted CA that, like kubeadm's cluster CA, also signs kubelets' client certificates.
-    let dir = tempfile::tempdir().unwrap();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    let ca = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=cluster CA"];
-    let ca_ext = ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"];
-    openssl(dir.path(), &[&["req", "-x509"][..], &ec, &ca, &ca_ext].concat());
-    let bundle = dir.path().join("bundle.pem");
-    let pems = [std::fs::read(fixture("client-ca.pem")).unwrap(), std::fs::read(dir.path().join("ca.pem")).unwrap()];
+    let cluster = test_ca::TestCa::new("cluster CA");
+    let bundle = cluster.dir().join("bundle.pem");
+    let pems = [std::fs::read(fixture("client-ca.pem")).unwrap(), std::fs::read(cluster.ca()).unwrap()];
     std::fs::write(&bundle, pems.concat()).unwrap();
     let (addr, served) = start_for(bundle, &["kube-scheduler", "system:kube-scheduler"]).await;
 
-    let kubelet = client_cert(dir.path(), "kubelet", "/CN=system:node:gpu-1/O=system:nodes");
+    let kubelet = cluster.client("kubelet", "/CN=system:node:gpu-1/O=system:nodes", &[]);
     let refused = post_with(addr, Some(kubelet)).await;
     assert!(refused.as_ref().is_err() || refused.as_ref().is_ok_and(|r| r.is_empty()), "{refused:?}");
     assert_eq!(served.load(Ordering::SeqCst), 0, "a kubelet's certificate reached the handler");
 
     // Both CAs are trusted, and either one's certificate for a pinned name is served.
-    let scheduler = client_cert(dir.path(), "scheduler", "/CN=system:kube-scheduler");
+    let scheduler = cluster.client("scheduler", "/CN=system:kube-scheduler", &[]);
     let ok = post_with(addr, Some(scheduler)).await.unwrap();
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     let fixture_client = post(addr, Some(("client-cert.pem", "client-key.pem"))).await.unwrap();
