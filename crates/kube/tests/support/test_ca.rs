@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// openssl's arguments for a new P-256 key without a passphrase.
+const NEW_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+
 /// A CA in a temporary directory: `ca.pem` and its key.
 pub struct TestCa {
     dir: tempfile::TempDir,
@@ -15,27 +18,10 @@ impl TestCa {
     pub fn new(name: &str) -> TestCa {
         let ca = TestCa { dir: tempfile::tempdir().unwrap() };
         let subject = format!("/CN={name}");
-        ca.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
+        let ca_extensions =
+            ["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"];
+        let out = ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &subject];
+        ca.openssl(&[&["req", "-x509"][..], &NEW_KEY, &out, &ca_extensions].concat());
         ca
     }
 
@@ -61,37 +47,9 @@ impl TestCa {
         let (key, csr, pem, extfile) =
             (format!("{file}.key"), format!("{file}.csr"), format!("{file}.pem"), format!("{file}.ext"));
         std::fs::write(self.dir.path().join(&extfile), ext).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ]);
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            &extfile,
-        ]);
+        self.openssl(&[&["req"][..], &NEW_KEY, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
+        let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"];
+        self.openssl(&[&sign[..], &["-out", &pem, "-days", "2", "-extfile", &extfile]].concat());
         (self.dir.path().join(pem), self.dir.path().join(key))
     }
 
