@@ -226,20 +226,13 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
 /// as placed. Err: the field at fault and what is expected.
 fn gpu_in_one_container(p: &api::Pod) -> Result<(), (String, String)> {
     let Some(spec) = p.spec.as_ref() else { return Ok(()) };
-    let asks = |c: &api::Container| {
-        let r = c.resources.as_ref();
-        let has = |m: Option<&BTreeMap<String, ApiQuantity>>| {
-            m.is_some_and(|m| ["nvidia.com/gpu", NODE_GPU_MILLI_RESOURCE].iter().any(|n| m.contains_key(*n)))
-        };
-        has(r.and_then(|r| r.requests.as_ref())) || has(r.and_then(|r| r.limits.as_ref()))
-    };
-    if let Some(c) = spec.init_containers.iter().flatten().find(|c| asks(c)) {
+    if let Some(c) = spec.init_containers.iter().flatten().find(|c| container_asks_gpu(c)) {
         return Err((
             format!("spec.initContainers[{}].resources", c.name),
             "GPUs in one regular container; init containers and sidecars cannot ask for GPUs".to_owned(),
         ));
     }
-    let asking: Vec<&str> = spec.containers.iter().filter(|c| asks(c)).map(|c| c.name.as_str()).collect();
+    let asking: Vec<&str> = spec.containers.iter().filter(|c| container_asks_gpu(c)).map(|c| c.name.as_str()).collect();
     if asking.len() > 1 {
         return Err((
             format!("spec.containers[{}].resources", asking.join(", ")),
@@ -309,13 +302,16 @@ fn annotated_request<'a>(
 /// device plugin's `gpuplane.io/gpu-milli`) rather than through share annotations alone.
 pub fn asks_gpu_by_resource(p: &api::Pod) -> bool {
     let Some(spec) = p.spec.as_ref() else { return false };
-    let names = ["nvidia.com/gpu", NODE_GPU_MILLI_RESOURCE];
-    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| {
-        let r = c.resources.as_ref();
-        let has =
-            |m: Option<&BTreeMap<String, ApiQuantity>>| m.is_some_and(|m| names.iter().any(|n| m.contains_key(*n)));
-        has(r.and_then(|r| r.requests.as_ref())) || has(r.and_then(|r| r.limits.as_ref()))
-    })
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(container_asks_gpu)
+}
+
+/// True when the container requests or limits `nvidia.com/gpu` or `gpuplane.io/gpu-milli`.
+fn container_asks_gpu(c: &api::Container) -> bool {
+    let r = c.resources.as_ref();
+    let has = |m: Option<&BTreeMap<String, ApiQuantity>>| {
+        m.is_some_and(|m| ["nvidia.com/gpu", NODE_GPU_MILLI_RESOURCE].iter().any(|n| m.contains_key(*n)))
+    };
+    has(r.and_then(|r| r.requests.as_ref())) || has(r.and_then(|r| r.limits.as_ref()))
 }
 
 /// The GPU request the share annotations spell (`gpuplane.io/gpu-count`, `gpuplane.io/gpu-milli`), whatever

@@ -234,11 +234,20 @@ fn reason(r: Rejection) -> (&'static str, bool) {
     }
 }
 
-pub(super) async fn filter<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+/// Runs a verb and counts it, with its status and time, in the extender's metrics.
+async fn observed<B: Binder>(
+    ext: &Extender<B>,
+    verb: &'static str,
+    answer: impl Future<Output = Response>,
+) -> Response {
     let started = Instant::now();
-    let response = filter_inner(&ext, body).await;
-    ext.metrics.observe_request("filter", response.status().as_u16(), started.elapsed().as_secs_f64());
+    let response = answer.await;
+    ext.metrics.observe_request(verb, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
+}
+
+pub(super) async fn filter<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
+    observed(&ext, "filter", filter_inner(&ext, body)).await
 }
 
 async fn filter_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
@@ -284,10 +293,7 @@ async fn filter_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Respons
 }
 
 pub(super) async fn prioritize<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let response = prioritize_inner(&ext, body).await;
-    ext.metrics.observe_request("prioritize", response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
+    observed(&ext, "prioritize", prioritize_inner(&ext, body)).await
 }
 
 async fn prioritize_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
@@ -317,10 +323,7 @@ async fn prioritize_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Res
 }
 
 pub(super) async fn bind<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let response = bind_inner(&ext, body).await;
-    ext.metrics.observe_request("bind", response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
+    observed(&ext, "bind", bind_inner(&ext, body)).await
 }
 
 async fn bind_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {
@@ -417,10 +420,7 @@ pub(super) async fn metrics<B: Binder>(State(ext): State<Arc<Extender<B>>>) -> R
 }
 
 pub(super) async fn preempt<B: Binder>(State(ext): State<Arc<Extender<B>>>, body: Bytes) -> Response {
-    let started = Instant::now();
-    let response = preempt_inner(&ext, body).await;
-    ext.metrics.observe_request("preempt", response.status().as_u16(), started.elapsed().as_secs_f64());
-    response
+    observed(&ext, "preempt", preempt_inner(&ext, body)).await
 }
 
 async fn preempt_inner<B: Binder>(ext: &Arc<Extender<B>>, body: Bytes) -> Response {

@@ -215,7 +215,7 @@ impl Webhook {
 /// The HTTP routes: `POST /mutate`, `POST /validate`, `GET /healthz`, `GET /metrics`; bodies over
 /// `max_body_bytes` get 413, malformed reviews 400.
 pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::Router {
-    use axum::extract::{DefaultBodyLimit, State};
+    use axum::extract::State;
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     use axum::routing::{get, post};
@@ -286,7 +286,6 @@ pub fn router(webhook: std::sync::Arc<Webhook>, max_body_bytes: usize) -> axum::
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "unknown webhook path; expected POST /mutate or /validate\n") })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(webhook)
 }
 
