@@ -74,6 +74,8 @@ pub fn node(n: &api::Node) -> Result<Node, ObjectError> {
         Some(q) => quantity("Node", &name, "status.allocatable.memory", q)?.value() as u64,
         None => return Err(err("status.allocatable.memory", "", "the node's memory")),
     };
+    // Every allocatable amount must read: kube-scheduler's resource fit compares each one.
+    crate::fit::requests::node_allocatable(n).map_err(|e| err("status.allocatable", "", &e))?;
     let mut gpu_count = 0;
     if let Some((key, q)) = NODE_GPU_RESOURCES.iter().find_map(|k| lookup(k).map(|q| (*k, q))) {
         let count = quantity("Node", &name, &format!("status.allocatable.{key}"), q)?.value();
@@ -161,8 +163,10 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
         };
         Ok(sum.max(init).saturating_add(overhead))
     };
-    let cpu_milli = request("cpu", true)?;
-    let memory_bytes = request("memory", false)?;
+    // CPU and memory as kube-scheduler and the kubelet count them: sidecars add, pod-level requests replace.
+    let effective = crate::fit::requests::pod_requests(spec).map_err(|e| err("spec", "", &e))?;
+    let cpu_milli = effective.get("cpu").max(0) as u64;
+    let memory_bytes = effective.get("memory").max(0) as u64;
     gpu_in_one_container(p).map_err(|(field, expected)| err(&field, "", &expected))?;
     let whole = request("nvidia.com/gpu", false)?;
     // The device plugin's resource: what the kubelet hands out, and what kube-scheduler's
@@ -366,45 +370,6 @@ pub fn api_node(n: &Node) -> api::Node {
         spec: Some(api::NodeSpec { taints: (!taints.is_empty()).then_some(taints), ..Default::default() }),
         status: Some(api::NodeStatus { allocatable: Some(allocatable), ..Default::default() }),
     }
-}
-
-/// The scheduling constraints of a pod that gpuplane's own scheduler does not evaluate, named, or `None`:
-/// required node affinity, required pod (anti-)affinity, topology spread that must not be violated, host
-/// ports. It refuses such pods rather than bind them against their constraints.
-pub fn unevaluated_constraints(p: &api::Pod) -> Option<String> {
-    let spec = p.spec.as_ref()?;
-    let mut found = Vec::new();
-    if let Some(affinity) = &spec.affinity {
-        let node = affinity.node_affinity.as_ref();
-        if node.is_some_and(|a| a.required_during_scheduling_ignored_during_execution.is_some()) {
-            found.push("required nodeAffinity");
-        }
-        let pod = affinity.pod_affinity.as_ref();
-        if pod.is_some_and(|a| {
-            a.required_during_scheduling_ignored_during_execution.as_ref().is_some_and(|r| !r.is_empty())
-        }) {
-            found.push("required podAffinity");
-        }
-        let anti = affinity.pod_anti_affinity.as_ref();
-        if anti.is_some_and(|a| {
-            a.required_during_scheduling_ignored_during_execution.as_ref().is_some_and(|r| !r.is_empty())
-        }) {
-            found.push("required podAntiAffinity");
-        }
-    }
-    if spec.topology_spread_constraints.iter().flatten().any(|c| c.when_unsatisfiable == "DoNotSchedule") {
-        found.push("topologySpreadConstraints with whenUnsatisfiable: DoNotSchedule");
-    }
-    let containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-    if containers.flat_map(|c| c.ports.iter().flatten()).any(|port| port.host_port.is_some_and(|h| h > 0)) {
-        found.push("hostPort");
-    }
-    (!found.is_empty()).then(|| {
-        format!(
-            "gpuplane does not evaluate {}; it will not bind this pod against them (schedule it with kube-scheduler, with the gpuplane extender if it needs GPU-level placement)",
-            found.join(", ")
-        )
-    })
 }
 
 /// True when the pod no longer holds resources (Succeeded or Failed).

@@ -4,11 +4,13 @@
 //! never hand out the same GPU milli.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use gpuplane_place::{BindError, Cluster, ClusterError, GpuShare, NodeId, Placement, PodRequest};
 use k8s_openapi::api::core::v1 as api;
 
 use crate::assignment::{self, ASSIGNMENT_ANNOTATION};
+use crate::fit::{Fit, PodInfo};
 use crate::objects::{self, ObjectError};
 
 /// Something in the objects that the snapshot could not take as it is; it is skipped or approximated.
@@ -48,6 +50,8 @@ pub struct Snapshot {
     by_uid: HashMap<String, String>,
     by_node: HashMap<NodeId, Vec<String>>,
     gpu_uuids: HashMap<NodeId, Vec<String>>,
+    /// The same nodes and bound pods as kube-scheduler's filters see them.
+    fit: Fit,
 }
 
 /// A pod bound in the snapshot.
@@ -70,13 +74,18 @@ impl Snapshot {
     pub fn build(nodes: &[api::Node], pods: &[api::Pod]) -> Result<(Snapshot, Vec<Warning>), ClusterError> {
         let mut warnings = Vec::new();
         let mut domain = Vec::with_capacity(nodes.len());
+        let mut readable = Vec::with_capacity(nodes.len());
         for n in nodes {
             match objects::node(n) {
-                Ok(node) => domain.push(node),
+                Ok(node) => {
+                    readable.push((n, node.taints.clone()));
+                    domain.push(node);
+                }
                 Err(e) => warnings.push(Warning::Unreadable(e)),
             }
         }
         let cluster = Cluster::new(&domain)?;
+        let fit = Fit::new(&readable);
         let by_name: HashMap<String, NodeId> = domain.iter().enumerate().map(|(i, n)| (n.name.clone(), i)).collect();
         let mut gpu_uuids = HashMap::new();
         for n in nodes {
@@ -105,6 +114,7 @@ impl Snapshot {
             by_uid: HashMap::new(),
             by_node: HashMap::new(),
             gpu_uuids,
+            fit,
         };
         for p in pods {
             warnings.extend(snapshot.observe_bound(p).1);
@@ -134,10 +144,15 @@ impl Snapshot {
         if self.bound.contains_key(&key) {
             return Ok(false);
         }
-        let pod = objects::pod(p).map_err(|e| (false, Warning::Unreadable(e)))?;
         let Some(&node) = self.by_name.get(node_name) else {
             return Err((false, Warning::UnknownNode { pod: key, node: node_name.to_owned() }));
         };
+        // Kubernetes' filters count every pod bound to the node, also one the engine cannot read.
+        let info = PodInfo::of(p).ok().map(Arc::new);
+        if let Some(info) = &info {
+            self.fit.add(&key, node, Arc::clone(info));
+        }
+        let pod = objects::pod(p).map_err(|e| (false, Warning::Unreadable(e)))?;
         let request = self.cluster.request(&pod);
         let annotated = p
             .metadata
@@ -163,7 +178,7 @@ impl Snapshot {
         let placement = Placement { node, gpus };
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        match self.assume(&key, &uid, request, placement) {
+        match self.assume_pod(&key, &uid, request, placement, info) {
             Ok(()) => {
                 if let Some(b) = self.bound.get_mut(&key) {
                     b.labels = labels;
@@ -209,6 +224,16 @@ impl Snapshot {
         self.by_node.get(&node).into_iter().flatten().filter_map(|k| self.bound.get(k))
     }
 
+    /// The cluster as kube-scheduler's filters see it.
+    pub fn fit(&self) -> &Fit {
+        &self.fit
+    }
+
+    /// The same, to set namespaces and volumes.
+    pub fn fit_mut(&mut self) -> &mut Fit {
+        &mut self.fit
+    }
+
     /// Takes a placement into the snapshot; refused if the pod is already bound or the placement
     /// does not fit, so a GPU is never handed out twice.
     pub fn assume(
@@ -218,11 +243,27 @@ impl Snapshot {
         request: PodRequest,
         placement: Placement,
     ) -> Result<(), BindError> {
+        self.assume_pod(pod_key, uid, request, placement, None)
+    }
+
+    /// [`Self::assume`], with what Kubernetes' filters need of the pod (its ports, labels, all its
+    /// requests), for a scheduler that runs them.
+    pub fn assume_pod(
+        &mut self,
+        pod_key: &str,
+        uid: &str,
+        request: PodRequest,
+        placement: Placement,
+        info: Option<Arc<PodInfo>>,
+    ) -> Result<(), BindError> {
         if let Some(existing) = self.bound.get(pod_key) {
             let node = self.cluster.node_info()[existing.placement.node].name.clone();
             return Err(BindError::Capacity { node, what: format!("pod {pod_key} is already bound here") });
         }
         self.cluster.bind(&request, &placement)?;
+        if let Some(info) = info {
+            self.fit.add(pod_key, placement.node, info);
+        }
         if !uid.is_empty() {
             self.by_uid.insert(uid.to_owned(), pod_key.to_owned());
         }
@@ -236,6 +277,7 @@ impl Snapshot {
 
     /// Forgets a bound pod (deleted, or its bind failed) and frees what it held.
     pub fn forget(&mut self, pod_key: &str) -> Result<bool, BindError> {
+        self.fit.remove(pod_key);
         let Some(pod) = self.bound.remove(pod_key) else { return Ok(false) };
         self.by_uid.remove(&pod.uid);
         if let Some(keys) = self.by_node.get_mut(&pod.placement.node) {

@@ -3,6 +3,7 @@
 //! and preemption with disruption budgets. No GPU is ever handed out twice.
 #![allow(clippy::unwrap_used)] // Helpers too: a failed unwrap is a failed test, with its location.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,11 @@ fn pending_pods_bind_in_priority_order_without_sharing_a_gpu_twice() {
     assert_eq!((first.name.as_str(), first.node.as_str(), first.assignment.as_str()), ("chat-0", "gpu-1", "0:600"));
     assert_eq!(first.uid, "uid-chat-0");
     // 400 m are left: the batch pod waits, and says why once.
-    reported(s.next(now), "ml/batch-0", "0/1 nodes are available: 1 gpu");
+    reported(
+        s.next(now),
+        "ml/batch-0",
+        "0/1 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked).",
+    );
     assert_eq!(s.next(now), None);
     assert_eq!(s.queued(), 1);
     assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 600);
@@ -158,7 +163,11 @@ fn cycles_wait_for_their_pods_or_their_time_and_place_jointly_in_priority_order(
     assert_eq!(s.next(due - Duration::from_millis(1)), None);
     let actions = drain(&mut s, due);
     assert_eq!(bind_of(actions.first().cloned()).name, "chat-0");
-    reported(actions.get(1).cloned(), "ml/batch-0", "0/1 nodes are available: 1 gpu");
+    reported(
+        actions.get(1).cloned(),
+        "ml/batch-0",
+        "0/1 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked).",
+    );
 }
 
 #[test]
@@ -167,7 +176,11 @@ fn a_freed_gpu_lets_the_waiting_pod_in_after_its_backoff() {
     let running = pod("chat-0", 100_000, 600, Some(("gpu-1", "0:600")));
     let mut s = scheduler(&nodes, &[running.clone(), pod("batch-0", 1000, 600, None)]);
     let t0 = Instant::now();
-    reported(s.next(t0), "ml/batch-0", "0/1 nodes are available: 1 gpu");
+    reported(
+        s.next(t0),
+        "ml/batch-0",
+        "0/1 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked).",
+    );
     s.pod_deleted(&running);
     assert_eq!(s.next(t0), None, "still in backoff");
     let retry = s.next_wakeup().unwrap();
@@ -226,7 +239,11 @@ fn cordoned_nodes_get_no_new_pods_and_in_flight_placements_survive_a_rebuild() {
     // gpu-2 is cordoned before b is tried; the watch has not shown a's binding yet.
     s.rebuild(&[node("gpu-1", 1, false), node("gpu-2", 1, true)], &pods).unwrap();
     assert_eq!(s.snapshot().cluster().allocated_gpu_milli(), 1000, "a's reservation is kept");
-    reported(s.next(t0 + Duration::from_secs(120)), "ml/b", "0/2 nodes are available: 1 taint, 1 gpu");
+    reported(
+        s.next(t0 + Duration::from_secs(120)),
+        "ml/b",
+        "0/2 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked), 1 node(s) were unschedulable.",
+    );
     s.rebuild(&[node("gpu-1", 1, false), node("gpu-2", 1, false)], &pods).unwrap();
     assert_eq!(bind_of(s.next(t0 + Duration::from_secs(125))).node, "gpu-2");
 }
@@ -291,7 +308,11 @@ fn a_pod_with_preemption_policy_never_waits_and_evicts_nobody() {
     polite.spec.as_mut().unwrap().preemption_policy = Some("Never".into());
     let pods = [pod("train-0", 1000, 1000, Some(("gpu-a", "0:1000"))), polite.clone()];
     let mut s = scheduler(&nodes, &pods);
-    reported(s.next(Instant::now()), "ml/chat-0", "0/1 nodes are available: 1 gpu");
+    reported(
+        s.next(Instant::now()),
+        "ml/chat-0",
+        "0/1 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked).",
+    );
     // The same pod with the default policy preempts.
     polite.spec.as_mut().unwrap().preemption_policy = Some("PreemptLowerPriority".into());
     let mut s = scheduler(&nodes, &[pods[0].clone(), polite]);
@@ -307,7 +328,11 @@ fn attack_a_rewritten_assignment_does_not_free_the_gpu_it_holds() {
     let mut s = scheduler(&nodes, &[]);
     let warnings = s.rebuild(&nodes, &pods).unwrap();
     assert_eq!(warnings, vec![gpuplane_kube::Warning::GuessedAssignment { pod: "ml/mine".into() }]);
-    reported(s.next(Instant::now()), "ml/theirs", "0/1 nodes are available: 1 gpu");
+    reported(
+        s.next(Instant::now()),
+        "ml/theirs",
+        "0/1 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked).",
+    );
 }
 
 #[test]
@@ -315,7 +340,11 @@ fn pods_of_equal_or_higher_priority_are_never_victims() {
     let nodes = [node("gpu-a", 1, false)];
     let pods = [pod("chat-0", 100_000, 1000, Some(("gpu-a", "0:1000"))), pod("chat-1", 100_000, 1000, None)];
     let mut s = scheduler(&nodes, &pods);
-    reported(s.next(Instant::now()), "ml/chat-1", "0/1 nodes are available: 1 gpu");
+    reported(
+        s.next(Instant::now()),
+        "ml/chat-1",
+        "0/1 nodes are available: 1 Insufficient GPUs (GPU-level fit: too few GPUs with the free share asked).",
+    );
     assert_eq!(s.queued(), 1);
 }
 
@@ -424,39 +453,118 @@ fn a_malformed_model_size_is_reported_with_the_pod_and_annotation() {
     assert_eq!(s.queued(), 0);
 }
 
-#[test]
-fn pods_with_constraints_it_does_not_evaluate_are_refused_with_the_reason_never_bound() {
-    let nodes = [node("gpu-1", 2, false), node("gpu-2", 2, false)];
-    let mut pinned = serde_json::to_value(pod("pinned", 0, 500, None)).unwrap();
-    pinned["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-2"]}]}]}}});
-    let mut ported = serde_json::to_value(pod("ported", 0, 500, None)).unwrap();
-    ported["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8000, "hostPort": 8000}]);
-    ported["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
-        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "ported"}}}]);
-    let pods: Vec<api::Pod> = [pinned, ported]
-        .into_iter()
-        .map(|p| serde_json::from_value(p).unwrap())
-        .chain([pod("plain", 0, 500, None)])
-        .collect();
-    let mut s = scheduler(&nodes, &pods);
+/// Runs the scheduler until it has nothing to do: the pods bound (name → node) and the reports.
+fn settle(s: &mut Scheduler) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let now = Instant::now();
-    let mut reports = std::collections::BTreeMap::new();
-    let mut binds = Vec::new();
+    let (mut binds, mut reports) = (BTreeMap::new(), BTreeMap::new());
     while let Some(action) = s.next(now) {
         match action {
             Action::ReportUnschedulable { pod, message } => {
                 reports.insert(pod, message);
             }
-            Action::Bind(t) => binds.push(t.name),
+            Action::Bind(t) => {
+                binds.insert(t.name, t.node);
+            }
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(binds, ["plain"], "only the pod without such constraints is bound");
-    assert!(reports["ml/pinned"].contains("required nodeAffinity"), "{reports:?}");
-    let ported = &reports["ml/ported"];
-    assert!(ported.contains("hostPort") && ported.contains("DoNotSchedule"), "{ported}");
-    // Told once per UID: a re-list does not report again.
-    s.rebuild(&nodes, &pods).unwrap();
-    assert!(s.next(now).is_none());
+    (binds, reports)
+}
+
+fn with(p: api::Pod, path: &[&str], value: serde_json::Value) -> api::Pod {
+    let mut v = serde_json::to_value(p).unwrap();
+    let mut slot = &mut v;
+    for key in path {
+        slot = match key.parse::<usize>() {
+            Ok(i) => &mut slot[i],
+            Err(_) => &mut slot[*key],
+        };
+    }
+    *slot = value;
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn node_affinity_ports_and_spread_are_evaluated_as_kube_scheduler_does() {
+    let nodes = [node("gpu-1", 2, false), node("gpu-2", 2, false)];
+    let pinned = with(
+        pod("pinned", 0, 500, None),
+        &["spec", "affinity"],
+        json!({"nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["gpu-2"]}]}]}}}),
+    );
+    let ported = |name: &str| {
+        with(
+            pod(name, 0, 100, None),
+            &["spec", "containers", "0", "ports"],
+            json!([{"containerPort": 8000, "hostPort": 8000}]),
+        )
+    };
+    let mut s = scheduler(&nodes, &[pinned, ported("port0"), ported("port1"), ported("port2")]);
+    let (binds, reports) = settle(&mut s);
+    assert_eq!(binds["pinned"], "gpu-2");
+    assert_ne!(binds["port0"], binds["port1"], "one host port per node");
+    assert_eq!(
+        reports["ml/port2"],
+        "0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports."
+    );
+}
+
+#[test]
+fn pods_kube_scheduler_refuses_are_refused_with_its_reasons() {
+    let nodes = [node("gpu-1", 2, false)];
+    let requests =
+        |p: api::Pod, r: serde_json::Value| with(p, &["spec", "containers", "0", "resources", "requests"], r);
+    let foo = requests(pod("foo", 0, 500, None), json!({"cpu": "1", "example.com/foo": "1"}));
+    let claim = with(
+        pod("claim", 0, 500, None),
+        &["spec", "volumes"],
+        json!([{"name": "data",
+        "persistentVolumeClaim": {"claimName": "data"}}]),
+    );
+    let sidecar = with(
+        requests(pod("sidecar", 0, 500, None), json!({"cpu": "16"})),
+        &["spec", "initContainers"],
+        json!([{"name": "proxy", "image": "envoy", "restartPolicy": "Always", "resources": {"requests": {"cpu": "16"}}}]),
+    );
+    let dra = with(
+        pod("dra", 0, 500, None),
+        &["spec", "resourceClaims"],
+        json!([{"name": "gpu",
+        "resourceClaimName": "gpu-claim"}]),
+    );
+    let mut s = scheduler(&nodes, &[foo, claim, sidecar, dra]);
+    let (binds, reports) = settle(&mut s);
+    assert!(binds.is_empty(), "{binds:?}");
+    assert_eq!(reports["ml/foo"], "0/1 nodes are available: 1 Insufficient example.com/foo.");
+    assert_eq!(reports["ml/claim"], "0/1 nodes are available: persistentvolumeclaim \"data\" not found.");
+    assert_eq!(reports["ml/sidecar"], "0/1 nodes are available: 1 Insufficient cpu.", "16 + 16 > 31.5 cores");
+    assert!(reports["ml/dra"].contains("does not allocate DRA ResourceClaims"), "{reports:?}");
+
+    // allocatable.pods: 2 takes two pods, a third is told "Too many pods".
+    let mut small = node("small", 2, false);
+    small
+        .status
+        .as_mut()
+        .unwrap()
+        .allocatable
+        .as_mut()
+        .unwrap()
+        .insert("pods".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("2".into()));
+    let mut s = scheduler(&[small], &[pod("p0", 0, 100, None), pod("p1", 0, 100, None), pod("p2", 0, 100, None)]);
+    let (binds, reports) = settle(&mut s);
+    assert_eq!(binds.len(), 2);
+    assert_eq!(reports.values().next().map(String::as_str), Some("0/1 nodes are available: 1 Too many pods."));
+}
+
+#[test]
+fn gated_pods_wait_for_their_gates_to_go() {
+    let gated = with(pod("gated", 0, 500, None), &["spec", "schedulingGates"], json!([{"name": "example.com/quota"}]));
+    let mut s = scheduler(&[node("gpu-1", 2, false)], std::slice::from_ref(&gated));
+    assert_eq!(s.queued(), 0);
+    let (binds, reports) = settle(&mut s);
+    assert!(binds.is_empty() && reports.is_empty());
+    s.pod_applied(&with(gated, &["spec", "schedulingGates"], json!([])));
+    assert_eq!(settle(&mut s).0["gated"], "gpu-1");
 }

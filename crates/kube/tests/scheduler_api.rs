@@ -294,7 +294,7 @@ async fn a_pod_that_fits_nowhere_is_told_why_on_its_status() {
     let condition = &body["status"]["conditions"][0];
     assert_eq!((&condition["type"], &condition["status"]), (&json!("PodScheduled"), &json!("False")));
     assert_eq!(condition["reason"], "Unschedulable");
-    assert_eq!(condition["message"], "0/1 nodes are available: 1 gpu-model");
+    assert_eq!(condition["message"], "0/1 nodes are available: 1 node(s) had no GPU of a model the pod accepts.");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

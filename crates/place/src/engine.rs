@@ -278,6 +278,44 @@ impl Engine {
         verdicts
     }
 
+    /// Decides among `candidates` only (the nodes the caller's own filters admit), by
+    /// `policy_weight × policy score` (0–100 over the feasible candidates, as [`Self::evaluate`]) plus the
+    /// caller's `extra` score of each candidate (same order), if any; ties go to the lowest name. The
+    /// rejections count the candidates the engine's filters refused.
+    pub fn decide_among(
+        &mut self,
+        cluster: &Cluster,
+        pod: &PodRequest,
+        candidates: &[NodeId],
+        extra: Option<&[f64]>,
+        policy_weight: f64,
+    ) -> Decision {
+        let verdicts = self.evaluate(cluster, pod, candidates);
+        let rank = cluster.name_rank();
+        let mut rejected = RejectionCounts::default();
+        let mut best: Option<(f64, NodeId)> = None;
+        for (i, (&node, verdict)) in candidates.iter().zip(verdicts).enumerate() {
+            match verdict {
+                Err(r) => rejected.add(r),
+                Ok(score) => {
+                    let total = policy_weight * score as f64 + extra.and_then(|e| e.get(i)).copied().unwrap_or(0.0);
+                    let better = best.is_none_or(|(b, n)| total > b || (total == b && rank[node] < rank[n]));
+                    if better {
+                        best = Some((total, node));
+                    }
+                }
+            }
+        }
+        let Some((_, node)) = best else { return Decision::Unschedulable(rejected) };
+        match self.place_on(cluster, pod, node) {
+            Ok(placement) => Decision::Place(placement),
+            Err(r) => {
+                rejected.add(r);
+                Decision::Unschedulable(rejected)
+            }
+        }
+    }
+
     /// The GPUs the pod would take on a node the caller has chosen, or the filter it fails there.
     pub fn place_on(&mut self, cluster: &Cluster, pod: &PodRequest, node: NodeId) -> Result<Placement, Rejection> {
         let memo_slot = self.prepare(cluster, pod);

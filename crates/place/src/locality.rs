@@ -137,12 +137,24 @@ impl Engine {
         locality: &Locality,
         weight: f64,
     ) -> (Decision, Option<Explanation>) {
-        let weight = weight.clamp(0.0, 1.0);
         let all: Vec<NodeId> = (0..cluster.len()).collect();
-        let verdicts = self.evaluate(cluster, pod, &all);
+        self.decide_with_locality_among(cluster, pod, &all, locality, weight)
+    }
+
+    /// [`Self::decide_with_locality`] among `candidates` only (the nodes the caller's own filters admit).
+    pub fn decide_with_locality_among(
+        &mut self,
+        cluster: &Cluster,
+        pod: &PodRequest,
+        candidates: &[NodeId],
+        locality: &Locality,
+        weight: f64,
+    ) -> (Decision, Option<Explanation>) {
+        let weight = weight.clamp(0.0, 1.0);
+        let verdicts = self.evaluate(cluster, pod, candidates);
         let mut rejected = RejectionCounts::default();
         let mut terms: Vec<NodeTerms> = Vec::new();
-        for (node, v) in verdicts.into_iter().enumerate() {
+        for (&node, v) in candidates.iter().zip(verdicts) {
             match v {
                 Ok(policy_score) => terms.push(NodeTerms {
                     node,

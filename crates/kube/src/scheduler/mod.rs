@@ -8,6 +8,7 @@
 //! [`Engine::decide_window`]. Pods naming a model are placed one at a time, with model locality.
 
 pub mod budget;
+mod filtering;
 pub mod leader;
 pub mod preempt;
 pub mod queue;
@@ -22,11 +23,13 @@ use k8s_openapi::api::core::v1 as api;
 
 use crate::assignment;
 use crate::extender::{BindFailure, BindTarget};
+use crate::fit::{self, Incoming, ScoreWeights};
 use crate::inventory::{self, Inventories, ModelRef};
 use crate::metrics::Metrics;
 use crate::objects;
 use crate::snapshot::{Snapshot, Warning};
 use budget::Budget;
+pub use filtering::feasible_nodes;
 use preempt::Victim;
 use queue::{QueueConfig, Queued, SchedulingQueue};
 
@@ -45,6 +48,8 @@ pub struct SchedulerConfig {
     pub locality: LocalityConfig,
     /// Scheduling cycles: how many pending pods are placed jointly, and how long the first waits.
     pub window: WindowConfig,
+    /// Weights of kube-scheduler's preference scores against the GPU policy's.
+    pub scores: ScoreWeights,
 }
 
 /// Scheduling cycles. A cycle takes the highest-priority ready pods, at most `pods` of them, as soon as
@@ -92,6 +97,7 @@ impl Default for SchedulerConfig {
             preemption_timeout: Duration::from_secs(120),
             locality: LocalityConfig::default(),
             window: WindowConfig::default(),
+            scores: ScoreWeights::default(),
         }
     }
 }
@@ -116,7 +122,7 @@ pub enum Action {
     ReportUnschedulable {
         /// `namespace/name`.
         pod: String,
-        /// Such as "0/12 nodes are available: 4 gpu-model, 8 gpu".
+        /// Such as "0/12 nodes are available: 4 Insufficient cpu, 8 node(s) had untolerated taint(s)."
         message: String,
     },
 }
@@ -132,6 +138,8 @@ struct Pending {
     reported: Option<String>,
     /// False for `preemptionPolicy: Never`: the pod waits for room and never evicts anyone.
     may_preempt: bool,
+    /// The pod as Kubernetes' filters and scores read it.
+    incoming: Arc<Incoming>,
 }
 
 /// A placement the scheduler made that the watch has not shown yet.
@@ -173,6 +181,9 @@ pub struct Scheduler {
     actions: std::collections::VecDeque<Action>,
     /// When the cycle being gathered saw its first ready pod.
     gathering_since: Option<Instant>,
+    /// Namespaces' labels and the cluster's volumes, for Kubernetes' filters (kept across rebuilds).
+    namespaces: HashMap<String, fit::labels::Labels>,
+    volumes: fit::volumes::Volumes,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -205,6 +216,8 @@ impl Scheduler {
             metrics,
             actions: std::collections::VecDeque::new(),
             gathering_since: None,
+            namespaces: HashMap::new(),
+            volumes: Default::default(),
         }
     }
 
@@ -235,6 +248,23 @@ impl Scheduler {
     /// Replaces what the nodes' cache agents hold.
     pub fn set_inventories(&mut self, inventories: Inventories) {
         self.inventories = inventories;
+    }
+
+    /// Replaces the namespaces' labels (affinity terms' namespace selectors read them).
+    pub fn set_namespaces(&mut self, namespaces: &[api::Namespace]) {
+        self.namespaces = namespaces
+            .iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone().unwrap_or_default()))
+            .collect();
+        self.snapshot.fit_mut().set_namespaces(self.namespaces.clone());
+        self.queue.cluster_changed();
+    }
+
+    /// Replaces the claims, volumes and storage classes.
+    pub fn set_volumes(&mut self, volumes: fit::volumes::Volumes) {
+        self.volumes = volumes;
+        self.snapshot.fit_mut().set_volumes(self.volumes.clone());
+        self.queue.cluster_changed();
     }
 
     /// Replaces the disruption budgets.
@@ -278,17 +308,23 @@ impl Scheduler {
             }
             return None;
         }
-        if let Some(message) = objects::unevaluated_constraints(p) {
-            // Never bound against constraints it does not evaluate: the pod is told why, once per UID.
+        if p.spec.as_ref().and_then(|s| s.scheduling_gates.as_ref()).is_some_and(|g| !g.is_empty()) {
+            // As kube-scheduler: a gated pod is not tried until its gates are removed (an update then queues it).
             self.unqueue(&key);
-            if self.refused.get(&key) != Some(&uid) {
-                self.refused.insert(key.clone(), uid);
-                self.refusals.push((key, message));
-            }
             return None;
         }
-        match objects::pod(p).and_then(|pod| Ok((pod, inventory::model_of(p)?))) {
-            Ok((pod, model)) => {
+        let read = objects::pod(p).and_then(|pod| {
+            let incoming = Incoming::of(p, pod.tolerations.clone()).map_err(|e| objects::ObjectError {
+                kind: "Pod",
+                name: key.clone(),
+                field: "spec".to_owned(),
+                value: String::new(),
+                expected: e,
+            })?;
+            Ok((pod, inventory::model_of(p)?, incoming))
+        });
+        match read {
+            Ok((pod, model, incoming)) => {
                 self.queue.add(&key, pod.priority);
                 if !self.pending.contains_key(&key) {
                     // An arrival: the gpuplane policy learns its workload from these.
@@ -297,7 +333,8 @@ impl Scheduler {
                 let reported = self.pending.remove(&key).and_then(|p| p.reported);
                 // As kube-scheduler: the Priority admission plugin copies the PriorityClass's policy here.
                 let may_preempt = p.spec.as_ref().and_then(|s| s.preemption_policy.as_deref()) != Some("Never");
-                self.pending.insert(key, Pending { pod, uid, model, reported, may_preempt });
+                let incoming = Arc::new(incoming);
+                self.pending.insert(key, Pending { pod, uid, model, reported, may_preempt, incoming });
                 self.metrics.set_queue_depth(self.queue.len());
                 None
             }
@@ -350,8 +387,11 @@ impl Scheduler {
             }
             let Some(node) = snapshot.node_id(&b.node) else { return false };
             let placement = Placement { node, gpus: b.gpus.clone() };
-            snapshot.assume(key, &b.uid, b.request.clone(), placement).is_ok()
+            let info = Some(b.pending.incoming.info());
+            snapshot.assume_pod(key, &b.uid, b.request.clone(), placement, info).is_ok()
         });
+        snapshot.fit_mut().set_namespaces(self.namespaces.clone());
+        snapshot.fit_mut().set_volumes(self.volumes.clone());
         self.snapshot = snapshot;
         let stale: Vec<String> = self.pending.keys().filter(|k| !present.contains_key(*k)).cloned().collect();
         for key in stale {
@@ -425,22 +465,36 @@ impl Scheduler {
         }
         self.gathering_since = None;
         let started = Instant::now();
-        let mut cycle: Vec<(Queued, Pending)> = Vec::with_capacity(window.pods.min(ready));
+        let mut cycle: Vec<(Queued, Pending, filtering::Filtered)> = Vec::with_capacity(window.pods.min(ready));
         while cycle.len() < window.pods {
             let Some(queued) = self.queue.pop(now) else { break };
             let Some(mut pending) = self.pending.remove(&queued.key) else { continue };
-            if pending.model.is_some() && self.config.locality.weight > 0.0 {
-                // Model locality is weighed one pod at a time; such a pod keeps its place in the order.
+            let filtered = filtering::filter(&self.snapshot, &pending.incoming);
+            let joint = match &filtered {
+                Ok(f) => f.all && !pending.incoming.has_constraints(),
+                Err(_) => false,
+            };
+            if !joint || (pending.model.is_some() && self.config.locality.weight > 0.0) {
+                // Model locality, Kubernetes' constraints and preferences are weighed one pod at a time; such a
+                // pod keeps its place in the order.
                 let action = self.attempt(&queued, &mut pending, now, started);
                 self.settle(queued, pending, action, now);
                 continue;
             }
-            cycle.push((queued, pending));
+            cycle.push((queued, pending, filtered.unwrap_or_default()));
         }
-        let requests: Vec<PodRequest> = cycle.iter().map(|(_, p)| self.snapshot.cluster().request(&p.pod)).collect();
+        let requests: Vec<PodRequest> = cycle.iter().map(|(_, p, _)| self.snapshot.cluster().request(&p.pod)).collect();
         let decisions = self.engine.decide_window(self.snapshot.cluster(), &requests);
-        for (((queued, mut pending), request), decision) in cycle.into_iter().zip(requests).zip(decisions) {
-            let action = self.act(&queued, &mut pending, request, decision, None, now, started);
+        for (((queued, mut pending, filtered), request), decision) in cycle.into_iter().zip(requests).zip(decisions) {
+            // The joint placement weighed CPU, memory and GPUs; the pods placed before this one may have taken
+            // what else the node had (pods, ports, other resources): the node is checked again.
+            if let Decision::Place(p) = &decision
+                && !matches!(self.snapshot.fit().filter(&pending.incoming).map(|v| v[p.node].is_ok()), Ok(true))
+            {
+                self.settle(queued, pending, None, now);
+                continue;
+            }
+            let action = self.act(&queued, &mut pending, request, decision, None, &filtered, now, started);
             self.settle(queued, pending, action, now);
         }
         self.metrics.set_queue_depth(self.queue.len());
@@ -460,17 +514,47 @@ impl Scheduler {
 
     fn attempt(&mut self, queued: &Queued, pending: &mut Pending, now: Instant, started: Instant) -> Option<Action> {
         let request = self.snapshot.cluster().request(&pending.pod);
+        let filtered = match filtering::filter(&self.snapshot, &pending.incoming) {
+            Ok(f) => f,
+            Err(why) => {
+                // No node can take the pod whatever is evicted (a missing claim, a refusal): it is told why.
+                self.metrics.observe_decision("unschedulable", started.elapsed().as_secs_f64());
+                let message = filtering::refusal(self.snapshot.cluster().len(), &why);
+                return self.report(queued, pending, message);
+            }
+        };
         let weight = self.config.locality.weight;
         let locality = pending
             .model
             .as_ref()
             .filter(|_| weight > 0.0)
             .and_then(|m| self.inventories.locality(m, &self.snapshot, self.config.locality.bandwidth));
-        let (decision, explanation) = match &locality {
-            Some(l) => self.engine.decide_with_locality(self.snapshot.cluster(), &request, l, weight),
-            None => (self.engine.decide(self.snapshot.cluster(), &request), None),
+        let cluster = self.snapshot.cluster();
+        let (decision, explanation) = if filtered.candidates.is_empty() {
+            (Decision::Unschedulable(Default::default()), None)
+        } else if let Some(l) = &locality {
+            self.engine.decide_with_locality_among(cluster, &request, &filtered.candidates, l, weight)
+        } else {
+            let weights = &self.config.scores;
+            match self.snapshot.fit().scores(&pending.incoming, &filtered.candidates, weights) {
+                None if filtered.all => (self.engine.decide(cluster, &request), None),
+                scores => {
+                    let extra = scores.as_deref();
+                    (self.engine.decide_among(cluster, &request, &filtered.candidates, extra, weights.gpu), None)
+                }
+            }
         };
-        self.act(queued, pending, request, decision, explanation, now, started)
+        self.act(queued, pending, request, decision, explanation, &filtered, now, started)
+    }
+
+    /// Tells the pod why it waits, unless that is what it was last told.
+    fn report(&mut self, queued: &Queued, pending: &mut Pending, message: String) -> Option<Action> {
+        tracing::debug!(pod = %queued.key, reason = %message, "Pod does not fit; waiting for a cluster change.");
+        if pending.reported.as_deref() == Some(message.as_str()) {
+            return None;
+        }
+        pending.reported = Some(message.clone());
+        Some(Action::ReportUnschedulable { pod: queued.key.clone(), message })
     }
 
     /// Turns a decision into an action: a placement is assumed in the snapshot and bound; a pod that
@@ -483,6 +567,7 @@ impl Scheduler {
         request: PodRequest,
         decision: Decision,
         explanation: Option<gpuplane_place::Explanation>,
+        filtered: &filtering::Filtered,
         now: Instant,
         started: Instant,
     ) -> Option<Action> {
@@ -495,7 +580,8 @@ impl Scheduler {
                 let node = self.snapshot.node_name(placement.node).to_owned();
                 let gpus = placement.gpus.clone();
                 let assignment_uuids = assignment::format_uuids(&gpus, self.snapshot.gpu_uuids(placement.node));
-                if self.snapshot.assume(key, &pending.uid, request.clone(), placement).is_err() {
+                let info = Some(pending.incoming.info());
+                if self.snapshot.assume_pod(key, &pending.uid, request.clone(), placement, info).is_err() {
                     // Cannot happen for a placement the engine just made on this snapshot; treat as no room.
                     return None;
                 }
@@ -524,19 +610,14 @@ impl Scheduler {
                 Some(Action::Bind(target))
             }
             Decision::Unschedulable(counts) => {
-                let action = self.try_preempt(key, &request, pending.may_preempt, now);
+                let action = self.try_preempt(key, &request, pending.may_preempt, &filtered.preemptible, now);
                 let result = if action.is_some() { "preempting" } else { "unschedulable" };
                 self.metrics.observe_decision(result, started.elapsed().as_secs_f64());
                 if action.is_some() {
                     return action;
                 }
-                let message = counts.to_string();
-                tracing::debug!(pod = key, reason = %message, "Pod does not fit; waiting for a cluster change.");
-                if pending.reported.as_deref() == Some(message.as_str()) {
-                    return None;
-                }
-                pending.reported = Some(message.clone());
-                Some(Action::ReportUnschedulable { pod: key.to_owned(), message })
+                let message = filtering::message(self.snapshot.cluster().len(), filtered, Some(&counts));
+                self.report(queued, pending, message)
             }
         }
     }
@@ -544,7 +625,14 @@ impl Scheduler {
     /// Starts a preemption for `key` unless one is under way or the pod may not preempt
     /// (`preemptionPolicy: Never`); the preemptor waits in the queue (it is put back by the caller) and runs
     /// first once its victims are gone.
-    fn try_preempt(&mut self, key: &str, request: &PodRequest, may_preempt: bool, now: Instant) -> Option<Action> {
+    fn try_preempt(
+        &mut self,
+        key: &str,
+        request: &PodRequest,
+        may_preempt: bool,
+        preemptible: &[bool],
+        now: Instant,
+    ) -> Option<Action> {
         if !self.config.preemption || !may_preempt {
             return None;
         }
@@ -555,7 +643,7 @@ impl Scheduler {
             return None;
         }
         let busy: Vec<String> = self.preempting.values().flat_map(|p| p.victims.iter().cloned()).collect();
-        let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy)?;
+        let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy, preemptible)?;
         let node = self.snapshot.node_name(plan.node).to_owned();
         self.preempting.insert(
             key.to_owned(),

@@ -57,10 +57,21 @@ pub fn release_into(state: &mut NodeState, pod: &BoundPod) {
 
 /// The best preemption for `request`, or `None` when no set of lower-priority pods on any node,
 /// within the disruption budgets, makes room. `exclude` names pods already being evicted.
-pub fn plan(snapshot: &Snapshot, request: &PodRequest, budgets: &[Budget], exclude: &[String]) -> Option<Plan> {
+/// `allowed` (empty: every node) names the nodes where evictions could help at all: those that failed
+/// none of Kubernetes' other filters.
+pub fn plan(
+    snapshot: &Snapshot,
+    request: &PodRequest,
+    budgets: &[Budget],
+    exclude: &[String],
+    allowed: &[bool],
+) -> Option<Plan> {
     let cluster = snapshot.cluster();
     let mut best: Option<(Plan, (usize, u32, i32, u32))> = None;
     for node in 0..cluster.len() {
+        if allowed.get(node) == Some(&false) {
+            continue;
+        }
         let info = &cluster.node_info()[node];
         let candidates: Vec<&BoundPod> = snapshot
             .pods_on(node)

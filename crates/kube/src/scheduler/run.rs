@@ -1,5 +1,5 @@
-//! Drives the [`Scheduler`] against the API server: wins the Lease, watches Nodes, Pods and
-//! PodDisruptionBudgets into reflector stores, feeds their events to the state machine one at a time,
+//! Drives the [`Scheduler`] against the API server: wins the Lease, watches Nodes, Pods,
+//! PodDisruptionBudgets, Namespaces and the volume objects (claims, volumes, classes) into reflector stores, feeds their events to the state machine one at a time,
 //! and carries out its actions (bind, evict) concurrently, feeding the outcomes back. Reads the cache
 //! agents' inventories every few seconds for the locality term. Serves `/metrics` and `/healthz` meanwhile.
 
@@ -15,6 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1 as api;
 use k8s_openapi::api::policy::v1::Eviction;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
@@ -29,6 +30,7 @@ use super::preempt::Victim;
 use super::{Action, Scheduler, SchedulerConfig};
 use crate::client::{KubeBinder, failure, not_leader};
 use crate::extender::{BindFailure, Binder};
+use crate::fit::volumes::Volumes;
 use crate::inventory::{self, Inventories};
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 use crate::serve::{ServeError, live_engine, log_warnings, owned, target_from, unfinished_pods};
@@ -88,6 +90,10 @@ enum Input {
     Budgets,
     /// A round of cache agent inventories.
     Inventories(Inventories),
+    /// A namespace changed (its labels count for affinity terms' namespace selectors).
+    Namespaces,
+    /// A claim, volume or storage class changed.
+    Volumes,
 }
 
 /// What a finished action reports.
@@ -204,11 +210,33 @@ async fn schedule(
         spawn_watch(Api::<PodDisruptionBudget>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
             Some(Input::Budgets)
         });
+    let namespaces =
+        spawn_watch(Api::<api::Namespace>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
+            Some(Input::Namespaces)
+        });
+    let claims = spawn_watch(
+        Api::<api::PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+        tx.clone(),
+        |_| Some(Input::Volumes),
+    );
+    let volumes =
+        spawn_watch(Api::<api::PersistentVolume>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
+            Some(Input::Volumes)
+        });
+    let classes = spawn_watch(Api::<StorageClass>::all(client.clone()), watcher::Config::default(), tx.clone(), |_| {
+        Some(Input::Volumes)
+    });
     let _poller =
         config.inventory.clone().map(|polling| AbortOnDrop(tokio::spawn(poll_inventories(pods.clone(), polling, tx))));
     nodes.wait_until_ready().await.map_err(|_| ServeError::NotReady("Node"))?;
     pods.wait_until_ready().await.map_err(|_| ServeError::NotReady("Pod"))?;
     budgets.wait_until_ready().await.map_err(|_| ServeError::NotReady("PodDisruptionBudget"))?;
+    namespaces.wait_until_ready().await.map_err(|_| ServeError::NotReady("Namespace"))?;
+    claims.wait_until_ready().await.map_err(|_| ServeError::NotReady("PersistentVolumeClaim"))?;
+    volumes.wait_until_ready().await.map_err(|_| ServeError::NotReady("PersistentVolume"))?;
+    classes.wait_until_ready().await.map_err(|_| ServeError::NotReady("StorageClass"))?;
+    let read_volumes = || Volumes::new(&owned(&claims), &owned(&volumes), &owned(&classes));
 
     let (node_objects, pod_objects) = (owned(&nodes), owned(&pods));
     let (snapshot, _) = Snapshot::build(&node_objects, &pod_objects)?;
@@ -217,6 +245,8 @@ async fn schedule(
     let mut scheduler = Scheduler::new(snapshot, engine, config.scheduler.clone(), Arc::clone(&metrics));
     log_warnings(&scheduler.rebuild(&node_objects, &pod_objects)?);
     scheduler.set_budgets(read_budgets(&budgets));
+    scheduler.set_namespaces(&owned(&namespaces));
+    scheduler.set_volumes(read_volumes());
     tracing::info!(
         nodes = scheduler.snapshot().cluster().len(),
         pending = scheduler.queued(),
@@ -251,6 +281,7 @@ async fn schedule(
             Some(first) = rx.recv() => {
                 let mut rebuild = false;
                 let mut budgets_changed = false;
+                let (mut namespaces_changed, mut volumes_changed) = (false, false);
                 let mut batch = vec![first];
                 while let Ok(more) = rx.try_recv() {
                     batch.push(more);
@@ -259,6 +290,8 @@ async fn schedule(
                     match input {
                         Input::Nodes | Input::PodsRelisted => rebuild = true,
                         Input::Budgets => budgets_changed = true,
+                        Input::Namespaces => namespaces_changed = true,
+                        Input::Volumes => volumes_changed = true,
                         Input::Inventories(i) => scheduler.set_inventories(i),
                         Input::PodApplied(p) if !rebuild => log_warnings(&Vec::from_iter(scheduler.pod_applied(&p))),
                         Input::PodDeleted(p) if !rebuild => scheduler.pod_deleted(&p),
@@ -274,6 +307,12 @@ async fn schedule(
                 }
                 if budgets_changed {
                     scheduler.set_budgets(read_budgets(&budgets));
+                }
+                if namespaces_changed {
+                    scheduler.set_namespaces(&owned(&namespaces));
+                }
+                if volumes_changed {
+                    scheduler.set_volumes(read_volumes());
                 }
             }
             () = tokio::time::sleep_until(wake) => {}
@@ -352,8 +391,11 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, f
                 if !fence.holds() {
                     return Outcome::Reported;
                 }
-                if let Err(e) = report_unschedulable(client, &pod, &message).await {
+                if let Err(e) = report_unschedulable(client.clone(), &pod, &message).await {
                     tracing::debug!(%pod, error = %e, "PodScheduled condition not written.");
+                }
+                if let Err(e) = record_failed_scheduling(client, &pod, &message).await {
+                    tracing::debug!(%pod, error = %e, "FailedScheduling event not written.");
                 }
                 Outcome::Reported
             });
@@ -414,6 +456,40 @@ pub async fn report_unschedulable(client: Client, pod: &str, message: &str) -> R
     )
     .await
     .map(|_| ())
+}
+
+/// Records a `FailedScheduling` Warning event on the pod, as kube-scheduler does (`kubectl describe pod` and
+/// `kubectl get events` show it).
+pub async fn record_failed_scheduling(client: Client, pod: &str, message: &str) -> Result<(), kube::Error> {
+    let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
+    let uid = Api::<api::Pod>::namespaced(client.clone(), namespace).get_opt(name).await?.and_then(|p| p.metadata.uid);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+    let event = api::Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
+        involved_object: api::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            uid,
+            ..Default::default()
+        },
+        reason: Some("FailedScheduling".to_owned()),
+        message: Some(message.to_owned()),
+        type_: Some("Warning".to_owned()),
+        count: Some(1),
+        first_timestamp: Some(time.clone()),
+        last_timestamp: Some(time),
+        source: Some(api::EventSource { component: Some("gpuplane-scheduler".to_owned()), host: None }),
+        reporting_component: Some("gpuplane-scheduler".to_owned()),
+        ..Default::default()
+    };
+    Api::<api::Event>::namespaced(client, namespace).create(&PostParams::default(), &event).await.map(|_| ())
 }
 
 fn finish(scheduler: &mut Scheduler, outcome: Outcome) {
