@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::time::Duration;
 
+use gpuplane_kube::fit::ScoreWeights;
+use gpuplane_kube::ratelimit::{RateLimit, RateLimitLayer};
 use gpuplane_kube::scheduler::leader::LeaseConfig;
 use gpuplane_kube::scheduler::run::{InventoryPolling, RunConfig, serve_scheduler};
 use gpuplane_kube::scheduler::{LocalityConfig, SchedulerConfig, WindowConfig};
@@ -64,6 +66,20 @@ pub struct SchedulerArgs {
     /// Longest a pending pod waits for its cycle to fill, in milliseconds
     #[arg(long, default_value_t = 100, value_name = "MS")]
     window_ms: u64,
+    /// Weights of kube-scheduler's preference scores and of the GPU placement policy's, as a profile's score
+    /// plugin weights: NAME=WEIGHT pairs of TaintToleration, NodeAffinity, PodTopologySpread, InterPodAffinity
+    /// and GpuPlacement (names left out keep their defaults)
+    #[arg(
+        long,
+        default_value = "TaintToleration=3,NodeAffinity=2,PodTopologySpread=2,InterPodAffinity=2,GpuPlacement=5"
+    )]
+    score_weights: String,
+    /// Requests per second to the API server, sustained (kube-scheduler's clientConnection.qps, default 50)
+    #[arg(long, default_value_t = 50.0)]
+    kube_api_qps: f64,
+    /// Requests to the API server at once before the rate applies (kube-scheduler's clientConnection.burst)
+    #[arg(long, default_value_t = 100)]
+    kube_api_burst: u32,
     /// Log format on standard error: text or json (level from RUST_LOG, default info)
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -90,6 +106,12 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
     if args.window_ms > 60_000 {
         bail!("--window-ms {} is out of range; a pod waits at most 60000 ms for its cycle", args.window_ms);
     }
+    let scores: ScoreWeights =
+        args.score_weights.parse().map_err(|e: String| anyhow::anyhow!("--score-weights: {e}"))?;
+    if !(args.kube_api_qps.is_finite() && args.kube_api_qps > 0.0) || args.kube_api_burst == 0 {
+        bail!("--kube-api-qps must be a positive number and --kube-api-burst at least 1");
+    }
+    let rate = RateLimit { qps: args.kube_api_qps, burst: args.kube_api_burst };
     let bandwidth = Bandwidth { local: local * 1e9, peer: peer * 1e9, origin: origin * 1e9 };
     service::init_logging(&args.log_format);
     let lease = (!args.lease_name.is_empty()).then(|| {
@@ -111,6 +133,7 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
             preemption: args.preemption,
             locality: LocalityConfig { weight: args.locality_weight, bandwidth },
             window: WindowConfig { pods: args.window, wait: Duration::from_millis(args.window_ms) },
+            scores,
             ..SchedulerConfig::default()
         },
         lease,
@@ -124,7 +147,11 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
     };
     let fallback = service::fallback_target()?;
     service::runtime()?.block_on(async move {
-        let client = kube::Client::try_default().await.map_err(ServeError::Client)?;
+        let config_ = kube::Config::infer().await.map_err(|e| ServeError::Client(kube::Error::InferConfig(e)))?;
+        let client = kube::client::ClientBuilder::try_from(config_)
+            .map_err(ServeError::Client)?
+            .with_layer(&RateLimitLayer(rate))
+            .build();
         serve_scheduler(client, config, Some(fallback), shutdown_signal()).await
     })?;
     Ok(())
