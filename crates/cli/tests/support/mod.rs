@@ -137,9 +137,21 @@ pub fn gpuplane(plane: &ControlPlane, log: &Path) -> Command {
     command
 }
 
-/// `gpuplane scheduler` as the scenarios run it: FGD, metrics on a free port, no locality term.
-pub const SCHEDULER: [&str; 7] =
-    ["scheduler", "--policy", "fgd", "--metrics-listen", "127.0.0.1:0", "--locality-weight", "0"];
+/// `gpuplane scheduler` as the scenarios run it: FGD, metrics on a free port, no locality term, and the API
+/// client limits the benchmark gives kube-scheduler too (1,000 requests/s, burst 2,000).
+pub const SCHEDULER: [&str; 11] = [
+    "scheduler",
+    "--policy",
+    "fgd",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--locality-weight",
+    "0",
+    "--kube-api-qps",
+    "1000",
+    "--kube-api-burst",
+    "2000",
+];
 
 /// The TLS material of the webhook server tests: a certificate for 127.0.0.1, and the client CA.
 pub fn tls_fixture(name: &str) -> PathBuf {

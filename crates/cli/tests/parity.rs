@@ -1,0 +1,807 @@
+//! Scheduling semantics parity with kube-scheduler itself, on the real control plane. The stock
+//! kube-scheduler runs with a recording extender (`percentageOfNodesToScore: 100`): it calls the extender's
+//! filter with exactly the nodes its own filters passed, and the extender answers "no node", so nothing is
+//! bound and the cluster stays as generated. For each generated pod, the nodes gpuplane's scheduler would
+//! choose among (`gpuplane_kube::scheduler::feasible_nodes`, the scheduler's own decision code) must be those.
+//! A pod kube-scheduler refuses before its filters run (a missing claim) gets no extender call: its set is
+//! empty, which its `PodScheduled=False` condition confirms.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A test: a failure should stop it loudly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use gpuplane_kube::Snapshot;
+use gpuplane_kube::fit::volumes::Volumes;
+use gpuplane_place::{Engine, EngineConfig, Policy, TieBreak};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+
+mod support;
+use support::*;
+
+/// Filter calls the recording extender received: `namespace/name` → the node names kube-scheduler passed,
+/// at each attempt (a pod is tried again when the cluster changes).
+type Recorded = Arc<Mutex<HashMap<String, Vec<BTreeSet<String>>>>>;
+
+/// An HTTP/1.1 extender on 127.0.0.1 that records each filter call and answers that no node fits.
+fn recording_extender() -> (u16, Recorded) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let recorded: Recorded = Arc::default();
+    let sink = Arc::clone(&recorded);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sink = Arc::clone(&sink);
+            std::thread::spawn(move || serve_connection(stream, &sink));
+        }
+    });
+    (port, recorded)
+}
+
+fn serve_connection(stream: std::net::TcpStream, sink: &Recorded) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        // Request line and headers, up to the blank line; a closed connection ends the loop.
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = trimmed.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let args: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let pod = &args["Pod"]["metadata"];
+        let key = format!("{}/{}", pod["namespace"].as_str().unwrap_or(""), pod["name"].as_str().unwrap_or(""));
+        let names: BTreeSet<String> =
+            args["NodeNames"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(str::to_owned)).collect();
+        let failed: serde_json::Map<String, Value> =
+            names.iter().map(|n| (n.clone(), json!("recorded by the parity test"))).collect();
+        sink.lock().unwrap().entry(key).or_default().push(names);
+        let reply = json!({"NodeNames": [], "FailedNodes": failed, "Error": ""}).to_string();
+        let head =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
+        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(reply.as_bytes())).is_err() {
+            return;
+        }
+    }
+}
+
+/// The stock kube-scheduler with the recording extender, every node checked, its client limits raised so the
+/// generated pods are tried quickly (the limits change how fast, not what it decides).
+fn kube_scheduler(plane: &ControlPlane, extender_port: u16, work: &Path) -> Running {
+    let config = format!(
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  \
+         kubeconfig: {}\n  qps: 500\n  burst: 1000\nleaderElection:\n  leaderElect: false\n\
+         percentageOfNodesToScore: 100\nextenders:\n- urlPrefix: http://127.0.0.1:{extender_port}\n  \
+         filterVerb: filter\n  nodeCacheCapable: true\n  ignorable: false\n  weight: 1\n  httpTimeout: 10s\n",
+        plane.kubeconfig().display()
+    );
+    let path = work.join("kube-scheduler.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(plane.binary("kube-scheduler"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
+        .arg("--authentication-kubeconfig")
+        .arg(plane.kubeconfig())
+        .arg("--authorization-kubeconfig")
+        .arg(plane.kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("kube-scheduler.log")).unwrap());
+    Running::spawn(command)
+}
+
+const DRA_OBJECTS: &str = "apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: gpu.example.com}
+spec:
+  selectors:
+  - cel: {expression: 'device.driver == \"gpu.example.com\"'}
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: gpu-claim, namespace: team-a}
+spec:
+  devices:
+    requests:
+    - name: gpu
+      exactly: {deviceClassName: gpu.example.com}
+";
+
+const NAMESPACES: [(&str, &str, &str); 3] = [("team-a", "a", "prod"), ("team-b", "b", "prod"), ("team-c", "c", "dev")];
+const APPS: [&str; 4] = ["web", "db", "llm", "cache"];
+const ZONE: &str = "topology.kubernetes.io/zone";
+const HOSTNAME: &str = "kubernetes.io/hostname";
+
+fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
+    &items[rng.random_range(0..items.len())]
+}
+
+fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
+    rng.random_range(0.0..1.0) < p
+}
+
+/// The generated cluster: node objects (with the name of the small node the "Too many pods" pod targets).
+fn nodes(rng: &mut ChaCha8Rng, count: usize) -> Vec<Value> {
+    (0..count)
+        .map(|i| {
+            let name = format!("pn-{i:03}");
+            let gpus = *pick(rng, &[0u32, 0, 4, 8]);
+            let mut labels = json!({HOSTNAME: name, "rack": format!("r{}", i % 7),
+                "gpuplane.test/mem-gb": (32 * (1 + i % 4)).to_string()});
+            if i % 10 != 9 {
+                labels[ZONE] = json!(format!("zone-{}", i % 3));
+            }
+            if chance(rng, 0.7) {
+                labels["tier"] = json!(pick(rng, &["gold", "silver"]));
+            }
+            if gpus > 0 {
+                labels["nvidia.com/gpu.product"] = json!(pick(rng, &["A100", "L4"]));
+            }
+            // The first node is the small one: two pods at most.
+            let pods = if i == 0 {
+                2
+            } else if chance(rng, 0.12) {
+                rng.random_range(2..6)
+            } else {
+                110
+            };
+            let mut allocatable = json!({"cpu": pick(rng, &["8", "16", "32", "64"]),
+                "memory": pick(rng, &["32Gi", "64Gi", "128Gi", "256Gi"]), "pods": pods.to_string(),
+                "ephemeral-storage": "100Gi", "nvidia.com/gpu": gpus.to_string()});
+            if chance(rng, 0.3) {
+                allocatable["example.com/foo"] = json!(rng.random_range(1..4).to_string());
+            }
+            if chance(rng, 0.3) {
+                allocatable["hugepages-2Mi"] = json!("1Gi");
+            }
+            let mut taints = Vec::new();
+            if chance(rng, 0.15) {
+                taints.push(json!({"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}));
+            }
+            if chance(rng, 0.08) {
+                taints.push(json!({"key": "maintenance", "effect": "NoExecute"}));
+            }
+            if chance(rng, 0.15) {
+                taints.push(json!({"key": "spot", "value": "true", "effect": "PreferNoSchedule"}));
+            }
+            json!({
+                "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+                "spec": {"taints": taints, "unschedulable": i != 0 && chance(rng, 0.05)},
+                "status": {"allocatable": allocatable, "capacity": allocatable}
+            })
+        })
+        .collect()
+}
+
+fn label_selector(rng: &mut ChaCha8Rng) -> Value {
+    match rng.random_range(0..4) {
+        0 => json!({"matchLabels": {"app": pick(rng, &APPS)}}),
+        1 => {
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": [pick(rng, &APPS), pick(rng, &APPS)]}]})
+        }
+        2 => json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": [pick(rng, &APPS)]}]}),
+        _ => {
+            json!({"matchExpressions": [{"key": "ver", "operator": "Exists"}], "matchLabels": {"app": pick(rng, &APPS)}})
+        }
+    }
+}
+
+/// A required pod (anti-)affinity term: own namespace, a list, or a namespace selector.
+fn affinity_term(rng: &mut ChaCha8Rng) -> Value {
+    let mut term = json!({"topologyKey": pick(rng, &[ZONE, HOSTNAME, "rack"]), "labelSelector": label_selector(rng)});
+    match rng.random_range(0..4) {
+        0 => term["namespaces"] = json!(["team-a", "team-b"]),
+        1 => term["namespaceSelector"] = json!({"matchLabels": {"env": "prod"}}),
+        2 => term["namespaceSelector"] = json!({}),
+        _ => {}
+    }
+    term
+}
+
+/// Existing pods, bound at creation (`spec.nodeName`): what the filters count.
+fn existing_pod(rng: &mut ChaCha8Rng, i: usize, node: &Value) -> Value {
+    let node_name = node["metadata"]["name"].as_str().unwrap();
+    let mut requests =
+        json!({"cpu": pick(rng, &["100m", "500m", "1", "2"]), "memory": pick(rng, &["128Mi", "1Gi", "4Gi"])});
+    let gpus: u32 = node["status"]["allocatable"]["nvidia.com/gpu"].as_str().unwrap().parse().unwrap();
+    if gpus > 0 && chance(rng, 0.4) {
+        requests["nvidia.com/gpu"] = json!("1");
+    }
+    if node["status"]["allocatable"]["example.com/foo"].is_string() && chance(rng, 0.5) {
+        requests["example.com/foo"] = json!("1");
+    }
+    let mut container = json!({"name": "main", "image": "app", "resources": {"requests": requests, "limits": {}}});
+    for extended in ["nvidia.com/gpu", "example.com/foo"] {
+        if let Some(v) = requests.get(extended) {
+            container["resources"]["limits"][extended] = v.clone();
+        }
+    }
+    if chance(rng, 0.1) {
+        container["ports"] = json!([{"containerPort": 80, "hostPort": pick(rng, &[8080, 9090])}]);
+    }
+    let mut spec = json!({"nodeName": node_name, "containers": [container],
+        "tolerations": [{"operator": "Exists"}]});
+    if chance(rng, 0.12) {
+        spec["affinity"] =
+            json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [affinity_term(rng)]}});
+    }
+    let (namespace, ..) = *pick(rng, &NAMESPACES);
+    json!({"metadata": {"name": format!("e-{i}"), "namespace": namespace,
+        "labels": {"app": pick(rng, &APPS), "ver": pick(rng, &["v1", "v2"])}}, "spec": spec})
+}
+
+fn node_expression(rng: &mut ChaCha8Rng) -> Value {
+    match rng.random_range(0..7) {
+        0 => json!({"key": ZONE, "operator": "In", "values": [format!("zone-{}", rng.random_range(0..3))]}),
+        1 => json!({"key": ZONE, "operator": "NotIn", "values": ["zone-0"]}),
+        2 => json!({"key": "tier", "operator": pick(rng, &["Exists", "DoesNotExist"])}),
+        3 => json!({"key": "gpuplane.test/mem-gb", "operator": pick(rng, &["Gt", "Lt"]),
+            "values": [pick(rng, &["32", "64", "96"])]}),
+        4 => json!({"key": "nvidia.com/gpu.product", "operator": "In", "values": [pick(rng, &["A100", "L4"])]}),
+        5 => json!({"key": "rack", "operator": "In", "values": [format!("r{}", rng.random_range(0..7)), "r1"]}),
+        _ => json!({"key": "tier", "operator": "NotIn", "values": ["gold"]}),
+    }
+}
+
+/// Required node affinity: one or two terms (ORed) of expressions, or a term on the node's name.
+fn node_affinity(rng: &mut ChaCha8Rng, node_names: &[String]) -> Value {
+    let terms: Vec<Value> = (0..rng.random_range(1..3))
+        .map(|_| {
+            if chance(rng, 0.2) {
+                let names = [pick(rng, node_names).clone(), pick(rng, node_names).clone()];
+                json!({"matchFields": [{"key": "metadata.name", "operator": pick(rng, &["In", "NotIn"]),
+                    "values": [names[0]]}], "matchExpressions": [], "_unused": names[1]})
+            } else {
+                let expressions: Vec<Value> = (0..rng.random_range(1..3)).map(|_| node_expression(rng)).collect();
+                json!({"matchExpressions": expressions})
+            }
+        })
+        .map(|mut t| {
+            t.as_object_mut().map(|o| o.remove("_unused"));
+            t
+        })
+        .collect();
+    json!({"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}})
+}
+
+fn tolerations(rng: &mut ChaCha8Rng) -> Value {
+    let all = [
+        json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}),
+        json!({"key": "maintenance", "operator": "Exists", "effect": "NoExecute"}),
+        json!({"key": "spot", "operator": "Exists"}),
+        json!({"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}),
+        json!({"key": "dedicated", "operator": "Equal", "value": "cpu"}),
+    ];
+    if chance(rng, 0.05) {
+        return json!([{"operator": "Exists"}]);
+    }
+    Value::Array(all.into_iter().filter(|_| chance(rng, 0.4)).collect())
+}
+
+fn spread_constraint(rng: &mut ChaCha8Rng) -> Value {
+    let mut c = json!({"maxSkew": rng.random_range(1..3), "topologyKey": pick(rng, &[ZONE, HOSTNAME, "rack"]),
+        "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": pick(rng, &APPS)}}});
+    if chance(rng, 0.3) {
+        c["minDomains"] = json!(rng.random_range(2..6));
+    }
+    if chance(rng, 0.3) {
+        c["nodeAffinityPolicy"] = json!("Ignore");
+    }
+    if chance(rng, 0.3) {
+        c["nodeTaintsPolicy"] = json!("Honor");
+    }
+    if chance(rng, 0.3) {
+        c["matchLabelKeys"] = json!(["ver"]);
+    }
+    if chance(rng, 0.1) {
+        c["labelSelector"] = json!({});
+    }
+    c
+}
+
+/// A pod for both schedulers to judge, with a random mix of every feature the filters read.
+fn probe_pod(rng: &mut ChaCha8Rng, i: usize, node_names: &[String]) -> Value {
+    let mut requests = serde_json::Map::new();
+    let mut limits = serde_json::Map::new();
+    let cpu = *pick(rng, &["", "100m", "500m", "2", "8", "30"]);
+    if !cpu.is_empty() {
+        requests.insert("cpu".into(), json!(cpu));
+    }
+    let memory = *pick(rng, &["", "256Mi", "4Gi", "64Gi", "200Gi"]);
+    if !memory.is_empty() {
+        requests.insert("memory".into(), json!(memory));
+    }
+    // Extended resources and hugepages are requested and limited alike, as the API server requires.
+    let mut both = |name: &str, value: Value| {
+        requests.insert(name.into(), value.clone());
+        limits.insert(name.into(), value);
+    };
+    if chance(rng, 0.15) {
+        both("example.com/foo", json!(rng.random_range(1..4).to_string()));
+    }
+    if chance(rng, 0.2) {
+        both("nvidia.com/gpu", json!(pick(rng, &["1", "2", "4", "8"])));
+    }
+    let hugepages = chance(rng, 0.1);
+    if hugepages {
+        both("hugepages-2Mi", json!(pick(rng, &["512Mi", "2Gi"])));
+    }
+    if chance(rng, 0.1) {
+        both("ephemeral-storage", json!(pick(rng, &["10Gi", "200Gi"])));
+    }
+    if hugepages && !requests.contains_key("memory") {
+        requests.insert("memory".into(), json!("1Gi"));
+        limits.insert("memory".into(), json!("1Gi"));
+    }
+    let mut main = json!({"name": "main", "image": "app", "resources": {"requests": requests, "limits": limits}});
+    if chance(rng, 0.1) {
+        let mut port = json!({"containerPort": 80, "hostPort": pick(rng, &[8080, 9090])});
+        if chance(rng, 0.3) {
+            port["hostIP"] = json!("127.0.0.1");
+        }
+        if chance(rng, 0.3) {
+            port["protocol"] = json!("UDP");
+        }
+        main["ports"] = json!([port]);
+    }
+    let mut spec = json!({"schedulerName": "default-scheduler", "containers": [main], "tolerations": tolerations(rng)});
+    if chance(rng, 0.15) {
+        let restart = if chance(rng, 0.5) { json!("Always") } else { Value::Null };
+        let mut init = json!({"name": "init", "image": "app",
+            "resources": {"requests": {"cpu": pick(rng, &["1", "4", "16", "40"])}}});
+        if !restart.is_null() {
+            init["restartPolicy"] = restart;
+        }
+        spec["initContainers"] = json!([init]);
+    }
+    if chance(rng, 0.15) {
+        spec["nodeSelector"] = if chance(rng, 0.5) { json!({"tier": "gold"}) } else { json!({ZONE: "zone-1"}) };
+    }
+    let mut affinity = serde_json::Map::new();
+    if chance(rng, 0.25) {
+        affinity.insert("nodeAffinity".into(), node_affinity(rng, node_names));
+    }
+    if chance(rng, 0.12) {
+        affinity.insert(
+            "podAffinity".into(),
+            json!({"requiredDuringSchedulingIgnoredDuringExecution": [affinity_term(rng)]}),
+        );
+    }
+    if chance(rng, 0.15) {
+        affinity.insert(
+            "podAntiAffinity".into(),
+            json!({"requiredDuringSchedulingIgnoredDuringExecution": [affinity_term(rng)]}),
+        );
+    }
+    if !affinity.is_empty() {
+        spec["affinity"] = Value::Object(affinity);
+    }
+    if chance(rng, 0.15) {
+        let constraints: Vec<Value> = (0..rng.random_range(1..3)).map(|_| spread_constraint(rng)).collect();
+        // One constraint per topology key and policy pair, as the API server requires.
+        let mut seen = BTreeSet::new();
+        let constraints: Vec<Value> =
+            constraints.into_iter().filter(|c| seen.insert(c["topologyKey"].to_string())).collect();
+        spec["topologySpreadConstraints"] = json!(constraints);
+    }
+    let (namespace, ..) = *pick(rng, &NAMESPACES);
+    if namespace == "team-a" && chance(rng, 0.1) {
+        let claim = *pick(rng, &["bound-0", "bound-1", "bound-2", "bound-3", "unbound", "missing"]);
+        spec["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    }
+    json!({"metadata": {"name": format!("p-{i}"), "namespace": namespace,
+        "labels": {"app": pick(rng, &APPS), "ver": pick(rng, &["v1", "v2"])}}, "spec": spec})
+}
+
+/// The five pods the issue names, each of which kube-scheduler refuses, with the substance of its reason.
+fn refused_pods(small_node: &str) -> Vec<(Value, &'static str)> {
+    let pod = |name: &str, spec: Value| json!({"metadata": {"name": name, "namespace": "team-a"}, "spec": spec});
+    let pinned = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [small_node]}]}]}}});
+    vec![
+        (
+            pod(
+                "five-foo",
+                json!({"containers": [{"name": "c", "image": "app", "resources": {
+                "requests": {"example.com/foo": "100"}, "limits": {"example.com/foo": "100"}}}]}),
+            ),
+            "Insufficient example.com/foo",
+        ),
+        (
+            pod(
+                "five-pods",
+                json!({"affinity": pinned, "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "c", "image": "app"}]}),
+            ),
+            "Too many pods",
+        ),
+        (
+            pod(
+                "five-claim",
+                json!({"containers": [{"name": "c", "image": "app"}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "missing"}}]}),
+            ),
+            "persistentvolumeclaim \"missing\" not found",
+        ),
+        (
+            // 6 + 6 cores on an 8-core node: the sidecar runs beside the main container.
+            pod(
+                "five-sidecar",
+                json!({"nodeSelector": {"gpuplane.test/cores": "8"},
+                "tolerations": [{"operator": "Exists"}],
+                "initContainers": [{"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                    "resources": {"requests": {"cpu": "6"}}}],
+                "containers": [{"name": "c", "image": "app", "resources": {"requests": {"cpu": "6"}}}]}),
+            ),
+            "Insufficient cpu",
+        ),
+        (
+            pod(
+                "five-claims",
+                json!({"containers": [{"name": "c", "image": "app"}],
+                "resourceClaims": [{"name": "gpu", "resourceClaimName": "gpu-claim"}]}),
+            ),
+            "ResourceClaim",
+        ),
+    ]
+}
+
+async fn create<K>(api: &Api<K>, objects: impl IntoIterator<Item = Value>)
+where
+    K: kube::Resource
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + k8s_openapi::serde::Serialize
+        + std::fmt::Debug,
+{
+    for o in objects {
+        let object: K = serde_json::from_value(o.clone()).unwrap_or_else(|e| panic!("{e}: {o}"));
+        api.create(&PostParams::default(), &object).await.unwrap_or_else(|e| panic!("{e}: {o}"));
+    }
+}
+
+/// Claims: four bound to local volumes pinned to nodes, one of an Immediate class no volume satisfies.
+async fn volumes(client: &Client, rng: &mut ChaCha8Rng, node_names: &[String]) {
+    create(
+        &Api::<StorageClass>::all(client.clone()),
+        [json!({"metadata": {"name": "local"},
+        "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"})],
+    )
+    .await;
+    let mut pvs = Vec::new();
+    let mut pvcs = Vec::new();
+    for k in 0..4 {
+        let node = pick(rng, node_names).clone();
+        pvs.push(json!({"metadata": {"name": format!("pv-{k}")}, "spec": {"capacity": {"storage": "10Gi"},
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "local", "local": {"path": "/data"},
+            "claimRef": {"namespace": "team-a", "name": format!("bound-{k}")},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": HOSTNAME, "operator": "In", "values": [node]}]}]}}}}));
+        pvcs.push(json!({"metadata": {"name": format!("bound-{k}"), "namespace": "team-a"}, "spec": {
+            "accessModes": ["ReadWriteOnce"], "storageClassName": "local", "volumeName": format!("pv-{k}"),
+            "resources": {"requests": {"storage": "10Gi"}}}}));
+    }
+    pvcs.push(json!({"metadata": {"name": "unbound", "namespace": "team-a"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "storageClassName": "local", "resources": {"requests": {"storage": "1Ti"}}}}));
+    create(&Api::<PersistentVolume>::all(client.clone()), pvs).await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "team-a");
+    create(&claims, pvcs).await;
+    wait_for("the claims bound to their volumes", Duration::from_secs(120), || async {
+        let list = claims.list(&ListParams::default()).await.unwrap();
+        let bound = list.items.iter().filter(|c| {
+            c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+                && c.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("pv.kubernetes.io/bind-completed"))
+        });
+        bound.count() == 4
+    })
+    .await;
+}
+
+async fn nodes_ready(client: &Client, count: usize) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for("the generated nodes Ready and untainted by the node controller", Duration::from_secs(180), || async {
+        let list = nodes.list(&ListParams::default()).await.unwrap();
+        let ready = list.items.iter().filter(|n| {
+            let conditions = n.status.as_ref().and_then(|s| s.conditions.as_ref());
+            let taints = n.spec.as_ref().and_then(|s| s.taints.as_ref());
+            conditions.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                && taints.is_none_or(|t| {
+                    t.iter().all(|t| {
+                        !t.key.starts_with("node.kubernetes.io/") || t.key == "node.kubernetes.io/unschedulable"
+                    })
+                })
+        });
+        ready.count() == count
+    })
+    .await;
+}
+
+/// What kube-scheduler decided for a pod: the nodes its filters passed (from the extender's record) once
+/// its `PodScheduled=False` condition is written; an empty set when its filters passed none.
+fn oracle(pod: &Pod, recorded: &HashMap<String, Vec<BTreeSet<String>>>) -> Option<(BTreeSet<String>, String)> {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref())?;
+    let scheduled = conditions.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    let key = format!("{}/{}", pod.metadata.namespace.as_deref()?, pod.metadata.name.as_deref()?);
+    let last = recorded.get(&key).and_then(|attempts| attempts.last()).cloned().unwrap_or_default();
+    Some((last, scheduled.message.clone().unwrap_or_default()))
+}
+
+/// Generates the cluster and `probes` pods from `seed`, lets kube-scheduler judge them and compares.
+fn parity(seed: u64, node_count: usize, existing: usize, probes: usize) {
+    let plane = ControlPlane::start();
+    let work = tempfile::tempdir().unwrap();
+    let (port, recorded) = recording_extender();
+    let _kube_scheduler = kube_scheduler(&plane, port, work.path());
+    runtime().block_on(async {
+        let client = plane.client().await;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        create(
+            &namespaces,
+            NAMESPACES
+                .iter()
+                .map(|(name, team, env)| json!({"metadata": {"name": name, "labels": {"team": team, "env": env}}})),
+        )
+        .await;
+        let mut generated = nodes(&mut rng, node_count);
+        // The node the sidecar pod targets: 8 cores, nothing else bound.
+        generated[1]["metadata"]["labels"]["gpuplane.test/cores"] = json!("8");
+        generated[1]["status"]["allocatable"]["cpu"] = json!("8");
+        generated[1]["status"]["capacity"]["cpu"] = json!("8");
+        let node_names: Vec<String> =
+            generated.iter().map(|n| n["metadata"]["name"].as_str().unwrap().to_owned()).collect();
+        create(&Api::<Node>::all(client.clone()), generated.clone()).await;
+        nodes_ready(&client, node_count).await;
+        volumes(&client, &mut rng, &node_names).await;
+        // A claim on a device class no driver publishes devices for: kube-scheduler's DynamicResources filter
+        // cannot allocate it on any node.
+        let dra = work.path().join("dra.yaml");
+        std::fs::write(&dra, DRA_OBJECTS).unwrap();
+        plane.kubectl(&["apply", "-f", dra.to_str().unwrap()]);
+
+        // Two pods fill the small node; the rest go anywhere but the sidecar pod's node.
+        let mut bound: Vec<Value> = (0..2).map(|i| existing_pod(&mut rng, i, &generated[0])).collect();
+        for i in 2..existing {
+            let node = &generated[rng.random_range(2..generated.len())];
+            bound.push(existing_pod(&mut rng, i, node));
+        }
+        for p in bound {
+            let namespace = p["metadata"]["namespace"].as_str().unwrap().to_owned();
+            create(&Api::<Pod>::namespaced(client.clone(), &namespace), [p]).await;
+        }
+
+        let mut probes_json: Vec<Value> = (0..probes).map(|i| probe_pod(&mut rng, i, &node_names)).collect();
+        let refused = refused_pods(&node_names[0]);
+        probes_json.extend(refused.iter().map(|(p, _)| p.clone()));
+        // Every taint set each node shows while the pods are judged: a node tainted for a moment (a late
+        // heartbeat) would make kube-scheduler's answers depend on when it judged.
+        let taints_seen: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
+        let seen = Arc::clone(&taints_seen);
+        let node_watch = tokio::spawn(
+            kube::runtime::watcher(Api::<Node>::all(client.clone()), kube::runtime::watcher::Config::default())
+                .for_each(move |event| {
+                    if let Ok(kube::runtime::watcher::Event::Apply(n) | kube::runtime::watcher::Event::InitApply(n)) =
+                        event
+                    {
+                        let taints =
+                            serde_json::to_string(&n.spec.as_ref().and_then(|s| s.taints.clone())).unwrap_or_default();
+                        seen.lock()
+                            .unwrap()
+                            .entry(n.metadata.name.clone().unwrap_or_default())
+                            .or_default()
+                            .insert(taints);
+                    }
+                    futures::future::ready(())
+                }),
+        );
+        // 16 creates in flight.
+        futures::stream::iter(probes_json.iter().map(|p| {
+            let namespace = p["metadata"]["namespace"].as_str().unwrap().to_owned();
+            let api = Api::<Pod>::namespaced(client.clone(), &namespace);
+            async move { create(&api, [p.clone()]).await }
+        }))
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+        let all_pods: Api<Pod> = Api::all(client.clone());
+        let started = std::time::Instant::now();
+        // Listing every pod is heavy on two cores: every 3 s, not wait_for's 250 ms.
+        loop {
+            let list = all_pods.list(&ListParams::default()).await.unwrap();
+            let recorded = recorded.lock().unwrap().clone();
+            let pending = list.items.iter().filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none()));
+            let waiting = pending.filter(|p| oracle(p, &recorded).is_none()).count();
+            if waiting == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(900),
+                "{waiting} pods not judged by kube-scheduler in 900 s"
+            );
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        eprintln!(
+            "parity: kube-scheduler judged {} pods in {:.1} s",
+            probes_json.len(),
+            started.elapsed().as_secs_f64()
+        );
+        node_watch.abort();
+        let changed: Vec<(String, BTreeSet<String>)> = taints_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| t.len() > 1)
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        assert!(changed.is_empty(), "node taints changed while kube-scheduler judged the pods: {changed:?}");
+
+        // gpuplane's view of the same objects, through the scheduler's own decision code.
+        let list = |_: ()| ListParams::default();
+        let nodes = Api::<Node>::all(client.clone()).list(&list(())).await.unwrap().items;
+        let pods = all_pods.list(&list(())).await.unwrap().items;
+        let (mut snapshot, warnings) = Snapshot::build(&nodes, &pods).unwrap();
+        let unreadable: Vec<String> = warnings
+            .iter()
+            .filter(|w| matches!(w, gpuplane_kube::Warning::Unreadable(_)))
+            .map(|w| format!("{w:?}"))
+            .collect();
+        assert!(unreadable.is_empty(), "gpuplane cannot read: {unreadable:?}");
+        let namespace_objects = namespaces.list(&list(())).await.unwrap().items;
+        let ns_labels = namespace_objects
+            .iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone().unwrap_or_default()))
+            .collect();
+        snapshot.fit_mut().set_namespaces(ns_labels);
+        snapshot.fit_mut().set_volumes(Volumes::new(
+            &Api::<PersistentVolumeClaim>::all(client.clone()).list(&list(())).await.unwrap().items,
+            &Api::<PersistentVolume>::all(client.clone()).list(&list(())).await.unwrap().items,
+            &Api::<StorageClass>::all(client.clone()).list(&list(())).await.unwrap().items,
+        ));
+        let mut engine =
+            Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed, tie_break: TieBreak::LowestName })
+                .unwrap();
+
+        let recorded = recorded.lock().unwrap().clone();
+        let mut differences = Vec::new();
+        let mut feasible_sizes = BTreeMap::<usize, usize>::new();
+        let mut messages = BTreeMap::new();
+        let mut compared = 0;
+        for p in pods.iter().filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none())) {
+            let (expected, kube_message) = oracle(p, &recorded).expect("judged");
+            let ours = gpuplane_kube::scheduler::feasible_nodes(&snapshot, &mut engine, p);
+            let (got, our_message) = match &ours {
+                Ok(names) => (names.iter().cloned().collect::<BTreeSet<String>>(), String::new()),
+                Err(m) => (BTreeSet::new(), m.clone()),
+            };
+            let key = format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap_or(""),
+                p.metadata.name.as_deref().unwrap_or("")
+            );
+            compared += 1;
+            *feasible_sizes.entry(expected.len()).or_default() += 1;
+            if got != expected {
+                let missing: Vec<&String> = expected.difference(&got).collect();
+                let extra: Vec<&String> = got.difference(&expected).collect();
+                let attempts: Vec<usize> = recorded.get(&key).into_iter().flatten().map(BTreeSet::len).collect();
+                differences.push(format!(
+                    "{key}: kube-scheduler passes {} nodes (attempts passed {attempts:?}), gpuplane {}; only \
+                     kube-scheduler: {missing:?}; only gpuplane: {extra:?}; gpuplane says {our_message:?}; \
+                     kube-scheduler says {kube_message:?}\n  spec: {}",
+                    expected.len(),
+                    got.len(),
+                    serde_json::to_string(&p.spec).unwrap_or_default()
+                ));
+            }
+            messages.insert(key, (our_message, kube_message));
+        }
+        let with_some = feasible_sizes.iter().filter(|(n, _)| **n > 0).map(|(_, c)| c).sum::<usize>();
+        eprintln!(
+            "parity: seed {seed}, {node_count} nodes, {existing} bound pods: {compared} pods compared, {} with a \
+             different feasible set; kube-scheduler passed some node for {with_some} of them, none for {}",
+            differences.len(),
+            compared - with_some
+        );
+        for d in &differences {
+            eprintln!("parity difference: {d}");
+        }
+        if !differences.is_empty() {
+            // The objects both judged, for a look afterwards.
+            let dump = repo().join("target/tmp/parity-objects.json");
+            let _ = std::fs::create_dir_all(dump.parent().unwrap());
+            let state = json!({"nodes": nodes, "pods": pods, "namespaces": namespace_objects,
+                "recorded": recorded.iter().collect::<BTreeMap<_, _>>()});
+            let _ = std::fs::write(&dump, state.to_string());
+            eprintln!("parity: objects written to {}", dump.display());
+        }
+        for (p, substance) in &refused {
+            let key = format!("team-a/{}", p["metadata"]["name"].as_str().unwrap());
+            let (ours, theirs) = &messages[&key];
+            eprintln!("parity: {key}: gpuplane {ours:?}; kube-scheduler {theirs:?}");
+            assert!(ours.contains(substance), "{key}: gpuplane's message {ours:?} lacks {substance:?}");
+            if *substance != "ResourceClaim" {
+                assert!(theirs.contains(substance), "{key}: kube-scheduler's message {theirs:?} lacks {substance:?}");
+            }
+        }
+        assert!(compared >= probes, "{compared} of {probes} generated pods compared");
+        assert!(
+            differences.is_empty(),
+            "{} of {compared} feasible sets differ from kube-scheduler's",
+            differences.len()
+        );
+    });
+}
+
+/// The differential `scripts/test` runs: 2,000 generated pods over 60 nodes, seed 42.
+#[test]
+fn parity_with_kube_scheduler() {
+    parity(42, 60, 200, 2_000);
+}
+
+/// A larger run: 6,000 pods over 200 nodes with 800 bound, another seed (`cargo test -- --ignored parity`).
+#[test]
+#[ignore = "about ten minutes; run by hand"]
+fn parity_with_kube_scheduler_large() {
+    parity(7, 200, 800, 6_000);
+}
+
+/// Replays the objects a failed run wrote (`target/tmp/parity-objects.json`) and prints gpuplane's verdict on
+/// every node for the pod named by `PARITY_POD` (`namespace/name`): `cargo test --test parity -- --ignored replay`.
+#[test]
+#[ignore = "a diagnostic for a failed parity run"]
+fn parity_replay() {
+    let dump: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("target/tmp/parity-objects.json")).unwrap()).unwrap();
+    let nodes: Vec<Node> = serde_json::from_value(dump["nodes"].clone()).unwrap();
+    let pods: Vec<Pod> = serde_json::from_value(dump["pods"].clone()).unwrap();
+    let (mut snapshot, _) = Snapshot::build(&nodes, &pods).unwrap();
+    let namespaces: Vec<Namespace> = serde_json::from_value(dump["namespaces"].clone()).unwrap();
+    snapshot.fit_mut().set_namespaces(
+        namespaces
+            .iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.clone().unwrap_or_default()))
+            .collect(),
+    );
+    let key = std::env::var("PARITY_POD").unwrap_or_default();
+    let pod = pods
+        .iter()
+        .find(|p| {
+            format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))
+                == key
+        })
+        .expect("PARITY_POD names a pod of the dump");
+    let domain = gpuplane_kube::objects::pod(pod).unwrap();
+    let incoming = gpuplane_kube::fit::Incoming::of(pod, domain.tolerations).unwrap();
+    let verdicts = snapshot.fit().filter(&incoming).unwrap();
+    for (i, v) in verdicts.iter().enumerate() {
+        println!("{}: {v:?}", snapshot.fit().node_name(i));
+    }
+}
