@@ -139,6 +139,10 @@ fn control_plane_benchmark() {
             "kube-scheduler + gpuplane extender, client QPS 1000 burst 2000",
             "gpuplane scheduler, client QPS 1000 burst 2000",
         ];
+        // GPUPLANE_BENCH_MODES picks modes by substring, comma-separated (all by default).
+        let picked = std::env::var("GPUPLANE_BENCH_MODES").unwrap_or_default();
+        let picked: Vec<&str> = picked.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
+        let modes = modes.into_iter().filter(|m| picked.is_empty() || picked.iter().any(|p| m.contains(p)));
         for mode in modes {
             let (scheduler_name, _running) = start_for_benchmark(&plane, mode, work.path());
             let namespace = format!("bench-{}", rows.len());

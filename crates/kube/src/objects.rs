@@ -340,6 +340,8 @@ pub fn api_node(n: &Node) -> api::Node {
     let mut allocatable = BTreeMap::new();
     allocatable.insert("cpu".to_owned(), ApiQuantity(format!("{}m", n.cpu_milli)));
     allocatable.insert("memory".to_owned(), ApiQuantity(n.memory_bytes.to_string()));
+    // The kubelet's default --max-pods: kube-scheduler (and gpuplane's filters) admit no pod on a node without it.
+    allocatable.insert("pods".to_owned(), ApiQuantity("110".to_owned()));
     if n.gpu_count > 0 {
         allocatable.insert(NODE_GPU_RESOURCES[0].to_owned(), ApiQuantity(n.gpu_count.to_string()));
         if let Some(model) = &n.gpu_model {

@@ -84,7 +84,7 @@ fn bind_of(action: Option<Action>) -> gpuplane_kube::BindTarget {
 /// Asserts the action reports `pod` unschedulable for `reason`.
 fn reported(action: Option<Action>, pod: &str, reason: &str) {
     match action {
-        Some(Action::ReportUnschedulable { pod: p, message }) => {
+        Some(Action::ReportUnschedulable { pod: p, message, .. }) => {
             assert_eq!(p, pod);
             assert_eq!(message, reason);
         }
@@ -366,7 +366,7 @@ fn pods_for_other_schedulers_and_unreadable_pods_are_not_queued() {
     assert_eq!(s.queued(), 0);
     // The unreadable pod is told why it waits (once), rather than staying Pending without a word.
     match s.next(Instant::now()) {
-        Some(Action::ReportUnschedulable { pod, message }) => {
+        Some(Action::ReportUnschedulable { pod, message, .. }) => {
             assert_eq!(pod, "ml/bad");
             assert!(message.contains("cannot schedule") && message.contains("lots"), "{message}");
         }
@@ -459,7 +459,7 @@ fn settle(s: &mut Scheduler) -> (BTreeMap<String, String>, BTreeMap<String, Stri
     let (mut binds, mut reports) = (BTreeMap::new(), BTreeMap::new());
     while let Some(action) = s.next(now) {
         match action {
-            Action::ReportUnschedulable { pod, message } => {
+            Action::ReportUnschedulable { pod, message, .. } => {
                 reports.insert(pod, message);
             }
             Action::Bind(t) => {

@@ -1,5 +1,5 @@
 //! `gpuplane scheduler` against kube-rs's mock service standing in for the API server: it lists and
-//! watches Nodes, Pods and PodDisruptionBudgets, binds a pending pod (one Binding carrying the assignment), does
+//! watches Nodes, Pods, PodDisruptionBudgets, Namespaces and volume objects, binds a pending pod (one Binding carrying the assignment), does
 //! not retry a binding the API server refused as a conflict, evicts a victim for a higher-priority pod,
 //! hands the Lease over between replicas, keeps renewing it while a slow cluster loads, and writes
 //! nothing once it is lost.
@@ -88,6 +88,11 @@ fn fake_api(
                 (Method::GET, "/api/v1/nodes") => (200, list("NodeList", &nodes)),
                 (Method::GET, "/api/v1/pods") => (200, list("PodList", &pods)),
                 (Method::GET, "/apis/policy/v1/poddisruptionbudgets") => (200, list("PodDisruptionBudgetList", &[])),
+                (Method::GET, "/api/v1/namespaces") => (200, list("NamespaceList", &[])),
+                (Method::GET, "/api/v1/persistentvolumeclaims") => (200, list("PersistentVolumeClaimList", &[])),
+                (Method::GET, "/api/v1/persistentvolumes") => (200, list("PersistentVolumeList", &[])),
+                (Method::GET, "/apis/storage.k8s.io/v1/storageclasses") => (200, list("StorageClassList", &[])),
+                (Method::POST, p) if p.ends_with("/events") => (201, body.clone()),
                 (Method::PATCH, p) if p.starts_with("/api/v1/namespaces/ml/pods/") => {
                     let name = p.rsplit('/').next().unwrap();
                     (200, pod(name, 0, None))
@@ -294,7 +299,13 @@ async fn a_pod_that_fits_nowhere_is_told_why_on_its_status() {
     let condition = &body["status"]["conditions"][0];
     assert_eq!((&condition["type"], &condition["status"]), (&json!("PodScheduled"), &json!("False")));
     assert_eq!(condition["reason"], "Unschedulable");
-    assert_eq!(condition["message"], "0/1 nodes are available: 1 node(s) had no GPU of a model the pod accepts.");
+    assert_eq!(condition["message"], "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.");
+    // And a FailedScheduling event on the pod, as kube-scheduler records one.
+    let (method, uri, body) = next_write(&mut writes).await;
+    assert_eq!((method, uri.split('?').next().unwrap()), (Method::POST, "/api/v1/namespaces/ml/events"));
+    assert_eq!((&body["reason"], &body["type"]), (&json!("FailedScheduling"), &json!("Warning")));
+    assert_eq!(body["involvedObject"]["uid"], "uid-chat-0");
+    assert_eq!(body["message"], "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.");
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
@@ -349,6 +360,11 @@ fn slow_cluster_with_lease(
                 }
                 (Method::GET, "/api/v1/nodes") => (200, list("NodeList", &[node("gpu-1", 2)])),
                 (Method::GET, "/apis/policy/v1/poddisruptionbudgets") => (200, list("PodDisruptionBudgetList", &[])),
+                (Method::GET, "/api/v1/namespaces") => (200, list("NamespaceList", &[])),
+                (Method::GET, "/api/v1/persistentvolumeclaims") => (200, list("PersistentVolumeClaimList", &[])),
+                (Method::GET, "/api/v1/persistentvolumes") => (200, list("PersistentVolumeList", &[])),
+                (Method::GET, "/apis/storage.k8s.io/v1/storageclasses") => (200, list("StorageClassList", &[])),
+                (Method::POST, p) if p.ends_with("/events") => (201, json!({})),
                 (Method::POST, p) if p.ends_with("/binding") => (201, status(201, "", "")),
                 _ => (404, status(404, "NotFound", &format!("{method} {uri} is not served by this fake"))),
             };

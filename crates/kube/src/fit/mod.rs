@@ -31,7 +31,7 @@ pub enum Reason {
     /// A fixed reason text.
     Text(&'static str),
     /// `Insufficient <resource>`.
-    Insufficient(String),
+    Insufficient(Arc<str>),
 }
 
 impl std::fmt::Display for Reason {
@@ -97,7 +97,7 @@ impl PodInfo {
 pub struct Incoming {
     name: String,
     info: Arc<PodInfo>,
-    spec_volumes: api::PodSpec,
+    volumes: Vec<api::Volume>,
     tolerations: Vec<Toleration>,
     required_node: RequiredNode,
     preferred_node: Vec<(i32, NodeTerm)>,
@@ -126,7 +126,7 @@ impl Incoming {
             preferred_node: labels::preferred_node_terms(spec)?,
             terms: PodTerms::of(spec, &info.namespace, &info.labels)?,
             spread: spread::constraints(spec, &info.labels)?,
-            spec_volumes: api::PodSpec { volumes: spec.volumes.clone(), ..Default::default() },
+            volumes: spec.volumes.clone().unwrap_or_default(),
             tolerations,
             refusal,
             info: Arc::new(info),
@@ -147,7 +147,7 @@ impl Incoming {
             || !self.info.anti_affinity.is_empty()
             || !self.spread.is_empty()
             || !self.info.ports.is_empty()
-            || self.spec_volumes.volumes.as_ref().is_some_and(|v| !v.is_empty())
+            || !self.volumes.is_empty()
     }
 
     /// True when the pod has preferences kube-scheduler scores (node or pod affinity, soft spread).
@@ -166,8 +166,10 @@ struct NodeView {
     labels: Labels,
     taints: Vec<Taint>,
     unschedulable: bool,
-    allocatable: Resources,
-    requested: Resources,
+    /// Allocatable and requested amounts, indexed as [`Fit::resources`]; `pods` apart.
+    allocatable: Vec<i64>,
+    requested: Vec<i64>,
+    pods_allowed: i64,
     pods: u32,
     ports: Vec<HostPort>,
 }
@@ -176,6 +178,9 @@ struct NodeView {
 #[derive(Debug, Clone, Default)]
 pub struct Fit {
     nodes: Vec<NodeView>,
+    /// The resource names some node has allocatable, in the order of the nodes' amount vectors.
+    resources: Vec<Arc<str>>,
+    resource_index: HashMap<String, usize>,
     bound: HashMap<String, (NodeId, Arc<PodInfo>)>,
     /// The bound pods with required anti-affinity terms: the only ones a pod without affinity terms of its own
     /// must be checked against, so its decision stays linear in the nodes.
@@ -188,24 +193,42 @@ impl Fit {
     /// The nodes, in the engine's order; their taints as the Node reader parsed them.
     /// A node whose allocatable cannot be read offers nothing.
     pub fn new(nodes: &[(&api::Node, Vec<Taint>)]) -> Fit {
+        let allocatable: Vec<Resources> =
+            nodes.iter().map(|(n, _)| requests::node_allocatable(n).unwrap_or_default()).collect();
+        let mut resource_index = HashMap::new();
+        let mut resources: Vec<Arc<str>> = Vec::new();
+        for name in allocatable.iter().flat_map(|a| a.0.keys()).filter(|k| *k != "pods") {
+            resource_index.entry(name.clone()).or_insert_with(|| {
+                resources.push(Arc::from(name.as_str()));
+                resources.len() - 1
+            });
+        }
         let views = nodes
             .iter()
-            .map(|(n, taints)| {
+            .zip(&allocatable)
+            .map(|((n, taints), alloc)| {
                 let spec = n.spec.as_ref();
+                let mut amounts = vec![0; resources.len()];
+                for (name, v) in &alloc.0 {
+                    if let Some(&i) = resource_index.get(name) {
+                        amounts[i] = *v;
+                    }
+                }
                 NodeView {
                     name: n.metadata.name.clone().unwrap_or_default(),
                     labels: n.metadata.labels.clone().unwrap_or_default(),
                     // The Node reader adds cordoning as a taint; NodeUnschedulable checks it apart.
                     taints: taints.iter().filter(|t| **t != Taint::unschedulable()).cloned().collect(),
                     unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
-                    allocatable: requests::node_allocatable(n).unwrap_or_default(),
-                    requested: Resources::default(),
+                    allocatable: amounts,
+                    requested: vec![0; resources.len()],
+                    pods_allowed: alloc.get("pods"),
                     pods: 0,
                     ports: Vec::new(),
                 }
             })
             .collect();
-        Fit { nodes: views, ..Fit::default() }
+        Fit { nodes: views, resources, resource_index, ..Fit::default() }
     }
 
     /// Replaces the namespaces' labels (namespace selectors of affinity terms read them).
@@ -222,7 +245,11 @@ impl Fit {
     pub fn add(&mut self, key: &str, node: NodeId, info: Arc<PodInfo>) {
         self.remove(key);
         let Some(view) = self.nodes.get_mut(node) else { return };
-        view.requested.plus(&info.requests);
+        for (name, v) in &info.requests.0 {
+            if let Some(&i) = self.resource_index.get(name) {
+                view.requested[i] = view.requested[i].saturating_add(*v);
+            }
+        }
         view.pods += 1;
         view.ports.extend(info.ports.iter().cloned());
         if !info.anti_affinity.is_empty() {
@@ -236,7 +263,11 @@ impl Fit {
         let Some((node, info)) = self.bound.remove(key) else { return };
         self.with_anti_affinity.remove(key);
         let view = &mut self.nodes[node];
-        view.requested.minus(&info.requests);
+        for (name, v) in &info.requests.0 {
+            if let Some(&i) = self.resource_index.get(name) {
+                view.requested[i] = view.requested[i].saturating_sub(*v);
+            }
+        }
         view.pods = view.pods.saturating_sub(1);
         for p in &info.ports {
             if let Some(i) = view.ports.iter().position(|q| q == p) {
@@ -250,15 +281,16 @@ impl Fit {
         if let Some(r) = &pod.refusal {
             return Err(r.clone());
         }
-        let bound_volumes = self.volumes.prefilter(&pod.info.namespace, &pod.name, &pod.spec_volumes)?;
+        let bound_volumes = self.volumes.prefilter(&pod.info.namespace, &pod.name, &pod.volumes)?;
         let hard: Vec<&Constraint> = pod.spread.iter().filter(|c| c.hard).collect();
         let spread = (!hard.is_empty()).then(|| self.spread_state(pod, &hard));
         let affinity = self.affinity_state(pod);
+        let wanted = self.wanted(&pod.info.requests);
         let verdicts = self
             .nodes
             .iter()
             .map(|n| {
-                self.static_checks(pod, n)?;
+                self.static_checks(pod, n, &wanted)?;
                 self.volumes.check(&bound_volumes, &n.name, &n.labels).map_err(|r| vec![Reason::Text(r)])?;
                 if let Some(s) = &spread {
                     s.check(&hard, &n.labels).map_err(|r| vec![Reason::Text(r)])?;
@@ -270,7 +302,7 @@ impl Fit {
     }
 
     /// The checks that read only the node and the pod: unschedulable, taints, node affinity, ports, resources.
-    fn static_checks(&self, pod: &Incoming, n: &NodeView) -> Verdict {
+    fn static_checks(&self, pod: &Incoming, n: &NodeView, wanted: &[Wanted]) -> Verdict {
         let text = |t: &'static str| Err(vec![Reason::Text(t)]);
         if n.unschedulable && !pod.tolerations.iter().any(|t| t.tolerates(&Taint::unschedulable())) {
             return text("node(s) were unschedulable");
@@ -284,7 +316,20 @@ impl Fit {
         if pod.info.ports.iter().any(|p| n.ports.iter().any(|q| p.conflicts(q))) {
             return text("node(s) didn't have free ports for the requested pod ports");
         }
-        fits(&pod.info.requests, n)
+        fits(wanted, n)
+    }
+
+    /// The pod's requests against the node vectors' indices (`None`: a resource no node has).
+    fn wanted(&self, requests: &Resources) -> Vec<Wanted> {
+        requests
+            .0
+            .iter()
+            .filter(|(name, amount)| **amount > 0 && *name != "pods")
+            .map(|(name, &amount)| match self.resource_index.get(name) {
+                Some(&i) => (Some(i), amount, Arc::clone(&self.resources[i])),
+                None => (None, amount, Arc::from(name.as_str())),
+            })
+            .collect()
     }
 
     fn spread_state(&self, pod: &Incoming, hard: &[&Constraint]) -> SpreadState {
@@ -361,18 +406,22 @@ impl Fit {
     }
 }
 
+/// One resource a pod requests: its index in the nodes' vectors, the amount, the name.
+type Wanted = (Option<usize>, i64, Arc<str>);
+
 /// NodeResourcesFit: the pod count, then every resource the pod requests.
-fn fits(request: &Resources, n: &NodeView) -> Verdict {
+fn fits(wanted: &[Wanted], n: &NodeView) -> Verdict {
+    let too_many = i64::from(n.pods) + 1 > n.pods_allowed;
+    let short = |(i, amount, _): &&Wanted| *amount > i.map_or(0, |i| n.allocatable[i] - n.requested[i]);
+    if !too_many && !wanted.iter().any(|w| short(&w)) {
+        return Ok(());
+    }
     let mut reasons = Vec::new();
-    if i64::from(n.pods) + 1 > n.allocatable.get("pods") {
+    if too_many {
         reasons.push(Reason::Text("Too many pods"));
     }
-    for (name, &amount) in &request.0 {
-        if amount > 0 && amount > n.allocatable.get(name) - n.requested.get(name) {
-            reasons.push(Reason::Insufficient(name.clone()));
-        }
-    }
-    if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+    reasons.extend(wanted.iter().filter(short).map(|(_, _, name)| Reason::Insufficient(Arc::clone(name))));
+    Err(reasons)
 }
 
 /// The host ports of the containers that run for the pod's whole life (sidecars and regular containers).

@@ -117,7 +117,7 @@ fn resources_ports_and_pod_count_are_checked_together() {
     let verdicts = fit.filter(&Incoming::of(&heavy, Vec::new()).unwrap()).unwrap();
     assert_eq!(
         verdicts[1],
-        Err(vec![Reason::Insufficient("cpu".into()), Reason::Insufficient("example.com/foo".into())])
+        Err(vec![Reason::Insufficient(Arc::from("cpu")), Reason::Insufficient(Arc::from("example.com/foo"))])
     );
 }
 

@@ -72,10 +72,10 @@ impl Volumes {
     }
 
     /// The bound volumes of the pod's claims, or why no node can take the pod now.
-    pub fn prefilter(&self, namespace: &str, pod_name: &str, spec: &api::PodSpec) -> Result<Vec<String>, String> {
+    pub fn prefilter(&self, namespace: &str, pod_name: &str, volumes: &[api::Volume]) -> Result<Vec<String>, String> {
         let mut bound = Vec::new();
         let mut unbound_immediate = false;
-        for v in spec.volumes.iter().flatten() {
+        for v in volumes {
             let (name, ephemeral) = match (&v.persistent_volume_claim, &v.ephemeral) {
                 (Some(c), _) => (c.claim_name.clone(), false),
                 (None, Some(_)) => (format!("{pod_name}-{}", v.name), true),

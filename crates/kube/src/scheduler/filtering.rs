@@ -18,8 +18,8 @@ pub(super) struct Filtered {
     /// Per node: whether evicting lower-priority pods could make it feasible (it failed no filter, or only
     /// for CPU, memory or GPUs, which a preemption plan frees).
     pub preemptible: Vec<bool>,
-    /// Each reason of the failed nodes, with how many nodes gave it.
-    pub reasons: BTreeMap<String, u32>,
+    /// The reasons of the nodes that failed, kept for the message (counted only when one is written).
+    pub failed: Vec<Vec<Reason>>,
 }
 
 /// Resources a preemption plan frees (it weighs victims' CPU, memory and GPU shares).
@@ -38,12 +38,9 @@ pub(super) fn filter(snapshot: &Snapshot, pod: &Incoming) -> Result<Filtered, St
             }
             Err(reasons) => {
                 out.all = false;
-                let freed =
-                    |r: &Reason| matches!(r, Reason::Insufficient(name) if PREEMPTIBLE.contains(&name.as_str()));
+                let freed = |r: &Reason| matches!(r, Reason::Insufficient(name) if PREEMPTIBLE.contains(&&**name));
                 out.preemptible.push(reasons.iter().all(freed));
-                for r in reasons {
-                    *out.reasons.entry(r.to_string()).or_insert(0) += 1;
-                }
+                out.failed.push(reasons);
             }
         }
     }
@@ -64,7 +61,18 @@ fn rejection_text(r: Rejection) -> &'static str {
 
 /// "0/N nodes are available: …" from the filters' reasons and the engine's rejections of the candidates.
 pub(super) fn message(total: usize, filtered: &Filtered, engine: Option<&RejectionCounts>) -> String {
-    let mut reasons = filtered.reasons.clone();
+    // A handful of distinct reasons over many nodes: counted in a short list, written out once each.
+    let mut counted: Vec<(&Reason, u32)> = Vec::new();
+    for r in filtered.failed.iter().flatten() {
+        match counted.iter_mut().find(|(seen, _)| *seen == r) {
+            Some((_, n)) => *n += 1,
+            None => counted.push((r, 1)),
+        }
+    }
+    let mut reasons: BTreeMap<String, u32> = BTreeMap::new();
+    for (r, n) in counted {
+        *reasons.entry(r.to_string()).or_insert(0) += n;
+    }
     if let Some(counts) = engine {
         for r in Rejection::ALL {
             if counts.get(r) > 0 {

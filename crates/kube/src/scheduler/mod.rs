@@ -122,6 +122,8 @@ pub enum Action {
     ReportUnschedulable {
         /// `namespace/name`.
         pod: String,
+        /// The pod's UID (the event names it).
+        uid: String,
         /// Such as "0/12 nodes are available: 4 Insufficient cpu, 8 node(s) had untolerated taint(s)."
         message: String,
     },
@@ -173,7 +175,7 @@ pub struct Scheduler {
     /// Pods refused for constraints gpuplane does not evaluate, by key: the UID told why.
     refused: HashMap<String, String>,
     /// Refusals not yet reported on the pod.
-    refusals: Vec<(String, String)>,
+    refusals: Vec<(String, String, String)>,
     budgets: Vec<Budget>,
     inventories: Inventories,
     metrics: Arc<Metrics>,
@@ -342,8 +344,8 @@ impl Scheduler {
                 // Never silently pending: the pod is told what gpuplane cannot read, once per UID.
                 self.unqueue(&key);
                 if self.refused.get(&key) != Some(&uid) {
-                    self.refused.insert(key.clone(), uid);
-                    self.refusals.push((key, format!("gpuplane cannot schedule this pod: {e}")));
+                    self.refused.insert(key.clone(), uid.clone());
+                    self.refusals.push((key, uid, format!("gpuplane cannot schedule this pod: {e}")));
                 }
                 Some(Warning::Unreadable(e))
             }
@@ -420,8 +422,8 @@ impl Scheduler {
     /// The next action, if a pod is ready: pods are tried in priority order until one can be bound or
     /// can preempt; the ones that fit nowhere go back to wait.
     pub fn next(&mut self, now: Instant) -> Option<Action> {
-        if let Some((pod, message)) = self.refusals.pop() {
-            return Some(Action::ReportUnschedulable { pod, message });
+        if let Some((pod, uid, message)) = self.refusals.pop() {
+            return Some(Action::ReportUnschedulable { pod, uid, message });
         }
         if let Some(action) = self.actions.pop_front() {
             return Some(action);
@@ -554,7 +556,7 @@ impl Scheduler {
             return None;
         }
         pending.reported = Some(message.clone());
-        Some(Action::ReportUnschedulable { pod: queued.key.clone(), message })
+        Some(Action::ReportUnschedulable { pod: queued.key.clone(), uid: pending.uid.clone(), message })
     }
 
     /// Turns a decision into an action: a placement is assumed in the snapshot and bound; a pod that
@@ -642,7 +644,9 @@ impl Scheduler {
         {
             return None;
         }
-        let busy: Vec<String> = self.preempting.values().flat_map(|p| p.victims.iter().cloned()).collect();
+        // Pods already being evicted, as a set: a plan looks each pod of each node up in it.
+        let busy: std::collections::HashSet<&str> =
+            self.preempting.values().flat_map(|p| p.victims.iter().map(String::as_str)).collect();
         let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy, preemptible)?;
         let node = self.snapshot.node_name(plan.node).to_owned();
         self.preempting.insert(

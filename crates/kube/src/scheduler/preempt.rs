@@ -63,7 +63,7 @@ pub fn plan(
     snapshot: &Snapshot,
     request: &PodRequest,
     budgets: &[Budget],
-    exclude: &[String],
+    exclude: &std::collections::HashSet<&str>,
     allowed: &[bool],
 ) -> Option<Plan> {
     let cluster = snapshot.cluster();
@@ -75,7 +75,7 @@ pub fn plan(
         let info = &cluster.node_info()[node];
         let candidates: Vec<&BoundPod> = snapshot
             .pods_on(node)
-            .filter(|p| p.request.priority < request.priority && !exclude.contains(&p.key))
+            .filter(|p| p.request.priority < request.priority && !exclude.contains(p.key.as_str()))
             .collect();
         if candidates.is_empty() {
             continue;

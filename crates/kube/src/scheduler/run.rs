@@ -384,7 +384,7 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, f
                 Outcome::Bind { key, result: binder.bind(target).await }
             });
         }
-        Action::ReportUnschedulable { pod, message } => {
+        Action::ReportUnschedulable { pod, uid, message } => {
             let client = client.clone();
             let fence = fence.clone();
             running.spawn(async move {
@@ -394,7 +394,7 @@ fn start(running: &mut JoinSet<Outcome>, client: &Client, binder: &KubeBinder, f
                 if let Err(e) = report_unschedulable(client.clone(), &pod, &message).await {
                     tracing::debug!(%pod, error = %e, "PodScheduled condition not written.");
                 }
-                if let Err(e) = record_failed_scheduling(client, &pod, &message).await {
+                if let Err(e) = record_failed_scheduling(client, &pod, &uid, &message).await {
                     tracing::debug!(%pod, error = %e, "FailedScheduling event not written.");
                 }
                 Outcome::Reported
@@ -460,9 +460,9 @@ pub async fn report_unschedulable(client: Client, pod: &str, message: &str) -> R
 
 /// Records a `FailedScheduling` Warning event on the pod, as kube-scheduler does (`kubectl describe pod` and
 /// `kubectl get events` show it).
-pub async fn record_failed_scheduling(client: Client, pod: &str, message: &str) -> Result<(), kube::Error> {
+pub async fn record_failed_scheduling(client: Client, pod: &str, uid: &str, message: &str) -> Result<(), kube::Error> {
     let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
-    let uid = Api::<api::Pod>::namespaced(client.clone(), namespace).get_opt(name).await?.and_then(|p| p.metadata.uid);
+    let uid = Some(uid.to_owned()).filter(|u| !u.is_empty());
     let now = k8s_openapi::jiff::Timestamp::now();
     let time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
     let event = api::Event {
