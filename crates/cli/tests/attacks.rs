@@ -532,6 +532,11 @@ fn attack_7_service_accounts_hold_only_what_they_use() {
                     "pods/status [] [] [patch]",
                     "pods [] [] [get list watch]",
                     "poddisruptionbudgets.policy [] [] [get list watch]",
+                    "events [] [] [create]",
+                    "namespaces [] [] [list watch]",
+                    "persistentvolumeclaims [] [] [list watch]",
+                    "persistentvolumes [] [] [list watch]",
+                    "storageclasses.storage.k8s.io [] [] [list watch]",
                 ],
             ),
             (

@@ -62,24 +62,6 @@ fn kube_scheduler_config(plane: &ControlPlane, extender_port: Option<u16>) -> St
     config
 }
 
-/// The stock kube-scheduler of the harness's build with `config` (written to `work`), logging to `log`.
-fn kube_scheduler(plane: &ControlPlane, config: &str, work: &Path, log: &Path) -> Running {
-    let path = work.join(format!("kube-scheduler-{}.yaml", free_port()));
-    std::fs::write(&path, config).unwrap();
-    let mut command = Command::new(plane.binary("kube-scheduler"));
-    command
-        .arg("--config")
-        .arg(&path)
-        .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
-        .arg("--authentication-kubeconfig")
-        .arg(plane.kubeconfig())
-        .arg("--authorization-kubeconfig")
-        .arg(plane.kubeconfig())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap());
-    Running::spawn(command)
-}
-
 #[test]
 fn control_plane_scenarios() {
     let started = Instant::now();
@@ -139,9 +121,9 @@ fn control_plane_benchmark() {
             "kube-scheduler + gpuplane extender, client QPS 1000 burst 2000",
             "gpuplane scheduler, client QPS 1000 burst 2000",
         ];
-        // GPUPLANE_BENCH_MODES picks modes by substring, comma-separated (all by default).
+        // GPUPLANE_BENCH_MODES picks modes by substring, separated by ';' (all by default).
         let picked = std::env::var("GPUPLANE_BENCH_MODES").unwrap_or_default();
-        let picked: Vec<&str> = picked.split(',').map(str::trim).filter(|m| !m.is_empty()).collect();
+        let picked: Vec<&str> = picked.split(';').map(str::trim).filter(|m| !m.is_empty()).collect();
         let modes = modes.into_iter().filter(|m| picked.is_empty() || picked.iter().any(|p| m.contains(p)));
         for mode in modes {
             let (scheduler_name, _running) = start_for_benchmark(&plane, mode, work.path());

@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ use generate::*;
 
 /// The stock kube-scheduler with the recording extender, every node checked, its client limits raised so the
 /// generated pods are tried quickly (the limits change how fast, not what it decides).
-fn kube_scheduler(plane: &ControlPlane, extender_port: u16, work: &Path) -> Running {
+fn recorded_kube_scheduler(plane: &ControlPlane, extender_port: u16, work: &Path) -> Running {
     let config = format!(
         "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nclientConnection:\n  \
          kubeconfig: {}\n  qps: 500\n  burst: 1000\nleaderElection:\n  leaderElect: false\n\
@@ -45,20 +44,7 @@ fn kube_scheduler(plane: &ControlPlane, extender_port: u16, work: &Path) -> Runn
          filterVerb: filter\n  nodeCacheCapable: true\n  ignorable: false\n  weight: 1\n  httpTimeout: 10s\n",
         plane.kubeconfig().display()
     );
-    let path = work.join("kube-scheduler.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut command = Command::new(plane.binary("kube-scheduler"));
-    command
-        .arg("--config")
-        .arg(&path)
-        .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
-        .arg("--authentication-kubeconfig")
-        .arg(plane.kubeconfig())
-        .arg("--authorization-kubeconfig")
-        .arg(plane.kubeconfig())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(work.join("kube-scheduler.log")).unwrap());
-    Running::spawn(command)
+    kube_scheduler(plane, &config, work, &work.join("kube-scheduler.log"))
 }
 
 async fn create<K>(api: &Api<K>, objects: impl IntoIterator<Item = Value>)
@@ -146,7 +132,7 @@ fn parity(seed: u64, node_count: usize, existing: usize, probes: usize) {
     let plane = ControlPlane::start();
     let work = tempfile::tempdir().unwrap();
     let (port, recorded) = recording_extender();
-    let _kube_scheduler = kube_scheduler(&plane, port, work.path());
+    let _kube_scheduler = recorded_kube_scheduler(&plane, port, work.path());
     runtime().block_on(async {
         let client = plane.client().await;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -49,6 +49,8 @@ pub struct Snapshot {
     bound: HashMap<String, BoundPod>,
     by_uid: HashMap<String, String>,
     by_node: HashMap<NodeId, Vec<String>>,
+    /// How many bound pods hold each priority: a preemption search is skipped when none is lower.
+    priorities: BTreeMap<i32, usize>,
     gpu_uuids: HashMap<NodeId, Vec<String>>,
     /// The same nodes and bound pods as kube-scheduler's filters see them.
     fit: Fit,
@@ -113,6 +115,7 @@ impl Snapshot {
             bound: HashMap::new(),
             by_uid: HashMap::new(),
             by_node: HashMap::new(),
+            priorities: BTreeMap::new(),
             gpu_uuids,
             fit,
         };
@@ -219,6 +222,11 @@ impl Snapshot {
         self.by_uid.get(uid).and_then(|k| self.bound.get(k))
     }
 
+    /// The lowest priority of a bound pod, if any pod is bound.
+    pub fn lowest_priority(&self) -> Option<i32> {
+        self.priorities.keys().next().copied()
+    }
+
     /// The pods bound to a node.
     pub fn pods_on(&self, node: NodeId) -> impl Iterator<Item = &BoundPod> {
         self.by_node.get(&node).into_iter().flatten().filter_map(|k| self.bound.get(k))
@@ -268,6 +276,7 @@ impl Snapshot {
             self.by_uid.insert(uid.to_owned(), pod_key.to_owned());
         }
         self.by_node.entry(placement.node).or_default().push(pod_key.to_owned());
+        *self.priorities.entry(request.priority).or_insert(0) += 1;
         self.bound.insert(
             pod_key.to_owned(),
             BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement, labels: BTreeMap::new() },
@@ -279,6 +288,12 @@ impl Snapshot {
     pub fn forget(&mut self, pod_key: &str) -> Result<bool, BindError> {
         self.fit.remove(pod_key);
         let Some(pod) = self.bound.remove(pod_key) else { return Ok(false) };
+        if let Some(n) = self.priorities.get_mut(&pod.request.priority) {
+            *n -= 1;
+            if *n == 0 {
+                self.priorities.remove(&pod.request.priority);
+            }
+        }
         self.by_uid.remove(&pod.uid);
         if let Some(keys) = self.by_node.get_mut(&pod.placement.node) {
             keys.retain(|k| k != pod_key);

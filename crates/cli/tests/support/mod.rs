@@ -247,3 +247,21 @@ where
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// The stock kube-scheduler of the harness's build with `config` (written to `work`), logging to `log`.
+pub fn kube_scheduler(plane: &ControlPlane, config: &str, work: &Path, log: &Path) -> Running {
+    let path = work.join(format!("kube-scheduler-{}.yaml", free_port()));
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(plane.binary("kube-scheduler"));
+    command
+        .arg("--config")
+        .arg(&path)
+        .args(["--bind-address", "127.0.0.1", "--secure-port", &free_port().to_string()])
+        .arg("--authentication-kubeconfig")
+        .arg(plane.kubeconfig())
+        .arg("--authorization-kubeconfig")
+        .arg(plane.kubeconfig())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    Running::spawn(command)
+}

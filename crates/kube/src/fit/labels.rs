@@ -190,6 +190,11 @@ impl RequiredNode {
             && self.terms.as_ref().is_none_or(|terms| terms.iter().any(|t| t.matches(name, labels)))
     }
 
+    /// True when the pod has required node affinity terms (beyond a plain node selector).
+    pub fn has_terms(&self) -> bool {
+        self.terms.is_some()
+    }
+
     /// True when the pod constrains nodes by label at all.
     pub fn is_empty(&self) -> bool {
         self.selector.is_empty() && self.terms.is_none()

@@ -126,7 +126,14 @@ impl Incoming {
             preferred_node: labels::preferred_node_terms(spec)?,
             terms: PodTerms::of(spec, &info.namespace, &info.labels)?,
             spread: spread::constraints(spec, &info.labels)?,
-            volumes: spec.volumes.clone().unwrap_or_default(),
+            // Only the volumes VolumeBinding reads: claims and generic ephemeral volumes.
+            volumes: spec
+                .volumes
+                .iter()
+                .flatten()
+                .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+                .cloned()
+                .collect(),
             tolerations,
             refusal,
             info: Arc::new(info),
@@ -142,6 +149,7 @@ impl Incoming {
     /// (anti-)affinity, topology spread, preferred node affinity, host ports or volumes.
     pub fn has_constraints(&self) -> bool {
         self.has_preferences()
+            || self.required_node.has_terms()
             || !self.terms.affinity.is_empty()
             || !self.terms.anti_affinity.is_empty()
             || !self.info.anti_affinity.is_empty()
@@ -332,6 +340,7 @@ impl Fit {
             .collect()
     }
 
+    /// Matching pods per domain for the given constraints, over the nodes they count.
     fn spread_state(&self, pod: &Incoming, hard: &[&Constraint]) -> SpreadState {
         let mut matching = vec![vec![0i64; hard.len()]; self.nodes.len()];
         for (node, info) in self.bound.values() {

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use gpuplane_core::TaintEffect;
 use gpuplane_place::NodeId;
 
-use super::spread::{self, Constraint, NodeSample, SpreadState};
+use super::spread::Constraint;
 use super::{Fit, Incoming};
 
 /// Weights of the scores, as a profile's `plugins.score.enabled[].weight`; `gpu` weighs gpuplane's placement
@@ -135,21 +135,7 @@ impl Fit {
     }
 
     fn spread_scores(&self, pod: &Incoming, soft: &[&Constraint], candidates: &[NodeId]) -> Vec<f64> {
-        let mut matching = vec![vec![0i64; soft.len()]; self.nodes.len()];
-        for (node, info) in self.bound.values() {
-            for (i, c) in soft.iter().enumerate() {
-                if spread::counts_pod(c, &info.namespace, &pod.info.namespace, info.terminating, &info.labels) {
-                    matching[*node][i] += 1;
-                }
-            }
-        }
-        let samples = self.nodes.iter().zip(matching).map(|(n, matching)| NodeSample {
-            labels: &n.labels,
-            affinity_ok: pod.required_node.matches(&n.name, &n.labels),
-            taints_ok: gpuplane_core::resources::tolerates_all(&pod.tolerations, &n.taints),
-            matching,
-        });
-        let state = SpreadState::build(soft, &pod.info.labels, samples);
+        let state = self.spread_state(pod, soft);
         // kube-scheduler weighs each constraint by log(domains among the candidates + 2).
         let weights: Vec<f64> = soft
             .iter()

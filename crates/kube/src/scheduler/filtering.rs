@@ -22,6 +22,25 @@ pub(super) struct Filtered {
     pub failed: Vec<Vec<Reason>>,
 }
 
+impl Filtered {
+    /// True when every node that failed, failed only for what the engine checks itself (CPU, memory, GPUs,
+    /// taints, the node selector): the engine alone can then place the pod, jointly with others.
+    pub fn engine_decides(&self) -> bool {
+        let engine_checks = |r: &Reason| match r {
+            Reason::Insufficient(name) => PREEMPTIBLE.contains(&&**name),
+            Reason::Text(t) => ENGINE_TEXTS.contains(t),
+        };
+        self.failed.iter().flatten().all(engine_checks)
+    }
+}
+
+/// Filter reasons the engine's own filters also give (cordoning is one of its taints).
+const ENGINE_TEXTS: [&str; 3] = [
+    "node(s) had untolerated taint(s)",
+    "node(s) were unschedulable",
+    "node(s) didn't match Pod's node affinity/selector",
+];
+
 /// Resources a preemption plan frees (it weighs victims' CPU, memory and GPU shares).
 const PREEMPTIBLE: [&str; 4] = ["cpu", "memory", "nvidia.com/gpu", "gpuplane.io/gpu-milli"];
 

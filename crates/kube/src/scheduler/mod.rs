@@ -473,7 +473,7 @@ impl Scheduler {
             let Some(mut pending) = self.pending.remove(&queued.key) else { continue };
             let filtered = filtering::filter(&self.snapshot, &pending.incoming);
             let joint = match &filtered {
-                Ok(f) => f.all && !pending.incoming.has_constraints(),
+                Ok(f) => f.engine_decides() && !pending.incoming.has_constraints(),
                 Err(_) => false,
             };
             if !joint || (pending.model.is_some() && self.config.locality.weight > 0.0) {
@@ -539,7 +539,18 @@ impl Scheduler {
         } else {
             let weights = &self.config.scores;
             match self.snapshot.fit().scores(&pending.incoming, &filtered.candidates, weights) {
-                None if filtered.all => (self.engine.decide(cluster, &request), None),
+                // The engine's own filters reject every node Kubernetes' did (CPU, memory, GPUs, taints,
+                // selector): it decides over the whole cluster exactly as the simulator does, and its choice is
+                // kept if Kubernetes' filters passed it (they count pods the engine cannot read, too).
+                None if filtered.engine_decides() => match self.engine.decide(cluster, &request) {
+                    Decision::Place(p) if filtered.candidates.binary_search(&p.node).is_ok() => {
+                        (Decision::Place(p), None)
+                    }
+                    _ => {
+                        let candidates = &filtered.candidates;
+                        (self.engine.decide_among(cluster, &request, candidates, None, weights.gpu), None)
+                    }
+                },
                 scores => {
                     let extra = scores.as_deref();
                     (self.engine.decide_among(cluster, &request, &filtered.candidates, extra, weights.gpu), None)

@@ -66,6 +66,9 @@ pub fn plan(
     exclude: &std::collections::HashSet<&str>,
     allowed: &[bool],
 ) -> Option<Plan> {
+    if snapshot.lowest_priority().is_none_or(|lowest| lowest >= request.priority) {
+        return None; // No pod of lower priority anywhere: nothing to evict.
+    }
     let cluster = snapshot.cluster();
     let mut best: Option<(Plan, (usize, u32, i32, u32))> = None;
     for node in 0..cluster.len() {
