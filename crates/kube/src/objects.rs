@@ -129,49 +129,16 @@ pub fn pod(p: &api::Pod) -> Result<Pod, ObjectError> {
         expected: expected.to_owned(),
     };
     let spec = p.spec.as_ref().ok_or_else(|| err("spec", "", "a pod spec"))?;
-    let request = |resource: &str, milli: bool| -> Result<u64, ObjectError> {
-        let one = |c: &api::Container| -> Result<u64, ObjectError> {
-            let r = c.resources.as_ref();
-            let q = r.and_then(|r| {
-                r.requests
-                    .as_ref()
-                    .and_then(|m| m.get(resource))
-                    .or_else(|| r.limits.as_ref().and_then(|m| m.get(resource)))
-            });
-            match q {
-                Some(q) => {
-                    let q = quantity("Pod", &key, &format!("resources.requests.{resource}"), q)?;
-                    Ok((if milli { q.milli_value() } else { q.value() }) as u64)
-                }
-                None => Ok(0),
-            }
-        };
-        let mut sum = 0u64;
-        for c in &spec.containers {
-            sum = sum.saturating_add(one(c)?);
-        }
-        let mut init = 0u64;
-        for c in spec.init_containers.iter().flatten() {
-            init = init.max(one(c)?);
-        }
-        let overhead = match spec.overhead.as_ref().and_then(|o| o.get(resource)) {
-            Some(q) => {
-                let q = quantity("Pod", &key, &format!("spec.overhead.{resource}"), q)?;
-                (if milli { q.milli_value() } else { q.value() }) as u64
-            }
-            None => 0,
-        };
-        Ok(sum.max(init).saturating_add(overhead))
-    };
-    // CPU and memory as kube-scheduler and the kubelet count them: sidecars add, pod-level requests replace.
+    // Requests as kube-scheduler and the kubelet count them: sidecars add, pod-level requests replace cpu and
+    // memory, overhead adds. GPUs are asked by one regular container (checked below), so their sum is its ask.
     let effective = crate::fit::requests::pod_requests(spec).map_err(|e| err("spec", "", &e))?;
     let cpu_milli = effective.get("cpu").max(0) as u64;
     let memory_bytes = effective.get("memory").max(0) as u64;
     gpu_in_one_container(p).map_err(|(field, expected)| err(&field, "", &expected))?;
-    let whole = request("nvidia.com/gpu", false)?;
+    let whole = effective.get("nvidia.com/gpu").max(0) as u64;
     // The device plugin's resource: what the kubelet hands out, and what kube-scheduler's
     // managedResources route to the extender. 250 is a quarter of one GPU, 2000 two whole GPUs.
-    let device_milli = request(NODE_GPU_MILLI_RESOURCE, false)?;
+    let device_milli = effective.get(NODE_GPU_MILLI_RESOURCE).max(0) as u64;
     let annotations = p.metadata.annotations.clone().unwrap_or_default();
     let annotation = |keys: &[&'static str]| keys.iter().find_map(|k| annotations.get(*k).map(|v| (*k, v.as_str())));
     // Resource requests cannot change once the pod exists (ResourceQuota counts them); annotations can be

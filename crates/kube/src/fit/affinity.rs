@@ -64,33 +64,19 @@ impl PodTerms {
         let Some(a) = spec.affinity.as_ref() else { return Ok(out) };
         let compile = |t: &api::PodAffinityTerm| Term::compile(t, namespace, labels);
         let weighted = |w: &api::WeightedPodAffinityTerm| Ok((w.weight, compile(&w.pod_affinity_term)?));
+        let required = |terms: Option<&Vec<api::PodAffinityTerm>>| -> Result<Vec<Term>, String> {
+            terms.into_iter().flatten().map(compile).collect()
+        };
+        let preferred = |terms: Option<&Vec<api::WeightedPodAffinityTerm>>| -> Result<Vec<(i32, Term)>, String> {
+            terms.into_iter().flatten().map(weighted).collect()
+        };
         if let Some(p) = &a.pod_affinity {
-            out.affinity = p
-                .required_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(compile)
-                .collect::<Result<_, String>>()?;
-            out.preferred = p
-                .preferred_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(weighted)
-                .collect::<Result<_, String>>()?;
+            out.affinity = required(p.required_during_scheduling_ignored_during_execution.as_ref())?;
+            out.preferred = preferred(p.preferred_during_scheduling_ignored_during_execution.as_ref())?;
         }
         if let Some(p) = &a.pod_anti_affinity {
-            out.anti_affinity = p
-                .required_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(compile)
-                .collect::<Result<_, String>>()?;
-            out.preferred_anti = p
-                .preferred_during_scheduling_ignored_during_execution
-                .iter()
-                .flatten()
-                .map(weighted)
-                .collect::<Result<_, String>>()?;
+            out.anti_affinity = required(p.required_during_scheduling_ignored_during_execution.as_ref())?;
+            out.preferred_anti = preferred(p.preferred_during_scheduling_ignored_during_execution.as_ref())?;
         }
         Ok(out)
     }

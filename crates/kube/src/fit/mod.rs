@@ -77,18 +77,24 @@ impl PodInfo {
     /// Reads a pod; an error names the field (the API server validates these fields, so only an object
     /// gpuplane reads differently fails).
     pub fn of(p: &api::Pod) -> Result<PodInfo, String> {
+        Ok(PodInfo::with_terms(p)?.0)
+    }
+
+    /// The pod and all its affinity terms, compiled once (a pending pod needs both).
+    fn with_terms(p: &api::Pod) -> Result<(PodInfo, PodTerms), String> {
         let spec = p.spec.as_ref().ok_or("the pod has no spec")?;
         let namespace = p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let labels = p.metadata.labels.clone().unwrap_or_default();
-        let anti_affinity = PodTerms::of(spec, &namespace, &labels)?.anti_affinity;
-        Ok(PodInfo {
+        let terms = PodTerms::of(spec, &namespace, &labels)?;
+        let info = PodInfo {
             requests: requests::pod_requests(spec)?,
             ports: host_ports(spec),
-            anti_affinity,
+            anti_affinity: terms.anti_affinity.clone(),
             terminating: p.metadata.deletion_timestamp.is_some(),
             namespace,
             labels,
-        })
+        };
+        Ok((info, terms))
     }
 }
 
@@ -110,7 +116,7 @@ pub struct Incoming {
 impl Incoming {
     /// Compiles a pending pod; `tolerations` as the Pod reader parsed them.
     pub fn of(p: &api::Pod, tolerations: Vec<Toleration>) -> Result<Incoming, String> {
-        let info = PodInfo::of(p)?;
+        let (info, terms) = PodInfo::with_terms(p)?;
         let spec = p.spec.as_ref().ok_or("the pod has no spec")?;
         let refusal = spec.resource_claims.as_ref().filter(|c| !c.is_empty()).map(|claims| {
             let names: Vec<&str> = claims.iter().map(|c| c.name.as_str()).collect();
@@ -124,7 +130,7 @@ impl Incoming {
             name: p.metadata.name.clone().unwrap_or_default(),
             required_node: RequiredNode::of(spec)?,
             preferred_node: labels::preferred_node_terms(spec)?,
-            terms: PodTerms::of(spec, &info.namespace, &info.labels)?,
+            terms,
             spread: spread::constraints(spec, &info.labels)?,
             // Only the volumes VolumeBinding reads: claims and generic ephemeral volumes.
             volumes: spec
