@@ -1,15 +1,20 @@
 //! Who may call the agent, and for what. Every request but `/healthz` carries a bearer token; an
 //! [`Authenticator`] turns it into a [`Caller`] (in a cluster: a projected ServiceAccount token checked
 //! with a TokenReview, which also names the pod and node the token was issued to), and [`Policy`]
-//! decides: peers and pods on this node read blobs, pods on this node prefetch and pin for themselves,
-//! configured writers do anything, configured readers list the inventory and metrics.
+//! decides: peers read blobs; pods on this node prefetch only what a platform [`Grant`] gives their
+//! namespace, see only those models, and pin them for themselves; configured writers do anything;
+//! configured readers list the inventory and metrics.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 
+use serde::Deserialize;
 use thiserror::Error;
+
+use crate::manifest::Source;
+use crate::origin::origin_matches;
 
 /// Who made a request, as the token reviewer says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -20,6 +25,79 @@ pub struct Caller {
     pub node: Option<String>,
     /// The pod (`namespace/name`) the token was issued to, when bound to one.
     pub pod: Option<String>,
+}
+
+impl Caller {
+    /// The namespace of the pod the token was issued to.
+    pub fn namespace(&self) -> Option<&str> {
+        self.pod.as_deref().and_then(|p| p.split_once('/')).map(|(ns, _)| ns)
+    }
+}
+
+/// What the platform lets pods of some namespaces have the agent fetch: models under `origin`, sent the
+/// credential in `token_env` if the grant names one. Read from the grants file (`--grants`, a ConfigMap the
+/// platform team owns); a pod's request is judged by its token's namespace, never by what it sends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// A URL prefix (matched as `--allow-origin` is: scheme, host, port, whole path segments).
+    pub origin: String,
+    /// Namespaces whose pods it covers (`*`: every namespace).
+    pub namespaces: Vec<String>,
+    /// The environment variable whose token the agent may send for these pods, if any.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Grant {
+    fn covers(&self, namespace: &str, url: &str, token_env: Option<&str>) -> bool {
+        self.namespaces.iter().any(|n| n == "*" || n == namespace)
+            && origin_matches(&self.origin, url)
+            && (token_env.is_none() || token_env == self.token_env.as_deref())
+    }
+}
+
+/// The grants file: `grants:` and a list of [`Grant`]s, YAML (or JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantsFile {
+    grants: Vec<Grant>,
+}
+
+/// A grants file that cannot be used.
+#[derive(Debug, Error)]
+#[error("{path}: {message}")]
+pub struct GrantsError {
+    /// The file.
+    pub path: String,
+    /// What is wrong, with the line where the parser knows it.
+    pub message: String,
+}
+
+/// Reads a grants file; every origin must parse as a URL and every grant name a namespace.
+pub fn read_grants(path: &Path) -> Result<Vec<Grant>, GrantsError> {
+    let shown = path.display().to_string();
+    let bad = |message: String| GrantsError { path: shown.clone(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let file: GrantsFile = serde_saphyr::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    for (i, g) in file.grants.iter().enumerate() {
+        if reqwest::Url::parse(&g.origin).is_err() {
+            return Err(bad(format!("grants[{i}].origin is {:?}, not a URL", g.origin)));
+        }
+        if g.namespaces.is_empty() || g.namespaces.iter().any(String::is_empty) {
+            return Err(bad(format!("grants[{i}].namespaces must name at least one namespace (or \"*\")")));
+        }
+    }
+    Ok(file.grants)
+}
+
+/// The URL a source's files are read under, and the credential it names, as grants judge them.
+pub fn source_scope(source: &Source) -> Option<(String, Option<&str>)> {
+    match source {
+        Source::Http { base_url, token_env } => Some((base_url.clone(), token_env.as_deref())),
+        Source::S3 { bucket, prefix, .. } => Some((format!("s3://{bucket}/{prefix}"), None)),
+        Source::Local { .. } => None,
+    }
 }
 
 /// The token reviewer could not answer (the agent then refuses: it fails closed).
@@ -137,6 +215,8 @@ pub struct Policy {
     pub readers: HashSet<String>,
     /// Users that may prefetch and pin or unpin for any pod.
     pub writers: HashSet<String>,
+    /// What pods on this node may fetch and see.
+    pub grants: Vec<Grant>,
 }
 
 impl Policy {
@@ -144,12 +224,31 @@ impl Policy {
         !self.node.is_empty() && caller.node.as_deref() == Some(self.node.as_str()) && caller.pod.is_some()
     }
 
-    /// Whether `caller` may do `action`.
+    /// Whether `caller` is a configured writer.
+    pub fn is_writer(&self, caller: &Caller) -> bool {
+        self.writers.contains(caller.user.as_str())
+    }
+
+    /// Whether `caller` may have the agent read `source` (for a pod: a grant covers its namespace, the
+    /// source's URL and the credential it names) and see a model fetched from it.
+    pub fn may_use(&self, caller: &Caller, source: &Source) -> bool {
+        if self.is_writer(caller) {
+            return true;
+        }
+        let (Some(namespace), Some((url, token_env))) = (caller.namespace(), source_scope(source)) else {
+            return false;
+        };
+        self.is_local(caller) && self.grants.iter().any(|g| g.covers(namespace, &url, token_env))
+    }
+
+    /// Whether `caller` may do `action` (what it may do to which model is [`Self::may_use`]'s).
     pub fn allows(&self, caller: &Caller, action: &Action<'_>) -> bool {
         let user = caller.user.as_str();
         let writer = self.writers.contains(user);
         match action {
-            Action::ReadBlob => writer || self.peers.contains(user) || self.is_local(caller),
+            // Pods read models through the store they mount, never through the agent: the blob endpoint
+            // is for peer agents.
+            Action::ReadBlob => writer || self.peers.contains(user),
             Action::Inventory => {
                 writer || self.peers.contains(user) || self.readers.contains(user) || self.is_local(caller)
             }
@@ -175,11 +274,24 @@ mod tests {
             peers: ["system:serviceaccount:gpuplane-system:gpuplane-cache".to_owned()].into(),
             readers: ["system:serviceaccount:gpuplane-system:gpuplane-scheduler".to_owned()].into(),
             writers: HashSet::new(),
+            grants: vec![Grant {
+                origin: "https://models.example/serving/".into(),
+                namespaces: vec!["serving".into()],
+                token_env: Some("HF_TOKEN".into()),
+            }],
         };
         let pod_a = caller("system:serviceaccount:serving:default", Some("gpu-1"), Some("serving/pod-a"));
         assert!(policy.allows(&pod_a, &Action::Pin("serving/pod-a")));
         assert!(!policy.allows(&pod_a, &Action::Pin("serving/pod-b")), "another pod's pin");
-        assert!(policy.allows(&pod_a, &Action::Prefetch) && policy.allows(&pod_a, &Action::ReadBlob));
+        assert!(policy.allows(&pod_a, &Action::Prefetch) && !policy.allows(&pod_a, &Action::ReadBlob));
+        let http =
+            |base: &str, token: Option<&str>| Source::Http { base_url: base.into(), token_env: token.map(Into::into) };
+        assert!(policy.may_use(&pod_a, &http("https://models.example/serving/llama", Some("HF_TOKEN"))));
+        assert!(policy.may_use(&pod_a, &http("https://models.example/serving/llama", None)));
+        assert!(!policy.may_use(&pod_a, &http("https://models.example/research/x", None)), "another origin");
+        assert!(!policy.may_use(&pod_a, &http("https://models.example/serving/x", Some("AWS_KEY"))), "credential");
+        let other_ns = caller("system:serviceaccount:team-b:default", Some("gpu-1"), Some("team-b/pod"));
+        assert!(!policy.may_use(&other_ns, &http("https://models.example/serving/llama", None)), "namespace");
         let elsewhere = caller("system:serviceaccount:serving:default", Some("gpu-2"), Some("serving/pod-c"));
         assert!(!policy.allows(&elsewhere, &Action::ReadBlob) && !policy.allows(&elsewhere, &Action::Prefetch));
         let peer = caller("system:serviceaccount:gpuplane-system:gpuplane-cache", Some("gpu-2"), Some("x/y"));
@@ -205,5 +317,21 @@ mod tests {
         std::fs::write(&path, "short,peer\n").unwrap();
         let e = StaticTokens::from_file(&path).unwrap_err();
         assert!(e.to_string().contains("tokens.csv:1"), "{e}");
+    }
+
+    #[test]
+    fn grants_files_are_read_and_mistakes_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grants.yaml");
+        let text =
+            "grants:\n- origin: https://huggingface.co/meta-llama/\n  namespaces: [serving]\n  token_env: HF_TOKEN\n";
+        std::fs::write(&path, text).unwrap();
+        let grants = read_grants(&path).unwrap();
+        assert_eq!(grants[0].token_env.as_deref(), Some("HF_TOKEN"));
+        std::fs::write(&path, "grants:\n- origin: nowhere\n  namespaces: [a]\n").unwrap();
+        assert!(read_grants(&path).unwrap_err().to_string().contains("grants[0].origin"));
+        std::fs::write(&path, "grants:\n- origin: https://x/\n  namespace: [a]\n").unwrap();
+        let e = read_grants(&path).unwrap_err().to_string();
+        assert!(e.contains("grants.yaml") && e.contains("namespace"), "{e}");
     }
 }

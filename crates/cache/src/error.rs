@@ -81,3 +81,27 @@ pub enum CacheError {
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
 }
+
+impl CacheError {
+    /// What a caller who is not an administrator is told: which model, file or URL failed and how, but
+    /// never a digest, a size or other bytes of content it may not read (those go to the agent's log).
+    pub fn public_message(&self) -> String {
+        match self {
+            CacheError::Io { .. } | CacheError::Index { .. } => "the agent could not use its store".to_owned(),
+            CacheError::Origin { url, .. } => {
+                format!("{url}: not read as the manifest describes (status, length, range or deadline)")
+            }
+            CacheError::RangeIgnored { url } => format!("{url}: the origin ignores Range requests"),
+            CacheError::HashMismatch { model, path, .. } => {
+                format!("{model}/{path}: the bytes read do not match the manifest; nothing was published")
+            }
+            CacheError::Safetensors { model, path, .. } => {
+                format!("{model}/{path}: not a valid safetensors file; nothing was published")
+            }
+            CacheError::Budget { model, .. } => {
+                format!("model {model} does not fit: what the cache cannot free is pinned or being fetched")
+            }
+            CacheError::Manifest(e) => e.to_string(),
+        }
+    }
+}

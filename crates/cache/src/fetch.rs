@@ -7,7 +7,11 @@
 //!
 //! Across a cluster a file is read from its origin once: before reading, a fetch announces itself
 //! (peers see it in `HEAD /blobs/sha256/<d>`) and asks its peers; a peer that holds the file, or that
-//! announced the same fetch earlier, is read instead, range by range as its pieces arrive.
+//! announced a fetch of the same file from the same URL earlier, is read instead, range by range as its
+//! pieces arrive. Whatever a peer gives is verified here; when it fails, the origin is read afresh.
+//!
+//! Every request has a deadline (a grace plus its length at a minimum rate), a model's fetch has one
+//! too, and with [`Fetcher::with_origins`] every redirect hop must stay under an allowed origin.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -33,8 +37,13 @@ pub const BLOB_STATE_HEADER: &str = "x-gpuplane-blob";
 pub const FETCH_KEY_HEADER: &str = "x-gpuplane-fetch-key";
 /// Most ranges one file is split into (the range size grows for larger files).
 const MAX_RANGES: u64 = 1 << 20;
-/// How many times a follower asks again for a range its peer has not received yet.
-const FOLLOW_RETRIES: u32 = 120;
+/// The response header with a fetch's source: SHA-256 of the URL it reads (followers need the same).
+pub const FETCH_SOURCE_HEADER: &str = "x-gpuplane-fetch-source";
+/// How many times a follower asks again for a range its peer has not received yet (each ask waits up to
+/// the peer's follow wait, 20 s by default); then it reads the origin itself.
+const FOLLOW_RETRIES: u32 = 3;
+/// Most redirects followed per request.
+const MAX_REDIRECTS: usize = 5;
 
 /// How files are read.
 #[derive(Debug, Clone, Copy)]
@@ -45,11 +54,34 @@ pub struct FetchConfig {
     pub concurrency: usize,
     /// Retries of a failed range (with exponential backoff from 200 ms).
     pub retries: u32,
+    /// The slowest a request may go: its deadline is `grace` plus its length at this rate.
+    pub min_bytes_per_sec: u64,
+    /// The fixed part of every request's deadline (connect, first byte); a model's whole fetch gets ten of
+    /// these plus its bytes at `min_bytes_per_sec`.
+    pub grace: Duration,
 }
 
 impl Default for FetchConfig {
     fn default() -> Self {
-        FetchConfig { chunk_bytes: 16 << 20, concurrency: 16, retries: 4 }
+        FetchConfig {
+            chunk_bytes: 16 << 20,
+            concurrency: 16,
+            retries: 4,
+            min_bytes_per_sec: 1 << 20,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FetchConfig {
+    /// How long a request for `bytes` may take.
+    pub fn request_deadline(&self, bytes: u64) -> Duration {
+        self.grace + Duration::from_secs_f64(bytes as f64 / self.min_bytes_per_sec.max(1) as f64)
+    }
+
+    /// How long a model's fetch of `bytes` may take.
+    pub fn fetch_deadline(&self, bytes: u64) -> Duration {
+        self.grace * 10 + Duration::from_secs_f64(bytes as f64 / self.min_bytes_per_sec.max(1) as f64)
     }
 }
 
@@ -93,6 +125,8 @@ pub struct InFlight {
     pub size: u64,
     /// The announcement key: earlier fetches lead, later ones follow them.
     pub key: FetchKey,
+    /// SHA-256 of the URL being read: only a fetch of the same URL follows this one.
+    pub source: String,
     part: PathBuf,
     chunk: u64,
     done: Mutex<Vec<bool>>,
@@ -140,6 +174,11 @@ impl InFlight {
             *d = true;
         }
         self.progress.send_modify(|v| *v += 1);
+    }
+
+    /// Forgets every range: a new attempt starts (or resumes from what it finds on disk).
+    fn reset(&self) {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).iter_mut().for_each(|d| *d = false);
     }
 
     fn end(&self) {
@@ -209,6 +248,7 @@ pub struct Fetcher {
     peer_token: Option<PeerToken>,
     token_cache: Arc<Mutex<TokenCache>>,
     active: Arc<Mutex<HashMap<String, usize>>>,
+    origins: Option<Arc<Vec<String>>>,
 }
 
 /// Ends a fetch's record in the store however the fetch ends.
@@ -260,6 +300,40 @@ enum From {
     },
 }
 
+impl From {
+    /// SHA-256 of what is read (a URL or a path): fetches of one file from one place share it.
+    fn source_id(&self) -> String {
+        location_id(&self.to_string())
+    }
+}
+
+fn location_id(location: &str) -> String {
+    let mut hash = crate::Sha256::default();
+    hash.update(location.as_bytes());
+    hash.hex()
+}
+
+/// Where a manifest's file is read: its URL (`s3://bucket/key` for S3) or local path.
+pub fn file_location(source: &Source, path: &str) -> Result<String, CacheError> {
+    Ok(match source {
+        Source::Http { base_url, .. } => file_url(base_url, path)?,
+        Source::Local { dir } => Path::new(dir).join(path).display().to_string(),
+        Source::S3 { bucket, .. } => format!("s3://{bucket}/{}", s3_key(source, path)),
+    })
+}
+
+/// The SHA-256 of [`file_location`]: what announcements and blobs name as a file's source.
+pub fn source_id(source: &Source, path: &str) -> Option<String> {
+    file_location(source, path).ok().map(|l| location_id(&l))
+}
+
+fn s3_key(source: &Source, path: &str) -> String {
+    match source {
+        Source::S3 { prefix, .. } if !prefix.is_empty() => format!("{}/{path}", prefix.trim_end_matches('/')),
+        _ => path.to_owned(),
+    }
+}
+
 impl std::fmt::Display for From {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -292,6 +366,26 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// The fetcher's HTTP client: connect and read timeouts, and redirects checked against `origins`.
+fn http_client(config: &FetchConfig, origins: Option<Arc<Vec<String>>>) -> Result<reqwest::Client, CacheError> {
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if origins.as_ref().is_none_or(|o| crate::origin::allowed(o, attempt.url().as_str())) {
+            attempt.follow()
+        } else {
+            attempt.error("redirected outside the allowed origins")
+        }
+    });
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .redirect(redirects)
+        .pool_max_idle_per_host(config.concurrency.max(1) * 2)
+        .build()
+        .map_err(|e| CacheError::Origin { url: String::new(), message: format!("HTTP client: {e}") })
+}
+
 /// The URL of `path` under `base`, each path segment percent-encoded.
 pub fn file_url(base: &str, path: &str) -> Result<String, CacheError> {
     let bad = |message: String| CacheError::Origin { url: base.to_owned(), message };
@@ -307,14 +401,8 @@ pub fn file_url(base: &str, path: &str) -> Result<String, CacheError> {
 impl Fetcher {
     /// A fetcher; at most `origin_limit` range reads hit origins at once across all fetches.
     pub fn new(config: FetchConfig, origin_limit: usize) -> Result<Self, CacheError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(config.concurrency.max(1) * 2)
-            .build()
-            .map_err(|e| CacheError::Origin { url: String::new(), message: format!("HTTP client: {e}") })?;
         Ok(Fetcher {
-            http,
+            http: http_client(&config, None)?,
             config: FetchConfig {
                 concurrency: config.concurrency.max(1),
                 chunk_bytes: config.chunk_bytes.max(4096),
@@ -328,7 +416,17 @@ impl Fetcher {
             peer_token: None,
             token_cache: Arc::default(),
             active: Arc::default(),
+            origins: None,
         })
+    }
+
+    /// Follows a redirect only when its target is under one of `origins` (and at most five); without
+    /// this, redirects are followed up to five wherever they lead (`gpuplane cache fetch` on the node).
+    pub fn with_origins(mut self, origins: Vec<String>) -> Result<Self, CacheError> {
+        let origins = Arc::new(origins);
+        self.http = http_client(&self.config, Some(Arc::clone(&origins)))?;
+        self.origins = Some(origins);
+        Ok(self)
     }
 
     /// Asks these peer agents (base URLs such as `http://10.0.0.7:8470`) for a file before its origin.
@@ -389,7 +487,7 @@ impl Fetcher {
 
     /// Asks every peer about a blob (`HEAD`): the first that holds it in full, else the earliest
     /// announced fetch of it that is earlier than `own`.
-    async fn find_peer(&self, sha256: &str, size: u64, own: &FetchKey) -> Option<From> {
+    async fn find_peer(&self, sha256: &str, size: u64, own: &FetchKey, source: &str, strict: bool) -> Option<From> {
         let token = self.token();
         let mut earliest: Option<(FetchKey, String)> = None;
         for peer in self.peers() {
@@ -406,20 +504,58 @@ impl Fetcher {
             }
             match header(BLOB_STATE_HEADER).as_deref() {
                 Some("fetching") => {
+                    // Only a fetch of the same URL is followed: a fetch of other bytes under this digest
+                    // (a pod's manifest may claim any) would feed us what fails our check.
+                    if header(FETCH_SOURCE_HEADER).as_deref() != Some(source) {
+                        continue;
+                    }
                     let Some(key) = header(FETCH_KEY_HEADER).and_then(|k| k.parse::<FetchKey>().ok()) else { continue };
                     if key < *own && earliest.as_ref().is_none_or(|(k, _)| key < *k) {
                         earliest = Some((key, url));
                     }
                 }
+                // A whole blob is checked by its digest; a strict fetch takes it only when the peer read
+                // it from the same URL (the header lists the sources of the peer's models holding it).
+                _ if strict && !header(FETCH_SOURCE_HEADER).is_some_and(|l| l.split(',').any(|s| s == source)) => {}
                 _ => return Some(From::Peer { url, token, following: false }),
             }
         }
         earliest.map(|(_, url)| From::Peer { url, token, following: true })
     }
 
-    /// Fetches every file of `manifest` not yet stored, publishes them, and links the model.
+    /// Fetches every file of `manifest` not yet stored, publishes them, and links the model; gives up after
+    /// [`FetchConfig::fetch_deadline`] for the model's bytes.
     pub async fn fetch_model(&self, store: &Mutex<Store>, manifest: &Manifest) -> Result<FetchReport, CacheError> {
+        self.fetch_model_as(store, manifest, false).await
+    }
+
+    /// [`Self::fetch_model`]; with `strict` (a request from a pod, whose manifest may name any digest),
+    /// a file is taken from the store or a peer only when it was read there from the same URL the
+    /// manifest names — knowing a digest gives no bytes: otherwise the file is read from the manifest's
+    /// source and verified, which proves the source has those bytes.
+    pub async fn fetch_model_as(
+        &self,
+        store: &Mutex<Store>,
+        manifest: &Manifest,
+        strict: bool,
+    ) -> Result<FetchReport, CacheError> {
         manifest.check(&manifest.model)?;
+        let deadline = self.config.fetch_deadline(manifest.bytes());
+        match tokio::time::timeout(deadline, self.fetch_model_now(store, manifest, strict)).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Origin {
+                url: manifest.model.clone(),
+                message: format!("the fetch did not finish within its deadline of {} s", deadline.as_secs()),
+            }),
+        }
+    }
+
+    async fn fetch_model_now(
+        &self,
+        store: &Mutex<Store>,
+        manifest: &Manifest,
+        strict: bool,
+    ) -> Result<FetchReport, CacheError> {
         let s3 = match &manifest.source {
             Source::S3 { bucket, endpoint, region, .. } => {
                 Some(s3_store(bucket, endpoint.as_deref(), region.as_deref())?)
@@ -441,12 +577,8 @@ impl Fetcher {
                     token: token_env.as_ref().and_then(|v| std::env::var(v).ok()).filter(|t| !t.is_empty()),
                 },
                 Source::Local { dir } => From::Local { path: Path::new(dir).join(&file.path) },
-                Source::S3 { bucket, prefix, .. } => {
-                    let key = if prefix.is_empty() {
-                        file.path.clone()
-                    } else {
-                        format!("{}/{}", prefix.trim_end_matches('/'), file.path)
-                    };
+                Source::S3 { bucket, .. } => {
+                    let key = s3_key(&manifest.source, &file.path);
                     let store = s3.clone().ok_or_else(no_s3_client)?;
                     From::S3 {
                         store,
@@ -455,7 +587,7 @@ impl Fetcher {
                     }
                 }
             };
-            self.fetch_blob(store, &manifest.model, file, &from, &mut report).await?;
+            self.fetch_blob(store, &manifest.model, file, &from, strict, &mut report).await?;
         }
         store.lock().unwrap_or_else(|p| p.into_inner()).link_model(manifest)?;
         recorded.succeeded = true;
@@ -470,6 +602,7 @@ impl Fetcher {
         model: &str,
         file: &FileEntry,
         from: &From,
+        strict: bool,
         report: &mut FetchReport,
     ) -> Result<(), CacheError> {
         // One fetch per blob at a time, whichever model asks: a second waits and finds it stored. The
@@ -482,7 +615,10 @@ impl Fetcher {
         let partial = store.lock().unwrap_or_else(|p| p.into_inner()).partial_path(&file.sha256);
         let lock_path = partial.with_extension("lock");
         let _file_lock = blocking(&lock_path.clone(), move || BlobFileLock::take(lock_path)).await?;
-        if matches!(sound_blob(store, &file.sha256, Some(file.size), false).await?, Sound::Blob(..)) {
+        let source = from.source_id();
+        let reusable =
+            !strict || store.lock().unwrap_or_else(|p| p.into_inner()).blob_sources(&file.sha256).contains(&source);
+        if reusable && matches!(sound_blob(store, &file.sha256, Some(file.size), false).await?, Sound::Blob(..)) {
             report.reused_bytes += file.size;
             return Ok(());
         }
@@ -494,6 +630,7 @@ impl Fetcher {
         let flight = Arc::new(InFlight {
             size: file.size,
             key: key.clone(),
+            source: source.clone(),
             part: part_of(&partial),
             chunk,
             done: Mutex::new(vec![false; n as usize]),
@@ -507,11 +644,14 @@ impl Fetcher {
             flight: Arc::clone(&flight),
         };
 
-        // A peer that holds the blob, or fetches it ahead of us, is read instead of the origin; the
-        // digest is checked all the same. A peer that fails part-way hands over to the origin, which
-        // resumes from the ranges already on disk (or starts again after a digest mismatch).
+        // A peer that holds the blob, or fetches it from the same URL ahead of us, is read instead of the
+        // origin; the digest is checked all the same. A peer that fails part-way hands over to the origin,
+        // which resumes from the ranges already on disk — and when what it resumed from then fails the
+        // check, or the peer's bytes did, the origin is read again from nothing.
         let mut read = None;
-        if let Some(peer) = self.find_peer(&file.sha256, file.size, &key).await {
+        let mut peer_tried = false;
+        if let Some(peer) = self.find_peer(&file.sha256, file.size, &key, &source, strict).await {
+            peer_tried = true;
             match self.fetch_file(model, file, &peer, &partial, &flight).await {
                 Ok((fetched, resumed)) => {
                     report.peer_bytes += fetched;
@@ -523,7 +663,17 @@ impl Fetcher {
         }
         let (fetched, resumed) = match read {
             Some(r) => r,
-            None => self.fetch_file(model, file, from, &partial, &flight).await?,
+            None => {
+                flight.reset();
+                match self.fetch_file(model, file, from, &partial, &flight).await {
+                    Err(CacheError::HashMismatch { .. } | CacheError::Safetensors { .. }) if peer_tried => {
+                        // The mismatching file is discarded: this attempt starts from nothing.
+                        flight.reset();
+                        self.fetch_file(model, file, from, &partial, &flight).await?
+                    }
+                    other => other?,
+                }
+            }
         };
         report.fetched_bytes += fetched;
         report.resumed_bytes += resumed;
@@ -760,7 +910,7 @@ impl Fetcher {
         let _permit = self.origin_reads.acquire().await.map_err(|e| origin(e.to_string()))?;
         // Nothing of a range-less download can be resumed: forget earlier progress.
         let _ = std::fs::remove_file(chunks_path);
-        let mut request = self.http.get(url);
+        let mut request = self.http.get(url).timeout(self.config.request_deadline(file.size));
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }
@@ -866,8 +1016,11 @@ impl Fetcher {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let mut request =
-            self.http.get(url).header(reqwest::header::RANGE, format!("bytes={start}-{}", start + len - 1));
+        let mut request = self
+            .http
+            .get(url)
+            .header(reqwest::header::RANGE, format!("bytes={start}-{}", start + len - 1))
+            .timeout(self.config.request_deadline(len));
         if let Some(t) = token {
             request = request.bearer_auth(t);
         }

@@ -10,7 +10,9 @@ pub mod agent;
 pub mod auth;
 pub mod error;
 pub mod fetch;
+pub mod limits;
 pub mod manifest;
+pub mod origin;
 pub mod safetensors;
 pub mod store;
 

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CacheError;
-use crate::manifest::{FileEntry, Manifest};
+use crate::manifest::{FileEntry, Manifest, Source};
 
 /// A cached model as the index records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +34,15 @@ pub struct CachedModel {
     /// Pods (namespace/name or UID) that use it; a pinned model is never evicted.
     #[serde(default)]
     pub pinned_by: BTreeSet<String>,
+    /// When each pin was made, seconds since the Unix epoch (a pin is dropped once its pod is gone).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pinned_at: BTreeMap<String, u64>,
+    /// Where its files were read from: who may see it, and where it is fetched again from when damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+    /// A linked blob failed verification and was removed: not ready until fetched again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub damaged: bool,
     /// A fetch under way (in this or another process sharing the root): its blobs are reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fetching: Option<Fetching>,
@@ -57,9 +66,16 @@ impl CachedModel {
         self.files.iter().fold(0u64, |t, f| t.saturating_add(f.size))
     }
 
-    /// Whether its files are linked and usable (a first fetch may still be under way otherwise).
+    /// Whether its files are linked and usable (a first fetch may still be under way otherwise, or a
+    /// damaged blob be fetched again).
     pub fn is_ready(&self) -> bool {
-        !self.files.is_empty()
+        !self.files.is_empty() && !self.damaged
+    }
+
+    /// The manifest it was fetched with, when its source is known.
+    pub fn manifest(&self, name: &str) -> Option<Manifest> {
+        let source = self.source.clone()?;
+        Some(Manifest { model: name.to_owned(), source, files: self.files.clone() })
     }
 
     fn blobs(&self) -> impl Iterator<Item = &FileEntry> {
@@ -93,7 +109,7 @@ impl Stamp {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Index {
     models: BTreeMap<String, CachedModel>,
     /// Blobs whose content matched their digest, with the stamp they had then.
@@ -162,6 +178,17 @@ pub async fn sound_blob(
             Ok(Sound::Corrupt)
         }
     }
+}
+
+/// What [`Store::pin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pinned {
+    /// Pinned (or already was).
+    Pinned,
+    /// The model is not ready here.
+    NotCached,
+    /// The pod already holds this many pins, its limit.
+    TooMany(usize),
 }
 
 /// What [`Store::collect_garbage`] removed.
@@ -350,9 +377,13 @@ impl Store {
             if self.index_changed() || self.index_seen.is_none() {
                 self.index = self.read_index()?;
             }
-            let out = change(self)?;
-            self.save_index()?;
-            Ok(out)
+            // What an error says did not happen did not happen: the change is undone in memory too.
+            let before = self.index.clone();
+            let out = change(self).and_then(|out| self.save_index().map(|()| out));
+            if out.is_err() {
+                self.index = before;
+            }
+            out
         })();
         let _ = self.lock.unlock();
         result
@@ -444,6 +475,17 @@ impl Store {
         sync_dir(&self.root)?;
         self.index_seen = self.index_on_disk();
         Ok(())
+    }
+
+    /// The sources ([`crate::fetch::source_id`]) the ready models holding a blob read it from.
+    pub fn blob_sources(&self, sha256: &str) -> HashSet<String> {
+        self.index
+            .models
+            .values()
+            .filter(|m| m.is_ready())
+            .filter_map(|m| Some((m.source.as_ref()?, m.files.iter().find(|f| f.sha256 == sha256)?)))
+            .filter_map(|(source, f)| crate::fetch::source_id(source, &f.path))
+            .collect()
     }
 
     /// Digests any model refers to, linked or being fetched.
@@ -543,11 +585,15 @@ impl Store {
                         continue;
                     }
                 }
+                // Nothing is evicted unless evicting every model that may go makes the new one fit.
+                if s.committed_bytes_without_evictable(manifest) > capacity {
+                    return Err(s.budget_error(manifest, with - without, without, capacity));
+                }
                 let victim = s
                     .index
                     .models
                     .iter()
-                    .filter(|(name, m)| m.pinned_by.is_empty() && m.fetching.is_none() && *name != &manifest.model)
+                    .filter(|(name, m)| s.evictable(name, m, manifest))
                     .min_by_key(|(name, m)| (m.last_used, (*name).clone()))
                     .map(|(name, _)| name.clone());
                 let Some(victim) = victim else {
@@ -559,6 +605,23 @@ impl Store {
         })
     }
 
+    fn evictable(&self, name: &str, m: &CachedModel, manifest: &Manifest) -> bool {
+        m.pinned_by.is_empty() && m.fetching.is_none() && name != manifest.model
+    }
+
+    /// What the store would commit to with `manifest` once every evictable model were gone.
+    fn committed_bytes_without_evictable(&self, manifest: &Manifest) -> u64 {
+        let mut seen = HashSet::new();
+        self.index
+            .models
+            .iter()
+            .filter(|(name, m)| !self.evictable(name, m, manifest))
+            .flat_map(|(_, m)| m.blobs())
+            .chain(&manifest.files)
+            .filter(|f| seen.insert(f.sha256.as_str()))
+            .fold(0u64, |t, f| t.saturating_add(f.size))
+    }
+
     fn budget_error(&self, manifest: &Manifest, needed: u64, used: u64, capacity: u64) -> CacheError {
         let named = |keep: &dyn Fn(&CachedModel) -> bool| -> Vec<String> {
             self.index.models.iter().filter(|(n, m)| *n != &manifest.model && keep(m)).map(|(n, _)| n.clone()).collect()
@@ -567,7 +630,7 @@ impl Store {
         let fetching = named(&|m| m.fetching.is_some());
         let mut held = Vec::new();
         if !pinned.is_empty() {
-            held.push(format!("pinned by running pods: {}", pinned.join(", ")));
+            held.push(format!("pinned: {}", pinned.join(", ")));
         }
         if !fetching.is_empty() {
             held.push(format!("reserved by fetches under way: {}", fetching.join(", ")));
@@ -660,14 +723,25 @@ impl Store {
         })
     }
 
-    /// Removes a blob whose bytes cannot be trusted; models linking it fetch it again when next asked.
+    /// Removes a blob whose bytes cannot be trusted; the ready models linking it are marked damaged (out
+    /// of the inventory until fetched again, see [`Self::damaged`]).
     pub fn discard_blob(&mut self, sha256: &str) -> Result<(), CacheError> {
-        remove_path(&self.blob_path(sha256))?;
         let digest = sha256.to_owned();
+        let blob = self.blob_path(sha256);
         self.locked(move |s| {
+            for m in s.index.models.values_mut() {
+                if m.files.iter().any(|f| f.sha256 == digest) {
+                    m.damaged = true;
+                }
+            }
             s.index.verified.remove(&digest);
-            Ok(())
+            remove_path(&blob)
         })
+    }
+
+    /// Damaged models with the manifests to fetch them again (those whose source is recorded).
+    pub fn damaged(&self) -> Vec<Manifest> {
+        self.index.models.iter().filter(|(_, m)| m.damaged).filter_map(|(name, m)| m.manifest(name)).collect()
     }
 
     /// Verified blobs with their sizes, for a periodic re-hash.
@@ -740,10 +814,13 @@ impl Store {
         sync_dir(&models)?;
         let model = manifest.model.clone();
         let files = manifest.files.clone();
+        let source = manifest.source.clone();
         self.locked(move |s| {
             let now = now_secs();
             let entry = s.index.models.entry(model).or_default();
             entry.files = files;
+            entry.source = Some(source);
+            entry.damaged = false;
             entry.last_used = now;
             Ok(())
         })
@@ -758,19 +835,57 @@ impl Store {
         })
     }
 
-    /// Pins a model for a pod; `false` if the model is not cached.
-    pub fn pin(&mut self, model: &str, pod: &str) -> Result<bool, CacheError> {
+    /// Pins a model for a pod, which may hold at most `max_per_pod` pins.
+    pub fn pin(&mut self, model: &str, pod: &str, max_per_pod: usize) -> Result<Pinned, CacheError> {
         self.locked(|s| {
-            let Some(m) = s.index.models.get_mut(model).filter(|m| m.is_ready()) else { return Ok(false) };
-            m.pinned_by.insert(pod.to_owned());
-            m.last_used = now_secs();
-            Ok(true)
+            if !s.index.models.get(model).is_some_and(CachedModel::is_ready) {
+                return Ok(Pinned::NotCached);
+            }
+            let held = s.index.models.iter().filter(|(n, m)| *n != model && m.pinned_by.contains(pod)).count();
+            if held >= max_per_pod {
+                return Ok(Pinned::TooMany(held));
+            }
+            let now = now_secs();
+            if let Some(m) = s.index.models.get_mut(model) {
+                m.pinned_by.insert(pod.to_owned());
+                m.pinned_at.insert(pod.to_owned(), now);
+                m.last_used = now;
+            }
+            Ok(Pinned::Pinned)
         })
     }
 
     /// Removes a pod's pin; `false` if it had none.
     pub fn unpin(&mut self, model: &str, pod: &str) -> Result<bool, CacheError> {
-        self.locked(|s| Ok(s.index.models.get_mut(model).is_some_and(|m| m.pinned_by.remove(pod))))
+        self.locked(|s| {
+            Ok(s.index.models.get_mut(model).is_some_and(|m| {
+                m.pinned_at.remove(pod);
+                m.pinned_by.remove(pod)
+            }))
+        })
+    }
+
+    /// Drops the pins of pods that are not `live`, made before `listed_at` (seconds since the epoch; a
+    /// pin made after the pods were listed may belong to a pod the list could not show yet). Returns
+    /// the `(model, pod)` pins dropped.
+    pub fn retain_pins(&mut self, live: &HashSet<String>, listed_at: u64) -> Result<Vec<(String, String)>, CacheError> {
+        self.locked(|s| {
+            let mut dropped = Vec::new();
+            for (name, m) in &mut s.index.models {
+                let gone: Vec<String> = m
+                    .pinned_by
+                    .iter()
+                    .filter(|p| !live.contains(*p) && m.pinned_at.get(*p).copied().unwrap_or(0) < listed_at)
+                    .cloned()
+                    .collect();
+                for pod in gone {
+                    m.pinned_by.remove(&pod);
+                    m.pinned_at.remove(&pod);
+                    dropped.push((name.clone(), pod));
+                }
+            }
+            Ok(dropped)
+        })
     }
 
     /// Removes what no model needs: fetches recorded more than `stale_after` ago by a process that is

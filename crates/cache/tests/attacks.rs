@@ -293,3 +293,358 @@ async fn when_tokens_cannot_be_checked_nothing_is_allowed() {
     let r = http.delete(format!("{a}/models/m/pins/p")).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(r.status(), 503);
 }
+
+// --- What an attacker's review found (issue 33), one test per attack. ---
+
+/// Puts `body` on the origin under `path` (a path below the origin's base).
+fn put(o: &support::Origin, path: &str, body: Vec<u8>) {
+    o.files.lock().unwrap().insert(path.to_owned(), body);
+}
+
+fn manifest(model: &str, base_url: String, token_env: Option<&str>, size: u64, sha256: String) -> String {
+    let m = Manifest {
+        model: model.into(),
+        source: Source::Http { base_url, token_env: token_env.map(Into::into) },
+        files: vec![FileEntry { path: "w.bin".into(), size, sha256 }],
+    };
+    serde_json::to_string(&m).unwrap()
+}
+
+#[tokio::test]
+async fn a_pod_cannot_read_a_private_model_with_the_nodes_credential() {
+    let (o, base) = origin().await;
+    let secret = content(300_000, 21);
+    put(&o, "private/w.bin", secret.clone());
+    put(&o, "public/w.bin", content(1000, 22));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config("gpu-a", &[&base]);
+    config.token_envs = vec!["GPUPLANE_TEST_PRIVATE_TOKEN".into()];
+    // The platform grants namespace `serving` the public models only.
+    config.policy.grants[0].origin = format!("{base}/public");
+    let (a, _) = agent_at(dir.path(), vec![], config).await;
+    let http = reqwest::Client::new();
+    let (size, digest) = (secret.len() as u64, sha(&secret));
+    let private = format!("{base}/private");
+    let token = Some("GPUPLANE_TEST_PRIVATE_TOKEN");
+
+    // The administrator caches the private model.
+    let r = post(&http, &a, ADMIN, manifest("private", private.clone(), token, size, digest.clone())).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+
+    // A pod that knows only the URL learns nothing: wrong size, wrong digest, then both right.
+    let o_before = o.served.load(std::sync::atomic::Ordering::Relaxed);
+    for (size, digest) in [(1, digest.clone()), (size, "0".repeat(64)), (size, digest.clone())] {
+        let r = post(&http, &a, POD_A, manifest("mine", private.clone(), token, size, digest)).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let text = r.text().await.unwrap();
+        assert!(!text.contains(&secret.len().to_string()) && !text.contains(&sha(&secret)), "{text}");
+    }
+    // Without the credential, or from the public origin claiming the private digest: still nothing.
+    let r = post(&http, &a, POD_A, manifest("mine", private.clone(), None, size, digest.clone())).send().await;
+    assert_eq!(r.unwrap().status(), 403);
+    let r = post(&http, &a, POD_A, manifest("stolen", format!("{base}/public"), None, size, digest.clone())).send();
+    let r = r.await.unwrap();
+    assert_eq!(r.status(), 502, "the public origin was read and its bytes failed the claimed digest");
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&digest) && !text.contains(&size.to_string()), "{text}");
+    assert!(!dir.path().join("models/stolen").exists(), "knowing a digest gives no bytes");
+    assert_eq!(o.served.load(std::sync::atomic::Ordering::Relaxed) - o_before, 1000, "only the public file was read");
+    // Nor is the private model visible, pinnable or readable to the pod.
+    let inventory = http.get(format!("{a}/models")).bearer_auth(POD_A).send().await.unwrap().text().await.unwrap();
+    assert!(!inventory.contains("private"), "{inventory}");
+    let pin = http.put(format!("{a}/models/private/pins/serving%2Fpod-a")).bearer_auth(POD_A).send().await.unwrap();
+    assert_eq!(pin.status(), 404);
+    let blob = http.get(format!("{a}/blobs/sha256/{digest}")).bearer_auth(POD_A).send().await.unwrap();
+    assert_eq!(blob.status(), 403);
+    // A wrong digest on its own granted origin is named without the real one.
+    let r = post(&http, &a, POD_A, manifest("pub", format!("{base}/public"), None, 1000, "0".repeat(64))).send();
+    let text = r.await.unwrap().text().await.unwrap();
+    assert!(text.contains("do not match") && !text.contains(&sha(&content(1000, 22))), "{text}");
+}
+
+#[tokio::test]
+async fn redirects_are_followed_only_within_the_allowed_origins() {
+    let (o, base) = origin().await;
+    let (internal, internal_base) = origin().await;
+    let body = content(50_000, 23);
+    put(&internal, "w.bin", body.clone());
+    put(&o, "elsewhere/w.bin", body.clone());
+    o.redirects.lock().unwrap().insert("w.bin".into(), format!("{internal_base}/w.bin"));
+    o.redirects.lock().unwrap().insert("moved/w.bin".into(), format!("{base}/elsewhere/w.bin"));
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = agent_at(dir.path(), vec![], agent_config("gpu-a", &[&base])).await;
+    let http = reqwest::Client::new();
+    let (size, digest) = (body.len() as u64, sha(&body));
+    let r = post(&http, &a, ADMIN, manifest("m", base.clone(), None, size, digest.clone())).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(internal.requests.lock().unwrap().is_empty(), "the address outside the allowed origins was never asked");
+    // A redirect that stays under the allowed origin is followed.
+    let r = post(&http, &a, ADMIN, manifest("m", format!("{base}/moved"), None, size, digest)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(std::fs::read(dir.path().join("models/m/w.bin")).unwrap(), body);
+}
+
+#[tokio::test]
+async fn an_oversized_request_evicts_nothing() {
+    let (o, base) = origin().await;
+    let m = model(&o, &base, "kept", &[("w.bin", content(100_000, 24))]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = agent_at(dir.path(), vec![], agent_config("gpu-a", &[&base])).await;
+    let http = reqwest::Client::new();
+    assert_eq!(post(&http, &a, ADMIN, serde_json::to_string(&m).unwrap()).send().await.unwrap().status(), 200);
+    // 512 GiB: under the 1 TiB cap per file, over the 1 GiB store.
+    let r = post(&http, &a, POD_A, manifest("huge", base.clone(), None, 512 << 30, "1".repeat(64))).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 507);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("kept"), "a pod is not told other models' names: {text}");
+    let inventory: serde_json::Value = serde_json::from_slice(
+        &http.get(format!("{a}/models")).bearer_auth(ADMIN).send().await.unwrap().bytes().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(inventory["models"][0]["model"], "kept", "nothing was evicted for a model that could not fit");
+    assert!(dir.path().join("models/kept/w.bin").exists());
+}
+
+#[tokio::test]
+async fn a_fetch_of_other_bytes_under_the_same_digest_is_not_followed() {
+    let (o, base) = origin().await;
+    let real = content(4 << 20, 25);
+    put(&o, "real/w.bin", real.clone());
+    put(&o, "fake/w.bin", vec![0u8; real.len()]);
+    o.delay_ms.store(150, std::sync::atomic::Ordering::Relaxed);
+    let (dir_x, dir_y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (x, _) = agent_at(dir_x.path(), vec![], agent_config("gpu-a", &[&base])).await;
+    let (y, _) = agent_at(dir_y.path(), vec![x.clone()], agent_config("gpu-b", &[&base])).await;
+    let http = reqwest::Client::new();
+    let (size, digest) = (real.len() as u64, sha(&real));
+    // A pod on node X announces a slow fetch of zeros claiming the real model's digest.
+    let poison = post(&http, &x, POD_A, manifest("poison", format!("{base}/fake"), None, size, digest.clone())).send();
+    let poison = tokio::spawn(poison);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Node Y's fetch of the real model does not follow it, and succeeds.
+    let r = post(&http, &y, ADMIN, manifest("real", format!("{base}/real"), None, size, digest)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(report["peer_bytes"], 0, "{report}");
+    assert_eq!(std::fs::read(dir_y.path().join("models/real/w.bin")).unwrap(), real);
+    assert_eq!(poison.await.unwrap().unwrap().status(), 502);
+}
+
+#[tokio::test]
+async fn a_peer_serving_other_bytes_is_checked_and_the_origin_read_afresh() {
+    let (o, base) = origin().await;
+    let (peer, peer_base) = origin().await;
+    let body = content(3 << 20, 26);
+    let m = model(&o, &base, "m", &[("w.bin", body.clone())]);
+    // A peer that says it holds the blob and serves zeros.
+    put(&peer, &format!("blobs/sha256/{}", m.files[0].sha256), vec![0u8; body.len()]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let report = test_fetcher(vec![peer_base], "gpu-a").fetch_model(&store, &m).await.unwrap();
+    assert_eq!(report.peer_bytes, 0, "{report:?}");
+    assert_eq!(std::fs::read(dir.path().join("models/m/w.bin")).unwrap(), body);
+}
+
+#[tokio::test]
+async fn a_slow_origin_is_given_up_at_its_deadline() {
+    let (o, base) = origin().await;
+    let m = model(&o, &base, "m", &[("w.bin", content(200_000, 27))]);
+    o.trickle.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    let config = gpuplane_cache::FetchConfig {
+        chunk_bytes: 1 << 20,
+        concurrency: 2,
+        retries: 1,
+        min_bytes_per_sec: 64 << 10,
+        grace: Duration::from_secs(1),
+    };
+    let fetcher = gpuplane_cache::Fetcher::new(config, 8).unwrap();
+    let started = Instant::now();
+    let e = fetcher.fetch_model(&store, &m).await.unwrap_err();
+    // Each try: 1 s plus 200,000 bytes at 64 KiB/s ≈ 4 s; one retry after 400 ms.
+    assert!(started.elapsed() < Duration::from_secs(15), "gave up after {:?}: {e}", started.elapsed());
+}
+
+/// Latencies of `n` requests to the agent from 127.0.0.1, ten at a time, each on a new connection.
+async fn legitimate_latencies(a: &str, n: usize) -> Vec<Duration> {
+    let http = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let requests = (0..n).map(|i| {
+        let (http, a) = (http.clone(), a.to_owned());
+        async move {
+            let started = Instant::now();
+            let r = if i % 2 == 0 {
+                http.get(format!("{a}/healthz")).send().await
+            } else {
+                http.get(format!("{a}/models")).bearer_auth(SCHEDULER).send().await
+            };
+            assert_eq!(r.unwrap().status(), 200);
+            started.elapsed()
+        }
+    });
+    let mut latencies: Vec<Duration> =
+        futures::StreamExt::collect(futures::StreamExt::buffer_unordered(futures::stream::iter(requests), 10)).await;
+    latencies.sort();
+    latencies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_slowloris_from_one_address_starves_no_one_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::new(
+        Store::open(dir.path(), 1 << 30).unwrap(),
+        test_fetcher(vec![], "gpu-a"),
+        agent_config("gpu-a", &[]),
+        Box::new(support::tokens()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = gpuplane_cache::agent::ServerLimits::default();
+    tokio::spawn(gpuplane_cache::agent::serve(
+        listener,
+        gpuplane_cache::agent::router(agent),
+        limits,
+        std::future::pending(),
+    ));
+    // 1,000 sockets from 127.0.0.2, each sending half a header and reconnecting as soon as it is closed,
+    // on a thread of their own (another process, as it were).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop2, attempts2) = (stop.clone(), attempts.clone());
+    let attacker = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let tasks: Vec<_> = (0..1000)
+                .map(|_| {
+                    let (stop, attempts) = (stop2.clone(), attempts2.clone());
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                            if socket.bind("127.0.0.2:0".parse().unwrap()).is_err() {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                            let Ok(mut s) = socket.connect(addr).await else {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            };
+                            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+                            let mut buf = [0u8; 64];
+                            let _ = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let latencies = legitimate_latencies(&format!("http://{addr}"), 100).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let p99 = latencies[98];
+    let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("slowloris: {tried} attacker connections; legitimate p50 {:?}, p99 {p99:?}", latencies[49]);
+    assert!(tried > 1000, "the attack ran: {tried} connections");
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    let _ = tokio::task::spawn_blocking(move || attacker.join()).await;
+}
+
+#[tokio::test]
+async fn one_caller_cannot_hold_every_blob_stream() {
+    let (o, base) = origin().await;
+    let m = model(&o, &base, "m", &[("w.bin", content(8 << 20, 28))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config("gpu-a", &[&base]);
+    config.max_streams = 12;
+    config.max_streams_per_caller = 4;
+    let (a, _) = agent_at(dir.path(), vec![], config).await;
+    let http = reqwest::Client::new();
+    assert_eq!(post(&http, &a, ADMIN, serde_json::to_string(&m).unwrap()).send().await.unwrap().status(), 200);
+    let url = format!("{a}/blobs/sha256/{}", m.files[0].sha256);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(http.get(&url).bearer_auth(PEER).send().await.unwrap());
+    }
+    assert_eq!(http.get(&url).bearer_auth(PEER).send().await.unwrap().status(), 503, "the peer is at its bound");
+    let other = http.get(&url).bearer_auth(ADMIN).header("Range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(other.status(), 206, "another caller is still served");
+    let pod = http.get(&url).bearer_auth(POD_A).send().await.unwrap();
+    assert_eq!(pod.status(), 403, "pods read models from the store they mount, not from the agent");
+    drop(held);
+}
+
+/// Counts token reviews.
+struct Counting(gpuplane_cache::auth::StaticTokens, std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Authenticator for Counting {
+    fn authenticate<'a>(&'a self, token: &'a str) -> AuthFuture<'a> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.authenticate(token)
+    }
+}
+
+#[tokio::test]
+async fn bogus_tokens_cost_the_api_server_a_bounded_number_of_reviews() {
+    let dir = tempfile::tempdir().unwrap();
+    let reviews = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let agent = Agent::new(
+        Store::open(dir.path(), 1 << 30).unwrap(),
+        test_fetcher(vec![], "gpu-a"),
+        agent_config("gpu-a", &[]),
+        Box::new(Counting(support::tokens(), reviews.clone())),
+    );
+    let a = serve_agent(agent).await;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..200 {
+        let r = http.get(format!("{a}/models")).bearer_auth(format!("bogus-token-{i:06}-0123456789")).send().await;
+        *statuses.entry(r.unwrap().status().as_u16()).or_insert(0) += 1;
+    }
+    let allowed = 20 + started.elapsed().as_secs() + 1;
+    let n = reviews.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n <= allowed, "{n} reviews for 200 bogus tokens in {:?}: {statuses:?}", started.elapsed());
+    assert!(statuses.get(&429).copied().unwrap_or(0) > 100, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn pins_are_bounded_per_pod_and_die_with_their_pod() {
+    let (o, base) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config("gpu-a", &[&base]);
+    config.max_pins_per_pod = 3;
+    let (a, agent) = agent_at(dir.path(), vec![], config).await;
+    let http = reqwest::Client::new();
+    for i in 0..4 {
+        let m = model(&o, &base, &format!("m{i}"), &[(&format!("w{i}.bin"), content(1000, 30 + i))]);
+        assert_eq!(post(&http, &a, POD_A, serde_json::to_string(&m).unwrap()).send().await.unwrap().status(), 200);
+    }
+    let pin = |model: &str| http.put(format!("{a}/models/{model}/pins/serving%2Fpod-a")).bearer_auth(POD_A).send();
+    for i in 0..3 {
+        assert_eq!(pin(&format!("m{i}")).await.unwrap().status(), 204);
+    }
+    let fourth = pin("m3").await.unwrap();
+    assert_eq!(fourth.status(), 409);
+    assert!(fourth.text().await.unwrap().contains("already pins 3"));
+    // The pod is gone: the next check of the node's pods drops its pins.
+    let listed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let dropped = agent.reconcile_pins(&["serving/pod-b".to_owned()].into(), listed_at).unwrap();
+    assert_eq!(dropped.len(), 3, "{dropped:?}");
+    let inventory: serde_json::Value = serde_json::from_slice(
+        &http.get(format!("{a}/models")).bearer_auth(ADMIN).send().await.unwrap().bytes().await.unwrap(),
+    )
+    .unwrap();
+    for m in inventory["models"].as_array().unwrap() {
+        assert!(m["pinned_by"].as_array().unwrap().is_empty(), "{m}");
+    }
+}

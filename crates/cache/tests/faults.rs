@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gpuplane_cache::{CacheError, FetchConfig, Fetcher, Store};
 use support::{ADMIN, PEER, agent_at, agent_config, content, model, origin};
 
 fn fetcher() -> Fetcher {
-    Fetcher::new(FetchConfig { chunk_bytes: 1 << 20, concurrency: 2, retries: 1 }, 8).unwrap()
+    Fetcher::new(FetchConfig { chunk_bytes: 1 << 20, concurrency: 2, retries: 1, ..Default::default() }, 8).unwrap()
 }
 
 /// An 8 MiB tmpfs mounted for one test (the tests run as root in CI), unmounted when dropped.
@@ -148,12 +148,18 @@ async fn a_flipped_byte_is_found_before_reuse_and_before_serving() {
     // Served to a peer: no, it is hashed again first (it changed since it was verified) and removed.
     let url = format!("{a}/blobs/sha256/{}", m.files[0].sha256);
     assert_eq!(http.get(&url).bearer_auth(PEER).send().await.unwrap().status(), 404);
-    assert!(!blob.exists());
-    // Another model with the same file: fetched again, not reused.
+    // The agent fetches the damaged model again by itself, from the source it recorded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while o.served.load(Ordering::Relaxed) < 2 * m.bytes() || !blob.exists() {
+        assert!(Instant::now() < deadline, "the damaged model was not fetched again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(std::fs::read(dir.path().join("models/m/w.bin")).unwrap(), body, "the model healed");
+    // Another model with the same file reuses the healed blob.
     let twin = model(&o, &base, "twin", &[("copy.bin", body.clone())]);
     let r: serde_json::Value = serde_json::from_slice(&post(&twin).await.unwrap().bytes().await.unwrap()).unwrap();
-    assert_eq!(r["fetched_bytes"], twin.bytes(), "{r}");
-    assert_eq!(std::fs::read(dir.path().join("models/m/w.bin")).unwrap(), body, "the first model heals too");
+    assert_eq!(r["reused_bytes"], twin.bytes(), "{r}");
 
     // The periodic re-hash finds corruption that left no trace in the file's times: here the store
     // is told the flipped file is the verified one (as bit rot would leave it), through a second
@@ -244,8 +250,8 @@ async fn two_processes_sharing_a_root_lose_no_index_update() {
         }
     };
     tokio::join!(first, second);
-    one.lock().unwrap().pin("m1", "ns/a").unwrap();
-    two.lock().unwrap().pin("m0", "ns/b").unwrap();
+    one.lock().unwrap().pin("m1", "ns/a", 16).unwrap();
+    two.lock().unwrap().pin("m0", "ns/b", 16).unwrap();
     let fresh = Store::open(dir.path(), 1 << 30).unwrap();
     let names: Vec<_> = fresh.models().keys().cloned().collect();
     assert_eq!(names, ["m0", "m1", "m2", "m3", "m4", "m5"]);
@@ -341,4 +347,40 @@ async fn listing_a_store_writes_nothing() {
     store.refresh().unwrap();
     assert_eq!(store.models()["m"].bytes(), 1000);
     assert_eq!(std::fs::metadata(&index).unwrap().modified().unwrap(), before, "opening and reading saved nothing");
+}
+
+#[tokio::test]
+async fn a_change_the_index_could_not_save_did_not_happen() {
+    let (o, base) = origin().await;
+    let m = model(&o, &base, "m", &[("w.bin", content(10_000, 40))]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    fetcher().fetch_model(&store, &m).await.unwrap();
+    // The index cannot be written (a directory where its temporary file goes): the pin fails…
+    let blocker = dir.path().join(".index.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(store.lock().unwrap().pin("m", "ns/p", 16).is_err());
+    std::fs::remove_dir(&blocker).unwrap();
+    // …and is not in effect, in this process or on disk after the next change.
+    assert!(store.lock().unwrap().models()["m"].pinned_by.is_empty());
+    store.lock().unwrap().touch("m").unwrap();
+    assert!(Store::open(dir.path(), 1 << 30).unwrap().models()["m"].pinned_by.is_empty());
+}
+
+#[tokio::test]
+async fn a_blob_that_fails_takes_its_model_out_of_the_inventory_at_once() {
+    let (o, base) = origin().await;
+    let m = model(&o, &base, "m", &[("w.bin", content(10_000, 41)), ("c.json", content(100, 42))]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
+    fetcher().fetch_model(&store, &m).await.unwrap();
+    assert!(store.lock().unwrap().models()["m"].is_ready());
+    store.lock().unwrap().discard_blob(&m.files[0].sha256).unwrap();
+    {
+        let s = store.lock().unwrap();
+        assert!(!s.models()["m"].is_ready(), "not advertised while a blob is missing");
+        assert_eq!(s.damaged(), vec![m.clone()], "and known to be fetched again, from its recorded source");
+    }
+    fetcher().fetch_model(&store, &m).await.unwrap();
+    assert!(store.lock().unwrap().models()["m"].is_ready());
 }

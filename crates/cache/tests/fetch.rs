@@ -13,7 +13,7 @@ use gpuplane_cache::{CacheError, FetchConfig, Fetcher, FileEntry, Manifest, Sour
 use support::{content, model, origin, safetensors_file, sha};
 
 fn fetcher(chunk: u64, concurrency: usize) -> Fetcher {
-    Fetcher::new(FetchConfig { chunk_bytes: chunk, concurrency, retries: 1 }, 64).unwrap()
+    Fetcher::new(FetchConfig { chunk_bytes: chunk, concurrency, retries: 1, ..Default::default() }, 64).unwrap()
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn the_budget_evicts_unpinned_models_first_and_says_when_nothing_can_go() 
     let b = model(&o, &base, "b", &[("b.bin", content(1 << 20, 11))]);
     f.fetch_model(&store, &a).await.unwrap();
     f.fetch_model(&store, &b).await.unwrap();
-    assert!(store.lock().unwrap().pin("a", "serving/chat-0").unwrap());
+    assert!(store.lock().unwrap().pin("a", "serving/chat-0", 16).unwrap() == gpuplane_cache::store::Pinned::Pinned);
     // a is older but pinned: b goes.
     let c = model(&o, &base, "c", &[("c.bin", content(3 << 19, 12))]);
     let report = f.fetch_model(&store, &c).await.unwrap();
@@ -129,8 +129,9 @@ async fn the_budget_evicts_unpinned_models_first_and_says_when_nothing_can_go() 
     let d = model(&o, &base, "d", &[("d.bin", content(5 << 19, 13))]);
     let e = f.fetch_model(&store, &d).await.unwrap_err();
     assert!(matches!(e, CacheError::Budget { .. }), "{e}");
-    assert!(e.to_string().contains("model d needs") && e.to_string().contains("pinned by running pods: a"), "{e}");
+    assert!(e.to_string().contains("model d needs") && e.to_string().contains("pinned: a"), "{e}");
     assert!(dir.path().join("models/a/a.bin").exists(), "a pinned model is never evicted");
+    assert!(dir.path().join("models/c/c.bin").exists(), "nor c, since evicting it would not make room");
 }
 
 #[tokio::test]

@@ -64,10 +64,14 @@ pub struct AgentArgs {
     /// Users that read the inventory and metrics (the scheduler, Prometheus)
     #[arg(long, value_delimiter = ',', default_value = "system:serviceaccount:gpuplane-system:gpuplane-scheduler")]
     reader_user: Vec<String>,
-    /// Users that may prefetch any model and pin or unpin for any pod (pods on this node may always
-    /// prefetch, and pin for themselves)
+    /// Users that may prefetch any model and pin or unpin for any pod (pods on this node prefetch what
+    /// --grants gives their namespace, and pin for themselves)
     #[arg(long, value_delimiter = ',')]
     writer_user: Vec<String>,
+    /// YAML file of grants: which namespaces' pods may have the agent fetch from which origin, with
+    /// which credential (`grants: [{origin, namespaces, token_env}]`; without it pods may fetch nothing)
+    #[arg(long)]
+    grants: Option<PathBuf>,
     /// Origins manifests may name, as URL prefixes (https://huggingface.co/, s3://bucket/prefix);
     /// repeat or comma-separate. Nothing else is fetched
     #[arg(long, value_delimiter = ',')]
@@ -100,6 +104,19 @@ pub struct AgentArgs {
     /// Blob streams served at once (each holds at most two 256 KiB pieces in memory)
     #[arg(long, default_value_t = 32)]
     max_streams: usize,
+    /// Blob streams one caller may hold at once
+    #[arg(long, default_value_t = 8)]
+    max_streams_per_caller: usize,
+    /// Connections one client address may hold at once (more are closed on accept)
+    #[arg(long, default_value_t = 32)]
+    max_connections_per_client: usize,
+    /// Models one pod may pin at once
+    #[arg(long, default_value_t = 16)]
+    max_pins_per_pod: usize,
+    /// Seconds between checks of the pins against the pods running on this node (pins of pods that
+    /// are gone are dropped; needs the API server and RBAC to list pods; 0: never)
+    #[arg(long, default_value_t = 30)]
+    pin_check_secs: u64,
     /// Seconds between garbage collections (strays, staging, stale fetches)
     #[arg(long, default_value_t = 600)]
     gc_interval_secs: u64,
@@ -126,6 +143,10 @@ pub struct FetchTuning {
     /// Range requests in flight per file
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// The slowest a request may go, in KiB/s: each request's deadline is 30 s plus its length at
+    /// this rate (a model's whole fetch: 300 s plus its bytes at this rate)
+    #[arg(long, default_value_t = 1024)]
+    min_rate_kib: u64,
 }
 
 impl FetchTuning {
@@ -136,7 +157,15 @@ impl FetchTuning {
         if self.concurrency == 0 || self.concurrency > 256 {
             bail!("--concurrency must be 1 to 256, got {}", self.concurrency);
         }
-        Ok(FetchConfig { chunk_bytes: self.chunk_mib << 20, concurrency: self.concurrency, ..FetchConfig::default() })
+        if self.min_rate_kib == 0 {
+            bail!("--min-rate-kib must be at least 1");
+        }
+        Ok(FetchConfig {
+            chunk_bytes: self.chunk_mib << 20,
+            concurrency: self.concurrency,
+            min_bytes_per_sec: self.min_rate_kib << 10,
+            ..FetchConfig::default()
+        })
     }
 }
 
@@ -176,6 +205,9 @@ pub struct BenchArgs {
     /// Where the file and the stores go (default: the system's temporary directory)
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Runs of every client, one after another in this invocation; the table gives medians and ranges
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     #[command(flatten)]
     tuning: FetchTuning,
 }
@@ -231,7 +263,23 @@ fn agent(args: AgentArgs) -> Result<()> {
         tracing::warn!("No --allow-origin: the agent will refuse every prefetch.");
     }
     let store = Store::open(&args.root, args.budget_gib << 30)?.keep_free(args.keep_free_gib << 30);
+    let node_name = node.clone();
+    let grants = match &args.grants {
+        Some(path) => gpuplane_cache::auth::read_grants(path)?,
+        None => Vec::new(),
+    };
+    for (i, grant) in grants.iter().enumerate() {
+        if !gpuplane_cache::origin::allowed(&args.allow_origin, &grant.origin) {
+            bail!("--grants: grants[{i}].origin {:?} is not under an --allow-origin", grant.origin);
+        }
+        if let Some(env) = &grant.token_env
+            && !args.allow_token_env.contains(env)
+        {
+            bail!("--grants: grants[{i}].token_env {env:?} is not an --allow-token-env");
+        }
+    }
     let fetcher = Fetcher::new(config, args.origin_limit)?
+        .with_origins(args.allow_origin.clone())?
         .with_peers(args.peers.clone())
         .with_node(node.clone())
         .with_peer_token(PeerToken::File(args.peer_token_file.clone()));
@@ -242,6 +290,7 @@ fn agent(args: AgentArgs) -> Result<()> {
             peers: args.peer_user.iter().cloned().collect(),
             readers: args.reader_user.iter().cloned().collect(),
             writers: args.writer_user.iter().cloned().collect(),
+            grants,
         },
         origins: args.allow_origin.clone(),
         token_envs: args.allow_token_env.clone(),
@@ -251,6 +300,8 @@ fn agent(args: AgentArgs) -> Result<()> {
             ..Limits::default()
         },
         max_streams: args.max_streams,
+        max_streams_per_caller: args.max_streams_per_caller,
+        max_pins_per_pod: args.max_pins_per_pod,
         ..AgentConfig::default()
     };
     let static_tokens = match (args.auth.as_str(), &args.static_tokens) {
@@ -273,6 +324,9 @@ fn agent(args: AgentArgs) -> Result<()> {
             }
         };
         let agent = Agent::new(store, fetcher.clone(), agent_config, auth);
+        if args.pin_check_secs > 0 {
+            tokio::spawn(check_pins(Arc::clone(&agent), node_name.clone(), Duration::from_secs(args.pin_check_secs)));
+        }
         match agent.collect_garbage(Duration::from_secs(args.stale_after_hours * 3600)) {
             Ok(r) => tracing::info!(
                 blobs = r.blobs,
@@ -320,12 +374,51 @@ fn agent(args: AgentArgs) -> Result<()> {
         gpuplane_cache::agent::serve(
             listener,
             gpuplane_cache::agent::router(agent),
-            ServerLimits::default(),
+            ServerLimits { max_per_client: args.max_connections_per_client.max(1), ..ServerLimits::default() },
             gpuplane_kube::serve::shutdown_signal(),
         )
         .await;
         Ok(())
     })
+}
+
+/// Every `every`, lists the pods on `node` and drops the pins of pods that are gone. Without the API
+/// server (a static-token agent outside a cluster) pins are kept and this says so once.
+async fn check_pins(agent: Arc<Agent>, node: String, every: Duration) {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "No Kubernetes API: pins of pods that are gone will not be dropped.");
+            return;
+        }
+    };
+    let pods: kube::Api<Pod> = kube::Api::all(client);
+    let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    loop {
+        tokio::time::sleep(every).await;
+        let listed_at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match pods.list_metadata(&params).await {
+            Ok(list) => {
+                // A terminating pod still runs (and reads its model) until it is gone.
+                let live = list
+                    .items
+                    .iter()
+                    .filter_map(|p| {
+                        Some(format!("{}/{}", p.metadata.namespace.as_deref()?, p.metadata.name.as_deref()?))
+                    })
+                    .collect();
+                match agent.reconcile_pins(&live, listed_at) {
+                    Ok(dropped) if !dropped.is_empty() => {
+                        tracing::info!(pins = ?dropped, "Dropped the pins of pods no longer on this node.")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Could not drop stale pins."),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not list this node's pods; pins kept."),
+        }
+    }
 }
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {
@@ -543,6 +636,9 @@ fn bench(args: BenchArgs) -> Result<()> {
     if args.rate_mib == 0 {
         bail!("--rate-mib must be at least 1");
     }
+    if args.runs == 0 || args.runs > 20 {
+        bail!("--runs must be 1 to 20, got {}", args.runs);
+    }
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = tempfile::Builder::new().prefix("gpuplane-cache-bench-").tempdir_in(&parent)?;
     let dir = work.path();
@@ -576,55 +672,89 @@ fn bench(args: BenchArgs) -> Result<()> {
         std::fs::remove_dir_all(&root)?;
         Ok(elapsed)
     };
-    let (curl_bytes, curl_limited) = curl(&format!("{base}/limited/model.bin"))?;
-    if curl_bytes != size {
-        bail!("curl fetched {curl_bytes} bytes, expected {size}");
+    // Each run measures every client in turn, so the ratios of one run compare like with like.
+    let mut rates: [Vec<f64>; 5] = Default::default();
+    for run in 0..args.runs {
+        let (curl_bytes, curl_limited) = curl(&format!("{base}/limited/model.bin"))?;
+        if curl_bytes != size {
+            bail!("curl fetched {curl_bytes} bytes, expected {size}");
+        }
+        let limited = ours("limited")?;
+        let aria = aria2c(&format!("{base}/limited/model.bin"), dir, &digest)?;
+        let ceiling = ours("full")?;
+        let (_, curl_full) = curl(&format!("{base}/full/model.bin"))?;
+        for (r, d) in rates.iter_mut().zip([curl_limited, limited, aria, ceiling, curl_full]) {
+            r.push(mib_per_s(size, d));
+        }
+        eprintln!(
+            "run {}: curl {:.0}, gpuplane {:.0}, aria2c {:.0}, ceiling {:.0} MiB/s",
+            run + 1,
+            rates[0][run],
+            rates[1][run],
+            rates[2][run],
+            rates[3][run]
+        );
     }
-    let limited = ours("limited")?;
-    let aria = aria2c(&format!("{base}/limited/model.bin"), dir, &digest)?;
-    let ceiling = ours("full")?;
-    let (_, curl_full) = curl(&format!("{base}/full/model.bin"))?;
     let server = if nginx.version.is_empty() { "nginx".to_owned() } else { nginx.version.clone() };
     drop(nginx);
 
-    let curl_rate = mib_per_s(size, curl_limited);
-    let limited_rate = mib_per_s(size, limited);
-    let aria_rate = mib_per_s(size, aria);
-    let ceiling_rate = mib_per_s(size, ceiling);
+    let ratio = |a: usize, b: usize| -> Vec<f64> { rates[a].iter().zip(&rates[b]).map(|(x, y)| x / y).collect() };
+    let shown = |v: &[f64], unit: &str| format!("{:.1}{unit} ({:.1}–{:.1})", median(v), min(v), max(v));
     outln!(
-        "fetch bench: {} MiB file from {} on 127.0.0.1, limit_rate {} MiB/s per connection",
+        "fetch bench: {} MiB file from {} on 127.0.0.1, limit_rate {} MiB/s per connection; median (range) of {} runs",
         args.size_mib,
         server,
-        args.rate_mib
+        args.rate_mib,
+        args.runs
     )?;
-    outln!("  {:<58} {:>9} {:>9} {:>11}", "client", "MiB/s", "vs curl", "vs ceiling")?;
-    outln!("  {:<58} {:>9.0} {:>8.1}×", "curl, one stream, rate-limited", curl_rate, 1.0)?;
+    outln!("  {:<62} {:>22} {:>16} {:>11}", "client", "MiB/s", "vs curl", "vs ceiling")?;
+    outln!("  {:<62} {:>22} {:>16}", "curl, one stream, rate-limited", shown(&rates[0], ""), "1.0×")?;
     let label = format!(
         "gpuplane, {} × {} MiB ranges, rate-limited (verified, on disk)",
         config.concurrency,
         config.chunk_bytes >> 20
     );
     outln!(
-        "  {label:<58} {limited_rate:>9.0} {:>8.1}× {:>10.0} %",
-        limited_rate / curl_rate,
-        100.0 * limited_rate / ceiling_rate
+        "  {label:<62} {:>22} {:>16} {:>9.0} %",
+        shown(&rates[1], ""),
+        shown(&ratio(1, 0), "×"),
+        100.0 * median(&ratio(1, 3))
     )?;
     outln!(
-        "  {:<58} {aria_rate:>9.0} {:>8.1}× {:>10.0} %",
+        "  {:<62} {:>22} {:>16} {:>9.0} %",
         "aria2c -x16 -s16, SHA-256 checked, rate-limited (on disk)",
-        aria_rate / curl_rate,
-        100.0 * aria_rate / ceiling_rate
+        shown(&rates[2], ""),
+        shown(&ratio(2, 0), "×"),
+        100.0 * median(&ratio(2, 3))
     )?;
     outln!(
-        "  {:<58} {:>9.0} {:>9} {:>11}",
+        "  {:<62} {:>22} {:>16} {:>11}",
         "gpuplane, same settings, no rate limit (the ceiling)",
-        ceiling_rate,
+        shown(&rates[3], ""),
         "",
         "100 %"
     )?;
-    outln!("  gpuplane against aria2c: {:.2}×", limited_rate / aria_rate)?;
-    outln!("  {:<58} {:>9.0}", "curl, one stream, no rate limit, to /dev/null (context)", mib_per_s(size, curl_full))?;
+    outln!("  gpuplane against aria2c: {}", shown(&ratio(1, 2), "×"))?;
+    outln!("  {:<62} {:>22}", "curl, one stream, no rate limit, to /dev/null (context)", shown(&rates[4], ""))?;
     Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
 #[cfg(unix)]

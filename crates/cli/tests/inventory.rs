@@ -26,7 +26,9 @@ async fn the_scheduler_reads_the_models_a_cache_agent_holds() {
         source: Source::Local { dir: origin.path().display().to_string() },
         files: vec![FileEntry { path: "weights.bin".into(), size: bytes.len() as u64, sha256: sha.hex() }],
     };
-    let fetcher = Fetcher::new(FetchConfig { chunk_bytes: 1 << 16, concurrency: 2, retries: 0 }, 2).unwrap();
+    let fetcher =
+        Fetcher::new(FetchConfig { chunk_bytes: 1 << 16, concurrency: 2, retries: 0, ..Default::default() }, 2)
+            .unwrap();
     // The scheduler's ServiceAccount reads the inventory by default; its token is checked.
     let scheduler =
         Caller { user: "system:serviceaccount:gpuplane-system:gpuplane-scheduler".into(), ..Caller::default() };

@@ -1,11 +1,19 @@
 //! Serving a router to clients that may be hostile, over plain TCP or TLS: at most
 //! [`Limits::max_connections`] connections at once, a deadline for the TLS handshake and for every request's
 //! headers (which also ends connections left idle between requests), and optionally a cap on a connection's
-//! lifetime. The extender, the admission webhook, the scheduler's metrics and the cache agent all run on it.
+//! lifetime, and optionally a cap on one client address's connections (closed at once when over it, so a
+//! client that reconnects in a loop cannot fill the server). Each request carries its client's address as
+//! axum's `ConnectInfo<SocketAddr>`. The extender, the admission webhook, the scheduler's metrics and the
+//! cache agent all run on it.
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::extract::ConnectInfo;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Semaphore, watch};
@@ -20,6 +28,66 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Longest a connection lives, if capped; then it gets `header_timeout` to finish its request in flight.
     pub max_lifetime: Option<Duration>,
+    /// Connections one client address may hold at once, if capped; a connection over the cap is closed as
+    /// soon as it is accepted.
+    pub max_per_client: Option<usize>,
+}
+
+/// How long a connection over its client's cap is held before it is closed.
+const TARPIT: Duration = Duration::from_secs(1);
+/// Most connections held that way at once; more are closed at once.
+const TARPIT_MAX: usize = 4096;
+
+/// A place among the connections held before closing.
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Held> {
+        let n = count.fetch_add(1, Ordering::AcqRel);
+        let held = Held(Arc::clone(count));
+        (n < TARPIT_MAX).then_some(held)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Connections open per client address; an entry goes when its last connection does.
+#[derive(Debug, Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One client's connection, counted while it lives.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// Counts a new connection from `ip`, unless it already holds `cap`.
+    fn admit(self: &Arc<Self>, ip: IpAddr, cap: Option<usize>) -> Option<ClientSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if cap.is_some_and(|cap| *n >= cap) {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot { clients: Arc::clone(self), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Default for Limits {
@@ -28,6 +96,7 @@ impl Default for Limits {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             max_lifetime: Some(Duration::from_secs(300)),
+            max_per_client: None,
         }
     }
 }
@@ -43,6 +112,8 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let clients = Arc::new(PerClient::default());
+    let tarpit = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -64,9 +135,24 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = clients.admit(peer.ip(), limits.max_per_client) else {
+            // Over its cap: the server's slot is free again for other clients at once, and the connection
+            // is held a second before it is closed (up to a bound), so that a client reconnecting in a loop
+            // does not flood the accept queue every other client waits in.
+            tracing::debug!(%peer, "Connection over the client's cap closed.");
+            drop(permit);
+            if let Some(held) = Held::take(&tarpit) {
+                tokio::spawn(async move {
+                    tokio::time::sleep(TARPIT).await;
+                    drop((stream, held));
+                });
+            }
+            continue;
+        };
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             match acceptor {
                 None => connection(TokioIo::new(stream), app, limits, stop, peer).await,
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
@@ -81,15 +167,14 @@ pub async fn serve(
 }
 
 /// Serves one connection until it ends, its lifetime is up or the server stops.
-async fn connection<I>(
-    io: I,
-    app: axum::Router,
-    limits: Limits,
-    mut stop: watch::Receiver<bool>,
-    peer: std::net::SocketAddr,
-) where
+async fn connection<I>(io: I, app: axum::Router, limits: Limits, mut stop: watch::Receiver<bool>, peer: SocketAddr)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let app = tower::ServiceExt::map_request(app, move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
     let service = hyper_util::service::TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -34,6 +34,7 @@ const SHORT: Limits = Limits {
     max_connections: 64,
     header_timeout: Duration::from_millis(300),
     max_lifetime: Some(Duration::from_secs(60)),
+    max_per_client: None,
 };
 
 #[tokio::test]

@@ -11,6 +11,7 @@ use aws_lc_rs::digest::{SHA256, digest};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use gpuplane_cache::{FileEntry, Manifest, Source};
 
 #[derive(Default)]
@@ -26,6 +27,10 @@ pub struct Origin {
     pub truncate_to: AtomicU64,
     /// Requests received, with their Authorization header.
     pub requests: Mutex<Vec<(String, Option<String>)>>,
+    /// Paths answered `302 Found` to the URL given.
+    pub redirects: Mutex<HashMap<String, String>>,
+    /// Send bodies one byte every 100 ms.
+    pub trickle: std::sync::atomic::AtomicBool,
 }
 
 async fn serve(
@@ -36,6 +41,9 @@ async fn serve(
 ) -> Response {
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
     o.requests.lock().unwrap().push((path.clone(), auth));
+    if let Some(to) = o.redirects.lock().unwrap().get(&path).cloned() {
+        return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+    }
     let delay = o.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -67,6 +75,19 @@ async fn serve(
     };
     let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
     let part = body[a..=b.min(body.len() - 1)].to_vec();
+    if o.trickle.load(Ordering::Relaxed) {
+        let content_range = format!("bytes {a}-{}/{}", a + part.len() - 1, body.len());
+        let stream = futures::stream::iter(part).then(|byte| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![byte]))
+        });
+        return (
+            StatusCode::PARTIAL_CONTENT,
+            [(header::CONTENT_RANGE, content_range)],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response();
+    }
     let limit = o.fail_after.load(Ordering::Relaxed);
     if limit > 0 && o.served.load(Ordering::Relaxed) + part.len() as u64 > limit {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -161,7 +182,7 @@ pub fn tokens() -> gpuplane_cache::auth::StaticTokens {
 }
 
 /// The agent configuration of the tests: the peers, the scheduler and the admin as above; origins
-/// on `allowed` only.
+/// on `allowed` only, each granted to the pods of namespace `serving` without a credential.
 pub fn agent_config(node: &str, allowed: &[&str]) -> gpuplane_cache::agent::AgentConfig {
     gpuplane_cache::agent::AgentConfig {
         policy: gpuplane_cache::auth::Policy {
@@ -169,6 +190,14 @@ pub fn agent_config(node: &str, allowed: &[&str]) -> gpuplane_cache::agent::Agen
             peers: ["system:serviceaccount:gpuplane-system:gpuplane-cache".to_owned()].into(),
             readers: ["system:serviceaccount:gpuplane-system:gpuplane-scheduler".to_owned()].into(),
             writers: ["admin".to_owned()].into(),
+            grants: allowed
+                .iter()
+                .map(|o| gpuplane_cache::auth::Grant {
+                    origin: (*o).to_owned(),
+                    namespaces: vec!["serving".to_owned()],
+                    token_env: None,
+                })
+                .collect(),
         },
         origins: allowed.iter().map(|s| (*s).to_owned()).collect(),
         ..Default::default()
@@ -177,18 +206,25 @@ pub fn agent_config(node: &str, allowed: &[&str]) -> gpuplane_cache::agent::Agen
 
 /// A fetcher with small ranges for tests, presenting the peer token to peers.
 pub fn test_fetcher(peers: Vec<String>, node: &str) -> gpuplane_cache::Fetcher {
-    gpuplane_cache::Fetcher::new(gpuplane_cache::FetchConfig { chunk_bytes: 1 << 20, concurrency: 4, retries: 1 }, 8)
-        .unwrap()
-        .with_peers(peers)
-        .with_node(node)
-        .with_peer_token(gpuplane_cache::PeerToken::Fixed(PEER.to_owned()))
+    gpuplane_cache::Fetcher::new(
+        gpuplane_cache::FetchConfig { chunk_bytes: 1 << 20, concurrency: 4, retries: 1, ..Default::default() },
+        8,
+    )
+    .unwrap()
+    .with_peers(peers)
+    .with_node(node)
+    .with_peer_token(gpuplane_cache::PeerToken::Fixed(PEER.to_owned()))
 }
 
 /// Serves an agent on loopback with the real server (header timeout 1 s); its base URL.
 pub async fn serve_agent(agent: Arc<gpuplane_cache::agent::Agent>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limits = gpuplane_cache::agent::ServerLimits { max_connections: 64, header_timeout: Duration::from_secs(1) };
+    let limits = gpuplane_cache::agent::ServerLimits {
+        max_connections: 64,
+        max_per_client: 48,
+        header_timeout: Duration::from_secs(1),
+    };
     tokio::spawn(gpuplane_cache::agent::serve(
         listener,
         gpuplane_cache::agent::router(agent),
@@ -207,7 +243,7 @@ pub async fn agent_at(
     let node = config.policy.node.clone();
     let agent = gpuplane_cache::agent::Agent::new(
         gpuplane_cache::Store::open(dir, 1 << 30).unwrap(),
-        test_fetcher(peers, &node),
+        test_fetcher(peers, &node).with_origins(config.origins.clone()).unwrap(),
         config,
         Box::new(tokens()),
     );
