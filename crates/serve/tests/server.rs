@@ -1,6 +1,7 @@
 //! gpuplane's HTTP server (extender, webhook, scheduler metrics, cache agent), attacked over real sockets:
 //! connections that send nothing, half a header, or stay idle after a response are closed after the header
-//! deadline, and no more than the connection limit are served at once.
+//! deadline, no more than the connection limit are served at once, and one address over its cap is closed
+//! while others are served.
 #![allow(clippy::unwrap_used)] // A failed unwrap is a failed test, with its location.
 
 use std::time::{Duration, Instant};
@@ -70,5 +71,27 @@ async fn no_more_than_the_connection_limit_are_served() {
     assert!(early.is_err(), "a third connection was served while two held both slots");
     drop(hold_a);
     let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_client_over_its_cap_is_closed_and_other_clients_are_served() {
+    let limits =
+        Limits { max_connections: 8, header_timeout: Duration::from_secs(30), max_per_client: Some(2), ..SHORT };
+    let addr = server(limits).await;
+    let from = |ip: [u8; 4]| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    // Two idle connections from 127.0.0.2 are kept; a third is closed within about a second.
+    let _held = (from([127, 0, 0, 2]).await, from([127, 0, 0, 2]).await);
+    let mut third = from([127, 0, 0, 2]).await;
+    assert!(closed_after(&mut third).await < Duration::from_secs(3));
+    // Another address is served.
+    let mut other = from([127, 0, 0, 1]).await;
+    other.write_all(b"GET / HTTP/1.1\r\nHost: gpuplane\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = other.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
