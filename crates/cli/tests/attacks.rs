@@ -551,6 +551,7 @@ fn attack_7_service_accounts_hold_only_what_they_use() {
             (
                 "system:serviceaccount:gpuplane-node:gpuplane-cache",
                 &[
+                    "pods [] [] [list]",
                     "subjectaccessreviews.authorization.k8s.io [] [] [create]",
                     "tokenreviews.authentication.k8s.io [] [] [create]",
                 ],

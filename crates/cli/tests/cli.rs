@@ -274,6 +274,13 @@ fn cache_agent_refuses_to_start_without_what_its_checks_need() {
     let tokens = write(dir.path(), "tokens.csv", "short,user\n");
     assert_fails(&agent(&["--node-name", "gpu-1", "--auth", "static", "--static-tokens", &tokens]), "tokens.csv:1");
     assert_fails(&agent(&["--node-name", "gpu-1", "--allow-origin", "not a url"]), "--allow-origin \"not a url\"");
+    // A grant may not reach past the allowed origins or credentials.
+    let grants = write(dir.path(), "grants.yaml", "grants:\n- {origin: \"https://evil.example/\", namespaces: [a]}\n");
+    let allowed = ["--node-name", "gpu-1", "--allow-origin", "https://models.example/", "--grants", &grants];
+    assert_fails(&agent(&allowed), "grants[0].origin \"https://evil.example/\" is not under an --allow-origin");
+    let grants = write(dir.path(), "grants.yaml", "grants:\n- {origin: https://models.example/x, namespaces: []}\n");
+    let empty = ["--node-name", "gpu-1", "--allow-origin", "https://models.example/", "--grants", &grants];
+    assert_fails(&agent(&empty), "grants[0].namespaces must name at least one namespace");
     // TokenReview needs the API server: without one the agent says so rather than serving unchecked.
     assert_fails(&agent(&["--node-name", "gpu-1"]), "--auth tokenreview: cannot reach the Kubernetes API");
 }
