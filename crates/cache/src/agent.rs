@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::auth::{Action, Authenticator, Caller, Policy};
 use crate::error::CacheError;
 use crate::fetch::{Available, BLOB_STATE_HEADER, FETCH_KEY_HEADER, FETCH_SOURCE_HEADER, FetchReport, Fetcher};
-use crate::limits::{Failures, Streams};
+use crate::limits::{Failures, RecentTokens, Streams};
 use crate::manifest::{Limits, Manifest, Source};
 use crate::origin;
 use crate::store::{GcReport, Pinned, Sound, Store, sound_blob};
@@ -90,6 +90,7 @@ pub struct Agent {
     auth: Box<dyn Authenticator>,
     streams: Arc<Streams>,
     failures: Failures,
+    recent: RecentTokens,
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     registry: Registry,
     metrics: Metrics,
@@ -179,6 +180,7 @@ impl Agent {
             auth,
             streams,
             failures,
+            recent: RecentTokens::default(),
             fetching: Mutex::default(),
             registry,
             metrics,
@@ -202,6 +204,19 @@ impl Agent {
             return bad(StatusCode::BAD_REQUEST, e.to_string());
         }
         self.admit_source(manifest)?;
+        // A pod may not replace a model of another tenant's under its name (its pods would read the
+        // replacement): a name held by a model the caller may not see is not available to it.
+        let taken = self
+            .store()
+            .models()
+            .get(&manifest.model)
+            .is_some_and(|m| m.source.as_ref().is_none_or(|s| !self.config.policy.may_use(caller, s)));
+        if taken && !self.config.policy.is_writer(caller) {
+            return bad(
+                StatusCode::CONFLICT,
+                format!("request body: field `model`: the name {:?} is not available; choose another", manifest.model),
+            );
+        }
         if !self.config.policy.may_use(caller, &manifest.source) {
             let namespace = caller.namespace().unwrap_or("(none)");
             return bad(
@@ -266,17 +281,28 @@ impl Agent {
     /// Fetches a model for an administrator (files already stored or on peers are reused whatever source
     /// put them there); a second call for the same model waits for the first and then finds it stored.
     pub async fn prefetch(&self, manifest: &Manifest) -> Result<FetchReport, CacheError> {
-        self.prefetch_as(manifest, false).await
+        self.prefetch_as(manifest, None).await
     }
 
-    /// [`Self::prefetch`]; `strict` for a pod's request ([`Fetcher::fetch_model_as`]).
-    pub async fn prefetch_as(&self, manifest: &Manifest, strict: bool) -> Result<FetchReport, CacheError> {
+    /// [`Self::prefetch`]; for a pod's request, `scope` gives the origins its grants cover: the fetch is
+    /// strict ([`Fetcher::fetch_model_as`]) and follows redirects only within them.
+    pub async fn prefetch_as(
+        &self,
+        manifest: &Manifest,
+        scope: Option<Vec<String>>,
+    ) -> Result<FetchReport, CacheError> {
         let gate = {
             let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(fetching.entry(manifest.model.clone()).or_default())
         };
         let _one_at_a_time = gate.lock().await;
-        let result = self.fetcher.fetch_model_as(&self.store, manifest, strict).await;
+        let result = match scope {
+            None => self.fetcher.fetch_model(&self.store, manifest).await,
+            Some(origins) => match self.fetcher.clone().with_origins(origins) {
+                Ok(fetcher) => fetcher.fetch_model_as(&self.store, manifest, true).await,
+                Err(e) => Err(e),
+            },
+        };
         match &result {
             Ok(r) => {
                 self.metrics.fetched.inc_by(r.fetched_bytes);
@@ -308,26 +334,32 @@ impl Agent {
         if let Err(e) = store.refresh() {
             tracing::warn!(error = %e, "Could not re-read the model index.");
         }
-        Inventory {
-            used_bytes: store.used_bytes(),
-            stray_bytes: store.stray_bytes(),
-            budget_bytes: store.budget(),
-            models: store
-                .models()
-                .iter()
-                .filter(|(_, m)| m.is_ready())
-                .filter(|(_, m)| {
-                    caller.is_none_or(|c| m.source.as_ref().is_some_and(|s| self.config.policy.may_use(c, s)))
-                })
-                .map(|(name, m)| InventoryModel {
-                    model: name.clone(),
-                    bytes: m.bytes(),
-                    files: m.files.len(),
-                    last_used: m.last_used,
-                    pinned_by: m.pinned_by.iter().cloned().collect(),
-                })
-                .collect(),
-        }
+        // A pod sees the models it may use, the pins of its own namespace's pods, and the bytes of those
+        // models: nothing of other tenants, not even their totals.
+        let namespace = caller.map(|c| format!("{}/", c.namespace().unwrap_or("")));
+        let models: Vec<InventoryModel> = store
+            .models()
+            .iter()
+            .filter(|(_, m)| m.is_ready())
+            .filter(|(_, m)| caller.is_none_or(|c| m.source.as_ref().is_some_and(|s| self.config.policy.may_use(c, s))))
+            .map(|(name, m)| InventoryModel {
+                model: name.clone(),
+                bytes: m.bytes(),
+                files: m.files.len(),
+                last_used: m.last_used,
+                pinned_by: m
+                    .pinned_by
+                    .iter()
+                    .filter(|p| namespace.as_ref().is_none_or(|ns| p.starts_with(ns.as_str())))
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        let (used_bytes, stray_bytes) = match caller {
+            None => (store.used_bytes(), store.stray_bytes()),
+            Some(_) => (models.iter().map(|m| m.bytes).sum(), 0),
+        };
+        Inventory { used_bytes, stray_bytes, budget_bytes: store.budget(), models }
     }
 
     /// Fetches again, in the background, every model a failed blob took out of the inventory.
@@ -439,11 +471,15 @@ impl Agent {
             self.metrics.denied.inc();
             return Err(Refusal(StatusCode::UNAUTHORIZED, "a bearer token is required".to_owned()));
         };
-        if client.is_some_and(|ip| !self.failures.allows(ip)) {
+        if client.is_some_and(|ip| !self.failures.allows(ip)) && !self.recent.contains(token) {
             self.metrics.denied.inc();
             return Err(Refusal(StatusCode::TOO_MANY_REQUESTS, "too many invalid tokens from this address".to_owned()));
         }
-        match self.auth.authenticate(token).await {
+        let reviewed = self.auth.authenticate(token).await;
+        if matches!(reviewed, Ok(Some(_))) {
+            self.recent.insert(token);
+        }
+        match reviewed {
             Ok(Some(caller)) if self.config.policy.allows(&caller, action) => Ok(caller),
             Ok(Some(caller)) => {
                 self.metrics.denied.inc();
@@ -526,7 +562,8 @@ async fn prefetch(State(agent): State<Arc<Agent>>, request: Request) -> Response
     if let Err(r) = agent.admit(&manifest, &caller) {
         return r.into_response();
     }
-    match agent.prefetch_as(&manifest, !writer).await {
+    let scope = (!writer).then(|| agent.config.policy.granted_origins(&caller, &manifest.source));
+    match agent.prefetch_as(&manifest, scope).await {
         Ok(r) => axum::Json(serde_json::json!({
             "model": manifest.model, "files": r.files, "fetched_bytes": r.fetched_bytes, "peer_bytes": r.peer_bytes,
             "resumed_bytes": r.resumed_bytes, "reused_bytes": r.reused_bytes, "evicted": r.evicted,

@@ -241,6 +241,14 @@ impl Policy {
         self.is_local(caller) && self.grants.iter().any(|g| g.covers(namespace, &url, token_env))
     }
 
+    /// The origins of the grants that let `caller` (a pod) read `source`: where its fetch may be redirected.
+    pub fn granted_origins(&self, caller: &Caller, source: &Source) -> Vec<String> {
+        let (Some(namespace), Some((url, token_env))) = (caller.namespace(), source_scope(source)) else {
+            return Vec::new();
+        };
+        self.grants.iter().filter(|g| g.covers(namespace, &url, token_env)).map(|g| g.origin.clone()).collect()
+    }
+
     /// Whether `caller` may do `action` (what it may do to which model is [`Self::may_use`]'s).
     pub fn allows(&self, caller: &Caller, action: &Action<'_>) -> bool {
         let user = caller.user.as_str();

@@ -1,6 +1,7 @@
 //! What one client may cost the agent: blob streams per caller (peers draw on a share of their own, so
 //! local clients cannot crowd them out) and failed token checks per address (each costs the API server a
-//! TokenReview), refused with 503 and 429 beyond their bounds.
+//! TokenReview), refused with 503 and 429 beyond their bounds — except for tokens that passed a check
+//! lately, so a client sharing an address with an attacker is not locked out with it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -96,6 +97,38 @@ impl Failures {
         }
         let level = buckets.get(&ip).map_or(self.burst, |b| self.level(*b, now));
         buckets.insert(ip, ((level - 1.0).max(0.0), now));
+    }
+}
+
+/// Tokens (by SHA-256) that passed a check in the last ten minutes; at most 4,096 are kept.
+#[derive(Debug, Default)]
+pub struct RecentTokens(Mutex<HashMap<String, Instant>>);
+
+const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl RecentTokens {
+    fn key(token: &str) -> String {
+        let mut hash = crate::Sha256::default();
+        hash.update(token.as_bytes());
+        hash.hex()
+    }
+
+    /// Whether `token` passed a check lately.
+    pub fn contains(&self, token: &str) -> bool {
+        let recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        recent.get(&Self::key(token)).is_some_and(|t| t.elapsed() < RECENT_FOR)
+    }
+
+    /// Records that `token` passed a check now.
+    pub fn insert(&self, token: &str) {
+        let mut recent = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() >= 4096 {
+            recent.retain(|_, t| t.elapsed() < RECENT_FOR);
+            if recent.len() >= 4096 {
+                recent.clear();
+            }
+        }
+        recent.insert(Self::key(token), Instant::now());
     }
 }
 

@@ -83,6 +83,7 @@ async fn two_cold_agents_fetching_one_model_at_once_read_the_origin_once() {
     );
     let (r1, r2, r3) = (json(r1.unwrap()).await, json(r2.unwrap()).await, json(r3.unwrap()).await);
     assert_eq!(o.served.load(Ordering::Relaxed), m.bytes(), "{r1} {r2} {r3}");
+    assert_eq!(o.probes.load(Ordering::Relaxed), 6, "each agent asked the origin each file's size once");
     let peer_total = [&r1, &r2, &r3].iter().map(|r| r["peer_bytes"].as_u64().unwrap()).sum::<u64>();
     assert_eq!(peer_total, 2 * m.bytes(), "two of three read every byte from a peer: {r1} {r2} {r3}");
     for dir in &dirs {

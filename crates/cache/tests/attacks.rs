@@ -387,23 +387,38 @@ async fn redirects_are_followed_only_within_the_allowed_origins() {
 #[tokio::test]
 async fn an_oversized_request_evicts_nothing() {
     let (o, base) = origin().await;
-    let m = model(&o, &base, "kept", &[("w.bin", content(100_000, 24))]);
+    let m = model(&o, &base, "kept", &[("k.bin", content(1 << 20, 24))]);
+    put(&o, "w.bin", content(4 << 20, 29));
     let dir = tempfile::tempdir().unwrap();
-    let (a, _) = agent_at(dir.path(), vec![], agent_config("gpu-a", &[&base])).await;
+    let agent = Agent::new(
+        Store::open(dir.path(), 3 << 20).unwrap(),
+        test_fetcher(vec![], "gpu-a"),
+        agent_config("gpu-a", &[&base]),
+        Box::new(support::tokens()),
+    );
+    let a = serve_agent(agent).await;
     let http = reqwest::Client::new();
     assert_eq!(post(&http, &a, ADMIN, serde_json::to_string(&m).unwrap()).send().await.unwrap().status(), 200);
-    // 512 GiB: under the 1 TiB cap per file, over the 1 GiB store.
+    let kept = || async {
+        let inventory = http.get(format!("{a}/models")).bearer_auth(ADMIN).send().await.unwrap();
+        let inventory: serde_json::Value = serde_json::from_slice(&inventory.bytes().await.unwrap()).unwrap();
+        inventory["models"][0]["model"] == "kept" && dir.path().join("models/kept/k.bin").exists()
+    };
+    // 512 GiB claimed (under the 1 TiB cap per file) for a file the origin has at 4 MiB: refused when
+    // the origin is asked for the size, before anything is evicted.
     let r = post(&http, &a, POD_A, manifest("huge", base.clone(), None, 512 << 30, "1".repeat(64))).send().await;
     let r = r.unwrap();
-    assert_eq!(r.status(), 507);
+    assert_eq!(r.status(), 502);
     let text = r.text().await.unwrap();
-    assert!(!text.contains("kept"), "a pod is not told other models' names: {text}");
-    let inventory: serde_json::Value = serde_json::from_slice(
-        &http.get(format!("{a}/models")).bearer_auth(ADMIN).send().await.unwrap().bytes().await.unwrap(),
-    )
-    .unwrap();
-    assert_eq!(inventory["models"][0]["model"], "kept", "nothing was evicted for a model that could not fit");
-    assert!(dir.path().join("models/kept/w.bin").exists());
+    assert!(!text.contains(&(4u64 << 20).to_string()), "the real size is not told: {text}");
+    assert!(kept().await, "nothing was evicted for a file the origin does not have at that size");
+    // A real 4 MiB file in a 3 MiB store: it cannot fit even with everything evicted, so nothing is.
+    let body = content(4 << 20, 29);
+    let r = post(&http, &a, POD_A, manifest("big", base.clone(), None, body.len() as u64, sha(&body))).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 507);
+    assert!(!r.text().await.unwrap().contains("kept"), "a pod is not told other models' names");
+    assert!(kept().await, "nothing was evicted for a model that could not fit");
 }
 
 #[tokio::test]
@@ -512,23 +527,34 @@ async fn a_reconnecting_slowloris_from_one_address_starves_no_one_else() {
         limits,
         std::future::pending(),
     ));
-    // 1,000 sockets from 127.0.0.2, each sending half a header and reconnecting as soon as it is closed,
-    // on a thread of their own (another process, as it were).
+    let (tried, latencies) = under_slowloris(addr, &[[127, 0, 0, 2]], 1000).await;
+    let p99 = latencies[98];
+    eprintln!("slowloris: {tried} attacker connections; legitimate p50 {:?}, p99 {p99:?}", latencies[49]);
+    assert!(tried > 1000, "the attack ran: {tried} connections");
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+}
+
+/// Runs `sockets` slowloris sockets spread over `from` (half a header each, reconnecting as soon as closed,
+/// on a thread of their own: another process, as it were) while 100 legitimate requests are made; the
+/// attacker's connection count and the legitimate latencies, sorted.
+async fn under_slowloris(addr: std::net::SocketAddr, from: &[[u8; 4]], sockets: usize) -> (u64, Vec<Duration>) {
+    let from = from.to_vec();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (stop2, attempts2) = (stop.clone(), attempts.clone());
     let attacker = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
-            let tasks: Vec<_> = (0..1000)
-                .map(|_| {
+            let tasks: Vec<_> = (0..sockets)
+                .map(|i| {
                     let (stop, attempts) = (stop2.clone(), attempts2.clone());
+                    let ip = from[i % from.len()];
                     tokio::spawn(async move {
                         use tokio::io::{AsyncReadExt, AsyncWriteExt};
                         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                            if socket.bind("127.0.0.2:0".parse().unwrap()).is_err() {
+                            if socket.bind(std::net::SocketAddr::from((ip, 0))).is_err() {
                                 tokio::time::sleep(Duration::from_millis(10)).await;
                                 continue;
                             }
@@ -551,12 +577,8 @@ async fn a_reconnecting_slowloris_from_one_address_starves_no_one_else() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let latencies = legitimate_latencies(&format!("http://{addr}"), 100).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let p99 = latencies[98];
-    let tried = attempts.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("slowloris: {tried} attacker connections; legitimate p50 {:?}, p99 {p99:?}", latencies[49]);
-    assert!(tried > 1000, "the attack ran: {tried} connections");
-    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     let _ = tokio::task::spawn_blocking(move || attacker.join()).await;
+    (attempts.load(std::sync::atomic::Ordering::Relaxed), latencies)
 }
 
 #[tokio::test]
@@ -647,4 +669,108 @@ async fn pins_are_bounded_per_pod_and_die_with_their_pod() {
     for m in inventory["models"].as_array().unwrap() {
         assert!(m["pinned_by"].as_array().unwrap().is_empty(), "{m}");
     }
+}
+
+// --- What the red team found after the first fixes. ---
+
+#[tokio::test]
+async fn a_wrong_size_for_a_stored_blob_removes_nothing() {
+    let (o, base) = origin().await;
+    let m = model(&o, &base, "shared", &[("w.bin", content(500_000, 50))]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = agent_at(dir.path(), vec![], agent_config("gpu-a", &[&base])).await;
+    let http = reqwest::Client::new();
+    assert_eq!(post(&http, &a, ADMIN, serde_json::to_string(&m).unwrap()).send().await.unwrap().status(), 200);
+    let pin = http.put(format!("{a}/models/shared/pins/serving%2Fpod-b")).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(pin.status(), 204);
+    // Same URL and digest, another size: refused, and the stored blob is left alone.
+    let (digest, url) = (m.files[0].sha256.clone(), base.clone());
+    for size in [499_999, 1 << 30] {
+        let r = post(&http, &a, POD_A, manifest("mine", url.clone(), None, size, digest.clone())).send().await.unwrap();
+        assert_eq!(r.status(), 502);
+    }
+    assert!(dir.path().join(format!("blobs/sha256/{digest}")).exists());
+    let inventory = http.get(format!("{a}/models")).bearer_auth(ADMIN).send().await.unwrap().text().await.unwrap();
+    assert!(inventory.contains("\"shared\""), "{inventory}");
+}
+
+#[tokio::test]
+async fn a_pods_fetch_from_another_url_neither_stalls_nor_poisons_anothers() {
+    let (o, base) = origin().await;
+    let real = content(3 << 20, 51);
+    put(&o, "real/w.bin", real.clone());
+    put(&o, "fake/w.bin", vec![0u8; real.len()]);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = agent_at(dir.path(), vec![], agent_config("gpu-a", &[&base])).await;
+    let http = reqwest::Client::new();
+    let (size, digest) = (real.len() as u64, sha(&real));
+    // The pod's fetch of zeros under the real digest gets its first two 1 MiB ranges at once, then
+    // trickles (a byte every 100 ms), and is abandoned: two ranges of zeros are recorded as done.
+    o.trickle_from.store(2 << 20, std::sync::atomic::Ordering::Relaxed);
+    o.trickle.store(true, std::sync::atomic::Ordering::Relaxed);
+    let poison = post(&http, &a, POD_A, manifest("poison", format!("{base}/fake"), None, size, digest.clone()));
+    let _ = poison.timeout(Duration::from_secs(2)).send().await;
+    o.trickle.store(false, std::sync::atomic::Ordering::Relaxed);
+    let partials = std::fs::read_dir(dir.path().join("partial")).unwrap().count();
+    assert!(partials > 0, "the abandoned fetch left its partial download");
+    // The administrator's fetch from the real URL neither waits for it nor resumes from its bytes.
+    let started = Instant::now();
+    let r = post(&http, &a, ADMIN, manifest("real", format!("{base}/real"), None, size, digest)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert!(started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    assert_eq!(std::fs::read(dir.path().join("models/real/w.bin")).unwrap(), real);
+}
+
+#[tokio::test]
+async fn bytes_read_with_a_credential_are_not_given_to_a_request_without_it() {
+    let (o, base) = origin().await;
+    let secret = content(200_000, 52);
+    put(&o, "w.bin", secret.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config("gpu-a", &[&base]);
+    config.token_envs = vec!["GPUPLANE_TEST_CREDENTIAL".into()];
+    let (a, _) = agent_at(dir.path(), vec![], config).await;
+    let http = reqwest::Client::new();
+    let (size, digest) = (secret.len() as u64, sha(&secret));
+    let cred = Some("GPUPLANE_TEST_CREDENTIAL");
+    let r = post(&http, &a, ADMIN, manifest("private", base.clone(), cred, size, digest.clone())).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    let before = o.requests.lock().unwrap().len();
+    // The pod's grant has no credential: its fetch goes to the origin without one, whatever is stored.
+    let r = post(&http, &a, POD_A, manifest("mine", base.clone(), None, size, digest)).send().await.unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(report["reused_bytes"], 0, "{report}");
+    assert!(o.requests.lock().unwrap()[before..].iter().all(|(_, auth)| auth.is_none()));
+    assert!(o.requests.lock().unwrap().len() > before, "the origin was asked");
+}
+
+#[tokio::test]
+async fn a_pod_cannot_take_over_another_tenants_model_name() {
+    let (o, base) = origin().await;
+    let theirs = model(&o, &base, "llama@v1", &[("w.bin", content(1000, 53))]);
+    put(&o, "mine/w.bin", content(1000, 54));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config("gpu-a", &[&base]);
+    config.policy.grants[0].origin = format!("{base}/mine");
+    let (a, _) = agent_at(dir.path(), vec![], config).await;
+    let http = reqwest::Client::new();
+    assert_eq!(post(&http, &a, ADMIN, serde_json::to_string(&theirs).unwrap()).send().await.unwrap().status(), 200);
+    let mine = content(1000, 54);
+    let r = post(&http, &a, POD_A, manifest("llama@v1", format!("{base}/mine"), None, 1000, sha(&mine))).send();
+    assert_eq!(r.await.unwrap().status(), 409);
+    assert_eq!(std::fs::read(dir.path().join("models/llama@v1/w.bin")).unwrap(), content(1000, 53));
+}
+
+#[tokio::test]
+async fn a_known_token_is_served_from_an_address_locked_out_for_bogus_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = agent_at(dir.path(), vec![], agent_config("gpu-a", &[])).await;
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{a}/models")).bearer_auth(SCHEDULER).send().await.unwrap().status(), 200);
+    for i in 0..40 {
+        let _ = http.get(format!("{a}/models")).bearer_auth(format!("bogus-token-{i:06}-0123456789")).send().await;
+    }
+    let bogus = http.get(format!("{a}/models")).bearer_auth("bogus-token-x-0123456789").send().await.unwrap();
+    assert_eq!(bogus.status(), 429);
+    assert_eq!(http.get(format!("{a}/models")).bearer_auth(SCHEDULER).send().await.unwrap().status(), 200);
 }

@@ -69,7 +69,12 @@ async fn a_full_disk_refuses_clearly_gives_its_space_back_and_the_store_stays_us
     let (f, s) = (fetcher(), &store);
     let fetch = f.fetch_model(s, &fits);
     let fill = async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Once the fetch has room and has begun (its partial download exists), while its ranges are read.
+        let partial = root.join("partial");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::read_dir(&partial).unwrap().next().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let _ = std::fs::write(&filler, vec![1u8; 6 << 20]);
     };
     let (result, ()) = tokio::join!(fetch, fill);
@@ -103,7 +108,9 @@ async fn planted_symlinks_are_never_followed_served_or_written_through() {
     let store = Mutex::new(Store::open(&root, 1 << 30).unwrap());
 
     // A symlink at the partial download's place: not followed, the target not truncated.
-    std::os::unix::fs::symlink(&secret, root.join(format!("partial/{digest}.part"))).unwrap();
+    let source = gpuplane_cache::fetch::source_id(&m.source, &m.files[0].path).unwrap();
+    let partial = store.lock().unwrap().partial_path(digest, &source).with_extension("part");
+    std::os::unix::fs::symlink(&secret, partial).unwrap();
     fetcher().fetch_model(&store, &m).await.unwrap();
     assert_eq!(std::fs::read(&secret).unwrap(), b"node credentials");
     assert_eq!(std::fs::read(root.join("models/m/w.bin")).unwrap(), body);
@@ -309,9 +316,10 @@ async fn what_a_failed_fetch_leaves_is_counted_reused_and_collected() {
     let dir = tempfile::tempdir().unwrap();
     let store = Mutex::new(Store::open(dir.path(), 1 << 30).unwrap());
     let mut m = model(&o, &base, "m", &[("a.bin", content(1 << 20, 50)), ("b.bin", content(1 << 20, 51))]);
-    o.files.lock().unwrap().remove("b.bin");
+    // The origin fails after a.bin (its size checks pass): b.bin's read fails.
+    o.fail_after.store((1 << 20) + 1, Ordering::Relaxed);
     let e = fetcher().fetch_model(&store, &m).await.unwrap_err();
-    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    assert!(e.to_string().contains("HTTP 503"), "{e}");
     assert!(!store.lock().unwrap().models().contains_key("m"), "no half model in the index");
     let stray = store.lock().unwrap().stray_bytes();
     assert!(
@@ -319,11 +327,12 @@ async fn what_a_failed_fetch_leaves_is_counted_reused_and_collected() {
         "a.bin (and b.bin's empty partial) count as strays: {stray}"
     );
     // A retry reuses what the failed fetch published.
-    o.files.lock().unwrap().insert("b.bin".into(), content(1 << 20, 51));
+    o.fail_after.store(0, Ordering::Relaxed);
     let r = fetcher().fetch_model(&store, &m).await.unwrap();
     assert_eq!(r.reused_bytes, 1 << 20);
     // A failure whose leftovers nobody wants: collected (here at once; the agent waits --stale-after-hours).
     m.model = "n".into();
+    // b.bin under a digest it does not have: read, and refused when its hash is known.
     m.files[1] = gpuplane_cache::FileEntry { path: "b.bin".into(), size: 1 << 20, sha256: "1".repeat(64) };
     m.files[0] = gpuplane_cache::FileEntry { path: "d.bin".into(), size: 5, sha256: support::sha(&content(5, 52)) };
     o.files.lock().unwrap().insert("d.bin".into(), content(5, 52));

@@ -57,7 +57,8 @@ async fn a_fetch_killed_half_way_resumes_and_the_result_verifies() {
     let (s, mm) = (Arc::clone(&store), m.clone());
     let task = tokio::spawn(async move { fetcher(256 << 10, 2).fetch_model(&s, &mm).await });
     // Kill it once at least 8 ranges are recorded as durable.
-    let progress = dir.path().join(format!("partial/{}.chunks", m.files[0].sha256));
+    let source = gpuplane_cache::fetch::source_id(&m.source, &m.files[0].path).unwrap();
+    let progress = store.lock().unwrap().partial_path(&m.files[0].sha256, &source).with_extension("chunks");
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let marks = std::fs::read(&progress).unwrap_or_default();

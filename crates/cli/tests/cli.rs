@@ -476,11 +476,19 @@ fn a_fetch_killed_with_sigkill_resumes_and_verifies() {
         .spawn()
         .unwrap();
     // SIGKILL once at least 8 ranges are recorded as durable.
-    let progress = dir.path().join(format!("store/partial/{digest}.chunks"));
+    // partial/<digest>-<first 16 hex digits of the source id>.chunks: found by its digest.
+    let progress = || {
+        std::fs::read_dir(dir.path().join("store/partial")).into_iter().flatten().flatten().map(|e| e.path()).find(
+            |p| {
+                p.extension().is_some_and(|x| x == "chunks")
+                    && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(digest.as_str()))
+            },
+        )
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let marks = std::fs::read(&progress).unwrap_or_default();
+        let marks = progress().and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
         if marks.iter().skip(8).filter(|&&b| b == 1).count() >= 8 {
             break;
         }

@@ -1,10 +1,11 @@
 //! Serving a router to clients that may be hostile, over plain TCP or TLS: at most
-//! [`Limits::max_connections`] connections at once, a deadline for the TLS handshake and for every request's
-//! headers (which also ends connections left idle between requests), and optionally a cap on a connection's
-//! lifetime, and optionally a cap on one client address's connections (closed at once when over it, so a
-//! client that reconnects in a loop cannot fill the server). Each request carries its client's address as
-//! axum's `ConnectInfo<SocketAddr>`. The extender, the admission webhook, the scheduler's metrics and the
-//! cache agent all run on it.
+//! [`Limits::max_connections`] connections at once, and optionally at most [`Limits::max_per_client`] from one
+//! address (a connection over that is held a second, then closed, so a client reconnecting in a loop neither
+//! fills the server nor floods the accept queue); a deadline for the TLS handshake and for every request's
+//! headers (which also ends connections left idle between requests; one second for connections accepted
+//! while over half the slots are taken); optionally a cap on a connection's lifetime. Each request carries its
+//! client's address as axum's `ConnectInfo<SocketAddr>`. The extender, the admission webhook, the scheduler's
+//! metrics and the cache agent all run on it.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub struct Limits {
     pub max_per_client: Option<usize>,
 }
 
+/// The header deadline of connections accepted while over half the server's slots are taken.
+const BUSY_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a connection over its client's cap is held before it is closed.
 const TARPIT: Duration = Duration::from_secs(1);
 /// Most connections held that way at once; more are closed at once.
@@ -149,6 +152,13 @@ pub async fn serve(
             }
             continue;
         };
+        // Under load (over half the slots taken) a new connection gets a short header deadline: a client
+        // that means it sends its headers at once, and attackers' idle connections give their slots back
+        // ten times sooner.
+        let mut limits = limits;
+        if slots.available_permits() < limits.max_connections.max(1) / 2 {
+            limits.header_timeout = limits.header_timeout.min(BUSY_HEADER_TIMEOUT);
+        }
         let (acceptor, app, stop) = (acceptor.clone(), app.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let _permit = permit;

@@ -186,19 +186,6 @@ enum From {
     },
 }
 
-impl From {
-    /// SHA-256 of what is read (a URL or a path): fetches of one file from one place share it.
-    fn source_id(&self) -> String {
-        location_id(&self.to_string())
-    }
-}
-
-fn location_id(location: &str) -> String {
-    let mut hash = crate::Sha256::default();
-    hash.update(location.as_bytes());
-    hash.hex()
-}
-
 /// Where a manifest's file is read: its URL (`s3://bucket/key` for S3) or local path.
 pub fn file_location(source: &Source, path: &str) -> Result<String, CacheError> {
     Ok(match source {
@@ -208,9 +195,21 @@ pub fn file_location(source: &Source, path: &str) -> Result<String, CacheError> 
     })
 }
 
-/// The SHA-256 of [`file_location`]: what announcements and blobs name as a file's source.
+/// What announcements, partial downloads and blobs name as a file's source: the SHA-256 of its
+/// [`file_location`] and the credential it is read with (the `token_env` of an HTTP source, the endpoint of
+/// an S3 one). Bytes read with one credential are never handed to a request made without it.
 pub fn source_id(source: &Source, path: &str) -> Option<String> {
-    file_location(source, path).ok().map(|l| location_id(&l))
+    let location = file_location(source, path).ok()?;
+    let credential = match source {
+        Source::Http { token_env, .. } => token_env.as_deref().unwrap_or(""),
+        Source::S3 { endpoint, .. } => endpoint.as_deref().unwrap_or(""),
+        Source::Local { .. } => "",
+    };
+    let mut hash = crate::Sha256::default();
+    hash.update(location.as_bytes());
+    hash.update(b"\n");
+    hash.update(credential.as_bytes());
+    Some(hash.hex())
 }
 
 fn s3_key(source: &Source, path: &str) -> String {
@@ -394,10 +393,8 @@ impl Fetcher {
             _ => None,
         };
         let mut report = FetchReport { files: manifest.files.len(), ..Default::default() };
-        report.evicted = store.lock().unwrap_or_else(|p| p.into_inner()).make_room(manifest)?;
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()).entry(manifest.model.clone()).or_default() += 1;
-        let mut recorded = Recorded { store, model: &manifest.model, active: &self.active, succeeded: false };
         let mut done = HashSet::new();
+        let mut reads = Vec::new();
         for file in &manifest.files {
             if !done.insert(file.sha256.as_str()) {
                 continue;
@@ -418,7 +415,21 @@ impl Fetcher {
                     }
                 }
             };
-            self.fetch_blob(store, &manifest.model, file, &from, strict, &mut report).await?;
+            let source = source_id(&manifest.source, &file.path).unwrap_or_default();
+            reads.push((file, from, source));
+        }
+        // The source is asked for each missing file's size before anything is evicted for it: a manifest
+        // naming files the source does not have (or not at that size) empties nothing.
+        let missing: Vec<(&FileEntry, &From)> = {
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            reads.iter().filter(|(f, _, _)| !s.has_blob(&f.sha256, f.size)).map(|(f, from, _)| (*f, from)).collect()
+        };
+        self.check_sizes(&missing).await?;
+        report.evicted = store.lock().unwrap_or_else(|p| p.into_inner()).make_room(manifest)?;
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()).entry(manifest.model.clone()).or_default() += 1;
+        let mut recorded = Recorded { store, model: &manifest.model, active: &self.active, succeeded: false };
+        for (file, from, source) in &reads {
+            self.fetch_blob(store, &manifest.model, file, (from, source), strict, &mut report).await?;
         }
         store.lock().unwrap_or_else(|p| p.into_inner()).link_model(manifest)?;
         recorded.succeeded = true;
@@ -426,27 +437,31 @@ impl Fetcher {
     }
 
     /// Makes one blob present and verified: reused when stored and sound, else read from a peer that
-    /// has it (or is fetching it earlier than this agent), else from `from`.
+    /// has it (or is fetching it from the same source earlier than this agent), else from `from`, whose
+    /// [`source_id`] is `source`.
     async fn fetch_blob(
         &self,
         store: &Mutex<Store>,
         model: &str,
         file: &FileEntry,
-        from: &From,
+        (from, source): (&From, &str),
         strict: bool,
         report: &mut FetchReport,
     ) -> Result<(), CacheError> {
-        // One fetch per blob at a time, whichever model asks: a second waits and finds it stored. The
-        // lock file extends that to other processes sharing the root.
+        // One fetch per blob and source at a time, whichever model asks: a second waits and finds it
+        // stored. The lock file extends that to other processes sharing the root. Fetches of one digest
+        // from different sources neither wait for each other nor share a partial file: a slow or lying
+        // source cannot stall or poison another's fetch.
+        let partial = store.lock().unwrap_or_else(|p| p.into_inner()).partial_path(&file.sha256, source);
         let blob_lock = {
             let mut locks = self.blob_locks.lock().unwrap_or_else(|p| p.into_inner());
-            Arc::clone(locks.entry(file.sha256.clone()).or_default())
+            let key = partial.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            Arc::clone(locks.entry(key).or_default())
         };
         let _held = blob_lock.lock().await;
-        let partial = store.lock().unwrap_or_else(|p| p.into_inner()).partial_path(&file.sha256);
         let lock_path = partial.with_extension("lock");
         let _file_lock = blocking(&lock_path.clone(), move || BlobFileLock::take(lock_path)).await?;
-        let source = from.source_id();
+        let source = source.to_owned();
         let reusable =
             !strict || store.lock().unwrap_or_else(|p| p.into_inner()).blob_sources(&file.sha256).contains(&source);
         if reusable && matches!(sound_blob(store, &file.sha256, Some(file.size), false).await?, Sound::Blob(..)) {

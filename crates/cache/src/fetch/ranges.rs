@@ -18,6 +18,65 @@ use crate::manifest::FileEntry;
 use crate::store::open_lock_file;
 
 impl Fetcher {
+    /// Asks the source of each file for its size (a one-byte Range request, an object's metadata, a
+    /// file's length), many at once; an error names the first file whose source lacks it or has another
+    /// size.
+    pub(super) async fn check_sizes(&self, files: &[(&FileEntry, &From)]) -> Result<(), CacheError> {
+        for group in files.chunks(self.config.concurrency.max(1)) {
+            let mut checks = Vec::with_capacity(group.len());
+            for (file, from) in group {
+                checks.push(self.check_size(file, from));
+            }
+            futures::future::try_join_all(checks).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_size(&self, file: &FileEntry, from: &From) -> Result<(), CacheError> {
+        let wrong = |found: u64| CacheError::Origin {
+            url: from.to_string(),
+            message: format!("the source has {found} bytes, the manifest says {}", file.size),
+        };
+        let found = match from {
+            From::Http { url, token } => {
+                let origin = |message: String| CacheError::Origin { url: url.clone(), message };
+                let mut request =
+                    self.http.get(url).header(reqwest::header::RANGE, "bytes=0-0").timeout(self.config.grace);
+                if let Some(t) = token {
+                    request = request.bearer_auth(t);
+                }
+                let response = request.send().await.map_err(|e| origin(e.to_string()))?;
+                let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+                match response.status() {
+                    reqwest::StatusCode::PARTIAL_CONTENT => header(reqwest::header::CONTENT_RANGE)
+                        .and_then(|r| r.rsplit_once('/'))
+                        .and_then(|(_, total)| total.parse::<u64>().ok()),
+                    // The whole file (an origin without Range): its length says; the body is not read.
+                    reqwest::StatusCode::OK => header(reqwest::header::CONTENT_LENGTH).and_then(|l| l.parse().ok()),
+                    // An empty file has no byte 0 to ask for.
+                    reqwest::StatusCode::RANGE_NOT_SATISFIABLE if file.size == 0 => Some(0),
+                    status => return Err(origin(format!("HTTP {status} when asked for the file's size"))),
+                }
+            }
+            From::S3 { store, path, display } => {
+                use object_store::ObjectStoreExt;
+                let meta = store
+                    .head(path)
+                    .await
+                    .map_err(|e| CacheError::Origin { url: display.clone(), message: e.to_string() })?;
+                Some(meta.size)
+            }
+            From::Local { path } => Some(std::fs::metadata(path).map_err(io(path))?.len()),
+            From::Peer { .. } => return Ok(()),
+        };
+        match found {
+            Some(n) if n == file.size => Ok(()),
+            Some(n) => Err(wrong(n)),
+            // No length given (a chunked answer): the fetch itself will tell.
+            None => Ok(()),
+        }
+    }
+
     /// Reads the file's missing ranges, many at once and in any order of completion, and hashes the
     /// whole file in order as its prefix fills; returns bytes fetched, bytes resumed and the digest.
     ///

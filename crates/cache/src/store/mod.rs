@@ -212,9 +212,11 @@ impl Store {
         self.root.join("blobs/sha256").join(sha256)
     }
 
-    /// Where a download in progress keeps its bytes (`.part`, `.chunks` and `.lock` beside).
-    pub fn partial_path(&self, sha256: &str) -> PathBuf {
-        self.root.join("partial").join(sha256)
+    /// Where a download of a blob from one source ([`crate::fetch::source_id`]) keeps its bytes:
+    /// `partial/<digest>-<source>` with `.part`, `.chunks` and `.lock` beside.
+    pub fn partial_path(&self, sha256: &str, source: &str) -> PathBuf {
+        let source = source.get(..16).unwrap_or(source);
+        self.root.join("partial").join(format!("{sha256}-{source}"))
     }
 
     /// The models, including ones whose first fetch is still under way ([`CachedModel::is_ready`]).
@@ -402,7 +404,7 @@ impl Store {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let digest = name.split('.').next()?.to_owned();
+                let digest = name.split(['.', '-']).next()?.to_owned();
                 Some((digest, e.metadata().ok()?))
             })
             .collect()
@@ -460,6 +462,8 @@ impl Store {
                         .models
                         .entry(manifest.model.clone())
                         .or_insert_with(|| CachedModel { last_used: now, ..CachedModel::default() });
+                    // Who may see it while its first fetch runs: the source it is fetched from.
+                    entry.source.get_or_insert_with(|| manifest.source.clone());
                     let holders = entry.fetching.as_ref().map_or(0, |f| f.holders);
                     entry.fetching = Some(Fetching { files: manifest.files.clone(), since: now, holders: holders + 1 });
                     return Ok(evicted);
@@ -585,6 +589,23 @@ impl Store {
         sync_dir(&self.root.join("blobs/sha256"))?;
         let stamp = Stamp::of(&file.metadata().map_err(io(&blob))?);
         self.mark_verified(sha256, stamp)?;
+        // Models damaged by this blob's loss are whole again once all their blobs are back.
+        self.locked(|s| {
+            let present = |d: &str| fs::symlink_metadata(s.blob_path(d)).is_ok_and(|m| m.is_file());
+            let healed: Vec<String> = s
+                .index
+                .models
+                .iter()
+                .filter(|(_, m)| m.damaged && m.files.iter().all(|f| present(&f.sha256)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in healed {
+                if let Some(m) = s.index.models.get_mut(&name) {
+                    m.damaged = false;
+                }
+            }
+            Ok(())
+        })?;
         Ok(blob)
     }
 
@@ -694,7 +715,7 @@ impl Store {
             let Ok(entries) = fs::read_dir(self.root.join(sub)) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let digest = name.split('.').next().unwrap_or_default().to_owned();
+                let digest = name.split(['.', '-']).next().unwrap_or_default().to_owned();
                 if let Ok(m) = entry.metadata()
                     && !referenced.contains(digest.as_str())
                     && old(&m)

@@ -92,6 +92,9 @@ pub async fn sound_blob(
     match hashed {
         Some((digest, stamp)) if digest == sha256 => {
             lock().mark_verified(sha256, stamp)?;
+            if size.is_some_and(|s| s != stamp.size) {
+                return Ok(Sound::Absent);
+            }
             Ok(Sound::Blob(file, stamp.size))
         }
         _ => {
@@ -138,16 +141,18 @@ impl Store {
                 return Ok(BlobCheck::Absent);
             }
         };
-        if !meta.is_file() || size.is_some_and(|s| s != meta.len()) {
-            tracing::warn!(blob = %path.display(), size = meta.len(), expected = ?size, "Blob of the wrong type or size removed.");
+        if !meta.is_file() {
+            tracing::warn!(blob = %path.display(), "Blob that is not a regular file removed.");
             self.discard_blob(sha256)?;
             return Ok(BlobCheck::Absent);
         }
-        Ok(if self.index.verified.get(sha256) == Some(&Stamp::of(&meta)) {
-            BlobCheck::Verified(file)
-        } else {
-            BlobCheck::Unverified(file)
-        })
+        let verified = self.index.verified.get(sha256) == Some(&Stamp::of(&meta));
+        if size.is_some_and(|s| s != meta.len()) {
+            // A verified blob of another size means the caller's size is wrong, not the blob: it is left
+            // alone (a manifest cannot remove what others use). An unverified one is hashed to decide.
+            return Ok(if verified { BlobCheck::Absent } else { BlobCheck::Unverified(file) });
+        }
+        Ok(if verified { BlobCheck::Verified(file) } else { BlobCheck::Unverified(file) })
     }
 
     /// Whether a blob is published, a regular file, and unchanged since it was last hashed.

@@ -17,7 +17,10 @@ use gpuplane_cache::{FileEntry, Manifest, Source};
 #[derive(Default)]
 pub struct Origin {
     pub files: Mutex<HashMap<String, Vec<u8>>>,
+    /// Bytes of content served (size checks, one-byte ranges at 0, counted in `probes` instead).
     pub served: AtomicU64,
+    /// Size checks: requests for `bytes=0-0`.
+    pub probes: AtomicU64,
     pub delay_ms: AtomicU64,
     /// When non-zero, ranges that would take `served` past this many bytes are answered 503.
     pub fail_after: AtomicU64,
@@ -29,8 +32,9 @@ pub struct Origin {
     pub requests: Mutex<Vec<(String, Option<String>)>>,
     /// Paths answered `302 Found` to the URL given.
     pub redirects: Mutex<HashMap<String, String>>,
-    /// Send bodies one byte every 100 ms.
+    /// Send bodies one byte every 100 ms (ranges that start at `trickle_from` or later).
     pub trickle: std::sync::atomic::AtomicBool,
+    pub trickle_from: AtomicU64,
 }
 
 async fn serve(
@@ -75,7 +79,7 @@ async fn serve(
     };
     let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
     let part = body[a..=b.min(body.len() - 1)].to_vec();
-    if o.trickle.load(Ordering::Relaxed) {
+    if o.trickle.load(Ordering::Relaxed) && a as u64 >= o.trickle_from.load(Ordering::Relaxed) {
         let content_range = format!("bytes {a}-{}/{}", a + part.len() - 1, body.len());
         let stream = futures::stream::iter(part).then(|byte| async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -87,6 +91,11 @@ async fn serve(
             axum::body::Body::from_stream(stream),
         )
             .into_response();
+    }
+    if (a, b) == (0, 0) && body.len() > 1 {
+        o.probes.fetch_add(1, Ordering::Relaxed);
+        let content_range = format!("bytes 0-0/{}", body.len());
+        return (StatusCode::PARTIAL_CONTENT, [(header::CONTENT_RANGE, content_range)], part).into_response();
     }
     let limit = o.fail_after.load(Ordering::Relaxed);
     if limit > 0 && o.served.load(Ordering::Relaxed) + part.len() as u64 > limit {
