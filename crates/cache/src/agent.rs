@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::auth::{Action, Authenticator, Caller, Policy};
 use crate::error::CacheError;
 use crate::fetch::{Available, BLOB_STATE_HEADER, FETCH_KEY_HEADER, FETCH_SOURCE_HEADER, FetchReport, Fetcher};
-use crate::limits::{Failures, RecentTokens, Streams};
+use crate::limits::{Failures, RecentTokens};
 use crate::manifest::{Limits, Manifest, Source};
 use crate::origin;
 use crate::store::{GcReport, Pinned, Sound, Store, sound_blob};
@@ -88,7 +88,7 @@ pub struct Agent {
     fetcher: Fetcher,
     config: AgentConfig,
     auth: Box<dyn Authenticator>,
-    streams: Arc<Streams>,
+    streams: Arc<gpuplane_serve::Slots<String>>,
     failures: Failures,
     recent: RecentTokens,
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -171,7 +171,8 @@ impl Agent {
         registry.register("corrupt_blobs", "Stored blobs found not to match their digest", metrics.corrupt.clone());
         registry.register("used_bytes", "Bytes stored", metrics.used.clone());
         registry.register("stray_bytes", "Bytes of blobs and partials no model refers to", metrics.stray.clone());
-        let streams = Streams::new(config.max_streams, config.max_streams_per_caller);
+        let streams =
+            gpuplane_serve::Slots::new(Some(config.max_streams.max(1)), Some(config.max_streams_per_caller.max(1)));
         let failures = Failures::new(config.failed_auth_burst, 1.0, 65_536);
         Arc::new(Agent {
             store: Arc::new(Mutex::new(store)),
@@ -777,7 +778,7 @@ fn serve_range(
 /// so a stream holds at most two pieces in memory; a reader that takes nothing for `send_timeout` is
 /// dropped. At most `max_streams` run at once, `max_streams_per_caller` for one caller; more get 503.
 fn stream(agent: &Arc<Agent>, who: &str, file: std::fs::File, (start, end): (u64, u64), extra: HeaderMap) -> Response {
-    let Some(permit) = agent.streams.try_open(who) else {
+    let Some(permit) = agent.streams.try_take(&who.to_owned()) else {
         let mut response =
             Refusal(StatusCode::SERVICE_UNAVAILABLE, "too many blob streams; ask again".to_owned()).into_response();
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

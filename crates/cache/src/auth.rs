@@ -232,21 +232,23 @@ impl Policy {
     /// Whether `caller` may have the agent read `source` (for a pod: a grant covers its namespace, the
     /// source's URL and the credential it names) and see a model fetched from it.
     pub fn may_use(&self, caller: &Caller, source: &Source) -> bool {
-        if self.is_writer(caller) {
-            return true;
-        }
-        let (Some(namespace), Some((url, token_env))) = (caller.namespace(), source_scope(source)) else {
-            return false;
-        };
-        self.is_local(caller) && self.grants.iter().any(|g| g.covers(namespace, &url, token_env))
+        self.is_writer(caller) || !self.covering(caller, source).is_empty()
     }
 
     /// The origins of the grants that let `caller` (a pod) read `source`: where its fetch may be redirected.
     pub fn granted_origins(&self, caller: &Caller, source: &Source) -> Vec<String> {
+        self.covering(caller, source).into_iter().map(|g| g.origin.clone()).collect()
+    }
+
+    /// The grants that cover a pod on this node reading `source`; none for anyone else.
+    fn covering(&self, caller: &Caller, source: &Source) -> Vec<&Grant> {
         let (Some(namespace), Some((url, token_env))) = (caller.namespace(), source_scope(source)) else {
             return Vec::new();
         };
-        self.grants.iter().filter(|g| g.covers(namespace, &url, token_env)).map(|g| g.origin.clone()).collect()
+        if !self.is_local(caller) {
+            return Vec::new();
+        }
+        self.grants.iter().filter(|g| g.covers(namespace, &url, token_env)).collect()
     }
 
     /// Whether `caller` may do `action` (what it may do to which model is [`Self::may_use`]'s).

@@ -1,61 +1,12 @@
-//! What one client may cost the agent: blob streams per caller (peers draw on a share of their own, so
-//! local clients cannot crowd them out) and failed token checks per address (each costs the API server a
-//! TokenReview), refused with 503 and 429 beyond their bounds — except for tokens that passed a check
-//! lately, so a client sharing an address with an attacker is not locked out with it.
+//! Failed token checks per client address (each costs the API server a TokenReview), refused with 429
+//! beyond their bound — except for tokens that passed a check lately, so a client sharing an address with
+//! an attacker is not locked out with it. (Blob streams per caller are counted with
+//! [`gpuplane_serve::Slots`].)
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
-
-/// Counts blob streams per caller within a total.
-#[derive(Debug)]
-pub struct Streams {
-    total: usize,
-    per_caller: usize,
-    open: Mutex<(usize, HashMap<String, usize>)>,
-}
-
-/// A stream being served; its place is given back when dropped.
-#[derive(Debug)]
-pub struct StreamSlot {
-    streams: Arc<Streams>,
-    caller: String,
-}
-
-impl Streams {
-    /// At most `total` streams at once, `per_caller` of them for one caller.
-    pub fn new(total: usize, per_caller: usize) -> Arc<Self> {
-        Arc::new(Streams { total: total.max(1), per_caller: per_caller.max(1), open: Mutex::default() })
-    }
-
-    /// A place for one more stream of `caller`, unless the caller or the total is at its bound.
-    pub fn try_open(self: &Arc<Self>, caller: &str) -> Option<StreamSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, by_caller) = &mut *open;
-        let mine = by_caller.get(caller).copied().unwrap_or(0);
-        if *total >= self.total || mine >= self.per_caller {
-            return None;
-        }
-        *total += 1;
-        by_caller.insert(caller.to_owned(), mine + 1);
-        Some(StreamSlot { streams: Arc::clone(self), caller: caller.to_owned() })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.streams.open.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, by_caller) = &mut *open;
-        *total = total.saturating_sub(1);
-        if let Some(n) = by_caller.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                by_caller.remove(&self.caller);
-            }
-        }
-    }
-}
 
 /// A token bucket per client address for failed authentications: `burst` failures at once, then one
 /// every `1 / per_sec` seconds. At most `max_clients` addresses are tracked; beyond that the fullest
@@ -90,7 +41,7 @@ impl Failures {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= self.max_clients && !buckets.contains_key(&ip) {
             // Full buckets are the same as forgotten ones.
-            buckets.retain(|_, b| (b.0 + now.duration_since(b.1).as_secs_f64() * self.per_sec) < self.burst);
+            buckets.retain(|_, b| self.level(*b, now) < self.burst);
             if buckets.len() >= self.max_clients {
                 buckets.clear();
             }
@@ -135,19 +86,6 @@ impl RecentTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_caller_cannot_take_every_stream() {
-        let streams = Streams::new(4, 2);
-        let a1 = streams.try_open("a").unwrap();
-        let _a2 = streams.try_open("a").unwrap();
-        assert!(streams.try_open("a").is_none(), "a is at its bound");
-        let _b1 = streams.try_open("b").unwrap();
-        let _b2 = streams.try_open("b").unwrap();
-        assert!(streams.try_open("c").is_none(), "the total is reached");
-        drop(a1);
-        assert!(streams.try_open("c").is_some());
-    }
 
     #[test]
     fn failures_are_limited_per_address() {

@@ -8,10 +8,13 @@
 //! metrics and the cache agent all run on it.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+mod slots;
+
+pub use slots::{Slot, Slots};
+
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -58,41 +61,6 @@ impl Drop for Held {
     }
 }
 
-/// Connections open per client address; an entry goes when its last connection does.
-#[derive(Debug, Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-/// One client's connection, counted while it lives.
-struct ClientSlot {
-    clients: Arc<PerClient>,
-    ip: IpAddr,
-}
-
-impl PerClient {
-    /// Counts a new connection from `ip`, unless it already holds `cap`.
-    fn admit(self: &Arc<Self>, ip: IpAddr, cap: Option<usize>) -> Option<ClientSlot> {
-        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_default();
-        if cap.is_some_and(|cap| *n >= cap) {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot { clients: Arc::clone(self), ip })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut open = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -115,7 +83,7 @@ pub async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let clients = Arc::new(PerClient::default());
+    let clients = Slots::<IpAddr>::new(None, limits.max_per_client);
     let tarpit = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
@@ -138,7 +106,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = clients.admit(peer.ip(), limits.max_per_client) else {
+        let Some(slot) = clients.try_take(&peer.ip()) else {
             // Over its cap: the server's slot is free again for other clients at once, and the connection
             // is held a second before it is closed (up to a bound), so that a client reconnecting in a loop
             // does not flood the accept queue every other client waits in.

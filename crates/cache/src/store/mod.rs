@@ -413,11 +413,18 @@ impl Store {
     /// Bytes the store may hold once every fetch under way has finished: the indexed models' blobs
     /// (linked or being fetched) and `extra` files, each counted once.
     fn committed_bytes(&self, extra: &[FileEntry]) -> u64 {
+        self.committed_by(|_, _| true, extra)
+    }
+
+    /// Bytes of the blobs of the indexed models that `keep` keeps (linked or being fetched) and of `extra`,
+    /// each counted once.
+    fn committed_by(&self, keep: impl Fn(&str, &CachedModel) -> bool, extra: &[FileEntry]) -> u64 {
         let mut seen = HashSet::new();
         self.index
             .models
-            .values()
-            .flat_map(CachedModel::blobs)
+            .iter()
+            .filter(|(name, m)| keep(name, m))
+            .flat_map(|(_, m)| m.blobs())
             .chain(extra)
             .filter(|f| seen.insert(f.sha256.as_str()))
             .fold(0u64, |t, f| t.saturating_add(f.size))
@@ -475,7 +482,7 @@ impl Store {
                     }
                 }
                 // Nothing is evicted unless evicting every model that may go makes the new one fit.
-                if s.committed_bytes_without_evictable(manifest) > capacity {
+                if s.committed_by(|name, m| !s.evictable(name, m, manifest), &manifest.files) > capacity {
                     return Err(s.budget_error(manifest, with - without, without, capacity));
                 }
                 let victim = s
@@ -496,19 +503,6 @@ impl Store {
 
     fn evictable(&self, name: &str, m: &CachedModel, manifest: &Manifest) -> bool {
         m.pinned_by.is_empty() && m.fetching.is_none() && name != manifest.model
-    }
-
-    /// What the store would commit to with `manifest` once every evictable model were gone.
-    fn committed_bytes_without_evictable(&self, manifest: &Manifest) -> u64 {
-        let mut seen = HashSet::new();
-        self.index
-            .models
-            .iter()
-            .filter(|(name, m)| !self.evictable(name, m, manifest))
-            .flat_map(|(_, m)| m.blobs())
-            .chain(&manifest.files)
-            .filter(|f| seen.insert(f.sha256.as_str()))
-            .fold(0u64, |t, f| t.saturating_add(f.size))
     }
 
     fn budget_error(&self, manifest: &Manifest, needed: u64, used: u64, capacity: u64) -> CacheError {
