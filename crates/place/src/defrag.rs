@@ -130,27 +130,6 @@ pub fn place_with_moves(
     Ok(None)
 }
 
-/// Where evicting pods makes room for `pod`, and which: among the pods `evictable` allows, the node
-/// needing the fewest evictions, then the least GPU milli evicted, then the smallest name. `None` when
-/// no eviction helps. The caller evicts them (they are not moved) and places `pod` there.
-pub fn preemption(
-    cluster: &Cluster,
-    tenancy: &Tenancy,
-    pod: &PodRequest,
-    evictable: &dyn Fn(PodId) -> bool,
-) -> Option<(NodeId, Vec<PodId>)> {
-    let rank = cluster.name_rank();
-    (0..cluster.len())
-        .filter(|&n| !tenancy.on_node(n).is_empty())
-        .filter_map(|n| victims(cluster, tenancy, n, pod, evictable).map(|v| (n, v)))
-        .filter(|(_, v)| !v.is_empty())
-        .min_by_key(|(n, v)| {
-            let milli: u64 =
-                v.iter().filter_map(|p| tenancy.get(*p)).map(|(r, _)| u64::from(r.gpu.total_milli())).sum();
-            (v.len(), milli, rank[*n])
-        })
-}
-
 /// The pods to move off `node` so that `pod` fits there, taken only among those `movable` allows, or
 /// `None` when no removal helps (wrong model, selector, taints, too few GPUs).
 fn victims(
@@ -302,29 +281,6 @@ mod tests {
 
     fn node(name: &str, gpus: u8) -> Node {
         crate::test_nodes::gpu_node(name, gpus, "T4")
-    }
-
-    #[test]
-    fn preemption_evicts_only_what_it_may_and_as_little_as_it_can() {
-        // a: two 500 m pods (both evictable); b: one 1000 m evictable pod; c: one 1000 m protected pod.
-        let mut cluster = Cluster::new(&[node("a", 1), node("b", 1), node("c", 1)]).unwrap();
-        let mut tenancy = Tenancy::new(3);
-        let half = cluster.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
-        let whole = cluster.request(&Pod::with_requests("w", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 1000 }));
-        for (id, pod, n) in [(0, &half, 0), (1, &half, 0), (2, &whole, 1), (3, &whole, 2)] {
-            let placement =
-                Placement { node: n, gpus: vec![crate::cluster::GpuShare { index: 0, milli: pod.gpu.milli_per_gpu }] };
-            cluster.bind(pod, &placement).unwrap();
-            tenancy.add(id, pod.clone(), placement);
-        }
-        // One victim on b beats two on a; c is never a candidate.
-        assert_eq!(preemption(&cluster, &tenancy, &whole, &|id| id != 3), Some((1, vec![2])));
-        // Without b, only a's two pods make room.
-        let (node, mut victims) = preemption(&cluster, &tenancy, &whole, &|id| id < 2).unwrap();
-        victims.sort_unstable();
-        assert_eq!((node, victims), (0, vec![0, 1]));
-        // Nothing evictable: no plan.
-        assert_eq!(preemption(&cluster, &tenancy, &whole, &|_| false), None);
     }
 
     #[test]

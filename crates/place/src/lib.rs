@@ -36,6 +36,8 @@ pub mod filter;
 pub mod frag;
 pub mod locality;
 pub mod policy;
+pub mod preempt;
+pub mod reserve;
 pub mod window;
 
 pub use cluster::{
@@ -46,6 +48,8 @@ pub use filter::{Rejection, RejectionCounts};
 pub use frag::{TargetWorkload, WeightedShape, WorkloadError};
 pub use locality::{Bandwidth, Explanation, Locality, Tier};
 pub use policy::{Policy, UnknownPolicy};
+pub use preempt::{Evictable, VictimChoice};
+pub use reserve::{Reserve, Slots};
 
 /// Nodes for the unit tests of several modules.
 #[cfg(test)]
