@@ -2,6 +2,7 @@
 //! openb batch load, one run per scheduling stack; prints the table and writes JSON and SVG charts.
 //! `--sensitivity` repeats the runs with load bandwidths and startup costs at ±50 %.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -40,6 +41,10 @@ pub struct ServeSimArgs {
     /// attainment, p99 and allocation per seed, with the median and the range
     #[arg(long, value_name = "LIST")]
     seeds: Option<String>,
+    /// Requests per request of the trace (the trace superposed on itself with seeded offsets); overrides
+    /// the configuration's request_rate_scale. 1 is the trace's native rate
+    #[arg(long, value_name = "FACTOR")]
+    rate_scale: Option<f64>,
     /// Also run with load bandwidths and startup costs at 50 % and 150 % and print whether the ranking holds
     #[arg(long)]
     sensitivity: bool,
@@ -84,13 +89,17 @@ pub(crate) fn requests(trace: &str) -> Result<(String, Vec<LlmRequest>)> {
 
 /// Runs `gpuplane serve-sim`.
 pub fn run_command(args: ServeSimArgs) -> Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             ServeConfig::from_yaml(&path.display().to_string(), &text)?
         }
         None => ServeConfig::default(),
     };
+    if let Some(scale) = args.rate_scale {
+        config.request_rate_scale = scale;
+        config.validate().context("--rate-scale")?;
+    }
     let (trace_name, requests) = requests(&args.trace)?;
     let (nodes_name, nodes) = input::nodes(args.nodes.as_deref())?;
     let (batch_name, batch) = match &args.batch {
@@ -127,10 +136,17 @@ pub fn run_command(args: ServeSimArgs) -> Result<()> {
     let setup = Setup { config, nodes, batch, requests };
     let runs = 1 + seeds.iter().filter(|&&s| s != args.seed).count() + varied.len();
     let bar = crate::sim::progress_bar(runs as u64, "serving runs");
+    // Without a terminal the bar is hidden: one line per run says where the command is instead.
+    let plain = !std::io::stderr().is_terminal();
+    let done = std::cell::Cell::new(0);
     let run_one = |setup: &Setup, seed: u64, what: &str| {
         bar.set_message(format!("{what}, seed {seed}"));
         let result = run(setup, seed);
         bar.inc(1);
+        done.set(done.get() + 1);
+        if plain {
+            eprintln!("serve-sim: run {}/{runs} done ({what}, seed {seed})", done.get());
+        }
         result
     };
     let result = run_one(&setup, args.seed, "as configured")?;

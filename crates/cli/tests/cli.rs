@@ -520,6 +520,9 @@ fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("kube-default") && stdout.contains("gpuplane"), "{stdout}");
     assert!(stdout.contains("Per seed") && stdout.contains("median"), "{stdout}");
+    // Without a terminal the progress bar is hidden; one line per run says where the command is.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("serve-sim: run 1/3 done") && stderr.contains("run 3/3 done (as configured, seed 2)"), "{stderr}");
     for f in ["serve.json", "allocation.svg", "fragmentation.svg", "pending.svg"] {
         assert!(dir.path().join("s").join(f).is_file(), "{f} missing");
     }
@@ -549,6 +552,15 @@ fn serve_sim_and_board_check_their_arguments_before_simulating() {
     );
     assert_fails(&gpuplane(&["serve-sim", "--config", &unplaceable], dir.path()), "services[huge]");
     assert_fails(&gpuplane(&["serve-sim", "--config", &unplaceable, "--seeds", "5-1"], dir.path()), "--seeds");
+    assert_fails(
+        &gpuplane(&["serve-sim", "--rate-scale", "1000"], dir.path()),
+        "request_rate_scale must be above 0 and at most 100",
+    );
+    let endless = write(dir.path(), "endless.yaml", "autoscale: {interval_s: 1e-9}\n");
+    assert_fails(
+        &gpuplane(&["serve-sim", "--config", &endless], dir.path()),
+        "autoscale.interval_s must be at least 1 ms",
+    );
     let partial = write(dir.path(), "partial.yaml", "bandwidth_gbps: {peer: 0.3}\nhorizon_s: 1e12\n");
     assert_fails(&gpuplane(&["serve-sim", "--config", &partial], dir.path()), "horizon_s must be at most");
     // The board reads the files it is given before it looks at the repository or simulates anything.

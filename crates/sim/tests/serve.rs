@@ -47,6 +47,11 @@ fn bestfit_stack(name: &str, preemption: bool, fast_gpus: bool) -> Stack {
         locality_weight: 0.0,
         preemption,
         fast_gpus,
+        victims: Default::default(),
+        reserve_fast: false,
+        headroom: 0.0,
+        slot_headroom: 0.0,
+        claim_age_s: 0.0,
     }
 }
 
@@ -57,7 +62,8 @@ fn without_timing(mut r: ServeResult) -> ServeResult {
 
 #[test]
 fn on_the_conv_trace_the_model_cache_cuts_origin_reads_and_gpuplane_allocates_more() {
-    let result = run(&setup(ServeConfig::default()), 42).unwrap();
+    // At the trace's native rate, where the spreading default leaves the most GPUs idle.
+    let result = run(&setup(ServeConfig { request_rate_scale: 1.0, ..ServeConfig::default() }), 42).unwrap();
     let stack = |name: &str| result.stacks.iter().find(|s| s.name == name).unwrap();
     let (kube, cache, ours) = (stack("kube-default"), stack("+ model cache"), stack("gpuplane"));
     for s in [cache, ours] {
@@ -90,13 +96,48 @@ fn on_the_conv_trace_the_model_cache_cuts_origin_reads_and_gpuplane_allocates_mo
 
 #[test]
 fn the_same_seed_gives_the_same_result_and_another_seed_another() {
-    let config = ServeConfig { horizon_s: 900.0, drain_s: 300.0, ..ServeConfig::default() };
+    let config = ServeConfig { horizon_s: 900.0, drain_s: 300.0, request_rate_scale: 1.0, ..ServeConfig::default() };
     let s = setup(config);
     let a = without_timing(run(&s, 7).unwrap());
     let b = without_timing(run(&s, 7).unwrap());
     assert_eq!(a, b);
     let c = without_timing(run(&s, 8).unwrap());
     assert_ne!(a.stacks, c.stacks);
+}
+
+#[test]
+fn the_request_rate_scale_superposes_the_trace_and_excluded_gpus_get_no_replica() {
+    let base = ServeConfig { horizon_s: 600.0, drain_s: 60.0, ..ServeConfig::default() };
+    let mut config = ServeConfig { request_rate_scale: 1.0, ..base.clone() };
+    config.stacks.truncate(1);
+    let native = run(&setup(config.clone()), 5).unwrap();
+    config.request_rate_scale = 3.0;
+    let tripled = run(&setup(config.clone()), 5).unwrap();
+    assert_eq!(tripled.requests, 3 * native.requests);
+    config.request_rate_scale = 2.5;
+    let more = run(&setup(config), 5).unwrap().requests as f64;
+    let expected = 2.5 * native.requests as f64;
+    assert!((more - expected).abs() < 0.05 * expected, "{more} requests at 2.5x of {}", native.requests);
+    // P100s (compute capability 6.0) are below vLLM's 7.0: no replica lands there.
+    for stack in &tripled.stacks {
+        for service in &stack.services {
+            assert!(!service.replica_starts_by_gpu.contains_key("P100"), "{}: {:?}", service.name, service);
+        }
+    }
+}
+
+#[test]
+fn a_batch_trace_with_one_creation_instant_is_replayed_without_end() {
+    let mut s =
+        setup(ServeConfig { horizon_s: 120.0, drain_s: 0.0, request_rate_scale: 1.0, ..ServeConfig::default() });
+    s.config.stacks.truncate(1);
+    s.batch.truncate(50);
+    for pod in &mut s.batch {
+        pod.creation_time = Some(100);
+        pod.deletion_time = Some(400);
+    }
+    let result = run(&s, 1).unwrap();
+    assert!(result.batch_pods > 0);
 }
 
 #[test]
@@ -117,23 +158,19 @@ fn a_service_no_gpu_can_hold_is_named() {
 
 #[test]
 fn interactive_replicas_prefer_fast_gpu_models_only_when_the_stack_says_so() {
-    let mut config = ServeConfig { horizon_s: 120.0, drain_s: 60.0, ..ServeConfig::default() };
-    // Only the 3B assistant (interactive, half a GPU): it fits a P100 half (8 GB) and a G3 half (20 GB).
+    let mut config = ServeConfig { horizon_s: 120.0, drain_s: 60.0, request_rate_scale: 1.0, ..ServeConfig::default() };
+    // Only the 3B assistant (interactive, half a GPU): it fits a T4 half (8 GB) and a G3 half (20 GB).
     config.services.retain(|s| s.name == "assist-3b");
     config.services[0].min_replicas = 2;
     config.stacks = vec![bestfit_stack("any", false, false), bestfit_stack("fast", false, true)];
     let requests =
         (0..50).map(|i| LlmRequest { at_s: f64::from(i), context_tokens: 500, generated_tokens: 20 }).collect();
-    // "a-p100" sorts first, so a policy blind to speed starts there.
-    let setup = Setup {
-        config,
-        nodes: vec![gpu_node("a-p100", "P100", 8), gpu_node("b-g3", "G3", 8)],
-        batch: vec![],
-        requests,
-    };
+    // "a-t4" sorts first, so a policy blind to speed starts there.
+    let setup =
+        Setup { config, nodes: vec![gpu_node("a-t4", "T4", 8), gpu_node("b-g3", "G3", 8)], batch: vec![], requests };
     let result = run(&setup, 3).unwrap();
     let starts = |stack: usize| result.stacks[stack].services[0].replica_starts_by_gpu.clone();
-    assert_eq!(starts(0).keys().collect::<Vec<_>>(), ["P100"], "{:?}", starts(0));
+    assert_eq!(starts(0).keys().collect::<Vec<_>>(), ["T4"], "{:?}", starts(0));
     assert_eq!(starts(1).keys().collect::<Vec<_>>(), ["G3"], "{:?}", starts(1));
     let p99 = |stack: usize| result.stacks[stack].class(LatencyClass::Interactive).unwrap().p99_s;
     assert!(p99(1) < p99(0), "fast {} s, any {} s", p99(1), p99(0));
@@ -209,7 +246,13 @@ proptest! {
         rates in 0.3f64..3.0,
         cache_gb in prop::sample::select(vec![50.0, 400.0]),
     ) {
-        let mut config = ServeConfig { horizon_s: horizon, drain_s: 300.0, node_cache_gb: cache_gb, ..ServeConfig::default() };
+        let mut config = ServeConfig {
+            horizon_s: horizon,
+            drain_s: 300.0,
+            node_cache_gb: cache_gb,
+            request_rate_scale: 1.0,
+            ..ServeConfig::default()
+        };
         config.bandwidth_gbps = config.bandwidth_gbps.scaled(rates);
         config.stacks.retain(|s| s.model_cache);
         let result = run(&setup(config.clone()), seed).unwrap();
@@ -223,7 +266,8 @@ proptest! {
 #[test]
 fn clients_give_up_after_their_timeout_and_a_full_queue_refuses() {
     // One T4 node serving the 3B assistant on half a GPU: long prompts prefill slowly there.
-    let mut config = ServeConfig { horizon_s: 100.0, drain_s: 100.0, ..ServeConfig::default() };
+    let mut config =
+        ServeConfig { horizon_s: 100.0, drain_s: 100.0, request_rate_scale: 1.0, ..ServeConfig::default() };
     config.services.retain(|s| s.name == "assist-3b");
     config.clients.queue_limit = 10;
     config.clients.timeout_s = 30.0;
@@ -252,7 +296,7 @@ fn the_kv_cache_left_by_the_weights_bounds_what_a_replica_holds() {
     assert_eq!(kv_bytes_per_token(&chat), 131_072.0);
     // On an A10 (24 GB x 0.9 - 16.1 GB of weights) that is about 42,000 tokens: a 50,000-token request is
     // refused at once, a 2,000-token one served.
-    let mut config = ServeConfig { horizon_s: 200.0, drain_s: 100.0, ..config };
+    let mut config = ServeConfig { horizon_s: 200.0, drain_s: 100.0, request_rate_scale: 1.0, ..config };
     config.services = vec![gpuplane_sim::serve::Service { min_replicas: 1, max_replicas: 1, ..chat }];
     config.stacks = vec![bestfit_stack("s", true, false)];
     let requests = vec![

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use gpuplane_place::Policy;
+use gpuplane_place::{Policy, VictimChoice};
 use serde::{Deserialize, Serialize};
 
 use super::ServeError;
@@ -13,6 +13,16 @@ use super::ServeError;
 pub const MAX_SPAN_S: f64 = 7.0 * 86_400.0;
 /// Most samples of the cluster a run keeps.
 pub const MAX_SAMPLES: f64 = 100_000.0;
+/// Most autoscaler evaluations a run makes (horizon plus drain over the interval).
+pub const MAX_AUTOSCALE_TICKS: f64 = 1_000_000.0;
+/// Largest `request_rate_scale`: a hundred copies of a trace (1.9 M requests of Azure conv).
+pub const MAX_RATE_SCALE: f64 = 100.0;
+/// Largest `batch.offered_load`: four times the cluster's GPUs.
+pub const MAX_OFFERED_LOAD: f64 = 4.0;
+/// Most batch pods a run replays (running at the start and arriving); more is refused before running.
+pub const MAX_BATCH_PODS: f64 = 2_000_000.0;
+/// Most replicas a service may ask for.
+pub const MAX_REPLICAS: u32 = 4_096;
 
 /// The serving simulation's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +53,10 @@ pub struct ServeConfig {
     pub gpu_memory_utilization: f64,
     /// Zipf exponent of model popularity: request i goes to service k with probability ∝ 1 / k^s.
     pub popularity_zipf: f64,
+    /// Requests replayed per request of the trace: the trace superposed on itself this many times, each
+    /// copy shifted by a seeded offset (the fraction of a last copy keeps each request with that chance).
+    /// 1 is the trace's native rate.
+    pub request_rate_scale: f64,
     /// The inference engine's batching limits.
     pub engine: Batching,
     /// The autoscaler.
@@ -51,7 +65,9 @@ pub struct ServeConfig {
     pub clients: Clients,
     /// Background batch load from the openb trace.
     pub batch: Batch,
-    /// Per GPU model: speed and memory.
+    /// Per GPU model: speed, memory and what the engine can run on it. A file's entries are merged into
+    /// the default table (a model it names is replaced, the others kept).
+    #[serde(deserialize_with = "merged_gpus")]
     pub gpus: BTreeMap<String, GpuSpec>,
     /// The inference services, most popular first.
     pub services: Vec<Service>,
@@ -114,11 +130,13 @@ pub struct Batching {
     pub max_num_seqs: u32,
     /// Tokens one engine step takes at most: a token for each decoding sequence, then prompt chunks.
     pub max_num_batched_tokens: u32,
+    /// Lowest CUDA compute capability the engine runs on (vLLM: 7.0); GPU models below it get no replica.
+    pub min_compute_capability: f64,
 }
 
 impl Default for Batching {
     fn default() -> Self {
-        Batching { max_num_seqs: 256, max_num_batched_tokens: 2048 }
+        Batching { max_num_seqs: 256, max_num_batched_tokens: 2048, min_compute_capability: 7.0 }
     }
 }
 
@@ -177,6 +195,25 @@ pub struct GpuSpec {
     pub memory_gb: f64,
     /// Memory bandwidth achieved in decode, GB/s.
     pub memory_bandwidth_gbps: f64,
+    /// CUDA compute capability (major.minor).
+    pub compute_capability: f64,
+    /// Whether it computes in BF16; without it the engine runs the model in FP16 (same bytes per weight).
+    pub bf16: bool,
+}
+
+impl GpuSpec {
+    /// The data type the engine runs a BF16 checkpoint in on this GPU.
+    pub fn dtype(&self) -> &'static str {
+        if self.bf16 { "bf16" } else { "fp16" }
+    }
+}
+
+/// Reads a `gpus:` table and merges it into the default one.
+fn merged_gpus<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, GpuSpec>, D::Error> {
+    let given = BTreeMap::<String, GpuSpec>::deserialize(d)?;
+    let mut table = ServeConfig::default().gpus;
+    table.extend(given);
+    Ok(table)
 }
 
 /// How a service's requests are judged.
@@ -265,6 +302,49 @@ pub struct Stack {
     /// accept, and take a slower one only when no fast one can be had.
     #[serde(default)]
     pub fast_gpus: bool,
+    /// How preemption values victims and ranks nodes: `kube-scheduler` (the default) or `least-work-lost`.
+    #[serde(default, with = "victim_choice")]
+    pub victims: VictimChoice,
+    /// Batch pods are placed off the GPU models interactive replicas prefer whenever another GPU fits
+    /// them, and backfill those models only when none does (gpuplane's serving reserve).
+    #[serde(default)]
+    pub reserve_fast: bool,
+    /// With `reserve_fast`: the free capacity batch pods leave on the reserved models when they backfill
+    /// them, as a share of the replicas the autoscaler wants for each interactive service (its forecast).
+    #[serde(default)]
+    pub headroom: f64,
+    /// With `reserve_fast`: free slots of each service's replica shape batch pods leave, as a coefficient on
+    /// √(replicas the autoscaler wants, at least 1); an interactive service's slots on its fast models.
+    #[serde(default)]
+    pub slot_headroom: f64,
+
+    /// An interactive replica that finds no fast GPU free may evict batch pods younger than this (seconds)
+    /// from one before it takes a slower GPU; 0 never does (stock kube-scheduler never does).
+    #[serde(default)]
+    pub claim_age_s: f64,
+}
+
+/// `VictimChoice` by name in configuration files.
+mod victim_choice {
+    use gpuplane_place::VictimChoice;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &VictimChoice, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            VictimChoice::KubeScheduler => "kube-scheduler",
+            VictimChoice::LeastWorkLost => "least-work-lost",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VictimChoice, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "kube-scheduler" => Ok(VictimChoice::KubeScheduler),
+            "least-work-lost" => Ok(VictimChoice::LeastWorkLost),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown victim choice {other:?}; expected kube-scheduler or least-work-lost"
+            ))),
+        }
+    }
 }
 
 impl Stack {
@@ -286,8 +366,8 @@ impl Default for Batch {
     }
 }
 
-fn gpu(tflops: f64, memory_gb: f64, memory_bandwidth_gbps: f64) -> GpuSpec {
-    GpuSpec { tflops, memory_gb, memory_bandwidth_gbps }
+fn gpu(tflops: f64, memory_gb: f64, memory_bandwidth_gbps: f64, compute_capability: f64, bf16: bool) -> GpuSpec {
+    GpuSpec { tflops, memory_gb, memory_bandwidth_gbps, compute_capability, bf16 }
 }
 
 #[allow(clippy::too_many_arguments)] // One row of the default service table.
@@ -329,6 +409,11 @@ fn stack(name: &str, policy: &str, model_cache: bool, locality_weight: f64, fast
         locality_weight,
         preemption: true,
         fast_gpus,
+        victims: VictimChoice::KubeScheduler,
+        reserve_fast: false,
+        headroom: 0.0,
+        slot_headroom: 0.0,
+        claim_age_s: 0.0,
     }
 }
 
@@ -336,13 +421,13 @@ impl Default for ServeConfig {
     fn default() -> Self {
         use LatencyClass::{Interactive, Standard};
         let gpus = BTreeMap::from([
-            ("A10".to_owned(), gpu(60.0, 24.0, 500.0)),
-            ("G2".to_owned(), gpu(50.0, 32.0, 800.0)),
-            ("G3".to_owned(), gpu(120.0, 40.0, 1300.0)),
-            ("P100".to_owned(), gpu(8.0, 16.0, 600.0)),
-            ("T4".to_owned(), gpu(25.0, 16.0, 250.0)),
-            ("V100M16".to_owned(), gpu(50.0, 16.0, 800.0)),
-            ("V100M32".to_owned(), gpu(50.0, 32.0, 800.0)),
+            ("A10".to_owned(), gpu(60.0, 24.0, 500.0, 8.6, true)),
+            ("G2".to_owned(), gpu(50.0, 32.0, 800.0, 7.0, false)),
+            ("G3".to_owned(), gpu(120.0, 40.0, 1300.0, 8.0, true)),
+            ("P100".to_owned(), gpu(8.0, 16.0, 600.0, 6.0, false)),
+            ("T4".to_owned(), gpu(25.0, 16.0, 250.0, 7.5, false)),
+            ("V100M16".to_owned(), gpu(50.0, 16.0, 800.0, 7.0, false)),
+            ("V100M32".to_owned(), gpu(50.0, 32.0, 800.0, 7.0, false)),
         ]);
         ServeConfig {
             horizon_s: 3600.0,
@@ -356,20 +441,21 @@ impl Default for ServeConfig {
             memory_headroom: 1.2,
             gpu_memory_utilization: 0.9,
             popularity_zipf: 1.0,
+            request_rate_scale: 40.0,
             engine: Batching::default(),
             autoscale: Autoscale::default(),
             clients: Clients::default(),
             batch: Batch::default(),
             gpus,
             services: vec![
-                service("chat-8b", 8.0, 16.1, (32, 8, 128), 1, 1000, Interactive, 1, 32),
-                service("code-7b", 7.6, 15.2, (28, 4, 128), 1, 1000, Interactive, 1, 32),
-                service("assist-3b", 3.2, 6.4, (28, 8, 128), 1, 500, Interactive, 0, 32),
-                service("summarize-14b", 14.8, 29.5, (48, 8, 128), 2, 1000, Standard, 0, 16),
-                service("rerank-1b", 1.2, 2.4, (16, 8, 64), 1, 250, Standard, 0, 16),
-                service("chat-70b", 70.6, 141.0, (80, 8, 128), 8, 1000, Interactive, 0, 4),
-                service("vision-11b", 10.6, 21.3, (40, 8, 128), 1, 1000, Standard, 0, 16),
-                service("draft-0.5b", 0.5, 1.0, (24, 2, 64), 1, 200, Interactive, 0, 16),
+                service("chat-8b", 8.0, 16.1, (32, 8, 128), 1, 1000, Interactive, 1, 512),
+                service("code-7b", 7.6, 15.2, (28, 4, 128), 1, 1000, Interactive, 1, 512),
+                service("assist-3b", 3.2, 6.4, (28, 8, 128), 1, 500, Interactive, 0, 256),
+                service("summarize-14b", 14.8, 29.5, (48, 8, 128), 2, 1000, Standard, 0, 128),
+                service("rerank-1b", 1.2, 2.4, (16, 8, 64), 1, 250, Standard, 0, 128),
+                service("chat-70b", 70.6, 141.0, (80, 8, 128), 8, 1000, Interactive, 0, 32),
+                service("vision-11b", 10.6, 21.3, (40, 8, 128), 1, 1000, Standard, 0, 128),
+                service("draft-0.5b", 0.5, 1.0, (24, 2, 64), 1, 200, Interactive, 0, 128),
             ],
             // The ladder from kube-default: each rung adds one thing to the one before, so each one's share
             // shows; the last, "gpuplane", adds the model-locality term and is the whole stack.
@@ -380,7 +466,14 @@ impl Default for ServeConfig {
                 stack("+ model cache", "kube-default", true, 0.0, false),
                 stack("+ fast-GPU affinity", "kube-default", true, 0.0, true),
                 stack("+ gpuplane placement", "gpuplane", true, 0.0, true),
-                stack("gpuplane", "gpuplane", true, 0.3, true),
+                Stack {
+                    reserve_fast: true,
+                    headroom: 1.0,
+                    slot_headroom: 1.0,
+                    claim_age_s: 600.0,
+                    victims: VictimChoice::LeastWorkLost,
+                    ..stack("gpuplane", "gpuplane", true, 0.3, true)
+                },
             ],
         }
     }
@@ -453,6 +546,25 @@ impl ServeConfig {
         }
         non_negative(self.popularity_zipf, "popularity_zipf")?;
         positive(self.autoscale.interval_s, "autoscale.interval_s")?;
+        // The event clock counts microseconds: a shorter interval would never advance it.
+        let ticks = (self.horizon_s + self.drain_s) / self.autoscale.interval_s;
+        if self.autoscale.interval_s < 1e-3 || ticks > MAX_AUTOSCALE_TICKS {
+            return Err(ServeError::Config(format!(
+                "autoscale.interval_s must be at least 1 ms and give at most {MAX_AUTOSCALE_TICKS} evaluations over \
+                 horizon_s + drain_s, got {} s ({ticks:.0} evaluations)",
+                self.autoscale.interval_s
+            )));
+        }
+        if !(self.request_rate_scale.is_finite()
+            && self.request_rate_scale > 0.0
+            && self.request_rate_scale <= MAX_RATE_SCALE)
+        {
+            return Err(ServeError::Config(format!(
+                "request_rate_scale must be above 0 and at most {MAX_RATE_SCALE}, got {}",
+                self.request_rate_scale
+            )));
+        }
+        non_negative(self.engine.min_compute_capability, "engine.min_compute_capability")?;
         positive(self.autoscale.target_concurrency, "autoscale.target_concurrency")?;
         positive(f64::from(self.engine.max_num_seqs), "engine.max_num_seqs")?;
         if self.engine.max_num_batched_tokens < self.engine.max_num_seqs {
@@ -468,6 +580,12 @@ impl ServeConfig {
         positive(self.clients.interactive_slo_s, "clients.interactive_slo_s")?;
         positive(self.clients.standard_slo_s, "clients.standard_slo_s")?;
         non_negative(self.batch.offered_load, "batch.offered_load")?;
+        if self.batch.offered_load > MAX_OFFERED_LOAD {
+            return Err(ServeError::Config(format!(
+                "batch.offered_load must be at most {MAX_OFFERED_LOAD} (four times the cluster's GPUs), got {}",
+                self.batch.offered_load
+            )));
+        }
         if !(0.0..=1.0).contains(&self.batch.window_start) {
             return Err(ServeError::Config(format!(
                 "batch.window_start must be between 0 and 1, got {}",
@@ -478,6 +596,7 @@ impl ServeConfig {
             positive(g.tflops, &format!("gpus.{name}.tflops"))?;
             positive(g.memory_gb, &format!("gpus.{name}.memory_gb"))?;
             positive(g.memory_bandwidth_gbps, &format!("gpus.{name}.memory_bandwidth_gbps"))?;
+            positive(g.compute_capability, &format!("gpus.{name}.compute_capability"))?;
         }
         if self.services.is_empty() {
             return Err(ServeError::Config("services: at least one service is needed".to_owned()));
@@ -500,9 +619,9 @@ impl ServeConfig {
                     s.gpu_milli
                 )));
             }
-            if s.max_replicas == 0 || s.min_replicas > s.max_replicas {
+            if s.max_replicas == 0 || s.min_replicas > s.max_replicas || s.max_replicas > MAX_REPLICAS {
                 return Err(ServeError::Config(format!(
-                    "{} must be at least 1 and at least min_replicas ({}), got {}",
+                    "{} must be at least 1, at least min_replicas ({}) and at most {MAX_REPLICAS}, got {}",
                     at("max_replicas"),
                     s.min_replicas,
                     s.max_replicas
@@ -514,6 +633,20 @@ impl ServeConfig {
         }
         for s in &self.stacks {
             s.parsed_policy()?;
+            if !(s.claim_age_s.is_finite() && s.claim_age_s >= 0.0) {
+                return Err(ServeError::Config(format!(
+                    "stacks[{}].claim_age_s must be zero or more, got {}",
+                    s.name, s.claim_age_s
+                )));
+            }
+            for (v, field) in [(s.headroom, "headroom"), (s.slot_headroom, "slot_headroom")] {
+                if !(0.0..=10.0).contains(&v) {
+                    return Err(ServeError::Config(format!(
+                        "stacks[{}].{field} must be between 0 and 10, got {v}",
+                        s.name
+                    )));
+                }
+            }
             if !(0.0..=1.0).contains(&s.locality_weight) {
                 return Err(ServeError::Config(format!(
                     "stacks[{}].locality_weight must be between 0 and 1, got {}",
@@ -562,6 +695,38 @@ mod tests {
         assert!(err.contains("horizon_s must be at most"), "{err}");
         let err = ServeConfig::from_yaml("c.yaml", "sample_interval_s: 0.001\n").unwrap_err().to_string();
         assert!(err.contains("sample_interval_s"), "{err}");
+    }
+
+    #[test]
+    fn inputs_that_would_run_without_end_are_refused_with_their_bound() {
+        for (yaml, field) in [
+            ("autoscale: {interval_s: 1e-9}\n", "autoscale.interval_s"),
+            ("batch: {offered_load: 1000}\n", "batch.offered_load must be at most 4"),
+            ("request_rate_scale: 1e6\n", "request_rate_scale"),
+            ("request_rate_scale: 0\n", "request_rate_scale"),
+        ] {
+            let err = ServeConfig::from_yaml("c.yaml", yaml).unwrap_err().to_string();
+            assert!(err.contains(field), "{yaml}: {err}");
+        }
+        let mut c = ServeConfig::default();
+        c.services[0].min_replicas = 100_000_000;
+        c.services[0].max_replicas = 100_000_000;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("services[chat-8b].max_replicas") && err.contains("4096"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_gpu_table_is_merged_into_the_default_one() {
+        let c = ServeConfig::from_yaml(
+            "c.yaml",
+            "gpus:\n  T4: {tflops: 30, memory_gb: 16, memory_bandwidth_gbps: 300, compute_capability: 7.5, bf16: false}\n",
+        )
+        .unwrap();
+        let defaults = ServeConfig::default();
+        assert_eq!(c.gpus.len(), defaults.gpus.len());
+        assert_eq!(c.gpus["T4"].tflops, 30.0);
+        assert_eq!(c.gpus["G3"], defaults.gpus["G3"]);
+        assert_eq!((c.gpus["G3"].dtype(), c.gpus["T4"].dtype()), ("bf16", "fp16"));
     }
 
     #[test]

@@ -31,10 +31,11 @@ use std::time::Instant;
 
 use gpuplane_core::openb::TracePod;
 use gpuplane_core::{GpuRequest, Node, Pod};
-use gpuplane_place::defrag::{self, Tenancy};
+use gpuplane_place::defrag::Tenancy;
+use gpuplane_place::preempt::{self, Evictable};
 use gpuplane_place::{
     Bandwidth, BindError, Cluster, ClusterError, Decision, Engine, EngineConfig, EngineError, Locality, Placement,
-    PodRequest, Policy, TargetWorkload, TieBreak, Tier, WorkloadError,
+    PodRequest, Policy, Reserve, Slots, TargetWorkload, TieBreak, Tier, WorkloadError,
 };
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -48,8 +49,6 @@ use batching::{Batcher, Output, StepCost};
 pub use requests::{LlmRequest, read_azure, read_mooncake};
 
 const GB: f64 = 1e9;
-/// Pending batch pods tried in a row without success before a retry pass stops.
-const BATCH_RETRY_MISSES: usize = 16;
 
 /// Why a serving simulation could not run.
 #[derive(Debug, Error)]
@@ -284,6 +283,8 @@ struct ServiceModel {
     /// The same replica restricted to the GPU models at least half as fast as the fastest it accepts,
     /// when that excludes some.
     fast_request: Option<PodRequest>,
+    /// The GPU models of `fast_request`.
+    fast_models: Vec<String>,
     bytes: f64,
     /// Per cluster model index: step costs and KV capacity, if the model can hold a replica.
     speed: Vec<Option<Speed>>,
@@ -299,6 +300,9 @@ struct Prepared<'a> {
     assignment: Vec<u16>,
     services: Vec<ServiceModel>,
     target: TargetWorkload,
+    /// The GPU models interactive replicas prefer, reserved against batch pods (below every service's
+    /// priority) by stacks that reserve.
+    reserve: Reserve,
 }
 
 impl<'a> Prepared<'a> {
@@ -309,6 +313,7 @@ impl<'a> Prepared<'a> {
         if requests.is_empty() {
             return Err(ServeError::NoRequests(config.horizon_s));
         }
+        let requests = superposed(&requests, config.request_rate_scale, seed);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (batch, compression) = batch_window(config, &cluster, &setup.batch, &mut rng)?;
         let services =
@@ -331,8 +336,41 @@ impl<'a> Prepared<'a> {
         let shapes: Vec<&PodRequest> =
             batch.iter().map(|b| &b.request).chain(services.iter().map(|s| &s.request)).collect();
         let target = TargetWorkload::from_requests(shapes, crate::TARGET_COVERAGE)?;
-        Ok(Prepared { config, cluster, batch, compression, requests, assignment, services, target })
+        let fast: Vec<String> = services
+            .iter()
+            .filter(|s| s.config.class == LatencyClass::Interactive)
+            .flat_map(|s| s.fast_models.iter().cloned())
+            .collect();
+        let reserve = Reserve::new(&cluster, &fast, config.services.iter().map(|s| s.priority).min().unwrap_or(0));
+        Ok(Prepared { config, cluster, batch, compression, requests, assignment, services, target, reserve })
     }
+}
+
+/// The trace at `scale` times its rate: copies of it superposed, each shifted by a seeded offset and
+/// wrapped around the trace's span, so every copy keeps the trace's burstiness and token counts. The
+/// first copy is the trace itself; a fractional last copy keeps each request with that chance. Scale 1
+/// returns the trace unchanged.
+fn superposed(requests: &[LlmRequest], scale: f64, seed: u64) -> Vec<LlmRequest> {
+    if scale == 1.0 {
+        return requests.to_vec();
+    }
+    // A stream of its own, so the popularity draw and the batch window do not depend on the scale.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5ca1e);
+    let span = requests.iter().map(|r| r.at_s).fold(0.0, f64::max).max(1e-6) * (1.0 + 1e-9);
+    let mut out = Vec::with_capacity((requests.len() as f64 * scale).ceil() as usize);
+    let copies = scale.ceil() as usize;
+    for k in 0..copies {
+        let keep = (scale - k as f64).min(1.0);
+        let offset = if k == 0 { 0.0 } else { rng.random::<f64>() * span };
+        for r in requests {
+            if keep < 1.0 && rng.random::<f64>() >= keep {
+                continue;
+            }
+            out.push(LlmRequest { at_s: (r.at_s + offset) % span, ..*r });
+        }
+    }
+    out.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    out
 }
 
 /// The batch pods of the serving window, an M/G/∞ replay of the openb trace at `offered_load`.
@@ -370,8 +408,19 @@ fn batch_window(
         return Ok((Vec::new(), 0.0));
     }
     let rate = config.batch.offered_load * cluster.total_gpu_milli() as f64 / (gpu_seconds / n as f64);
+    let expected = rate * (config.horizon_s + config.drain_s + timed.iter().map(|t| t.1).sum::<f64>() / n as f64);
+    if expected > config::MAX_BATCH_PODS {
+        return Err(ServeError::Config(format!(
+            "batch.offered_load {} needs about {expected:.0} batch pods over the run with this trace's durations; \
+             at most {} are replayed",
+            config.batch.offered_load,
+            config::MAX_BATCH_PODS
+        )));
+    }
     let (lo, hi) = (((n - 1) as f64 * 0.05) as usize, ((n - 1) as f64 * 0.95) as usize);
+    // A trace whose creations share one instant has no gaps to replay: arrivals then come every 1/λ.
     let dense_gap = (timed[hi].0 - timed[lo].0) / (hi - lo).max(1) as f64;
+    let dense_gap = if dense_gap > 0.0 { dense_gap } else { 1.0 / rate };
     let compression = if dense_gap > 0.0 { dense_gap * rate } else { 1.0 };
 
     // Steady state at 0: length-biased draws with a uniform remainder.
@@ -394,7 +443,7 @@ fn batch_window(
     let mut at = 0.0;
     while at < end {
         let next = if i >= hi { lo } else { i + 1 };
-        let gap = if next > i { (timed[next].0 - timed[i].0).max(0.0) } else { dense_gap };
+        let gap = if next > i && timed[next].0 > timed[i].0 { timed[next].0 - timed[i].0 } else { dense_gap };
         at += gap / compression;
         i = next;
         if at < end {
@@ -427,7 +476,7 @@ fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result
         .iter()
         .map(|model| {
             let spec = config.gpus.get(model)?;
-            if spec.memory_gb * share < per_gpu_gb {
+            if spec.memory_gb * share < per_gpu_gb || spec.compute_capability < config.engine.min_compute_capability {
                 return None;
             }
             accepted.push(model.clone());
@@ -445,8 +494,9 @@ fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result
         .collect();
     if accepted.is_empty() {
         return Err(ServeError::Config(format!(
-            "services[{}]: no GPU model of the cluster has {per_gpu_gb:.1} GB for it per GPU (weights × memory_headroom)",
-            s.name
+            "services[{}]: no GPU model of the cluster has {per_gpu_gb:.1} GB for it per GPU (weights × memory_headroom) \
+             and compute capability {} or more (engine.min_compute_capability)",
+            s.name, config.engine.min_compute_capability
         )));
     }
     let mut pod = Pod::with_requests(
@@ -459,13 +509,15 @@ fn service_model(config: &ServeConfig, cluster: &Cluster, s: &Service) -> Result
     let tflops = |m: &String| config.gpus.get(m).map_or(0.0, |g| g.tflops);
     let fastest = accepted.iter().map(tflops).fold(0.0, f64::max);
     let fast: Vec<String> = accepted.iter().filter(|m| tflops(m) >= fastest / 2.0).cloned().collect();
-    let fast_request = (fast.len() < accepted.len()).then(|| {
+    let fast_models = if fast.len() < accepted.len() { fast } else { Vec::new() };
+    let fast_request = (!fast_models.is_empty()).then(|| {
         let mut fast_pod = pod.clone();
-        fast_pod.gpu_models = fast;
+        fast_pod.gpu_models = fast_models.clone();
         cluster.request(&fast_pod)
     });
     pod.gpu_models = accepted;
-    Ok(ServiceModel { config: s.clone(), request: cluster.request(&pod), fast_request, bytes: s.weight_gb * GB, speed })
+    let request = cluster.request(&pod);
+    Ok(ServiceModel { config: s.clone(), request, fast_request, fast_models, bytes: s.weight_gb * GB, speed })
 }
 
 /// Where a replica read its weights from.
@@ -611,6 +663,8 @@ struct World<'p> {
     cluster: Cluster,
     engine: Engine,
     tenancy: Tenancy,
+    /// GPU models batch pods keep off while another GPU fits them (empty unless the stack reserves).
+    reserve: Reserve,
     now: f64,
     events: BinaryHeap<Reverse<(u64, u64, Event)>>,
     seq: u64,
@@ -650,9 +704,18 @@ impl<'p> World<'p> {
         let engine = Engine::new(EngineConfig { policy, target, seed: 0, tie_break: TieBreak::LowestName })?;
         let cluster = p.cluster.clone();
         let nodes = cluster.len();
+        let reserve = if stack.reserve_fast {
+            // Each service's replica shape: an interactive one's on the fast models it prefers.
+            let shapes =
+                p.services.iter().map(|s| s.fast_request.clone().unwrap_or_else(|| s.request.clone())).collect();
+            p.reserve.clone().with_slots(Slots::new(&cluster, shapes))
+        } else {
+            Reserve::none()
+        };
         Ok(World {
             p,
             stack,
+            reserve,
             tenancy: Tenancy::new(nodes),
             cluster,
             engine,
@@ -836,7 +899,7 @@ impl<'p> World<'p> {
 
     fn try_place_batch(&mut self, pod: u32) -> Result<bool, ServeError> {
         let request = &self.p.batch[pod as usize].request;
-        let Decision::Place(placement) = self.engine.decide(&self.cluster, request) else {
+        let Decision::Place(placement) = self.engine.decide_reserving(&self.cluster, request, &self.reserve) else {
             return Ok(false);
         };
         self.bind(request, &placement, "batch pod")?;
@@ -868,19 +931,27 @@ impl<'p> World<'p> {
         Ok(())
     }
 
-    /// Pods waiting for room get another try, replicas first (they have the higher priority).
+    /// Pods waiting for room get another try, replicas first (they have the higher priority), then every
+    /// waiting batch pod in arrival order, as kube-scheduler moves its unschedulable pods back to the
+    /// active queue when a pod is deleted. A request that did not fit is not asked again in the same pass
+    /// until something is placed (the cluster has not changed for it).
     fn room_freed(&mut self) -> Result<(), ServeError> {
         self.retry_pending_replicas()?;
-        let mut misses = 0;
+        let mut failed: Vec<&PodRequest> = Vec::new();
         let mut i = 0;
-        while i < self.pending_batch.len() && misses < BATCH_RETRY_MISSES {
+        while i < self.pending_batch.len() {
             let pod = self.pending_batch[i];
+            let request = &self.p.batch[pod as usize].request;
+            if failed.contains(&request) {
+                i += 1;
+                continue;
+            }
             if self.try_place_batch(pod)? {
                 self.pending_batch.remove(i);
-                misses = 0;
+                failed.clear();
             } else {
+                failed.push(request);
                 i += 1;
-                misses += 1;
             }
         }
         Ok(())
@@ -889,13 +960,17 @@ impl<'p> World<'p> {
     fn bind(&mut self, request: &PodRequest, placement: &Placement, what: &str) -> Result<(), ServeError> {
         self.cluster
             .bind(request, placement)
-            .map_err(|source| ServeError::Bind { what: format!("bind {what}"), source })
+            .map_err(|source| ServeError::Bind { what: format!("bind {what}"), source })?;
+        self.reserve.slots_mut().refresh(&self.cluster, placement.node);
+        Ok(())
     }
 
     fn release(&mut self, request: &PodRequest, placement: &Placement, what: &str) -> Result<(), ServeError> {
         self.cluster
             .release(request, placement)
-            .map_err(|source| ServeError::Bind { what: format!("release {what}"), source })
+            .map_err(|source| ServeError::Bind { what: format!("release {what}"), source })?;
+        self.reserve.slots_mut().refresh(&self.cluster, placement.node);
+        Ok(())
     }
 
     // ----- requests -----
@@ -1061,6 +1136,7 @@ impl<'p> World<'p> {
 
     fn autoscale(&mut self) -> Result<(), ServeError> {
         let scale = self.p.config.autoscale;
+        let mut headroom = 0u64;
         for s in 0..self.services.len() {
             let svc = &self.p.services[s].config;
             let state = &self.services[s];
@@ -1074,6 +1150,17 @@ impl<'p> World<'p> {
             let active =
                 state.replicas.iter().filter(|&&r| self.replicas[r as usize].state != ReplicaState::Gone).count()
                     as u32;
+            let model = &self.p.services[s];
+            // Free slots of the service's replica shape kept from batch pods: `slot_headroom` × √(replicas
+            // wanted, at least one), so even a service scaled to zero finds room for its first replica.
+            let keep = (self.stack.slot_headroom * f64::from(desired.max(active).max(1)).sqrt()).ceil() as u32;
+            self.reserve.slots_mut().set_keep(s, keep);
+            if model.config.class == LatencyClass::Interactive && !model.fast_models.is_empty() {
+                // The reserve's forecast of the replicas a burst adds: `headroom` × √(replicas wanted), the
+                // square-root safety margin of a queue whose load is that many servers.
+                let more = (self.stack.headroom * f64::from(desired.max(active)).sqrt()).ceil() as u64;
+                headroom += more * u64::from(model.request.gpu.total_milli());
+            }
             if desired > active {
                 self.services[s].below_since = None;
                 for _ in active..desired {
@@ -1088,6 +1175,7 @@ impl<'p> World<'p> {
                 self.services[s].below_since = None;
             }
         }
+        self.reserve.set_headroom(headroom);
         // Pending replicas also retry on the autoscaler's beat.
         self.retry_pending_replicas()
     }
@@ -1156,17 +1244,27 @@ impl<'p> World<'p> {
         let p = self.p;
         let model = &p.services[service];
         let request = &model.request;
-        // Interactive replicas first ask for the fast GPU models (a preferred affinity), then for any.
+        // Interactive replicas rank the fast GPU models first (a preferred node affinity: a score, so a
+        // slower free GPU is taken before anyone is evicted); preemption only when nothing fits anywhere.
         let fast = model
             .fast_request
             .as_ref()
             .filter(|_| self.stack.fast_gpus && model.config.class == LatencyClass::Interactive);
-        let mut found = None;
-        for asked in fast.into_iter().chain([request]) {
-            found = self.find_room(service, asked)?;
-            if found.is_some() {
-                break;
-            }
+        let mut found = fast.and_then(|f| self.decide(service, f)).map(|p| (p, false));
+        // gpuplane's claim: a fast GPU held by batch pods younger than `claim_age_s` (little work to lose)
+        // is taken back before a slower GPU is settled for.
+        if found.is_none()
+            && self.stack.preemption
+            && self.stack.claim_age_s > 0.0
+            && let Some(f) = fast
+        {
+            found = self.preempt_for(f, self.stack.claim_age_s)?.map(|p| (p, true));
+        }
+        if found.is_none() {
+            found = self.decide(service, request).map(|p| (p, false));
+        }
+        if found.is_none() && self.stack.preemption {
+            found = self.preempt_for(request, f64::INFINITY)?.map(|p| (p, true));
         }
         let Some((placement, evicted)) = found else { return Ok(()) };
         self.bind(request, &placement, "replica")?;
@@ -1270,10 +1368,9 @@ impl<'p> World<'p> {
         (LoadTier::Origin, None, start, (start + bytes / per_reader).max(shared), per_reader)
     }
 
-    /// A placement for a replica asking `request`: the policy's choice (with the locality term when the
-    /// stack has one), else, if the stack preempts, a node where evicting batch pods makes room (evicted;
-    /// the flag says so).
-    fn find_room(&mut self, service: usize, request: &PodRequest) -> Result<Option<(Placement, bool)>, ServeError> {
+    /// The policy's placement for a replica asking `request` as the cluster is (with the locality term
+    /// when the stack has one), if it fits anywhere.
+    fn decide(&mut self, service: usize, request: &PodRequest) -> Option<Placement> {
         let decision = if self.stack.model_cache && self.stack.locality_weight > 0.0 {
             let locality = self.locality(service);
             self.engine.decide_with_locality(&self.cluster, request, &locality, self.stack.locality_weight).0
@@ -1281,20 +1378,30 @@ impl<'p> World<'p> {
             self.engine.decide(&self.cluster, request)
         };
         match decision {
-            Decision::Place(p) => Ok(Some((p, false))),
-            Decision::Unschedulable(_) if self.stack.preemption => {
-                let batch = self.p.batch.len();
-                let Some((node, victims)) = defrag::preemption(&self.cluster, &self.tenancy, request, &|id| id < batch)
-                else {
-                    return Ok(None);
-                };
-                for v in victims {
-                    self.evict_batch(v)?;
-                }
-                Ok(self.engine.place_on(&self.cluster, request, node).ok().map(|p| (p, true)))
-            }
-            Decision::Unschedulable(_) => Ok(None),
+            Decision::Place(p) => Some(p),
+            Decision::Unschedulable(_) => None,
         }
+    }
+
+    /// Evicts batch pods (those younger than `younger_than_s`) where that makes room for `request`, chosen
+    /// as the stack's preemption chooses, and the placement there.
+    fn preempt_for(&mut self, request: &PodRequest, younger_than_s: f64) -> Result<Option<Placement>, ServeError> {
+        let batch = self.p.batch.len();
+        let priority = self.p.config.batch.priority;
+        let started = &self.batch_started;
+        let now = self.now;
+        let evictable = |id: usize| {
+            (id < batch && now - started[id] < younger_than_s).then(|| Evictable { priority, started_s: started[id] })
+        };
+        let Some((node, victims)) =
+            preempt::preemption(&self.cluster, &self.tenancy, request, &evictable, self.now, self.stack.victims)
+        else {
+            return Ok(None);
+        };
+        for v in victims {
+            self.evict_batch(v)?;
+        }
+        Ok(self.engine.place_on(&self.cluster, request, node).ok())
     }
 
     fn evict_batch(&mut self, pod: usize) -> Result<(), ServeError> {
