@@ -74,7 +74,7 @@ enum Command {
     Posture(posture::PostureCommand),
     /// Check Kubernetes manifests against GPU workload rules; print a table or SARIF.
     Lint(lint::LintArgs),
-    /// The board report: inference efficiency, platform maturity and AI-development security on one page.
+    /// The board report: inference efficiency, platform maturity and AI-development security (up to 4 A4 pages).
     Board(board::BoardArgs),
     /// Measure a component under load on this machine.
     #[command(subcommand)]
