@@ -522,7 +522,10 @@ fn serve_sim_writes_its_outputs_and_names_bad_configuration() {
     assert!(stdout.contains("Per seed") && stdout.contains("median"), "{stdout}");
     // Without a terminal the progress bar is hidden; one line per run says where the command is.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("serve-sim: run 1/3 done") && stderr.contains("run 3/3 done (as configured, seed 2)"), "{stderr}");
+    assert!(
+        stderr.contains("serve-sim: run 1/3 done") && stderr.contains("run 3/3 done (as configured, seed 2)"),
+        "{stderr}"
+    );
     for f in ["serve.json", "allocation.svg", "fragmentation.svg", "pending.svg"] {
         assert!(dir.path().join("s").join(f).is_file(), "{f} missing");
     }
