@@ -45,9 +45,6 @@ pub fn preemption(
     choice: VictimChoice,
 ) -> Option<(NodeId, Vec<PodId>)> {
     let rank = cluster.name_rank();
-    let work = |p: PodId, e: &Evictable| {
-        tenancy.get(p).map_or(0.0, |(r, _)| f64::from(r.gpu.total_milli()) / 1000.0 * (now_s - e.started_s).max(0.0))
-    };
     let mut best: Option<(Rank, NodeId, Vec<PodId>)> = None;
     for (node, &name_rank) in rank.iter().enumerate().take(cluster.len()) {
         let Some(victims) = victims_on(cluster, tenancy, node, pod, evictable, now_s, choice) else { continue };
@@ -68,7 +65,7 @@ pub fn preemption(
                 (top, sum, victims.len(), -earliest, name_rank)
             }
             VictimChoice::LeastWorkLost => {
-                let lost: f64 = info.iter().map(|(p, e)| work(*p, e)).sum();
+                let lost: f64 = info.iter().map(|(p, e)| work_done(tenancy, *p, e, now_s)).sum();
                 (top, lost, victims.len(), 0.0, name_rank)
             }
         };
@@ -121,15 +118,15 @@ fn victims_on(
         return None;
     }
     // The most valuable first: they are reprieved while the pod still fits without them.
-    let value = |p: PodId, e: &Evictable| {
-        tenancy.get(p).map_or(0.0, |(r, _)| f64::from(r.gpu.total_milli()) * (now_s - e.started_s).max(0.0))
-    };
     match choice {
         VictimChoice::KubeScheduler => {
             candidates.sort_by(|a, b| b.1.priority.cmp(&a.1.priority).then(a.1.started_s.total_cmp(&b.1.started_s)))
         }
-        VictimChoice::LeastWorkLost => candidates
-            .sort_by(|a, b| b.1.priority.cmp(&a.1.priority).then(value(b.0, &b.1).total_cmp(&value(a.0, &a.1)))),
+        VictimChoice::LeastWorkLost => candidates.sort_by(|a, b| {
+            b.1.priority
+                .cmp(&a.1.priority)
+                .then(work_done(tenancy, b.0, &b.1, now_s).total_cmp(&work_done(tenancy, a.0, &a.1, now_s)))
+        }),
     }
     let mut victims = Vec::new();
     for (p, _) in candidates {
@@ -140,6 +137,11 @@ fn victims_on(
         }
     }
     Some(victims)
+}
+
+/// GPU-seconds pod `p` has run by `now_s`: what evicting it throws away.
+fn work_done(tenancy: &Tenancy, p: PodId, e: &Evictable, now_s: f64) -> f64 {
+    tenancy.get(p).map_or(0.0, |(r, _)| f64::from(r.gpu.total_milli()) / 1000.0 * (now_s - e.started_s).max(0.0))
 }
 
 /// Gives back to `state` what `p` holds (`free`), or takes it again.
