@@ -36,7 +36,7 @@ use crate::store::{Sound, Store, sound_blob};
 
 /// The response header that tells a peer whether a blob is `complete` here or being `fetching`.
 pub const BLOB_STATE_HEADER: &str = "x-gpuplane-blob";
-/// The response header with an in-flight fetch's announcement key (`<start ms>-<node>`).
+/// The response header with an in-flight fetch's announcement key (`<start µs>-<node>`).
 pub const FETCH_KEY_HEADER: &str = "x-gpuplane-fetch-key";
 /// Most ranges one file is split into (the range size grows for larger files).
 const MAX_RANGES: u64 = 1 << 20;
@@ -236,8 +236,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Runs blocking file work off the async threads.
@@ -469,7 +469,7 @@ impl Fetcher {
             return Ok(());
         }
 
-        let key = FetchKey { started_ms: now_ms(), node: self.node.clone() };
+        let key = FetchKey { started_us: now_us(), node: self.node.clone() };
         let chunk = self.config.chunk_bytes.max(file.size.div_ceil(MAX_RANGES));
         let n = file.size.div_ceil(chunk);
         let (tx, _) = watch::channel(0);

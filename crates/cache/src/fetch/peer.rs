@@ -30,26 +30,28 @@ pub struct InFlight {
     pub(super) ended: AtomicBool,
 }
 
-/// Orders announcements of one file across agents: start time in ms, then the agent's node name.
+/// Orders announcements of one file across agents: start time in µs, then the agent's node name. The clock
+/// is fine enough that an agent announcing after it answered a peer's probe has the later key (in one
+/// millisecond two agents on one host could otherwise each see the other as later, and both read the origin).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FetchKey {
-    /// Milliseconds since the epoch when the fetch was announced.
-    pub started_ms: u64,
+    /// Microseconds since the epoch when the fetch was announced.
+    pub started_us: u64,
     /// The announcing agent.
     pub node: String,
 }
 
 impl std::fmt::Display for FetchKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.started_ms, self.node)
+        write!(f, "{}-{}", self.started_us, self.node)
     }
 }
 
 impl std::str::FromStr for FetchKey {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        let (ms, node) = s.split_once('-').ok_or(())?;
-        Ok(FetchKey { started_ms: ms.parse().map_err(|_| ())?, node: node.to_owned() })
+        let (us, node) = s.split_once('-').ok_or(())?;
+        Ok(FetchKey { started_us: us.parse().map_err(|_| ())?, node: node.to_owned() })
     }
 }
 
