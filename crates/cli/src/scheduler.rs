@@ -11,9 +11,9 @@ use gpuplane_kube::fit::ScoreWeights;
 use gpuplane_kube::ratelimit::{RateLimit, RateLimitLayer};
 use gpuplane_kube::scheduler::leader::LeaseConfig;
 use gpuplane_kube::scheduler::run::{InventoryPolling, RunConfig, serve_scheduler};
-use gpuplane_kube::scheduler::{LocalityConfig, SchedulerConfig, WindowConfig};
+use gpuplane_kube::scheduler::{LocalityConfig, SchedulerConfig, ServingConfig, WindowConfig};
 use gpuplane_kube::serve::{ServeError, shutdown_signal};
-use gpuplane_place::{Bandwidth, Policy};
+use gpuplane_place::{Bandwidth, Policy, VictimChoice};
 
 use crate::service;
 
@@ -80,6 +80,27 @@ pub struct SchedulerArgs {
     /// Requests to the API server at once before the rate applies (kube-scheduler's clientConnection.burst)
     #[arg(long, default_value_t = 100)]
     kube_api_burst: u32,
+    /// gpuplane's serving policy: pods at or above this priority are serving replicas, GPU pods below it are
+    /// batch, kept off the fast GPU models while another GPU fits them (unset: no serving policy)
+    #[arg(long, value_name = "PRIORITY")]
+    serving_priority: Option<i32>,
+    /// Replicas at or above this priority are interactive: they try the fast models first, may claim them
+    /// from young batch pods, and the headroom is kept for them (default: --serving-priority)
+    #[arg(long, value_name = "PRIORITY")]
+    interactive_priority: Option<i32>,
+    /// The fast GPU models (node GPU product names, e.g. A100-SXM4-80GB,H100-SXM5-80GB)
+    #[arg(long, value_delimiter = ',', value_name = "MODELS")]
+    fast_gpu_models: Vec<String>,
+    /// Free capacity kept on the fast models: this × √(interactive replicas) replicas per service
+    #[arg(long, default_value_t = 1.0)]
+    serving_headroom: f64,
+    /// Batch pods younger than this are claimed off a fast GPU for an interactive replica before it settles
+    /// for a slower one (0: never)
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    claim_age_secs: u64,
+    /// How preemption chooses victims: least-work-lost (fewest GPU-seconds thrown away) or kube-scheduler
+    #[arg(long, default_value = "least-work-lost")]
+    victims: String,
     /// Log format on standard error: text or json (level from RUST_LOG, default info)
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -111,6 +132,25 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
     if !(args.kube_api_qps.is_finite() && args.kube_api_qps > 0.0) || args.kube_api_burst == 0 {
         bail!("--kube-api-qps must be a positive number and --kube-api-burst at least 1");
     }
+    if !(args.serving_headroom.is_finite() && (0.0..=100.0).contains(&args.serving_headroom)) {
+        bail!("--serving-headroom {} is out of range; expected 0 to 100", args.serving_headroom);
+    }
+    let victims = match args.victims.as_str() {
+        "least-work-lost" => VictimChoice::LeastWorkLost,
+        "kube-scheduler" => VictimChoice::KubeScheduler,
+        other => bail!("--victims {other:?}: expected least-work-lost or kube-scheduler"),
+    };
+    if args.serving_priority.is_none() && (args.interactive_priority.is_some() || !args.fast_gpu_models.is_empty()) {
+        bail!("--interactive-priority and --fast-gpu-models need --serving-priority");
+    }
+    let serving = ServingConfig {
+        priority: args.serving_priority,
+        interactive_priority: args.interactive_priority.or(args.serving_priority).unwrap_or(0),
+        fast_models: args.fast_gpu_models.clone(),
+        headroom: args.serving_headroom,
+        claim_age: Duration::from_secs(args.claim_age_secs),
+        victims,
+    };
     let rate = RateLimit { qps: args.kube_api_qps, burst: args.kube_api_burst };
     let bandwidth = Bandwidth { local: local * 1e9, peer: peer * 1e9, origin: origin * 1e9 };
     service::init_logging(&args.log_format);
@@ -134,6 +174,7 @@ pub fn run(args: SchedulerArgs) -> Result<()> {
             locality: LocalityConfig { weight: args.locality_weight, bandwidth },
             window: WindowConfig { pods: args.window, wait: Duration::from_millis(args.window_ms) },
             scores,
+            serving,
             ..SchedulerConfig::default()
         },
         lease,

@@ -69,6 +69,10 @@ pub struct BoundPod {
     pub placement: Placement,
     /// The pod's labels (PodDisruptionBudgets select victims by them).
     pub labels: BTreeMap<String, String>,
+    /// When it started (`status.startTime`, seconds since the epoch), if it has.
+    pub started_s: Option<i64>,
+    /// The model it serves (`gpuplane.io/model`), if it names one.
+    pub model: Option<String>,
 }
 
 impl Snapshot {
@@ -181,10 +185,14 @@ impl Snapshot {
         let placement = Placement { node, gpus };
         let uid = p.metadata.uid.clone().unwrap_or_default();
         let labels = p.metadata.labels.clone().unwrap_or_default();
+        let started_s = p.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.as_second());
+        let model = p.metadata.annotations.as_ref().and_then(|a| a.get(crate::inventory::MODEL_ANNOTATION)).cloned();
         match self.assume_pod(&key, &uid, request, placement, info) {
             Ok(()) => {
                 if let Some(b) = self.bound.get_mut(&key) {
                     b.labels = labels;
+                    b.started_s = started_s;
+                    b.model = model;
                 }
                 if guessed { Err((true, Warning::GuessedAssignment { pod: key })) } else { Ok(true) }
             }
@@ -279,7 +287,15 @@ impl Snapshot {
         *self.priorities.entry(request.priority).or_insert(0) += 1;
         self.bound.insert(
             pod_key.to_owned(),
-            BoundPod { key: pod_key.to_owned(), uid: uid.to_owned(), request, placement, labels: BTreeMap::new() },
+            BoundPod {
+                key: pod_key.to_owned(),
+                uid: uid.to_owned(),
+                request,
+                placement,
+                labels: BTreeMap::new(),
+                started_s: None,
+                model: None,
+            },
         );
         Ok(())
     }

@@ -568,3 +568,84 @@ fn gated_pods_wait_for_their_gates_to_go() {
     s.pod_applied(&with(gated, &["spec", "schedulingGates"], json!([])));
     assert_eq!(settle(&mut s).0["gated"], "gpu-1");
 }
+
+/// `node`, with another GPU product.
+fn node_of(name: &str, product: &str) -> api::Node {
+    let mut n = node(name, 1, false);
+    n.metadata.labels.as_mut().unwrap().insert("nvidia.com/gpu.product".into(), product.into());
+    n
+}
+
+/// `pod`, started `age` ago (its `status.startTime`).
+fn started(mut p: api::Pod, age: Duration) -> api::Pod {
+    let at = std::time::SystemTime::now() - age;
+    let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let time = k8s_openapi::jiff::Timestamp::from_second(secs).unwrap();
+    p.status.as_mut().unwrap().start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(time));
+    p
+}
+
+fn serving_config(claim_age: Duration) -> SchedulerConfig {
+    SchedulerConfig {
+        serving: gpuplane_kube::scheduler::ServingConfig {
+            priority: Some(1000),
+            interactive_priority: 1000,
+            fast_models: vec!["H100".into()],
+            headroom: 1.0,
+            claim_age,
+            ..Default::default()
+        },
+        ..SchedulerConfig::default()
+    }
+}
+
+#[test]
+fn the_serving_policy_keeps_batch_off_fast_gpus_and_leaves_headroom_for_interactive_replicas() {
+    // a-fast (H100) sorts before b-slow (A10); each has one GPU. A chat replica runs on a third node.
+    let nodes = [node_of("a-fast", "H100"), node_of("b-slow", "A10"), node_of("c-fast", "H100")];
+    let chat = pod("chat-0", 1000, 1000, Some(("c-fast", "0:1000")));
+    let t0 = Instant::now();
+    // Without the policy the FGD engine puts the batch pod on the first H100.
+    let mut s = scheduler(&nodes, &[chat.clone(), pod("train-0", 0, 1000, None)]);
+    assert_eq!(bind_of(s.next(t0)).node, "a-fast");
+    // With it, the batch pod goes to the A10 while that fits it.
+    let mut s = scheduler_with(&nodes, &[chat.clone(), pod("train-0", 0, 1000, None)], serving_config(Duration::ZERO));
+    assert_eq!(bind_of(s.next(t0)).node, "b-slow");
+    // A second batch pod would take the last free H100, the headroom of one replica (1 × √1) kept for chat.
+    let mut s = scheduler_with(
+        &nodes,
+        &[chat, pod("train-0", 0, 1000, Some(("b-slow", "0:1000"))), pod("train-1", 0, 1000, None)],
+        serving_config(Duration::ZERO),
+    );
+    reported(
+        s.next(t0),
+        "ml/train-1",
+        "gpuplane keeps the free GPUs of the fast models (H100) for interactive replicas (serving headroom); this batch pod waits for another GPU.",
+    );
+}
+
+#[test]
+fn an_interactive_replica_claims_a_fast_gpu_from_a_young_batch_pod_as_serve_sim_does() {
+    let nodes = [node_of("a-fast", "H100"), node_of("b-slow", "A10")];
+    let young = started(pod("train-0", 0, 1000, Some(("a-fast", "0:1000"))), Duration::from_secs(60));
+    let old = started(pod("train-0", 0, 1000, Some(("a-fast", "0:1000"))), Duration::from_secs(3600));
+    let t0 = Instant::now();
+    // Young: the replica takes the H100 back rather than settle for the free A10.
+    let mut s = scheduler_with(
+        &nodes,
+        &[young.clone(), pod("chat-0", 1000, 1000, None)],
+        serving_config(Duration::from_secs(600)),
+    );
+    match s.next(t0) {
+        Some(Action::Evict { node, victims, .. }) => {
+            assert_eq!((node.as_str(), victims.len(), victims[0].key.as_str()), ("a-fast", 1, "ml/train-0"))
+        }
+        other => panic!("expected a claim, got {other:?}"),
+    }
+    // An hour of work is kept: the replica takes the A10. So it does with claims off (stock semantics).
+    for (batch, claim) in [(old, 600), (young, 0)] {
+        let config = serving_config(Duration::from_secs(claim));
+        let mut s = scheduler_with(&nodes, &[batch, pod("chat-0", 1000, 1000, None)], config);
+        assert_eq!(bind_of(s.next(t0)).node, "b-slow");
+    }
+}

@@ -38,6 +38,7 @@ pub mod locality;
 pub mod policy;
 pub mod preempt;
 pub mod reserve;
+pub mod serving;
 pub mod window;
 
 pub use cluster::{
@@ -48,8 +49,9 @@ pub use filter::{Rejection, RejectionCounts};
 pub use frag::{TargetWorkload, WeightedShape, WorkloadError};
 pub use locality::{Bandwidth, Explanation, Locality, Tier};
 pub use policy::{Policy, UnknownPolicy};
-pub use preempt::{Evictable, VictimChoice};
+pub use preempt::{Evictable, Preemption, VictimChoice};
 pub use reserve::{Reserve, Slots};
+pub use serving::{ServingSteps, Step};
 
 /// Nodes for the unit tests of several modules.
 #[cfg(test)]

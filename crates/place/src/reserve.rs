@@ -172,6 +172,17 @@ impl Reserve {
         (outside != 0 && outside != accepted).then(|| PodRequest { models: ModelSet::Only(outside), ..pod.clone() })
     }
 
+    /// `pod` restricted to the fast models it accepts, when that narrows where it may go (a replica that
+    /// prefers them asks this first); `None` otherwise.
+    pub fn prefer(&self, pod: &PodRequest) -> Option<PodRequest> {
+        let accepted = match pod.models {
+            ModelSet::Any => self.all,
+            ModelSet::Only(mask) => mask,
+        };
+        let inside = accepted & self.fast;
+        (inside != 0 && inside != accepted).then(|| PodRequest { models: ModelSet::Only(inside), ..pod.clone() })
+    }
+
     /// True when `placement` of `pod` leaves the headroom free (always for a pod not held off, or off
     /// the fast models).
     pub fn allows(&self, cluster: &Cluster, pod: &PodRequest, placement: &Placement) -> bool {
@@ -187,22 +198,55 @@ impl Reserve {
     }
 }
 
-impl Engine {
-    /// Decides where `pod` goes under the reserve: off the fast models if it fits there, else anywhere,
-    /// so long as the placement leaves the reserve's headroom; a held-off pod that would eat into it waits.
-    pub fn decide_reserving(&mut self, cluster: &Cluster, pod: &PodRequest, reserve: &Reserve) -> Decision {
-        if reserve.exempt(pod) {
-            return self.decide(cluster, pod);
+impl Reserve {
+    /// Decides where `pod` goes under the reserve with the caller's `decide`: off the fast models if it fits
+    /// there, else anywhere, so long as the placement leaves the reserve's headroom; a held-off pod that would
+    /// eat into it waits (`None`).
+    pub fn decide_with(
+        &self,
+        cluster: &Cluster,
+        pod: &PodRequest,
+        decide: &mut dyn FnMut(&PodRequest) -> Option<Placement>,
+    ) -> Option<Placement> {
+        if self.exempt(pod) {
+            return decide(pod);
         }
-        let mut last = None;
-        for asked in reserve.steer(pod).iter().chain([pod]) {
-            match self.decide(cluster, asked) {
-                Decision::Place(p) if reserve.allows(cluster, pod, &p) => return Decision::Place(p),
-                Decision::Place(_) => {}
-                unschedulable => last = Some(unschedulable),
+        for asked in self.steer(pod).iter().chain([pod]) {
+            if let Some(p) = decide(asked)
+                && self.allows(cluster, pod, &p)
+            {
+                return Some(p);
             }
         }
-        last.unwrap_or_else(|| Decision::Unschedulable(Default::default()))
+        None
+    }
+}
+
+/// Free GPU milli to keep for interactive services: for each (replicas wanted, GPU milli per replica),
+/// `coefficient` × √(replicas wanted) replicas, rounded up — the square-root safety margin of a queue served
+/// by that many servers.
+pub fn headroom_milli(coefficient: f64, services: impl IntoIterator<Item = (u32, u32)>) -> u64 {
+    services
+        .into_iter()
+        .map(|(replicas, milli)| (coefficient * f64::from(replicas).sqrt()).ceil().max(0.0) as u64 * u64::from(milli))
+        .sum()
+}
+
+impl Engine {
+    /// [`Reserve::decide_with`] with this engine's own decision.
+    pub fn decide_reserving(&mut self, cluster: &Cluster, pod: &PodRequest, reserve: &Reserve) -> Decision {
+        let mut last = None;
+        let mut decide = |asked: &PodRequest| match self.decide(cluster, asked) {
+            Decision::Place(p) => Some(p),
+            unschedulable => {
+                last = Some(unschedulable);
+                None
+            }
+        };
+        match reserve.decide_with(cluster, pod, &mut decide) {
+            Some(p) => Decision::Place(p),
+            None => last.unwrap_or_else(|| Decision::Unschedulable(Default::default())),
+        }
     }
 }
 

@@ -13,12 +13,13 @@ pub mod leader;
 pub mod preempt;
 pub mod queue;
 pub mod run;
+pub mod serving;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuplane_place::{Bandwidth, ClusterError, Decision, Engine, GpuShare, Placement, PodRequest};
+use gpuplane_place::{Bandwidth, ClusterError, Decision, Engine, GpuShare, Placement, PodRequest, Step};
 use k8s_openapi::api::core::v1 as api;
 
 use crate::assignment;
@@ -32,6 +33,7 @@ use budget::Budget;
 pub use filtering::feasible_nodes;
 use preempt::Victim;
 use queue::{QueueConfig, Queued, SchedulingQueue};
+pub use serving::ServingConfig;
 
 /// Settings of the scheduler.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct SchedulerConfig {
     pub window: WindowConfig,
     /// Weights of kube-scheduler's preference scores against the GPU policy's.
     pub scores: ScoreWeights,
+    /// gpuplane's serving policy (off unless a serving priority is set) and the choice of victims.
+    pub serving: ServingConfig,
 }
 
 /// Scheduling cycles. A cycle takes the highest-priority ready pods, at most `pods` of them, as soon as
@@ -98,6 +102,7 @@ impl Default for SchedulerConfig {
             locality: LocalityConfig::default(),
             window: WindowConfig::default(),
             scores: ScoreWeights::default(),
+            serving: ServingConfig::default(),
         }
     }
 }
@@ -133,6 +138,8 @@ pub enum Action {
 #[derive(Debug, Clone)]
 struct Pending {
     pod: gpuplane_core::Pod,
+    /// What it asks of the cluster as the snapshot reads it.
+    request: PodRequest,
     uid: String,
     /// The model it serves, if it names one.
     model: Option<ModelRef>,
@@ -336,7 +343,8 @@ impl Scheduler {
                 // As kube-scheduler: the Priority admission plugin copies the PriorityClass's policy here.
                 let may_preempt = p.spec.as_ref().and_then(|s| s.preemption_policy.as_deref()) != Some("Never");
                 let incoming = Arc::new(incoming);
-                self.pending.insert(key, Pending { pod, uid, model, reported, may_preempt, incoming });
+                let request = self.snapshot.cluster().request(&pod);
+                self.pending.insert(key, Pending { pod, request, uid, model, reported, may_preempt, incoming });
                 self.metrics.set_queue_depth(self.queue.len());
                 None
             }
@@ -531,31 +539,117 @@ impl Scheduler {
             .as_ref()
             .filter(|_| weight > 0.0)
             .and_then(|m| self.inventories.locality(m, &self.snapshot, self.config.locality.bandwidth));
+        let serving = &self.config.serving;
+        let reserve = (serving.is_interactive(&request) || serving.is_batch(&request))
+            .then(|| serving.reserve(&self.snapshot, replicas(&self.snapshot, &self.pending)));
         let cluster = self.snapshot.cluster();
-        let (decision, explanation) = if filtered.candidates.is_empty() {
-            (Decision::Unschedulable(Default::default()), None)
-        } else if let Some(l) = &locality {
-            self.engine.decide_with_locality_among(cluster, &request, &filtered.candidates, l, weight)
-        } else {
-            let weights = &self.config.scores;
-            match self.snapshot.fit().scores(&pending.incoming, &filtered.candidates, weights) {
-                // The engine's own filters reject every node Kubernetes' did (CPU, memory, GPUs, taints,
-                // selector): it decides over the whole cluster exactly as the simulator does, and its choice is
-                // kept if Kubernetes' filters passed it (they count pods the engine cannot read, too).
-                None if filtered.engine_decides() => match self.engine.decide(cluster, &request) {
-                    Decision::Place(p) if filtered.candidates.binary_search(&p.node).is_ok() => {
-                        (Decision::Place(p), None)
+        let (fit, scores, engine) = (self.snapshot.fit(), &self.config.scores, &mut self.engine);
+        let mut last: Option<Decision> = None;
+        let mut explanation = None;
+        let mut fitted = false;
+        // The policy's decision for a request (the pod's own, or narrowed to some GPU models), among the nodes
+        // Kubernetes' filters passed.
+        let mut decide = |request: &PodRequest| -> Option<Placement> {
+            let (decision, why) = if filtered.candidates.is_empty() {
+                (Decision::Unschedulable(Default::default()), None)
+            } else if let Some(l) = &locality {
+                engine.decide_with_locality_among(cluster, request, &filtered.candidates, l, weight)
+            } else {
+                match fit.scores(&pending.incoming, &filtered.candidates, scores) {
+                    // The engine's own filters reject every node Kubernetes' did (CPU, memory, GPUs, taints,
+                    // selector): it decides over the whole cluster exactly as the simulator does, and its choice
+                    // is kept if Kubernetes' filters passed it (they count pods the engine cannot read, too).
+                    None if filtered.engine_decides() => match engine.decide(cluster, request) {
+                        Decision::Place(p) if filtered.candidates.binary_search(&p.node).is_ok() => {
+                            (Decision::Place(p), None)
+                        }
+                        _ => (engine.decide_among(cluster, request, &filtered.candidates, None, scores.gpu), None),
+                    },
+                    extra => {
+                        let extra = extra.as_deref();
+                        (engine.decide_among(cluster, request, &filtered.candidates, extra, scores.gpu), None)
                     }
-                    _ => {
-                        let candidates = &filtered.candidates;
-                        (self.engine.decide_among(cluster, &request, candidates, None, weights.gpu), None)
-                    }
-                },
-                scores => {
-                    let extra = scores.as_deref();
-                    (self.engine.decide_among(cluster, &request, &filtered.candidates, extra, weights.gpu), None)
+                }
+            };
+            match decision {
+                Decision::Place(p) => {
+                    explanation = why;
+                    fitted = true;
+                    Some(p)
+                }
+                unschedulable => {
+                    last = Some(unschedulable);
+                    None
                 }
             }
+        };
+        let wanted = |d: Option<Placement>, last: Option<Decision>| match d {
+            Some(p) => Decision::Place(p),
+            None => last.unwrap_or_else(|| Decision::Unschedulable(Default::default())),
+        };
+        let decision = if serving.is_interactive(&request) {
+            let fast = reserve.as_ref().and_then(|r| r.prefer(&request));
+            let under_way = self
+                .preempting
+                .get(&queued.key)
+                .is_some_and(|p| !p.victims.is_empty() && now.duration_since(p.since) < self.config.preemption_timeout);
+            let steps = serving.steps(self.config.preemption && pending.may_preempt && !under_way);
+            let busy: std::collections::HashSet<&str> =
+                self.preempting.values().flat_map(|p| p.victims.iter().map(String::as_str)).collect();
+            let (snapshot, budgets) = (&self.snapshot, &self.budgets);
+            let step = preempt::with_candidates(
+                snapshot,
+                &request,
+                budgets,
+                &busy,
+                &filtered.preemptible,
+                epoch_s(),
+                serving.victims,
+                |tenancy, preemption, pods| match steps.step(
+                    cluster,
+                    tenancy,
+                    &request,
+                    fast.as_ref(),
+                    &mut decide,
+                    preemption,
+                ) {
+                    Step::Place(p) => Ok(p),
+                    Step::Evict { node, victims, .. } => Err(Some(preempt::plan_of(node, &victims, pods))),
+                    Step::Wait => Err(None),
+                },
+            );
+            match step {
+                Ok(p) => Decision::Place(p),
+                Err(Some(plan)) => {
+                    self.metrics.observe_decision("preempting", started.elapsed().as_secs_f64());
+                    return Some(self.start_preemption(&queued.key, plan, now));
+                }
+                Err(None) => {
+                    let counts = match last {
+                        Some(Decision::Unschedulable(c)) => c,
+                        _ => Default::default(),
+                    };
+                    self.metrics.observe_decision("unschedulable", started.elapsed().as_secs_f64());
+                    let message = filtering::message(self.snapshot.cluster().len(), &filtered, Some(&counts));
+                    return self.report(queued, pending, message);
+                }
+            }
+        } else if let Some(reserve) = reserve.as_ref().filter(|_| serving.is_batch(&request)) {
+            let placed = reserve.decide_with(cluster, &request, &mut decide);
+            if placed.is_none() && fitted {
+                // It fits, but only into the headroom kept for interactive replicas: it waits, and is told so.
+                self.metrics.observe_decision("unschedulable", started.elapsed().as_secs_f64());
+                let message = format!(
+                    "gpuplane keeps the free GPUs of the fast models ({}) for interactive replicas (serving \
+                     headroom); this batch pod waits for another GPU.",
+                    serving.fast_models.join(", ")
+                );
+                return self.report(queued, pending, message);
+            }
+            wanted(placed, last)
+        } else {
+            let placed = decide(&request);
+            wanted(placed, last)
         };
         self.act(queued, pending, request, decision, explanation, &filtered, now, started)
     }
@@ -658,14 +752,20 @@ impl Scheduler {
         // Pods already being evicted, as a set: a plan looks each pod of each node up in it.
         let busy: std::collections::HashSet<&str> =
             self.preempting.values().flat_map(|p| p.victims.iter().map(String::as_str)).collect();
-        let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy, preemptible)?;
+        let choice = self.config.serving.victims;
+        let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy, preemptible, epoch_s(), choice)?;
+        Some(self.start_preemption(key, plan, now))
+    }
+
+    /// Records `key`'s preemption under way and the evictions to make.
+    fn start_preemption(&mut self, key: &str, plan: preempt::Plan, now: Instant) -> Action {
         let node = self.snapshot.node_name(plan.node).to_owned();
         self.preempting.insert(
             key.to_owned(),
             Preempting { victims: plan.victims.iter().map(|v| v.key.clone()).collect(), since: now },
         );
         self.metrics.observe_preemption(plan.victims.len());
-        Some(Action::Evict { preemptor: key.to_owned(), node, victims: plan.victims })
+        Action::Evict { preemptor: key.to_owned(), node, victims: plan.victims }
     }
 
     /// The outcome of an [`Action::Bind`]. On success the reservation stays until the watch shows the
@@ -703,4 +803,22 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Seconds since the epoch, the clock pods' `status.startTime` is on (the work a victim has done).
+fn epoch_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The serving pods the headroom is counted from: bound ones, and those waiting.
+fn replicas<'a>(
+    snapshot: &'a Snapshot,
+    pending: &'a HashMap<String, Pending>,
+) -> impl Iterator<Item = serving::Replica<'a>> + 'a {
+    let bound = (0..snapshot.cluster().len()).flat_map(|n| snapshot.pods_on(n));
+    let bound = bound.map(|p| serving::Replica { model: p.model.as_deref(), request: &p.request });
+    let waiting = pending
+        .values()
+        .map(|p| serving::Replica { model: p.model.as_ref().map(|m| m.name.as_str()), request: &p.request });
+    bound.chain(waiting)
 }

@@ -1,16 +1,12 @@
-//! Preemption: when a pod fits nowhere, find the node where evicting lower-priority pods makes room
-//! with the fewest victims, then the least GPU milli lost, then the lowest victim priority — never
+//! Preemption: when a pod fits nowhere, the node where evicting lower-priority pods makes room and whom,
+//! by `gpuplane_place::preempt` — the decision the simulator takes — over the snapshot's bound pods, never
 //! taking more pods from a PodDisruptionBudget than it allows. Pure: snapshot in, plan out.
 
-use gpuplane_place::{NodeId, NodeState, PodRequest, filter};
+use gpuplane_place::defrag::Tenancy;
+use gpuplane_place::{Evictable, NodeId, NodeState, PodRequest, Preemption, VictimChoice};
 
 use super::budget::Budget;
 use crate::snapshot::{BoundPod, Snapshot};
-
-/// Victim sets up to this size are searched exhaustively on nodes with at most
-/// [`EXHAUSTIVE_CANDIDATES`] candidates; larger ones are found greedily (remove, then reprieve).
-const EXHAUSTIVE_SIZE: usize = 3;
-const EXHAUSTIVE_CANDIDATES: usize = 24;
 
 /// A pod to evict.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +35,6 @@ impl Plan {
     pub fn gpu_milli_lost(&self) -> u32 {
         self.victims.iter().map(|v| v.gpu_milli).sum()
     }
-
-    fn cost(&self, rank: u32) -> (usize, u32, i32, u32) {
-        let top = self.victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN);
-        (self.victims.len(), self.gpu_milli_lost(), top, rank)
-    }
 }
 
 /// Adds back to `state` what `pod` holds.
@@ -55,51 +46,70 @@ pub fn release_into(state: &mut NodeState, pod: &BoundPod) {
     }
 }
 
-/// The best preemption for `request`, or `None` when no set of lower-priority pods on any node,
-/// within the disruption budgets, makes room. `exclude` names pods already being evicted.
-/// `allowed` (empty: every node) names the nodes where evictions could help at all: those that failed
-/// none of Kubernetes' other filters.
+/// Who may be evicted for `request`, in the engine's terms: every bound pod of lower priority not being
+/// evicted already (`exclude`), numbered; whether a set of them stays within the disruption budgets; and
+/// the nodes where evictions could help at all (`allowed`, empty: every node — those that failed none of
+/// Kubernetes' other filters). `now_s` (seconds since the epoch) weighs the work a victim has done since its
+/// `status.startTime`; a pod with none has done none. `f` gets the candidates' tenancy and the preemption.
+#[allow(clippy::too_many_arguments)]
+pub fn with_candidates<R>(
+    snapshot: &Snapshot,
+    request: &PodRequest,
+    budgets: &[Budget],
+    exclude: &std::collections::HashSet<&str>,
+    allowed: &[bool],
+    now_s: f64,
+    choice: VictimChoice,
+    f: impl FnOnce(&Tenancy, &Preemption<'_>, &[&BoundPod]) -> R,
+) -> R {
+    let cluster = snapshot.cluster();
+    let mut tenancy = Tenancy::new(cluster.len());
+    let mut pods: Vec<&BoundPod> = Vec::new();
+    for node in 0..cluster.len() {
+        for p in snapshot.pods_on(node) {
+            if p.request.priority < request.priority && !exclude.contains(p.key.as_str()) {
+                tenancy.add(pods.len(), p.request.clone(), p.placement.clone());
+                pods.push(p);
+            }
+        }
+    }
+    let evictable = |id: usize| {
+        pods.get(id)
+            .map(|p| Evictable { priority: p.request.priority, started_s: p.started_s.map_or(now_s, |t| t as f64) })
+    };
+    let within = |set: &[usize]| {
+        let set: Vec<&BoundPod> = set.iter().filter_map(|&id| pods.get(id).copied()).collect();
+        within_budgets(&set, budgets)
+    };
+    let nodes = (!allowed.is_empty()).then_some(allowed);
+    let preemption = Preemption { evictable: &evictable, within_budgets: &within, nodes, now_s, choice };
+    f(&tenancy, &preemption, &pods)
+}
+
+/// The preemption for `request` (see [`with_candidates`]), or `None` when no set of lower-priority pods on
+/// any node, within the disruption budgets, makes room.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     snapshot: &Snapshot,
     request: &PodRequest,
     budgets: &[Budget],
     exclude: &std::collections::HashSet<&str>,
     allowed: &[bool],
+    now_s: f64,
+    choice: VictimChoice,
 ) -> Option<Plan> {
     if snapshot.lowest_priority().is_none_or(|lowest| lowest >= request.priority) {
         return None; // No pod of lower priority anywhere: nothing to evict.
     }
-    let cluster = snapshot.cluster();
-    let mut best: Option<(Plan, (usize, u32, i32, u32))> = None;
-    for node in 0..cluster.len() {
-        if allowed.get(node) == Some(&false) {
-            continue;
-        }
-        let info = &cluster.node_info()[node];
-        let candidates: Vec<&BoundPod> = snapshot
-            .pods_on(node)
-            .filter(|p| p.request.priority < request.priority && !exclude.contains(p.key.as_str()))
-            .collect();
-        if candidates.is_empty() {
-            continue;
-        }
-        // Nothing helps if the pod does not fit even with every candidate gone.
-        let mut emptied = cluster.nodes()[node].clone();
-        candidates.iter().for_each(|p| release_into(&mut emptied, p));
-        if filter::check(info, &emptied, request).is_err() {
-            continue;
-        }
-        let limit = best.as_ref().map_or(usize::MAX, |(p, _)| p.victims.len());
-        let Some(victims) = smallest_set(&cluster.nodes()[node], info, request, &candidates, budgets, limit) else {
-            continue;
-        };
-        let plan = Plan { node, victims };
-        let cost = plan.cost(cluster.name_rank()[node]);
-        if best.as_ref().is_none_or(|(_, c)| cost < *c) {
-            best = Some((plan, cost));
-        }
-    }
-    best.map(|(p, _)| p)
+    with_candidates(snapshot, request, budgets, exclude, allowed, now_s, choice, |tenancy, preemption, pods| {
+        let (node, victims) = preemption.plan(snapshot.cluster(), tenancy, request)?;
+        Some(plan_of(node, &victims, pods))
+    })
+}
+
+/// The plan evicting `victims` (numbered as [`with_candidates`] numbers them) on `node`.
+pub fn plan_of(node: NodeId, victims: &[usize], pods: &[&BoundPod]) -> Plan {
+    Plan { node, victims: victims.iter().filter_map(|&id| pods.get(id)).map(|p| victim(p)).collect() }
 }
 
 fn victim(p: &BoundPod) -> Victim {
@@ -121,130 +131,4 @@ fn within_budgets(set: &[&BoundPod], budgets: &[Budget]) -> bool {
         let taken = set.iter().filter(|p| b.selects(namespace(&p.key), &p.labels)).count();
         taken <= b.disruptions_allowed as usize
     })
-}
-
-fn fits_without(
-    state: &NodeState,
-    info: &gpuplane_place::cluster::NodeInfo,
-    request: &PodRequest,
-    set: &[&BoundPod],
-) -> bool {
-    let mut s = state.clone();
-    set.iter().for_each(|p| release_into(&mut s, p));
-    filter::check(info, &s, request).is_ok()
-}
-
-/// The cheapest victim set on one node with at most `limit` pods, if any.
-fn smallest_set(
-    state: &NodeState,
-    info: &gpuplane_place::cluster::NodeInfo,
-    request: &PodRequest,
-    candidates: &[&BoundPod],
-    budgets: &[Budget],
-    limit: usize,
-) -> Option<Vec<Victim>> {
-    let cost = |set: &[&BoundPod]| {
-        let milli: u32 = set.iter().map(|p| p.request.gpu.total_milli()).sum();
-        let top = set.iter().map(|p| p.request.priority).max().unwrap_or(i32::MIN);
-        (milli, top)
-    };
-    if candidates.len() <= EXHAUSTIVE_CANDIDATES {
-        for size in 1..=EXHAUSTIVE_SIZE.min(limit).min(candidates.len()) {
-            let mut best: Option<(Vec<&BoundPod>, (u32, i32))> = None;
-            for_each_combination(candidates.len(), size, &mut |idx| {
-                let set: Vec<&BoundPod> = idx.iter().map(|&i| candidates[i]).collect();
-                if within_budgets(&set, budgets) && fits_without(state, info, request, &set) {
-                    let c = cost(&set);
-                    if best.as_ref().is_none_or(|(_, b)| c < *b) {
-                        best = Some((set, c));
-                    }
-                }
-            });
-            if let Some((set, _)) = best {
-                return Some(set.into_iter().map(victim).collect());
-            }
-        }
-        if limit <= EXHAUSTIVE_SIZE {
-            return None;
-        }
-    }
-    let set = greedy(state, info, request, candidates, budgets)?;
-    (set.len() <= limit).then(|| set.into_iter().map(victim).collect())
-}
-
-/// Takes candidates (lowest priority, then most GPU milli, first) until the pod fits, within the
-/// budgets; then gives back every victim the pod can do without, highest priority first.
-fn greedy<'a>(
-    state: &NodeState,
-    info: &gpuplane_place::cluster::NodeInfo,
-    request: &PodRequest,
-    candidates: &[&'a BoundPod],
-    budgets: &[Budget],
-) -> Option<Vec<&'a BoundPod>> {
-    let mut order = candidates.to_vec();
-    order.sort_by(|a, b| {
-        a.request.priority.cmp(&b.request.priority).then(b.request.gpu.total_milli().cmp(&a.request.gpu.total_milli()))
-    });
-    let mut set: Vec<&BoundPod> = Vec::new();
-    for p in order {
-        set.push(p);
-        if !within_budgets(&set, budgets) {
-            set.pop();
-            continue;
-        }
-        if fits_without(state, info, request, &set) {
-            break;
-        }
-    }
-    if !fits_without(state, info, request, &set) {
-        return None;
-    }
-    let mut i = set.len();
-    while i > 0 {
-        i -= 1;
-        let without: Vec<&BoundPod> = set.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| *p).collect();
-        if fits_without(state, info, request, &without) {
-            set = without;
-        }
-    }
-    Some(set)
-}
-
-/// Calls `f` with every `k`-subset of `0..n`, as ascending indices.
-fn for_each_combination(n: usize, k: usize, f: &mut dyn FnMut(&[usize])) {
-    if k == 0 || k > n {
-        return;
-    }
-    let mut idx: Vec<usize> = (0..k).collect();
-    loop {
-        f(&idx);
-        let mut i = k;
-        while i > 0 && idx[i - 1] == n - k + i - 1 {
-            i -= 1;
-        }
-        if i == 0 {
-            return;
-        }
-        idx[i - 1] += 1;
-        for j in i..k {
-            idx[j] = idx[j - 1] + 1;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn combinations_are_all_visited_once() {
-        let mut seen = Vec::new();
-        for_each_combination(5, 3, &mut |c| seen.push(c.to_vec()));
-        assert_eq!(seen.len(), 10);
-        assert_eq!(seen.first().unwrap(), &vec![0, 1, 2]);
-        assert_eq!(seen.last().unwrap(), &vec![2, 3, 4]);
-        let mut none = 0;
-        for_each_combination(2, 3, &mut |_| none += 1);
-        assert_eq!(none, 0);
-    }
 }

@@ -32,10 +32,10 @@ use std::time::Instant;
 use gpuplane_core::openb::TracePod;
 use gpuplane_core::{GpuRequest, Node, Pod};
 use gpuplane_place::defrag::Tenancy;
-use gpuplane_place::preempt::{self, Evictable};
+use gpuplane_place::preempt::Evictable;
 use gpuplane_place::{
     Bandwidth, BindError, Cluster, ClusterError, Decision, Engine, EngineConfig, EngineError, Locality, Placement,
-    PodRequest, Policy, Reserve, Slots, TargetWorkload, TieBreak, Tier, WorkloadError,
+    PodRequest, Policy, Preemption, Reserve, ServingSteps, Slots, Step, TargetWorkload, TieBreak, Tier, WorkloadError,
 };
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -1158,8 +1158,8 @@ impl<'p> World<'p> {
             if model.config.class == LatencyClass::Interactive && !model.fast_models.is_empty() {
                 // The reserve's forecast of the replicas a burst adds: `headroom` × √(replicas wanted), the
                 // square-root safety margin of a queue whose load is that many servers.
-                let more = (self.stack.headroom * f64::from(desired.max(active)).sqrt()).ceil() as u64;
-                headroom += more * u64::from(model.request.gpu.total_milli());
+                let wanted = [(desired.max(active), model.request.gpu.total_milli())];
+                headroom += gpuplane_place::reserve::headroom_milli(self.stack.headroom, wanted);
             }
             if desired > active {
                 self.services[s].below_since = None;
@@ -1245,27 +1245,45 @@ impl<'p> World<'p> {
         let model = &p.services[service];
         let request = &model.request;
         // Interactive replicas rank the fast GPU models first (a preferred node affinity: a score, so a
-        // slower free GPU is taken before anyone is evicted); preemption only when nothing fits anywhere.
+        // slower free GPU is taken before anyone is evicted); preemption only when nothing fits anywhere;
+        // gpuplane's claim takes a fast GPU back from young batch pods first (`gpuplane_place::serving`).
         let fast = model
             .fast_request
             .as_ref()
             .filter(|_| self.stack.fast_gpus && model.config.class == LatencyClass::Interactive);
-        let mut found = fast.and_then(|f| self.decide(service, f)).map(|p| (p, false));
-        // gpuplane's claim: a fast GPU held by batch pods younger than `claim_age_s` (little work to lose)
-        // is taken back before a slower GPU is settled for.
-        if found.is_none()
-            && self.stack.preemption
-            && self.stack.claim_age_s > 0.0
-            && let Some(f) = fast
-        {
-            found = self.preempt_for(f, self.stack.claim_age_s)?.map(|p| (p, true));
-        }
-        if found.is_none() {
-            found = self.decide(service, request).map(|p| (p, false));
-        }
-        if found.is_none() && self.stack.preemption {
-            found = self.preempt_for(request, f64::INFINITY)?.map(|p| (p, true));
-        }
+        let steps = ServingSteps { preemption: self.stack.preemption, claim_age_s: self.stack.claim_age_s };
+        let locality = (self.stack.model_cache && self.stack.locality_weight > 0.0).then(|| self.locality(service));
+        let (batch, priority, now) = (self.p.batch.len(), self.p.config.batch.priority, self.now);
+        let started = &self.batch_started;
+        let evictable = |id: usize| (id < batch).then(|| Evictable { priority, started_s: started[id] });
+        let preemption = Preemption {
+            evictable: &evictable,
+            within_budgets: &|_| true,
+            nodes: None,
+            now_s: now,
+            choice: self.stack.victims,
+        };
+        let (engine, cluster, weight) = (&mut self.engine, &self.cluster, self.stack.locality_weight);
+        let mut decide = |r: &PodRequest| {
+            let decision = match &locality {
+                Some(l) => engine.decide_with_locality(cluster, r, l, weight).0,
+                None => engine.decide(cluster, r),
+            };
+            match decision {
+                Decision::Place(p) => Some(p),
+                Decision::Unschedulable(_) => None,
+            }
+        };
+        let found = match steps.step(cluster, &self.tenancy, request, fast, &mut decide, &preemption) {
+            Step::Place(p) => Some((p, false)),
+            Step::Evict { node, victims, .. } => {
+                for v in victims {
+                    self.evict_batch(v)?;
+                }
+                self.engine.place_on(&self.cluster, request, node).ok().map(|p| (p, true))
+            }
+            Step::Wait => None,
+        };
         let Some((placement, evicted)) = found else { return Ok(()) };
         self.bind(request, &placement, "replica")?;
         self.tenancy.add(self.pod_id(r), request.clone(), placement.clone());
@@ -1366,42 +1384,6 @@ impl<'p> World<'p> {
         let per_reader = rate.origin * GB;
         let shared = self.origin_link.carry(start, bytes, rate.origin_shared * GB);
         (LoadTier::Origin, None, start, (start + bytes / per_reader).max(shared), per_reader)
-    }
-
-    /// The policy's placement for a replica asking `request` as the cluster is (with the locality term
-    /// when the stack has one), if it fits anywhere.
-    fn decide(&mut self, service: usize, request: &PodRequest) -> Option<Placement> {
-        let decision = if self.stack.model_cache && self.stack.locality_weight > 0.0 {
-            let locality = self.locality(service);
-            self.engine.decide_with_locality(&self.cluster, request, &locality, self.stack.locality_weight).0
-        } else {
-            self.engine.decide(&self.cluster, request)
-        };
-        match decision {
-            Decision::Place(p) => Some(p),
-            Decision::Unschedulable(_) => None,
-        }
-    }
-
-    /// Evicts batch pods (those younger than `younger_than_s`) where that makes room for `request`, chosen
-    /// as the stack's preemption chooses, and the placement there.
-    fn preempt_for(&mut self, request: &PodRequest, younger_than_s: f64) -> Result<Option<Placement>, ServeError> {
-        let batch = self.p.batch.len();
-        let priority = self.p.config.batch.priority;
-        let started = &self.batch_started;
-        let now = self.now;
-        let evictable = |id: usize| {
-            (id < batch && now - started[id] < younger_than_s).then(|| Evictable { priority, started_s: started[id] })
-        };
-        let Some((node, victims)) =
-            preempt::preemption(&self.cluster, &self.tenancy, request, &evictable, self.now, self.stack.victims)
-        else {
-            return Ok(None);
-        };
-        for v in victims {
-            self.evict_batch(v)?;
-        }
-        Ok(self.engine.place_on(&self.cluster, request, node).ok())
     }
 
     fn evict_batch(&mut self, pod: usize) -> Result<(), ServeError> {
