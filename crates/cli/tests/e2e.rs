@@ -2,7 +2,8 @@
 //! PodSecurity, ResourceQuota and the admission webhooks, kube-controller-manager, and kwok playing the
 //! kubelets of the 1,213 openb GPU nodes. Every assertion reads objects back from the API server.
 //! Scenarios, in order: the secondary scheduler against `gpuplane sim`; two scheduler replicas with the
-//! leader SIGKILLed mid-burst; preemption within a PodDisruptionBudget; stock kube-scheduler calling the
+//! leader SIGKILLed mid-burst; preemption within a PodDisruptionBudget; the serving policy (headroom and
+//! claim, `e2e/serving.rs`); stock kube-scheduler calling the
 //! extender over TLS with a client certificate; the webhook through real webhook configurations;
 //! `kubectl apply -k deploy/` under Pod Security.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // A test: a failure should stop it loudly.
@@ -24,6 +25,8 @@ use serde_json::json;
 
 mod support;
 use support::*;
+#[path = "e2e/serving.rs"]
+mod serving;
 
 /// Pods of the openb default trace sent through the secondary scheduler (file order).
 const PODS: usize = 400;
@@ -81,6 +84,13 @@ fn control_plane_scenarios() {
         timed("leader failover scenario", a_killed_leader_is_replaced_without_double_binding(&plane, &client)).await;
         timed("preemption scenario", an_interactive_pod_preempts_batch_within_its_disruption_budget(&plane, &client))
             .await;
+        // The headroom counts every interactive pod of the cluster: the preemption scenario's go first.
+        empty_namespace(&client, "preempt").await;
+        timed(
+            "serving policy scenario",
+            serving::the_serving_policy_keeps_headroom_and_claims_fast_gpus(&plane, &client),
+        )
+        .await;
         timed("extender scenario", stock_scheduler_with_the_extender_over_tls(&plane, &client)).await;
         timed("admission webhook scenario", the_webhook_through_real_webhook_configurations(&plane, &client)).await;
         // Last: it registers the webhook, whose Service has no endpoints here.
