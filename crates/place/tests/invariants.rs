@@ -258,3 +258,86 @@ proptest! {
         }
     }
 }
+
+/// `state` with what `victims` hold (from `tenancy`) given back.
+fn without(state: &gpuplane_place::NodeState, tenancy: &Tenancy, victims: &[usize]) -> gpuplane_place::NodeState {
+    let mut s = state.clone();
+    for &v in victims {
+        let (r, p) = tenancy.get(v).unwrap();
+        s.cpu_free += r.cpu_milli;
+        s.memory_free += r.memory_bytes;
+        for share in &p.gpus {
+            s.gpu_free[usize::from(share.index)] += share.milli;
+        }
+    }
+    s
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Preemption, for both ways of choosing victims: every victim is a listed pod of lower priority on the
+    /// chosen node, the victims stay within the budget, the preemptor fits once they are gone and did not
+    /// before, and no victim could be spared; with no budget and nothing planned, no node would have room
+    /// even with every candidate gone.
+    #[test]
+    fn preemption_plans_only_needed_victims_within_the_budget(
+        nodes in prop::collection::vec(node_strategy(), 1..8),
+        pods in prop::collection::vec((pod_strategy(), 0i32..3, 0u32..1000, any::<bool>(), any::<bool>()), 1..60),
+        preemptor in pod_strategy(),
+        allowed in 0usize..3,
+        least_work in any::<bool>(),
+    ) {
+        use gpuplane_place::{Evictable, Preemption, VictimChoice};
+        let nodes: Vec<Node> = nodes.into_iter().enumerate().map(|(i, n)| build_node(i, n)).collect();
+        let mut cluster = Cluster::new(&nodes).unwrap();
+        let mut engine = Engine::new(EngineConfig { policy: Policy::BestFit, target: None, seed: 1, tie_break: TieBreak::LowestName }).unwrap();
+        let mut tenancy = Tenancy::new(nodes.len());
+        let mut info = Vec::new();
+        for (i, (p, priority, started, listed, budgeted)) in pods.into_iter().enumerate() {
+            let mut req = cluster.request(&build_pod(i, p));
+            req.priority = priority;
+            if let Decision::Place(placement) = engine.decide(&cluster, &req) {
+                cluster.bind(&req, &placement).unwrap();
+                tenancy.add(info.len(), req, placement);
+                info.push((Evictable { priority, started_s: f64::from(started) }, listed, budgeted));
+            }
+        }
+        let mut pod = cluster.request(&build_pod(999, preemptor));
+        pod.priority = 3;
+        let evictable = |id: usize| info.get(id).filter(|(_, listed, _)| *listed).map(|(e, _, _)| *e);
+        let budget = |set: &[usize]| set.iter().filter(|&&id| info[id].2).count() <= allowed;
+        let choice = if least_work { VictimChoice::LeastWorkLost } else { VictimChoice::KubeScheduler };
+        for (within, limited) in [(&budget as &dyn Fn(&[usize]) -> bool, true), (&|_: &[usize]| true, false)] {
+            let p = Preemption { evictable: &evictable, within_budgets: within, nodes: None, now_s: 1000.0, choice };
+            match p.plan(&cluster, &tenancy, &pod) {
+                Some((node, victims)) => {
+                    prop_assert!(!victims.is_empty());
+                    let (ni, state) = (&cluster.node_info()[node], &cluster.nodes()[node]);
+                    prop_assert!(filter::check(ni, state, &pod).is_err(), "the pod fitted without evicting");
+                    for &v in &victims {
+                        prop_assert!(tenancy.on_node(node).contains(&v), "victim on another node");
+                        prop_assert!(evictable(v).is_some_and(|e| e.priority < pod.priority));
+                        let spared: Vec<usize> = victims.iter().copied().filter(|&x| x != v).collect();
+                        prop_assert!(filter::check(ni, &without(state, &tenancy, &spared), &pod).is_err(),
+                            "victim {} could have been spared", v);
+                    }
+                    prop_assert!(filter::check(ni, &without(state, &tenancy, &victims), &pod).is_ok());
+                    prop_assert!(within(&victims), "the budget is exceeded");
+                }
+                None if !limited => {
+                    for (node, (ni, state)) in cluster.node_info().iter().zip(cluster.nodes()).enumerate() {
+                        if filter::check(ni, state, &pod).is_ok() {
+                            continue; // It fits there as things are: no preemption needed.
+                        }
+                        let all: Vec<usize> = tenancy.on_node(node).iter().copied()
+                            .filter(|&v| evictable(v).is_some_and(|e| e.priority < pod.priority)).collect();
+                        prop_assert!(all.is_empty() || filter::check(ni, &without(state, &tenancy, &all), &pod).is_err(),
+                            "node {} would have room with every candidate gone", ni.name);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
