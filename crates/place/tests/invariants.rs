@@ -263,7 +263,7 @@ proptest! {
 fn without(state: &gpuplane_place::NodeState, tenancy: &Tenancy, victims: &[usize]) -> gpuplane_place::NodeState {
     let mut s = state.clone();
     for &v in victims {
-        let (r, p) = tenancy.get(v).unwrap();
+        let Some((r, p)) = tenancy.get(v) else { continue };
         s.cpu_free += r.cpu_milli;
         s.memory_free += r.memory_bytes;
         for share in &p.gpus {
