@@ -29,6 +29,22 @@ pub async fn the_serving_policy_keeps_headroom_and_claims_fast_gpus(plane: &Cont
         .unwrap();
         nodes.create(&PostParams::default(), &node).await.unwrap();
     }
+    // Until kwok reports a node Ready it carries the not-ready taint, and no pod may go there: the first
+    // placement below is only a test of the policy once all three can take it.
+    wait_for("the three serve nodes Ready and untainted", Duration::from_secs(60), || async {
+        let list = nodes.list(&ListParams::default().labels("e2e/pool=serve")).await.unwrap();
+        list.items.len() == 3
+            && list.items.iter().all(|n| {
+                let ready = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let taints = n.spec.as_ref().and_then(|s| s.taints.as_ref()).map_or(&[][..], Vec::as_slice);
+                ready && taints.iter().all(|t| t.key == "e2e/serve")
+            })
+    })
+    .await;
     let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
     for (name, value) in [("e2e-serve-batch", 1000), ("e2e-serve-interactive", 100_000)] {
         let class = serde_json::from_value(json!({"metadata": {"name": name}, "value": value})).unwrap();
