@@ -49,7 +49,12 @@ pub struct Preemption<'a> {
     pub choice: VictimChoice,
 }
 
-impl Preemption<'_> {
+impl<'a> Preemption<'a> {
+    /// A preemption of the pods `evictable` lists, with no disruption budget, on every node.
+    pub fn everywhere(evictable: &'a dyn Fn(PodId) -> Option<Evictable>, now_s: f64, choice: VictimChoice) -> Self {
+        Preemption { evictable, within_budgets: &|_| true, nodes: None, now_s, choice }
+    }
+
     /// Where to preempt for `pod` and whom to evict, or `None` when no eviction of lower-priority pods
     /// that `evictable` lists makes room on any allowed node within the budgets. Ties go to the node
     /// listed first by name.
@@ -174,18 +179,6 @@ impl Preemption<'_> {
     }
 }
 
-/// [`Preemption::plan`] with no disruption budget and every node allowed.
-pub fn preemption(
-    cluster: &Cluster,
-    tenancy: &Tenancy,
-    pod: &PodRequest,
-    evictable: &dyn Fn(PodId) -> Option<Evictable>,
-    now_s: f64,
-    choice: VictimChoice,
-) -> Option<(NodeId, Vec<PodId>)> {
-    Preemption { evictable, within_budgets: &|_| true, nodes: None, now_s, choice }.plan(cluster, tenancy, pod)
-}
-
 /// GPU-seconds pod `p` has run by `now_s`: what evicting it throws away.
 fn work_done(tenancy: &Tenancy, p: PodId, e: &Evictable, now_s: f64) -> f64 {
     tenancy.get(p).map_or(0.0, |(r, _)| f64::from(r.gpu.total_milli()) / 1000.0 * (now_s - e.started_s).max(0.0))
@@ -235,6 +228,30 @@ mod tests {
         (cluster, tenancy)
     }
 
+    fn preemption(
+        cluster: &Cluster,
+        tenancy: &Tenancy,
+        pod: &PodRequest,
+        evictable: &dyn Fn(PodId) -> Option<Evictable>,
+        now_s: f64,
+        choice: VictimChoice,
+    ) -> Option<(NodeId, Vec<PodId>)> {
+        Preemption::everywhere(evictable, now_s, choice).plan(cluster, tenancy, pod)
+    }
+
+    /// One node, one GPU holding two 500 m pods (ids 0 and 1), and a 500 m preemptor of priority 10.
+    fn two_halves() -> (Cluster, Tenancy, PodRequest) {
+        let mut cluster = Cluster::new(&[node("a", 1)]).unwrap();
+        let half = cluster.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
+        let mut tenancy = Tenancy::new(1);
+        for id in 0..2 {
+            let placement = Placement { node: 0, gpus: vec![GpuShare { index: 0, milli: 500 }] };
+            cluster.bind(&half, &placement).unwrap();
+            tenancy.add(id, half.clone(), placement);
+        }
+        (cluster, tenancy, PodRequest { priority: 10, ..half })
+    }
+
     fn requests(cluster_nodes: usize) -> (PodRequest, PodRequest) {
         let c = Cluster::new(&(0..cluster_nodes).map(|i| node(&format!("n{i}"), 1)).collect::<Vec<_>>()).unwrap();
         let half = c.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
@@ -282,17 +299,7 @@ mod tests {
     #[test]
     fn the_most_valuable_pods_are_reprieved_when_fewer_victims_suffice() {
         // One node, one GPU: two 500 m pods; a 500 m preemptor needs one of them gone.
-        let c = Cluster::new(&[node("a", 1)]).unwrap();
-        let half = c.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
-        let mut pre = half.clone();
-        pre.priority = 10;
-        let mut cluster = c;
-        let mut tenancy = Tenancy::new(1);
-        for id in 0..2 {
-            let placement = Placement { node: 0, gpus: vec![GpuShare { index: 0, milli: 500 }] };
-            cluster.bind(&half, &placement).unwrap();
-            tenancy.add(id, half.clone(), placement);
-        }
+        let (cluster, tenancy, pre) = two_halves();
         let started = [5.0, 60.0];
         let info = |id: PodId| Some(Evictable { priority: 0, started_s: started[id] });
         for choice in [VictimChoice::KubeScheduler, VictimChoice::LeastWorkLost] {
@@ -300,20 +307,11 @@ mod tests {
             assert_eq!(preemption(&cluster, &tenancy, &pre, &info, 100.0, choice), Some((0, vec![1])));
         }
     }
+
     #[test]
     fn a_budget_is_never_exceeded_and_its_pods_are_reprieved_first() {
         // One node, one GPU: two 500 m pods; a 500 m preemptor needs one of them gone.
-        let c = Cluster::new(&[node("a", 1)]).unwrap();
-        let half = c.request(&Pod::with_requests("h", 1000, 0, GpuRequest { count: 1, milli_per_gpu: 500 }));
-        let mut pre = half.clone();
-        pre.priority = 10;
-        let mut cluster = c;
-        let mut tenancy = Tenancy::new(1);
-        for id in 0..2 {
-            let placement = Placement { node: 0, gpus: vec![GpuShare { index: 0, milli: 500 }] };
-            cluster.bind(&half, &placement).unwrap();
-            tenancy.add(id, half.clone(), placement);
-        }
+        let (cluster, tenancy, pre) = two_halves();
         // Pod 1 is the less valuable (younger), but a budget allowing no disruption protects it: pod 0 goes.
         let started = [5.0, 60.0];
         let info = |id: PodId| Some(Evictable { priority: 0, started_s: started[id] });

@@ -118,13 +118,7 @@ mod tests {
     fn a_young_batch_pod_is_claimed_off_a_fast_gpu_an_old_one_is_not() {
         for (started, claimed) in [(950.0, true), (100.0, false)] {
             let (cluster, tenancy, replica, fast, evictable) = setup(started);
-            let p = Preemption {
-                evictable: &evictable,
-                within_budgets: &|_| true,
-                nodes: None,
-                now_s: 1000.0,
-                choice: VictimChoice::LeastWorkLost,
-            };
+            let p = Preemption::everywhere(&evictable, 1000.0, VictimChoice::LeastWorkLost);
             let steps = ServingSteps { preemption: true, claim_age_s: 600.0 };
             let step = steps.step(&cluster, &tenancy, &replica, Some(&fast), &mut decide(&cluster), &p);
             if claimed {
@@ -150,13 +144,7 @@ mod tests {
         tenancy.add(1, batch, placement);
         let started =
             |id: PodId| evictable(id).map(|e| Evictable { started_s: if id == 1 { 900.0 } else { 0.0 }, ..e });
-        let p = Preemption {
-            evictable: &started,
-            within_budgets: &|_| true,
-            nodes: None,
-            now_s: 1000.0,
-            choice: VictimChoice::LeastWorkLost,
-        };
+        let p = Preemption::everywhere(&started, 1000.0, VictimChoice::LeastWorkLost);
         let steps = ServingSteps { preemption: true, claim_age_s: 0.0 };
         let step = steps.step(&cluster, &tenancy, &replica, None, &mut decide(&cluster), &p);
         assert_eq!(step, Step::Evict { node: 1, victims: vec![1], claim: false });

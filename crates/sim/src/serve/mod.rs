@@ -1256,13 +1256,7 @@ impl<'p> World<'p> {
         let (batch, priority, now) = (self.p.batch.len(), self.p.config.batch.priority, self.now);
         let started = &self.batch_started;
         let evictable = |id: usize| (id < batch).then(|| Evictable { priority, started_s: started[id] });
-        let preemption = Preemption {
-            evictable: &evictable,
-            within_budgets: &|_| true,
-            nodes: None,
-            now_s: now,
-            choice: self.stack.victims,
-        };
+        let preemption = Preemption::everywhere(&evictable, now, self.stack.victims);
         let (engine, cluster, weight) = (&mut self.engine, &self.cluster, self.stack.locality_weight);
         let mut decide = |r: &PodRequest| {
             let decision = match &locality {
