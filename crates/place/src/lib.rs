@@ -50,7 +50,7 @@ pub use frag::{TargetWorkload, WeightedShape, WorkloadError};
 pub use locality::{Bandwidth, Explanation, Locality, Tier};
 pub use policy::{Policy, UnknownPolicy};
 pub use preempt::{Evictable, Preemption, VictimChoice};
-pub use reserve::{Reserve, Slots};
+pub use reserve::{Reserve, Reserved, Slots};
 pub use serving::{ServingSteps, Step};
 
 /// Nodes for the unit tests of several modules.

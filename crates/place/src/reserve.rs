@@ -198,27 +198,39 @@ impl Reserve {
     }
 }
 
+/// Where the reserve lets a pod go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// Here.
+    Place(Placement),
+    /// It fits, but only into the headroom: it waits.
+    Held,
+    /// It fits nowhere.
+    Unplaced,
+}
+
 impl Reserve {
     /// Decides where `pod` goes under the reserve with the caller's `decide`: off the fast models if it fits
     /// there, else anywhere, so long as the placement leaves the reserve's headroom; a held-off pod that would
-    /// eat into it waits (`None`).
+    /// eat into it waits ([`Reserved::Held`]).
     pub fn decide_with(
         &self,
         cluster: &Cluster,
         pod: &PodRequest,
         decide: &mut dyn FnMut(&PodRequest) -> Option<Placement>,
-    ) -> Option<Placement> {
+    ) -> Reserved {
         if self.exempt(pod) {
-            return decide(pod);
+            return decide(pod).map_or(Reserved::Unplaced, Reserved::Place);
         }
+        let mut outcome = Reserved::Unplaced;
         for asked in self.steer(pod).iter().chain([pod]) {
-            if let Some(p) = decide(asked)
-                && self.allows(cluster, pod, &p)
-            {
-                return Some(p);
+            match decide(asked) {
+                Some(p) if self.allows(cluster, pod, &p) => return Reserved::Place(p),
+                Some(_) => outcome = Reserved::Held,
+                None => {}
             }
         }
-        None
+        outcome
     }
 }
 
@@ -244,8 +256,8 @@ impl Engine {
             }
         };
         match reserve.decide_with(cluster, pod, &mut decide) {
-            Some(p) => Decision::Place(p),
-            None => last.unwrap_or_else(|| Decision::Unschedulable(Default::default())),
+            Reserved::Place(p) => Decision::Place(p),
+            Reserved::Held | Reserved::Unplaced => last.unwrap_or_else(|| Decision::Unschedulable(Default::default())),
         }
     }
 }

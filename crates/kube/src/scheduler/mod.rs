@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuplane_place::{Bandwidth, ClusterError, Decision, Engine, GpuShare, Placement, PodRequest, Step};
+use gpuplane_place::{Bandwidth, ClusterError, Decision, Engine, GpuShare, Placement, PodRequest, Reserved, Step};
 use k8s_openapi::api::core::v1 as api;
 
 use crate::assignment;
@@ -546,7 +546,6 @@ impl Scheduler {
         let (fit, scores, engine) = (self.snapshot.fit(), &self.config.scores, &mut self.engine);
         let mut last: Option<Decision> = None;
         let mut explanation = None;
-        let mut fitted = false;
         // The policy's decision for a request (the pod's own, or narrowed to some GPU models), among the nodes
         // Kubernetes' filters passed.
         let mut decide = |request: &PodRequest| -> Option<Placement> {
@@ -574,7 +573,6 @@ impl Scheduler {
             match decision {
                 Decision::Place(p) => {
                     explanation = why;
-                    fitted = true;
                     Some(p)
                 }
                 unschedulable => {
@@ -635,17 +633,20 @@ impl Scheduler {
                 }
             }
         } else if let Some(reserve) = reserve.as_ref().filter(|_| serving.is_batch(&request)) {
-            let placed = reserve.decide_with(cluster, &request, &mut decide);
-            if placed.is_none() && fitted {
-                // It fits, but only into the headroom kept for interactive replicas: it waits, and is told so.
-                self.metrics.observe_decision("unschedulable", started.elapsed().as_secs_f64());
-                let message = format!(
-                    "gpuplane keeps the free GPUs of the fast models ({}) for interactive replicas (serving \
+            let placed = match reserve.decide_with(cluster, &request, &mut decide) {
+                Reserved::Place(p) => Some(p),
+                Reserved::Unplaced => None,
+                Reserved::Held => {
+                    // It fits, but only into the headroom kept for interactive replicas: it waits, told so.
+                    self.metrics.observe_decision("unschedulable", started.elapsed().as_secs_f64());
+                    let message = format!(
+                        "gpuplane keeps the free GPUs of the fast models ({}) for interactive replicas (serving \
                      headroom); this batch pod waits for another GPU.",
-                    serving.fast_models.join(", ")
-                );
-                return self.report(queued, pending, message);
-            }
+                        serving.fast_models.join(", ")
+                    );
+                    return self.report(queued, pending, message);
+                }
+            };
             wanted(placed, last)
         } else {
             let placed = decide(&request);
