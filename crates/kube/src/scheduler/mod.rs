@@ -540,8 +540,10 @@ impl Scheduler {
             .filter(|_| weight > 0.0)
             .and_then(|m| self.inventories.locality(m, &self.snapshot, self.config.locality.bandwidth));
         let serving = &self.config.serving;
-        let reserve = (serving.is_interactive(&request) || serving.is_batch(&request))
+        let reserve = serving
+            .is_batch(&request)
             .then(|| serving.reserve(&self.snapshot, replicas(&self.snapshot, &self.pending)));
+        let may_preempt = self.may_preempt_now(&queued.key, pending.may_preempt, now);
         let cluster = self.snapshot.cluster();
         let (fit, scores, engine) = (self.snapshot.fit(), &self.config.scores, &mut self.engine);
         let mut last: Option<Decision> = None;
@@ -586,36 +588,23 @@ impl Scheduler {
             None => last.unwrap_or_else(|| Decision::Unschedulable(Default::default())),
         };
         let decision = if serving.is_interactive(&request) {
-            let fast = reserve.as_ref().and_then(|r| r.prefer(&request));
-            let under_way = self
-                .preempting
-                .get(&queued.key)
-                .is_some_and(|p| !p.victims.is_empty() && now.duration_since(p.since) < self.config.preemption_timeout);
-            let steps = serving.steps(self.config.preemption && pending.may_preempt && !under_way);
-            let busy: std::collections::HashSet<&str> =
-                self.preempting.values().flat_map(|p| p.victims.iter().map(String::as_str)).collect();
-            let (snapshot, budgets) = (&self.snapshot, &self.budgets);
-            let step = preempt::with_candidates(
-                snapshot,
-                &request,
-                budgets,
-                &busy,
-                &filtered.preemptible,
-                epoch_s(),
-                serving.victims,
-                |tenancy, preemption, pods| match steps.step(
-                    cluster,
-                    tenancy,
-                    &request,
-                    fast.as_ref(),
-                    &mut decide,
-                    preemption,
-                ) {
+            let fast = serving.fast_request(&self.snapshot, &request);
+            let steps = serving.steps(may_preempt);
+            let busy = being_evicted(&self.preempting);
+            let candidates = preempt::Candidates {
+                budgets: &self.budgets,
+                exclude: &busy,
+                allowed: &filtered.preemptible,
+                now_s: epoch_s(),
+                choice: serving.victims,
+            };
+            let step = candidates.with(&self.snapshot, &request, |tenancy, preemption, pods| {
+                match steps.step(cluster, tenancy, &request, fast.as_ref(), &mut decide, preemption) {
                     Step::Place(p) => Ok(p),
                     Step::Evict { node, victims, .. } => Err(Some(preempt::plan_of(node, &victims, pods))),
                     Step::Wait => Err(None),
-                },
-            );
+                }
+            });
             match step {
                 Ok(p) => Decision::Place(p),
                 Err(Some(plan)) => {
@@ -632,7 +621,7 @@ impl Scheduler {
                     return self.report(queued, pending, message);
                 }
             }
-        } else if let Some(reserve) = reserve.as_ref().filter(|_| serving.is_batch(&request)) {
+        } else if let Some(reserve) = &reserve {
             let placed = match reserve.decide_with(cluster, &request, &mut decide) {
                 Reserved::Place(p) => Some(p),
                 Reserved::Unplaced => None,
@@ -741,21 +730,29 @@ impl Scheduler {
         preemptible: &[bool],
         now: Instant,
     ) -> Option<Action> {
-        if !self.config.preemption || !may_preempt {
+        if !self.may_preempt_now(key, may_preempt, now) {
             return None;
         }
-        if let Some(p) = self.preempting.get(key)
-            && !p.victims.is_empty()
-            && now.duration_since(p.since) < self.config.preemption_timeout
-        {
-            return None;
-        }
-        // Pods already being evicted, as a set: a plan looks each pod of each node up in it.
-        let busy: std::collections::HashSet<&str> =
-            self.preempting.values().flat_map(|p| p.victims.iter().map(String::as_str)).collect();
-        let choice = self.config.serving.victims;
-        let plan = preempt::plan(&self.snapshot, request, &self.budgets, &busy, preemptible, epoch_s(), choice)?;
+        let busy = being_evicted(&self.preempting);
+        let candidates = preempt::Candidates {
+            budgets: &self.budgets,
+            exclude: &busy,
+            allowed: preemptible,
+            now_s: epoch_s(),
+            choice: self.config.serving.victims,
+        };
+        let plan = candidates.plan(&self.snapshot, request)?;
         Some(self.start_preemption(key, plan, now))
+    }
+
+    /// Whether `key` may start a preemption now: preemption is on, the pod's policy allows it, and no
+    /// preemption of its own is under way (its victims still going, for up to the preemption timeout).
+    fn may_preempt_now(&self, key: &str, may_preempt: bool, now: Instant) -> bool {
+        let under_way = self
+            .preempting
+            .get(key)
+            .is_some_and(|p| !p.victims.is_empty() && now.duration_since(p.since) < self.config.preemption_timeout);
+        self.config.preemption && may_preempt && !under_way
     }
 
     /// Records `key`'s preemption under way and the evictions to make.
@@ -804,6 +801,11 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Pods already being evicted, as a set: a plan looks each pod of each node up in it.
+fn being_evicted(preempting: &HashMap<String, Preempting>) -> std::collections::HashSet<&str> {
+    preempting.values().flat_map(|p| p.victims.iter().map(String::as_str)).collect()
 }
 
 /// Seconds since the epoch, the clock pods' `status.startTime` is on (the work a victim has done).

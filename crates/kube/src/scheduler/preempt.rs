@@ -2,6 +2,8 @@
 //! by `gpuplane_place::preempt` — the decision the simulator takes — over the snapshot's bound pods, never
 //! taking more pods from a PodDisruptionBudget than it allows. Pure: snapshot in, plan out.
 
+use std::collections::HashSet;
+
 use gpuplane_place::defrag::Tenancy;
 use gpuplane_place::{Evictable, NodeId, NodeState, PodRequest, Preemption, VictimChoice};
 
@@ -46,68 +48,72 @@ pub fn release_into(state: &mut NodeState, pod: &BoundPod) {
     }
 }
 
-/// Who may be evicted for `request`, in the engine's terms: every bound pod of lower priority not being
-/// evicted already (`exclude`), numbered; whether a set of them stays within the disruption budgets; and
-/// the nodes where evictions could help at all (`allowed`, empty: every node — those that failed none of
-/// Kubernetes' other filters). `now_s` (seconds since the epoch) weighs the work a victim has done since its
-/// `status.startTime`; a pod with none has done none. `f` gets the candidates' tenancy and the preemption.
-#[allow(clippy::too_many_arguments)]
-pub fn with_candidates<R>(
-    snapshot: &Snapshot,
-    request: &PodRequest,
-    budgets: &[Budget],
-    exclude: &std::collections::HashSet<&str>,
-    allowed: &[bool],
-    now_s: f64,
-    choice: VictimChoice,
-    f: impl FnOnce(&Tenancy, &Preemption<'_>, &[&BoundPod]) -> R,
-) -> R {
-    let cluster = snapshot.cluster();
-    let mut tenancy = Tenancy::new(cluster.len());
-    let mut pods: Vec<&BoundPod> = Vec::new();
-    for node in 0..cluster.len() {
-        for p in snapshot.pods_on(node) {
-            if p.request.priority < request.priority && !exclude.contains(p.key.as_str()) {
-                tenancy.add(pods.len(), p.request.clone(), p.placement.clone());
-                pods.push(p);
+/// Whom a preemption may take and how it chooses: not the pods already being evicted (`exclude`), never
+/// beyond the disruption budgets, only on the nodes where evictions could help at all (`allowed`, empty: every
+/// node — those that failed none of Kubernetes' other filters). `now_s` (seconds since the epoch) weighs the
+/// work a victim has done since its `status.startTime`; a pod with none has done none.
+pub struct Candidates<'a> {
+    /// The disruption budgets.
+    pub budgets: &'a [Budget],
+    /// Pods already being evicted.
+    pub exclude: &'a HashSet<&'a str>,
+    /// Nodes where evictions may help; empty: every node.
+    pub allowed: &'a [bool],
+    /// Seconds since the epoch.
+    pub now_s: f64,
+    /// How victims are valued and nodes ranked.
+    pub choice: VictimChoice,
+}
+
+impl Candidates<'_> {
+    /// The candidates for `request` in the engine's terms — every bound pod of lower priority not excluded,
+    /// numbered, in a tenancy — and the preemption over them, handed to `f` with the pods by number.
+    pub fn with<R>(
+        &self,
+        snapshot: &Snapshot,
+        request: &PodRequest,
+        f: impl FnOnce(&Tenancy, &Preemption<'_>, &[&BoundPod]) -> R,
+    ) -> R {
+        let cluster = snapshot.cluster();
+        let mut tenancy = Tenancy::new(cluster.len());
+        let mut pods: Vec<&BoundPod> = Vec::new();
+        for node in 0..cluster.len() {
+            for p in snapshot.pods_on(node) {
+                if p.request.priority < request.priority && !self.exclude.contains(p.key.as_str()) {
+                    tenancy.add(pods.len(), p.request.clone(), p.placement.clone());
+                    pods.push(p);
+                }
             }
         }
+        let now_s = self.now_s;
+        let evictable = |id: usize| {
+            pods.get(id)
+                .map(|p| Evictable { priority: p.request.priority, started_s: p.started_s.map_or(now_s, |t| t as f64) })
+        };
+        let within = |set: &[usize]| {
+            let set: Vec<&BoundPod> = set.iter().filter_map(|&id| pods.get(id).copied()).collect();
+            within_budgets(&set, self.budgets)
+        };
+        let nodes = (!self.allowed.is_empty()).then_some(self.allowed);
+        let preemption =
+            Preemption { evictable: &evictable, within_budgets: &within, nodes, now_s, choice: self.choice };
+        f(&tenancy, &preemption, &pods)
     }
-    let evictable = |id: usize| {
-        pods.get(id)
-            .map(|p| Evictable { priority: p.request.priority, started_s: p.started_s.map_or(now_s, |t| t as f64) })
-    };
-    let within = |set: &[usize]| {
-        let set: Vec<&BoundPod> = set.iter().filter_map(|&id| pods.get(id).copied()).collect();
-        within_budgets(&set, budgets)
-    };
-    let nodes = (!allowed.is_empty()).then_some(allowed);
-    let preemption = Preemption { evictable: &evictable, within_budgets: &within, nodes, now_s, choice };
-    f(&tenancy, &preemption, &pods)
+
+    /// The preemption for `request`, or `None` when no set of lower-priority pods on any node, within the
+    /// disruption budgets, makes room.
+    pub fn plan(&self, snapshot: &Snapshot, request: &PodRequest) -> Option<Plan> {
+        if snapshot.lowest_priority().is_none_or(|lowest| lowest >= request.priority) {
+            return None; // No pod of lower priority anywhere: nothing to evict.
+        }
+        self.with(snapshot, request, |tenancy, preemption, pods| {
+            let (node, victims) = preemption.plan(snapshot.cluster(), tenancy, request)?;
+            Some(plan_of(node, &victims, pods))
+        })
+    }
 }
 
-/// The preemption for `request` (see [`with_candidates`]), or `None` when no set of lower-priority pods on
-/// any node, within the disruption budgets, makes room.
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    snapshot: &Snapshot,
-    request: &PodRequest,
-    budgets: &[Budget],
-    exclude: &std::collections::HashSet<&str>,
-    allowed: &[bool],
-    now_s: f64,
-    choice: VictimChoice,
-) -> Option<Plan> {
-    if snapshot.lowest_priority().is_none_or(|lowest| lowest >= request.priority) {
-        return None; // No pod of lower priority anywhere: nothing to evict.
-    }
-    with_candidates(snapshot, request, budgets, exclude, allowed, now_s, choice, |tenancy, preemption, pods| {
-        let (node, victims) = preemption.plan(snapshot.cluster(), tenancy, request)?;
-        Some(plan_of(node, &victims, pods))
-    })
-}
-
-/// The plan evicting `victims` (numbered as [`with_candidates`] numbers them) on `node`.
+/// The plan evicting `victims` (numbered as [`Candidates::with`] numbers them) on `node`.
 pub fn plan_of(node: NodeId, victims: &[usize], pods: &[&BoundPod]) -> Plan {
     Plan { node, victims: victims.iter().filter_map(|&id| pods.get(id)).map(|p| victim(p)).collect() }
 }

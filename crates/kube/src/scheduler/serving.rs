@@ -69,6 +69,12 @@ impl ServingConfig {
         ServingSteps { preemption, claim_age_s: self.claim_age.as_secs_f64() }
     }
 
+    /// `pod` narrowed to the fast models it accepts, for an interactive replica to try first; `None` when the
+    /// policy is off or that does not narrow where it may go.
+    pub(super) fn fast_request(&self, snapshot: &Snapshot, pod: &PodRequest) -> Option<PodRequest> {
+        Reserve::new(snapshot.cluster(), &self.fast_models, self.priority?).prefer(pod)
+    }
+
     /// The reserve as the cluster stands, its headroom from the interactive `replicas` (bound and pending):
     /// per service (the model it names and its GPU size), `headroom` × √(replicas) replicas' worth of GPU.
     pub(super) fn reserve<'a>(&self, snapshot: &Snapshot, replicas: impl Iterator<Item = Replica<'a>>) -> Reserve {
