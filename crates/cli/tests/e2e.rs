@@ -628,16 +628,7 @@ async fn a_killed_leader_is_replaced_without_double_binding(plane: &ControlPlane
 async fn an_interactive_pod_preempts_batch_within_its_disruption_budget(plane: &ControlPlane, client: &Client) {
     let nodes: Api<Node> = Api::all(client.clone());
     for name in ["pre-1", "pre-2"] {
-        let node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"e2e/pool": "preempt", "nvidia.com/gpu.product": "A10"},
-                         "annotations": {"kwok.x-k8s.io/node": "fake"}},
-            "spec": {"taints": [{"key": "e2e/preempt", "value": "yes", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
-                                        "gpuplane.io/gpu-milli": "1000"},
-                       "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
-                                    "gpuplane.io/gpu-milli": "1000"}}
-        }))
-        .unwrap();
+        let node = pool_gpu_node(name, "preempt", "A10");
         nodes.create(&PostParams::default(), &node).await.unwrap();
     }
     let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
@@ -653,20 +644,9 @@ async fn an_interactive_pod_preempts_batch_within_its_disruption_budget(plane: &
     .unwrap();
     budgets.create(&PostParams::default(), &budget).await.unwrap();
     let pod = |name: &str, app: &str, class: &str| -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": app},
-                         "annotations": {"gpuplane.io/gpu-count": "1", "gpuplane.io/gpu-milli": "1000"}},
-            "spec": {
-                "schedulerName": "gpuplane", "priorityClassName": class,
-                "nodeSelector": {"e2e/pool": "preempt"},
-                "tolerations": [{"key": "e2e/preempt", "operator": "Exists", "effect": "NoSchedule"}],
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{"name": "main", "image": "registry.invalid/serve:1",
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]
-            }
-        }))
-        .unwrap()
+        let mut pod = pool_gpu_pod(name, "preempt", class);
+        pod.metadata.labels = Some([("app".to_owned(), app.to_owned())].into());
+        pod
     };
     let work = tempfile::tempdir().unwrap();
     let mut scheduler = gpuplane(plane, &work.path().join("scheduler.log"));

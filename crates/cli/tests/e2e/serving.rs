@@ -17,16 +17,7 @@ use crate::support::*;
 pub async fn the_serving_policy_keeps_headroom_and_claims_fast_gpus(plane: &ControlPlane, client: &Client) {
     let nodes: Api<Node> = Api::all(client.clone());
     for (name, product) in [("serve-a-fast", "H100"), ("serve-b-slow", "A10"), ("serve-c-fast", "H100")] {
-        let node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"e2e/pool": "serve", "nvidia.com/gpu.product": product},
-                         "annotations": {"kwok.x-k8s.io/node": "fake"}},
-            "spec": {"taints": [{"key": "e2e/serve", "value": "yes", "effect": "NoSchedule"}]},
-            "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
-                                        "gpuplane.io/gpu-milli": "1000"},
-                       "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
-                                    "gpuplane.io/gpu-milli": "1000"}}
-        }))
-        .unwrap();
+        let node = pool_gpu_node(name, "serve", product);
         nodes.create(&PostParams::default(), &node).await.unwrap();
     }
     // Until kwok reports a node Ready it carries the not-ready taint, and no pod may go there: the first
@@ -52,20 +43,9 @@ pub async fn the_serving_policy_keeps_headroom_and_claims_fast_gpus(plane: &Cont
     }
     restricted_namespace(client, "serve").await;
     let pod = |name: &str, class: &str| -> Pod {
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {"gpuplane.io/model": "chat@v1", "gpuplane.io/gpu-count": "1",
-                                                       "gpuplane.io/gpu-milli": "1000"}},
-            "spec": {
-                "schedulerName": "gpuplane", "priorityClassName": class,
-                "nodeSelector": {"e2e/pool": "serve"},
-                "tolerations": [{"key": "e2e/serve", "operator": "Exists", "effect": "NoSchedule"}],
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{"name": "main", "image": "registry.invalid/serve:1",
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]
-            }
-        }))
-        .unwrap()
+        let mut pod = pool_gpu_pod(name, "serve", class);
+        pod.metadata.annotations.get_or_insert_default().insert("gpuplane.io/model".into(), "chat@v1".into());
+        pod
     };
     // The scheduler's log stays for a failed run to be read.
     let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-serving-scheduler.log");

@@ -265,3 +265,35 @@ pub fn kube_scheduler(plane: &ControlPlane, config: &str, work: &Path, log: &Pat
         .stderr(std::fs::File::create(log).unwrap());
     Running::spawn(command)
 }
+
+/// A one-GPU kwok node in pool `pool` (label `e2e/pool`, taint `e2e/<pool>`), its GPU a `product`.
+pub fn pool_gpu_node(name: &str, pool: &str, product: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"e2e/pool": pool, "nvidia.com/gpu.product": product},
+                     "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "spec": {"taints": [{"key": format!("e2e/{pool}"), "value": "yes", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
+                                    "gpuplane.io/gpu-milli": "1000"},
+                   "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1",
+                                "gpuplane.io/gpu-milli": "1000"}}
+    }))
+    .unwrap()
+}
+
+/// A whole-GPU pod for `gpuplane scheduler` in priority class `class`, confined to pool `pool` (as
+/// [`pool_gpu_node`] makes it), restricted under Pod Security.
+pub fn pool_gpu_pod(name: &str, pool: &str, class: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {"gpuplane.io/gpu-count": "1", "gpuplane.io/gpu-milli": "1000"}},
+        "spec": {
+            "schedulerName": "gpuplane", "priorityClassName": class,
+            "nodeSelector": {"e2e/pool": pool},
+            "tolerations": [{"key": format!("e2e/{pool}"), "operator": "Exists", "effect": "NoSchedule"}],
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "main", "image": "registry.invalid/serve:1",
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}]
+        }
+    }))
+    .unwrap()
+}
